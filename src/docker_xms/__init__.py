@@ -1,0 +1,3 @@
+"""docker-xms: real-time media servers in containers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from docker_xms.cli import main
+
+main()

@@ -1,0 +1,437 @@
+"""The Docker engine: the one module that imports the Docker SDK.
+
+Every engine error is turned into an `XmsError` with one sentence a user can act on. Streams from
+build, import, pull and push report failures inside a successful response, so every chunk is checked.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from docker_xms.errors import BadInput, EngineUnavailable, NotFound, XmsError
+
+LABEL_PREFIX = "io.docker-xms"
+MANAGED_LABEL = f"{LABEL_PREFIX}.managed"
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def _ignore(_: dict[str, Any]) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    server_version: str
+    api_version: str
+    cgroup_driver: str
+    cgroup_version: str
+    security_options: tuple[str, ...]
+    docker_root: str
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """What docker-xms needs to know of a container, read from the engine's inspect data."""
+
+    id: str
+    name: str
+    status: str
+    pid: int
+    image: str
+    labels: dict[str, str]
+    ip_address: str
+    cpu_rt_runtime: int
+    cpu_rt_period: int
+    cgroup_parent: str
+    ports: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    restart_policy: str = ""
+    network_mode: str = ""
+    started_at: str = ""
+    exit_code: int = 0
+
+    @property
+    def managed(self) -> bool:
+        return self.labels.get(MANAGED_LABEL) == "true"
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("running", "restarting") and self.pid > 0
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    def label(self, key: str, default: str = "") -> str:
+        return self.labels.get(f"{LABEL_PREFIX}.{key}", default)
+
+
+def _container_info(attrs: dict[str, Any]) -> ContainerInfo:
+    state = attrs.get("State") or {}
+    host = attrs.get("HostConfig") or {}
+    config = attrs.get("Config") or {}
+    net = attrs.get("NetworkSettings") or {}
+    ip = net.get("IPAddress") or ""
+    if not ip:
+        for network in (net.get("Networks") or {}).values():
+            if network.get("IPAddress"):
+                ip = network["IPAddress"]
+                break
+    return ContainerInfo(
+        id=attrs["Id"],
+        name=str(attrs.get("Name", "")).lstrip("/"),
+        status=state.get("Status", ""),
+        pid=int(state.get("Pid") or 0),
+        image=config.get("Image", ""),
+        labels=dict(config.get("Labels") or {}),
+        ip_address=ip,
+        cpu_rt_runtime=int(host.get("CpuRealtimeRuntime") or 0),
+        cpu_rt_period=int(host.get("CpuRealtimePeriod") or 0),
+        cgroup_parent=host.get("CgroupParent") or "",
+        ports={k: list(v or []) for k, v in (net.get("Ports") or {}).items()},
+        restart_policy=(host.get("RestartPolicy") or {}).get("Name", "") or "",
+        network_mode=host.get("NetworkMode") or "",
+        started_at=state.get("StartedAt", ""),
+        exit_code=int(state.get("ExitCode") or 0),
+    )
+
+
+def _check_stream(chunks: Iterable[Any], progress: Progress) -> list[dict[str, Any]]:
+    """Consume an engine stream, passing each chunk to `progress`, raising on the first error chunk."""
+    seen: list[dict[str, Any]] = []
+    for raw in chunks:
+        items: list[dict[str, Any]]
+        if isinstance(raw, dict):
+            items = [raw]
+        else:
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        for chunk in items:
+            if chunk.get("error") or chunk.get("errorDetail"):
+                detail = chunk.get("errorDetail") or {}
+                message = chunk.get("error") or detail.get("message") or "unknown error"
+                raise StreamError(str(message).strip(), seen)
+            seen.append(chunk)
+            progress(chunk)
+    return seen
+
+
+class StreamError(XmsError):
+    """An engine stream (build, pull, push, import) reported an error inside its response."""
+
+    def __init__(self, message: str, chunks: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.chunks = chunks
+
+    @property
+    def log(self) -> str:
+        return "".join(str(c.get("stream", "")) for c in self.chunks)
+
+
+class Engine:
+    """A thin facade over the Docker SDK client."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.api = client.api
+
+    @classmethod
+    def connect(cls, timeout: int = 120) -> Engine:
+        try:
+            client = docker.from_env(version="auto", timeout=timeout)
+            client.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EngineUnavailable(
+                "No Docker engine answered (DOCKER_HOST or /var/run/docker.sock): "
+                f"start dockerd and try again ({_short(exc)})."
+            ) from exc
+        return cls(client)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # --- engine -----------------------------------------------------------------------------------
+
+    def info(self) -> EngineInfo:
+        data = self._call(self._client.info)
+        version = self._call(self._client.version)
+        return EngineInfo(
+            server_version=str(version.get("Version", "")),
+            api_version=str(self.api.api_version),
+            cgroup_driver=str(data.get("CgroupDriver", "cgroupfs")),
+            cgroup_version=str(data.get("CgroupVersion", "1")),
+            security_options=tuple(data.get("SecurityOptions") or ()),
+            docker_root=str(data.get("DockerRootDir", "/var/lib/docker")),
+        )
+
+    def server_version_tuple(self) -> tuple[int, ...]:
+        version = self._call(self._client.version).get("Version", "0")
+        parts = []
+        for piece in str(version).split("+")[0].split("-")[0].split("."):
+            parts.append(int(piece) if piece.isdigit() else 0)
+        return tuple(parts)
+
+    def events(self, filters: dict[str, Any] | None = None, since: int | None = None) -> Iterator[dict[str, Any]]:
+        stream = self._call(self._client.events, decode=True, filters=filters or {}, since=since)
+        try:
+            yield from stream
+        except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
+            raise EngineUnavailable(f"The engine's event stream broke ({_short(exc)}).") from exc
+        finally:
+            stream.close()
+
+    # --- images -----------------------------------------------------------------------------------
+
+    def image_exists(self, ref: str) -> bool:
+        try:
+            self._client.images.get(ref)
+        except docker.errors.ImageNotFound:
+            return False
+        except docker.errors.APIError as exc:
+            raise XmsError(f"The engine could not look up image {ref}: {_short(exc)}.") from exc
+        return True
+
+    def inspect_image(self, ref: str) -> dict[str, Any]:
+        try:
+            attrs: dict[str, Any] = self.api.inspect_image(ref)
+        except docker.errors.ImageNotFound as exc:
+            raise NotFound(f"There is no image {ref} on this engine.") from exc
+        return attrs
+
+    def image_history(self, ref: str) -> list[dict[str, Any]]:
+        history: list[dict[str, Any]] = self._call(self.api.history, ref)
+        return history
+
+    def import_image_file(
+        self, path: str, repository: str, tag: str, changes: list[str] | None = None
+    ) -> str:
+        """Import a root file system tarball; returns the new image's ID."""
+        try:
+            out = self.api.import_image_from_file(path, repository=repository, tag=tag, changes=changes)
+        except docker.errors.APIError as exc:
+            raise XmsError(f"The engine refused to import {path}: {_explanation(exc)}.") from exc
+        chunks = _check_stream([out], _ignore)
+        image_id = next((str(c["status"]) for c in chunks if str(c.get("status", "")).startswith("sha256:")), "")
+        return image_id or self.inspect_image(f"{repository}:{tag}")["Id"]
+
+    def import_image_stream(
+        self, data: Iterable[bytes], repository: str, tag: str, changes: list[str] | None = None
+    ) -> None:
+        """Import a root file system tarball given as a byte stream (e.g. a container export)."""
+        try:
+            out = self.api.import_image(src=data, repository=repository, tag=tag, changes=changes, stream_src=True)
+        except docker.errors.APIError as exc:
+            raise XmsError(f"The engine refused the import: {_explanation(exc)}.") from exc
+        _check_stream([out], _ignore)
+
+    def build(
+        self,
+        context_tar: bytes,
+        tag: str,
+        progress: Progress = _ignore,
+        labels: dict[str, str] | None = None,
+        buildargs: dict[str, str] | None = None,
+        network_mode: str | None = None,
+    ) -> str:
+        """Build from an in-memory context tarball with the classic builder; returns the image ID."""
+        try:
+            stream = self.api.build(
+                fileobj=io.BytesIO(context_tar),
+                custom_context=True,
+                tag=tag,
+                rm=True,
+                forcerm=True,
+                decode=True,
+                labels=labels,
+                buildargs=buildargs,
+                network_mode=network_mode,
+            )
+            chunks = _check_stream(stream, progress)
+        except docker.errors.APIError as exc:
+            raise XmsError(f"The engine refused the build of {tag}: {_explanation(exc)}.") from exc
+        image_id = ""
+        for chunk in chunks:
+            aux = chunk.get("aux") or {}
+            if "ID" in aux:
+                image_id = str(aux["ID"])
+        return image_id or str(self.inspect_image(tag)["Id"])
+
+    def remove_image(self, ref: str, force: bool = False) -> None:
+        try:
+            self.api.remove_image(ref, force=force)
+        except docker.errors.ImageNotFound:
+            return
+        except docker.errors.APIError as exc:
+            raise XmsError(f"The engine could not remove image {ref}: {_explanation(exc)}.") from exc
+
+    def tag(self, ref: str, repository: str, tag: str) -> None:
+        self._call(self.api.tag, ref, repository, tag)
+
+    def pull(self, repository: str, tag: str, progress: Progress = _ignore) -> None:
+        try:
+            stream = self.api.pull(repository, tag=tag, stream=True, decode=True)
+            _check_stream(stream, progress)
+        except docker.errors.NotFound as exc:
+            raise NotFound(f"There is no image {repository}:{tag} in its registry.") from exc
+        except docker.errors.APIError as exc:
+            raise XmsError(f"Pulling {repository}:{tag} failed: {_explanation(exc)}.") from exc
+
+    def push(self, repository: str, tag: str, progress: Progress = _ignore) -> str:
+        """Push and return the digest the registry reported."""
+        try:
+            stream = self.api.push(repository, tag=tag, stream=True, decode=True)
+            chunks = _check_stream(stream, progress)
+        except docker.errors.APIError as exc:
+            raise XmsError(f"Pushing {repository}:{tag} failed: {_explanation(exc)}.") from exc
+        for chunk in reversed(chunks):
+            digest = (chunk.get("aux") or {}).get("Digest")
+            if digest:
+                return str(digest)
+        raise XmsError(f"The registry did not report a digest for {repository}:{tag}.")
+
+    def export_container(self, container_id: str) -> Iterator[bytes]:
+        stream: Iterator[bytes] = self._call(self.api.export, container_id)
+        return stream
+
+    # --- containers -------------------------------------------------------------------------------
+
+    def create_container(self, image: str, **kwargs: Any) -> str:
+        """Create (not start) a container; returns its ID. kwargs are those of `containers.create`."""
+        try:
+            container = self._client.containers.create(image, **kwargs)
+        except docker.errors.ImageNotFound as exc:
+            raise NotFound(f"There is no image {image} on this engine.") from exc
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                raise BadInput(f"A container with that name already exists ({_explanation(exc)}).") from exc
+            raise XmsError(f"The engine could not create the container: {_explanation(exc)}.") from exc
+        return str(container.id)
+
+    def start(self, container_id: str) -> None:
+        try:
+            self.api.start(container_id)
+        except docker.errors.APIError as exc:
+            raise XmsError(f"The engine could not start the container: {_explanation(exc)}.") from exc
+
+    def put_file(self, container_id: str, path: str, content: bytes, mode: int = 0o644) -> None:
+        directory, _, name = path.rpartition("/")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            info.mode = mode
+            tar.addfile(info, io.BytesIO(content))
+        ok = self._call(self.api.put_archive, container_id, directory or "/", buf.getvalue())
+        if not ok:
+            raise XmsError(f"The engine could not write {path} into the container.")
+
+    def get_container(self, ref: str) -> ContainerInfo:
+        try:
+            attrs = self.api.inspect_container(ref)
+        except docker.errors.NotFound as exc:
+            raise NotFound(f"There is no container {ref}.") from exc
+        except docker.errors.APIError as exc:
+            raise XmsError(f"The engine could not inspect container {ref}: {_explanation(exc)}.") from exc
+        return _container_info(attrs)
+
+    def find_container(self, ref: str) -> ContainerInfo | None:
+        try:
+            return self.get_container(ref)
+        except NotFound:
+            return None
+
+    def list_containers(self, all: bool = True, label: str | None = None) -> list[ContainerInfo]:
+        """Inspect data of containers, optionally only those carrying `label`."""
+        filters = {"label": label} if label else {}
+        summaries = self._call(self.api.containers, all=all, filters=filters)
+        result = []
+        for summary in summaries:
+            info = self.find_container(summary["Id"])
+            if info is not None:
+                result.append(info)
+        return result
+
+    def list_container_summaries(self, all: bool = True, label: str | None = None) -> list[dict[str, Any]]:
+        """The engine's list view: cheap, one request, no per-container inspect."""
+        filters = {"label": label} if label else {}
+        summaries: list[dict[str, Any]] = self._call(self.api.containers, all=all, filters=filters)
+        return summaries
+
+    def update_rt_runtime(self, container_id: str, runtime_us: int) -> None:
+        """Set a container's real-time runtime through the engine, so its stored config matches.
+
+        The SDK's update() has no cpu_rt arguments; the API's body accepts CpuRealtimeRuntime.
+        """
+        url = self.api._url("/containers/{0}/update", container_id)
+        try:
+            response = self.api._post_json(url, data={"CpuRealtimeRuntime": int(runtime_us)})
+            self.api._raise_for_status(response)
+        except docker.errors.NotFound as exc:
+            raise NotFound(f"There is no container {container_id[:12]}.") from exc
+        except docker.errors.APIError as exc:
+            raise XmsError(
+                f"The engine could not set the real-time budget of {container_id[:12]} "
+                f"to {runtime_us} us: {_explanation(exc)}."
+            ) from exc
+
+    def stop(self, container_id: str, timeout: int = 10) -> None:
+        try:
+            self.api.stop(container_id, timeout=timeout)
+        except docker.errors.NotFound as exc:
+            raise NotFound(f"There is no container {container_id}.") from exc
+        except docker.errors.APIError as exc:
+            raise XmsError(f"The engine could not stop {container_id[:12]}: {_explanation(exc)}.") from exc
+
+    def remove(self, container_id: str, force: bool = True) -> None:
+        try:
+            self.api.remove_container(container_id, force=force, v=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409 and "already in progress" in _explanation(exc):
+                return
+            raise XmsError(f"The engine could not remove {container_id[:12]}: {_explanation(exc)}.") from exc
+
+    def exec(
+        self, container_id: str, cmd: list[str], user: str = "", environment: dict[str, str] | None = None
+    ) -> tuple[int, str]:
+        """Run a command in a running container; returns (exit code, combined output)."""
+        try:
+            exec_id = self.api.exec_create(container_id, cmd, user=user, environment=environment)
+            output = self.api.exec_start(exec_id)
+            code = self.api.exec_inspect(exec_id).get("ExitCode")
+        except docker.errors.APIError as exc:
+            raise XmsError(f"Running {cmd[0]} in {container_id[:12]} failed: {_explanation(exc)}.") from exc
+        text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
+        return (int(code) if code is not None else -1), text
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except docker.errors.NotFound as exc:
+            raise NotFound(f"The engine found nothing by that name: {_explanation(exc)}.") from exc
+        except docker.errors.APIError as exc:
+            raise XmsError(f"The engine refused the request: {_explanation(exc)}.") from exc
+        except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
+            raise EngineUnavailable(f"The Docker engine stopped answering ({_short(exc)}).") from exc
+
+
+def _explanation(exc: Any) -> str:
+    text = getattr(exc, "explanation", None) or str(exc)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return str(text).strip().rstrip(".")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200].rstrip(".")

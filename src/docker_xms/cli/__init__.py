@@ -1,0 +1,113 @@
+"""The `docker-xms` command line.
+
+Commands are loaded only when invoked so that `docker-xms --help` starts fast: each entry below names
+the module and attribute of a Click command.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+import click
+
+from docker_xms import __version__
+from docker_xms.errors import XmsError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "build-base": ("docker_xms.cli.images", "build_base", ),
+    "build": ("docker_xms.cli.images", "build"),
+    "flatten": ("docker_xms.cli.images", "flatten"),
+    "push": ("docker_xms.cli.images", "push"),
+    "login": ("docker_xms.cli.images", "login"),
+    "run": ("docker_xms.cli.containers", "run"),
+    "ps": ("docker_xms.cli.containers", "ps"),
+    "shell": ("docker_xms.cli.containers", "shell"),
+    "stop": ("docker_xms.cli.containers", "stop"),
+    "rm": ("docker_xms.cli.containers", "rm"),
+    "route": ("docker_xms.cli.containers", "route"),
+    "profiles": ("docker_xms.cli.containers", "profiles"),
+    "rt": ("docker_xms.cli.rt", "rt"),
+    "agent": ("docker_xms.cli.agent", "agent"),
+}
+
+SHORT_HELP: dict[str, str] = {
+    "build-base": "Build a base image that boots full systemd.",
+    "build": "Build a media-server image from a profile's recipe.",
+    "flatten": "Squash an image to one layer, keeping its configuration.",
+    "push": "Push an image to its registry with per-layer progress.",
+    "login": "Log in to a registry (wraps `docker login`).",
+    "run": "Start a media-server container with its real-time budget.",
+    "ps": "List the media-server containers docker-xms manages.",
+    "shell": "Open a shell inside a container's namespaces.",
+    "stop": "Stop containers and rebalance the others' budgets.",
+    "rm": "Remove containers and rebalance the others' budgets.",
+    "route": "Show the static route that reaches container addresses.",
+    "profiles": "List the media-server profiles.",
+    "rt": "Real-time CPU budgets: status, rebalance, verify, doctor, probe.",
+    "agent": "Keep budgets and port rules right as containers come and go.",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module = importlib.import_module(target[0])
+        command: click.Command = getattr(module, target[1])
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="docker-xms")
+@click.option("--debug", is_flag=True, envvar="DOCKER_XMS_DEBUG", help="Show tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """docker-xms runs real-time media servers in containers: real-time CPU budgets granted by the
+    host and split among all media containers, media port ranges without a proxy per port, and proof
+    that real-time scheduling works inside each container."""
+    ctx.obj = {"debug": debug}
+
+
+def main(argv: list[str] | None = None) -> Any:
+    args = sys.argv[1:] if argv is None else argv
+    # As a Docker CLI plugin we are invoked as `docker-xms xms ARGS...`.
+    prog = os.path.basename(sys.argv[0])
+    if prog == "docker-xms" and args[:1] == ["docker-cli-plugin-metadata"]:
+        from docker_xms.cli.plugin import print_metadata
+
+        print_metadata()
+        return 0
+    if args[:1] == ["xms"] and os.environ.get("DOCKER_CLI_PLUGIN_ORIGINAL_CLI_COMMAND") is not None:
+        args = args[1:]
+    try:
+        return cli.main(args=args, prog_name="docker-xms", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except XmsError as exc:
+        if "--debug" in args or os.environ.get("DOCKER_XMS_DEBUG"):
+            raise
+        from docker_xms.cli.render import error
+
+        error(exc.message)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)

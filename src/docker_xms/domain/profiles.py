@@ -1,0 +1,390 @@
+"""Media-server profiles: data that tells docker-xms how to build, start, check and describe a server.
+
+A profile is a TOML file. The shipped ones live in `docker_xms/profiles/`; users add their own in
+`~/.config/docker-xms/profiles/` or in a directory named by DOCKER_XMS_PROFILE_PATH (colon-separated).
+A malformed file is refused with its path, the line and the field at fault.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from docker_xms.errors import BadInput, NotFound
+
+PORT_ROLES = ("signalling", "media", "web", "ssh", "control", "other")
+PROTOCOLS = ("tcp", "udp")
+CHECKS = ("none", "rtpengine-ng", "xms-oam")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    """One port or a contiguous range of ports the media server listens on."""
+
+    name: str
+    protocol: str
+    start: int
+    end: int
+    role: str
+    # In 1:1 mode the host port; by default the same as the container port.
+    host_port: int | None = None
+
+    @property
+    def count(self) -> int:
+        return self.end - self.start + 1
+
+    @property
+    def is_range(self) -> bool:
+        return self.end > self.start
+
+    def label(self) -> str:
+        span = f"{self.start}" if not self.is_range else f"{self.start}-{self.end}"
+        return f"{span}/{self.protocol}"
+
+
+@dataclass(frozen=True)
+class InstanceFile:
+    """A file written into each container before it starts, rendered from a template.
+
+    Placeholders: {media_start}, {media_end}, {name}, {profile}.
+    """
+
+    path: str
+    template: str
+    mode: int = 0o644
+
+    def render(self, values: dict[str, Any]) -> str:
+        return self.template.format(**values)
+
+
+@dataclass(frozen=True)
+class BuildRecipe:
+    distro: str = "debian12"
+    packages: tuple[str, ...] = ()
+    enable_units: tuple[str, ...] = ()
+    mask_units: tuple[str, ...] = ()
+    files: tuple[InstanceFile, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    default_tag: str = ""
+
+
+@dataclass(frozen=True)
+class Readiness:
+    systemd: bool = True
+    # Units allowed to be down (failed or inactive) when the server is otherwise ready.
+    allowed_down: tuple[str, ...] = ()
+    # Units that must be active.
+    required_units: tuple[str, ...] = ()
+    check: str = "none"
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    image: str
+    docs_url: str
+    ports: tuple[PortSpec, ...]
+    media: PortSpec | None
+    media_ranges: tuple[PortSpec, ...]
+    tmpfs: tuple[str, ...]
+    env: dict[str, str]
+    readiness: Readiness
+    build: BuildRecipe
+    instance_files: tuple[InstanceFile, ...]
+    summary: str
+    logins: dict[str, str]
+    # How the media server learns its media range: "instance-file" (rendered into instance_files),
+    # "env" (DOCKER_XMS_MEDIA_START / _END), or "none" (it always uses the profile's full range).
+    media_config: str
+    # Real-time priority the media server runs its workers at (used by the probe).
+    rt_priority: int
+    source: str
+
+    @property
+    def all_media(self) -> tuple[PortSpec, ...]:
+        return self.media_ranges
+
+    @property
+    def media_port_count(self) -> int:
+        return sum(r.count for r in self.media_ranges)
+
+
+def _fail(source: str, where: str, message: str, text: str | None = None) -> BadInput:
+    line = _line_of(text, where.split(".")[-1]) if text else None
+    at = f" line {line}," if line else ""
+    return BadInput(f"Profile {source}:{at} field '{where}' {message}.")
+
+
+def _line_of(text: str | None, key: str) -> int | None:
+    if not text:
+        return None
+    pattern = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=", re.MULTILINE)
+    match = pattern.search(text)
+    if match is None:
+        return None
+    return text.count("\n", 0, match.start()) + 1
+
+
+class _Reader:
+    """Typed access to a parsed TOML table that names the field at fault."""
+
+    def __init__(self, data: dict[str, Any], source: str, text: str, prefix: str = "") -> None:
+        self.data = data
+        self.source = source
+        self.text = text
+        self.prefix = prefix
+
+    def _where(self, key: str) -> str:
+        return f"{self.prefix}{key}"
+
+    def fail(self, key: str, message: str) -> BadInput:
+        return _fail(self.source, self._where(key), message, self.text)
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., required: bool = False) -> Any:
+        if key not in self.data:
+            if required or default is ...:
+                raise self.fail(key, "is missing")
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) and kind in (int, (int,)):
+            raise self.fail(key, f"must be {_kind_name(kind)}, not {value!r}")
+        if not isinstance(value, kind):
+            raise self.fail(key, f"must be {_kind_name(kind)}, not {value!r}")
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        values = self.get(key, list, default=[])
+        for value in values:
+            if not isinstance(value, str):
+                raise self.fail(key, f"must be a list of strings, not contain {value!r}")
+        return tuple(values)
+
+    def table(self, key: str) -> _Reader:
+        value = self.get(key, dict, default={})
+        return _Reader(value, self.source, self.text, f"{self.prefix}{key}.")
+
+    def tables(self, key: str) -> list[_Reader]:
+        values = self.get(key, list, default=[])
+        out = []
+        for i, value in enumerate(values):
+            if not isinstance(value, dict):
+                raise self.fail(key, f"entry {i + 1} must be a table")
+            out.append(_Reader(value, self.source, self.text, f"{self.prefix}{key}[{i}]."))
+        return out
+
+    def unknown(self, allowed: set[str]) -> None:
+        for key in self.data:
+            if key not in allowed:
+                raise self.fail(key, "is not a known setting")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
+             list: "a list", dict: "a table"}
+    if isinstance(kind, tuple):
+        return " or ".join(names.get(k, k.__name__) for k in kind)
+    return names.get(kind, kind.__name__)
+
+
+def _port(reader: _Reader, default_role: str | None = None) -> PortSpec:
+    reader.unknown({"name", "protocol", "port", "range", "role", "host_port"})
+    name = reader.get("name", str, default="")
+    protocol = reader.get("protocol", str, default="udp")
+    if protocol not in PROTOCOLS:
+        raise reader.fail("protocol", f"must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+    if "range" in reader.data:
+        span = reader.get("range", str)
+        match = re.fullmatch(r"(\d+)-(\d+)", span.strip())
+        if not match:
+            raise reader.fail("range", f"must look like '49152-53152', not {span!r}")
+        start, end = int(match.group(1)), int(match.group(2))
+    else:
+        start = end = reader.get("port", int, required=True)
+    if not (1 <= start <= end <= 65535):
+        raise reader.fail("range" if "range" in reader.data else "port", "must lie within 1-65535, low to high")
+    role = reader.get("role", str, default=default_role or "other")
+    if role not in PORT_ROLES:
+        raise reader.fail("role", f"must be one of {', '.join(PORT_ROLES)}, not {role!r}")
+    host_port = reader.get("host_port", int, default=None)
+    if host_port is not None and not 1 <= host_port <= 65535:
+        raise reader.fail("host_port", "must lie within 1-65535")
+    return PortSpec(name or f"{start}/{protocol}", protocol, start, end, role, host_port)
+
+
+def _instance_file(reader: _Reader) -> InstanceFile:
+    reader.unknown({"path", "template", "mode"})
+    path = reader.get("path", str, required=True)
+    if not path.startswith("/"):
+        raise reader.fail("path", "must be an absolute path")
+    template = reader.get("template", str, required=True)
+    mode = reader.get("mode", str, default="0644")
+    try:
+        mode_value = int(mode, 8)
+    except ValueError:
+        raise reader.fail("mode", f"must be an octal string such as '0644', not {mode!r}") from None
+    try:
+        template.format(media_start=0, media_end=0, name="", profile="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise reader.fail("template", f"has a placeholder that is not known: {exc}") from None
+    return InstanceFile(path, template, mode_value)
+
+
+def parse_profile(text: str, source: str) -> Profile:
+    """Parse and validate one profile's TOML text; `source` names the file in error messages."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"Profile {source} is not valid TOML: {exc}.") from None
+    root = _Reader(data, source, text)
+    root.unknown({"profile", "ports", "media", "readiness", "build", "instance_files", "summary", "run"})
+    head = root.table("profile")
+    head.unknown({"name", "description", "image", "docs_url", "logins", "rt_priority"})
+    name = head.get("name", str, required=True)
+    if not NAME_RE.match(name):
+        raise head.fail("name", f"must be lower-case letters, digits, '.', '_' or '-', not {name!r}")
+    logins = head.get("logins", dict, default={})
+    for key, value in logins.items():
+        if not isinstance(value, str):
+            raise head.fail("logins", f"entry {key!r} must be a string")
+    rt_priority = head.get("rt_priority", int, default=50)
+    if not 1 <= rt_priority <= 99:
+        raise head.fail("rt_priority", "must lie within 1-99")
+
+    ports = tuple(_port(r) for r in root.tables("ports"))
+    media_reader = root.table("media")
+    media_reader.unknown({"ranges", "config"})
+    media_ranges = tuple(_port(r, "media") for r in media_reader.tables("ranges"))
+    media_config = media_reader.get("config", str, default="none")
+    if media_config not in ("instance-file", "env", "none"):
+        raise media_reader.fail("config", f"must be instance-file, env or none, not {media_config!r}")
+    _check_overlaps(ports + media_ranges, root)
+
+    ready = root.table("readiness")
+    ready.unknown({"systemd", "allowed_down", "required_units", "check", "timeout"})
+    check = ready.get("check", str, default="none")
+    if check not in CHECKS:
+        raise ready.fail("check", f"must be one of {', '.join(CHECKS)}, not {check!r}")
+    timeout = ready.get("timeout", (int, float), default=120)
+    if timeout <= 0:
+        raise ready.fail("timeout", "must be above 0")
+    readiness = Readiness(
+        systemd=ready.get("systemd", bool, default=True),
+        allowed_down=ready.strings("allowed_down"),
+        required_units=ready.strings("required_units"),
+        check=check,
+        timeout=float(timeout),
+    )
+
+    build = root.table("build")
+    build.unknown({"distro", "packages", "enable_units", "mask_units", "files", "env", "tag"})
+    env = build.get("env", dict, default={})
+    build_recipe = BuildRecipe(
+        distro=build.get("distro", str, default="debian12"),
+        packages=build.strings("packages"),
+        enable_units=build.strings("enable_units"),
+        mask_units=build.strings("mask_units"),
+        files=tuple(_instance_file(r) for r in build.tables("files")),
+        env={str(k): str(v) for k, v in env.items()},
+        default_tag=build.get("tag", str, default=head.get("image", str, default="")),
+    )
+    run = root.table("run")
+    run.unknown({"tmpfs", "env"})
+    run_env = run.get("env", dict, default={})
+
+    summary = root.get("summary", dict, default={})
+    summary_text = summary.get("text", "")
+    if not isinstance(summary_text, str):
+        raise _fail(source, "summary.text", "must be a string", text)
+
+    return Profile(
+        name=name,
+        description=head.get("description", str, default=""),
+        image=head.get("image", str, default=""),
+        docs_url=head.get("docs_url", str, default=""),
+        ports=ports,
+        media=media_ranges[0] if media_ranges else None,
+        media_ranges=media_ranges,
+        tmpfs=run.strings("tmpfs"),
+        env={str(k): str(v) for k, v in run_env.items()},
+        readiness=readiness,
+        build=build_recipe,
+        instance_files=tuple(_instance_file(r) for r in root.tables("instance_files")),
+        summary=summary_text,
+        logins={str(k): str(v) for k, v in logins.items()},
+        media_config=media_config,
+        rt_priority=rt_priority,
+        source=source,
+    )
+
+
+def _check_overlaps(specs: tuple[PortSpec, ...], root: _Reader) -> None:
+    taken: list[PortSpec] = []
+    for spec in specs:
+        for other in taken:
+            if other.protocol == spec.protocol and spec.start <= other.end and other.start <= spec.end:
+                raise BadInput(
+                    f"Profile {root.source}: ports {spec.label()} ({spec.name}) overlap "
+                    f"{other.label()} ({other.name})."
+                )
+        taken.append(spec)
+
+
+def search_path() -> list[Path]:
+    paths: list[Path] = []
+    env = os.environ.get("DOCKER_XMS_PROFILE_PATH", "")
+    paths.extend(Path(p) for p in env.split(":") if p)
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    paths.append(config_home / "docker-xms" / "profiles")
+    return paths
+
+
+def _builtin_texts() -> dict[str, tuple[str, str]]:
+    out: dict[str, tuple[str, str]] = {}
+    folder = resources.files("docker_xms") / "profiles"
+    for entry in folder.iterdir():
+        if entry.name.endswith(".toml"):
+            out[entry.name[: -len(".toml")]] = (entry.read_text("utf-8"), f"(built-in) {entry.name}")
+    return out
+
+
+def _user_files() -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for directory in reversed(search_path()):
+        if directory.is_dir():
+            for path in sorted(directory.glob("*.toml")):
+                out[path.stem] = path
+    return out
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A profile by name (user files shadow built-in ones) or by the path of a TOML file."""
+    if name_or_path.endswith(".toml") or "/" in name_or_path:
+        path = Path(name_or_path)
+        try:
+            text = path.read_text("utf-8")
+        except OSError as exc:
+            raise BadInput(f"Cannot read profile file {path}: {exc.strerror}.") from None
+        return parse_profile(text, str(path))
+    user = _user_files()
+    if name_or_path in user:
+        path = user[name_or_path]
+        return parse_profile(path.read_text("utf-8"), str(path))
+    builtin = _builtin_texts()
+    if name_or_path in builtin:
+        text, source = builtin[name_or_path]
+        return parse_profile(text, source)
+    known = ", ".join(sorted(set(builtin) | set(user)))
+    raise NotFound(f"There is no profile named {name_or_path!r}; known profiles: {known}.")
+
+
+def list_profiles() -> list[Profile]:
+    names = sorted(set(_builtin_texts()) | set(_user_files()))
+    return [load_profile(name) for name in names]
