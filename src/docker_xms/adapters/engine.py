@@ -211,9 +211,7 @@ class Engine:
         history: list[dict[str, Any]] = self._call(self.api.history, ref)
         return history
 
-    def import_image_file(
-        self, path: str, repository: str, tag: str, changes: list[str] | None = None
-    ) -> str:
+    def import_image_file(self, path: str, repository: str, tag: str, changes: list[str] | None = None) -> str:
         """Import a root file system tarball; returns the new image's ID."""
         try:
             out = self.api.import_image_from_file(path, repository=repository, tag=tag, changes=changes)

@@ -17,7 +17,10 @@ from docker_xms import __version__
 from docker_xms.errors import XmsError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "build-base": ("docker_xms.cli.images", "build_base", ),
+    "build-base": (
+        "docker_xms.cli.images",
+        "build_base",
+    ),
     "build": ("docker_xms.cli.images", "build"),
     "flatten": ("docker_xms.cli.images", "flatten"),
     "push": ("docker_xms.cli.images", "push"),

@@ -118,7 +118,7 @@ class Profile:
 
 
 def _fail(source: str, where: str, message: str, text: str | None = None) -> BadInput:
-    line = _line_of(text, where.split(".")[-1]) if text else None
+    line = _line_of(text, where.rsplit(".", maxsplit=1)[-1]) if text else None
     at = f" line {line}," if line else ""
     return BadInput(f"Profile {source}:{at} field '{where}' {message}.")
 
@@ -187,8 +187,14 @@ class _Reader:
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
-             list: "a list", dict: "a table"}
+    names = {
+        str: "a string",
+        int: "a whole number",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+    }
     if isinstance(kind, tuple):
         return " or ".join(names.get(k, k.__name__) for k in kind)
     return names.get(kind, kind.__name__)
@@ -331,8 +337,7 @@ def _check_overlaps(specs: tuple[PortSpec, ...], root: _Reader) -> None:
         for other in taken:
             if other.protocol == spec.protocol and spec.start <= other.end and other.start <= spec.end:
                 raise BadInput(
-                    f"Profile {root.source}: ports {spec.label()} ({spec.name}) overlap "
-                    f"{other.label()} ({other.name})."
+                    f"Profile {root.source}: ports {spec.label()} ({spec.name}) overlap {other.label()} ({other.name})."
                 )
         taken.append(spec)
 

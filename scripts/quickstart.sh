@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Set up a Debian 12 host for docker-xms and run one job:
+#   demo  - build the rtpengine demo image if missing and start it with its real-time budget
+#   test  - lint, type-check and run the whole test suite against the real engine and kernel
+#   setup - only install and start what is needed
+# Needs root. Idempotent: packages, the virtual environment and the engine are reused when present.
+set -euo pipefail
+
+job="${1:-demo}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "error: run as root (docker-xms writes real-time budgets into the host's cgroups)." >&2
+  exit 2
+fi
+
+packages=(docker.io mmdebstrap iptables iproute2 python3-venv python3-pip ca-certificates)
+if [ "$job" = test ]; then
+  packages+=(docker-registry rt-tests stress-ng busybox-static gcc libc6-dev util-linux)
+fi
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "Installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=python3
+for candidate in python3.13 python3.12 python3.11; do
+  if command -v "$candidate" >/dev/null; then python="$candidate"; break; fi
+done
+if [ ! -x .venv/bin/docker-xms ] || [ pyproject.toml -nt .venv/.installed ]; then
+  echo "Installing docker-xms into .venv"
+  "$python" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e '.[test,bench]'
+  touch .venv/.installed
+fi
+
+# A Docker engine: use the one that answers, or start dockerd in the background.
+engine_up() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+if ! engine_up; then
+  echo "Starting dockerd"
+  mkdir -p /run/docker-xms
+  nohup dockerd >/var/log/docker-xms-dockerd.log 2>&1 &
+  echo $! > /run/docker-xms/dockerd.pid
+  for _ in $(seq 1 60); do engine_up && break; sleep 0.5; done
+  engine_up || { echo "error: dockerd did not start; see /var/log/docker-xms-dockerd.log" >&2; exit 1; }
+fi
+
+case "$job" in
+  setup) ;;
+  demo) exec .venv/bin/docker-xms run --profile rtpengine --build-missing ;;
+  test)
+    .venv/bin/ruff check src tests bench
+    .venv/bin/ruff format --check src tests bench
+    .venv/bin/mypy
+    exec .venv/bin/pytest -p no:cacheprovider "${@:2}"
+    ;;
+  *) echo "error: unknown job $job (demo, test or setup)." >&2; exit 2 ;;
+esac

@@ -1,0 +1,142 @@
+"""Is a media server ready? systemd's state, its required units, and the profile's own check."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from docker_xms.adapters.engine import Engine
+from docker_xms.domain.profiles import Profile
+from docker_xms.errors import XmsError
+
+# A bencoded ng ping through bash's /dev/udp, so the image needs no client of its own.
+NG_PING = (
+    "exec 3<>/dev/udp/127.0.0.1/{port}; printf 'rdy d7:command4:pinge' >&3; "
+    "timeout 2 dd bs=4096 count=1 status=none <&3"
+)
+# The XMS management API answers on 127.0.0.1:10080 inside the server.
+OAM_GET = (
+    "exec 3<>/dev/tcp/127.0.0.1/10080; "
+    "printf 'GET /services HTTP/1.0\\r\\nHost: 127.0.0.1\\r\\nUserName: superadmin\\r\\n\\r\\n' >&3; "
+    "timeout 5 cat <&3"
+)
+_SERVICE_RE = re.compile(r"<service\b[^>]*>", re.IGNORECASE)
+_ATTR_RE = re.compile(r'(\w+)="([^"]*)"')
+
+
+@dataclass(frozen=True)
+class Check:
+    ready: bool
+    state: str
+    detail: str = ""
+
+
+def _sh(engine: Engine, container_id: str, script: str) -> tuple[int, str]:
+    return engine.exec(container_id, ["/bin/bash", "-c", script])
+
+
+def systemd_state(engine: Engine, container_id: str, allowed_down: tuple[str, ...]) -> Check:
+    code, out = engine.exec(container_id, ["systemctl", "is-system-running"])
+    state = out.strip().splitlines()[-1] if out.strip() else "unknown"
+    if state == "running":
+        return Check(True, "systemd running")
+    if state == "degraded":
+        failed = failed_units(engine, container_id)
+        blocking = [u for u in failed if _unit_base(u) not in allowed_down]
+        if not blocking:
+            return Check(True, "systemd degraded", f"failed but allowed: {', '.join(failed)}")
+        return Check(False, "systemd degraded", f"failed units: {', '.join(blocking)}")
+    return Check(False, f"systemd {state}")
+
+
+def failed_units(engine: Engine, container_id: str) -> list[str]:
+    _, out = engine.exec(container_id, ["systemctl", "--failed", "--plain", "--no-legend", "--no-pager"])
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _unit_base(unit: str) -> str:
+    return unit.rsplit(".", 1)[0] if unit.endswith(".service") else unit
+
+
+def units_active(engine: Engine, container_id: str, units: tuple[str, ...]) -> Check:
+    if not units:
+        return Check(True, "")
+    _, out = engine.exec(container_id, ["systemctl", "is-active", *units])
+    states = out.split()
+    inactive = [f"{u} {s}" for u, s in zip(units, states, strict=False) if s != "active"]
+    if inactive:
+        return Check(False, "waiting for " + ", ".join(inactive))
+    return Check(True, "units active")
+
+
+def rtpengine_ng(engine: Engine, container_id: str, port: int = 2223) -> Check:
+    _, out = _sh(engine, container_id, NG_PING.format(port=port))
+    if "d6:result4:ponge" in out:
+        return Check(True, "ng ping answered pong")
+    return Check(False, "waiting for rtpengine's ng ping")
+
+
+def parse_oam_services(text: str) -> dict[str, str]:
+    """Service name -> state from the XMS management API's /services answer."""
+    services: dict[str, str] = {}
+    for tag in _SERVICE_RE.findall(text):
+        attrs = dict(_ATTR_RE.findall(tag))
+        name = attrs.get("id") or attrs.get("name")
+        if name:
+            services[name] = attrs.get("state", "")
+    return services
+
+
+def xms_oam(engine: Engine, container_id: str, allowed_down: tuple[str, ...]) -> Check:
+    _, out = _sh(engine, container_id, OAM_GET)
+    services = parse_oam_services(out)
+    if not services:
+        return Check(False, "waiting for the XMS management API")
+    down = sorted(n for n, s in services.items() if s.upper() != "RUNNING" and n not in allowed_down)
+    if down:
+        return Check(False, "XMS services starting", "not running: " + ", ".join(down))
+    return Check(True, f"XMS services running ({len(services)})")
+
+
+def check_once(engine: Engine, container_id: str, profile: Profile) -> Check:
+    info = engine.get_container(container_id)
+    if not info.running:
+        raise XmsError(f"Container {info.name} stopped while starting (status {info.status}, exit {info.exit_code}).")
+    readiness = profile.readiness
+    if readiness.systemd:
+        state = systemd_state(engine, container_id, readiness.allowed_down)
+        if not state.ready:
+            return state
+        units = units_active(engine, container_id, readiness.required_units)
+        if not units.ready:
+            return units
+    if readiness.check == "rtpengine-ng":
+        port = next((p.start for p in profile.ports if p.name == "ng"), 2223)
+        return rtpengine_ng(engine, container_id, port)
+    if readiness.check == "xms-oam":
+        return xms_oam(engine, container_id, readiness.allowed_down)
+    return Check(True, "ready")
+
+
+def wait_ready(
+    engine: Engine,
+    container_id: str,
+    profile: Profile,
+    timeout: float,
+    on_state: Callable[[Check], None] = lambda _: None,
+    interval: float = 0.5,
+) -> Check:
+    """Poll until ready; raises XmsError naming what was still missing when `timeout` runs out."""
+    deadline = time.monotonic() + timeout
+    last = Check(False, "starting")
+    while True:
+        last = check_once(engine, container_id, profile)
+        on_state(last)
+        if last.ready:
+            return last
+        if time.monotonic() >= deadline:
+            detail = f" ({last.detail})" if last.detail else ""
+            raise XmsError(f"Not ready after {timeout:.0f} s: {last.state}{detail}.")
+        time.sleep(interval)
