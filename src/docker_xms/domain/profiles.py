@@ -118,19 +118,37 @@ class Profile:
 
 
 def _fail(source: str, where: str, message: str, text: str | None = None) -> BadInput:
-    line = _line_of(text, where.rsplit(".", maxsplit=1)[-1]) if text else None
+    line = _line_of(text, where) if text else None
     at = f" line {line}," if line else ""
     return BadInput(f"Profile {source}:{at} field '{where}' {message}.")
 
 
-def _line_of(text: str | None, key: str) -> int | None:
-    if not text:
-        return None
-    pattern = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=", re.MULTILINE)
-    match = pattern.search(text)
-    if match is None:
-        return None
-    return text.count("\n", 0, match.start()) + 1
+def _line_of(text: str, where: str) -> int | None:
+    """The line of a dotted field path such as `ports[1].protocol` in the TOML text, if it can be found."""
+    lines = text.splitlines()
+    segments = where.split(".")
+    position = 0
+    dotted: list[str] = []
+    for segment in segments[:-1]:
+        match = re.fullmatch(r"(.+)\[(\d+)\]", segment)
+        dotted.append(match.group(1) if match else segment)
+        name = re.escape(".".join(dotted))
+        if match:
+            header = re.compile(rf"^\s*\[\[\s*{name}\s*\]\]")
+            hits = [i for i, line in enumerate(lines) if header.match(line)]
+            index = int(match.group(2))
+            if index < len(hits):
+                position = hits[index]
+        else:
+            header = re.compile(rf"^\s*\[\s*{name}\s*\]")
+            hits = [i for i, line in enumerate(lines) if header.match(line)]
+            if hits:
+                position = hits[0]
+    key = re.compile(rf"^\s*\"?{re.escape(segments[-1])}\"?\s*=")
+    for i in range(position, len(lines)):
+        if key.match(lines[i]):
+            return i + 1
+    return None
 
 
 class _Reader:

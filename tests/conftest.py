@@ -1,0 +1,44 @@
+"""Session fixtures: the real Docker engine, and test images built once per run and reused."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import pytest
+
+from tests.helpers import BASE_IMAGE, RTPENGINE_IMAGE, TEST_LABEL, run_cli
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    try:
+        client = docker.from_env(version="auto")
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"integration tests need a running Docker engine: {exc}")
+    yield client
+    for container in client.containers.list(all=True, filters={"label": TEST_LABEL}):
+        container.remove(force=True)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def rtpengine_image(docker_client: Any) -> str:
+    """The demo image, built through the CLI unless an image from the same recipe exists."""
+    result = run_cli("build", "--profile", "rtpengine", "-t", RTPENGINE_IMAGE, "--if-missing", timeout=900)
+    assert result.code == 0, result.err + result.out
+    return RTPENGINE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client: Any) -> str:
+    """The offline Debian 12 systemd base, built through the CLI once per machine."""
+    try:
+        docker_client.images.get(BASE_IMAGE)
+    except docker.errors.ImageNotFound:
+        result = run_cli("build-base", "-t", BASE_IMAGE, "--offline", timeout=900)
+        assert result.code == 0, result.err + result.out
+        assert BASE_IMAGE in result.out.splitlines()[-1] or BASE_IMAGE in result.out
+    return BASE_IMAGE

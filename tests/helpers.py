@@ -1,0 +1,58 @@
+"""Shared test helpers: run the installed CLI as a user would, and boot containers the tests own."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+TEST_LABEL = "io.docker-xms.test"
+RTPENGINE_IMAGE = os.environ.get("DOCKER_XMS_RTPENGINE_IMAGE", "docker-xms/rtpengine:latest")
+BASE_IMAGE = "docker-xms-test/debian12-systemd:latest"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def cli_path() -> str:
+    found = Path(sys.executable).parent / "docker-xms"
+    return str(found) if found.exists() else (shutil.which("docker-xms") or "docker-xms")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600, input: str | None = None) -> Result:
+    full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
+    proc = subprocess.run(
+        [cli_path(), *args], capture_output=True, text=True, env=full_env, timeout=timeout, input=input
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def systemd_run_kwargs(test_name: str) -> dict[str, object]:
+    """Keyword arguments for the SDK's containers.run that boot systemd on this (cgroup v1) host."""
+    return {
+        "detach": True,
+        "tmpfs": {"/run": "", "/run/lock": ""},
+        "volumes": {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"}},
+        "cap_add": ["SYS_NICE"],
+        "labels": {TEST_LABEL: test_name},
+        "stop_signal": "SIGRTMIN+3",
+    }

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from docker_xms.domain.profiles import list_profiles, load_profile, parse_profile
+from docker_xms.errors import BadInput, NotFound
+
+
+def test_builtin_profiles_load() -> None:
+    names = {p.name for p in list_profiles()}
+    assert {"rtpengine", "xms"} <= names
+
+
+def test_xms_profile_has_the_installer_ports() -> None:
+    xms = load_profile("xms")
+    tcp = sorted(p.start for p in xms.ports if p.protocol == "tcp")
+    assert tcp == [22, 80, 81, 443, 1080, 5060, 10443, 15001]
+    assert [p.label() for p in xms.media_ranges] == ["49152-53152/udp", "57344-57840/udp"]
+    assert xms.media_port_count == 4498
+    assert "/var/lib/xms/meters" in xms.tmpfs
+    assert set(xms.readiness.allowed_down) == {"faxservice", "cdrserver"}
+    ssh = next(p for p in xms.ports if p.role == "ssh")
+    assert (ssh.start, ssh.host_port) == (22, 2222)
+
+
+def test_rtpengine_profile_renders_its_media_range() -> None:
+    rtp = load_profile("rtpengine")
+    conf = next(f for f in rtp.instance_files if f.path == "/etc/rtpengine/rtpengine.conf")
+    text = conf.render({"media_start": 31000, "media_end": 31099, "name": "x", "profile": "rtpengine"})
+    assert "port-min = 31000" in text
+    assert "port-max = 31099" in text
+
+
+MINIMAL = """
+[profile]
+name = "mini"
+image = "mini:latest"
+
+[[ports]]
+name = "sip"
+protocol = "udp"
+port = 5060
+role = "signalling"
+"""
+
+
+def test_minimal_profile() -> None:
+    profile = parse_profile(MINIMAL, "mini.toml")
+    assert profile.ports[0].label() == "5060/udp"
+    assert profile.readiness.systemd is True
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "line"),
+    [
+        (('protocol = "udp"', 'protocol = "sctp"'), "ports[0].protocol", 8),
+        (("port = 5060", "port = 70000"), "ports[0].port", 9),
+        (("port = 5060", 'port = "5060"'), "ports[0].port", 9),
+        (('role = "signalling"', 'role = "voice"'), "ports[0].role", 10),
+        (('name = "mini"', 'name = "Mini Server"'), "profile.name", 3),
+    ],
+)
+def test_malformed_profile_names_file_line_and_field(change: tuple[str, str], field: str, line: int) -> None:
+    text = MINIMAL.replace(*change)
+    with pytest.raises(BadInput) as info:
+        parse_profile(text, "/etc/x/mini.toml")
+    message = info.value.message
+    assert "/etc/x/mini.toml" in message
+    assert f"line {line}" in message
+    assert f"'{field}'" in message
+
+
+def test_invalid_toml_is_refused_with_position() -> None:
+    with pytest.raises(BadInput, match=r"mini.toml is not valid TOML.*line 2"):
+        parse_profile("[profile]\nname = \nimage = 'x'\n", "mini.toml")
+
+
+def test_unknown_setting_is_refused() -> None:
+    with pytest.raises(BadInput, match="'profile.colour' is not a known setting"):
+        parse_profile(MINIMAL.replace('image = "mini:latest"', 'colour = "red"'), "m.toml")
+
+
+def test_second_table_entry_is_located() -> None:
+    text = MINIMAL + '\n[[ports]]\nname = "b"\nprotocol = "tcp"\nport = 0\n'
+    with pytest.raises(BadInput, match=r"line 15, field 'ports\[1\].port'"):
+        parse_profile(text, "m.toml")
+
+
+def test_overlapping_ports_are_refused() -> None:
+    text = MINIMAL + '\n[media]\n[[media.ranges]]\nprotocol = "udp"\nrange = "5000-6000"\n'
+    with pytest.raises(BadInput, match="overlap"):
+        parse_profile(text, "m.toml")
+
+
+def test_user_profiles_shadow_and_extend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mini.toml").write_text(MINIMAL)
+    monkeypatch.setenv("DOCKER_XMS_PROFILE_PATH", str(tmp_path))
+    assert load_profile("mini").source == str(tmp_path / "mini.toml")
+    with pytest.raises(NotFound, match="known profiles: .*mini"):
+        load_profile("nothing-here")
