@@ -332,6 +332,23 @@ class Engine:
         if not ok:
             raise XmsError(f"The engine could not write {path} into the container.")
 
+    def path_exists(self, container_id: str, path: str) -> bool:
+        """Whether a file exists in a (created or running) container's file system."""
+        try:
+            self.api.get_archive(container_id, path)
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.APIError as exc:
+            raise XmsError(f"The engine could not look for {path} in the container: {_explanation(exc)}.") from exc
+        return True
+
+    def bridge_subnet(self, network: str = "bridge") -> str:
+        attrs = self._call(self.api.inspect_network, network)
+        for config in (attrs.get("IPAM") or {}).get("Config") or []:
+            if config.get("Subnet") and ":" not in config["Subnet"]:
+                return str(config["Subnet"])
+        raise XmsError(f"The engine's {network} network has no IPv4 subnet.")
+
     def get_container(self, ref: str) -> ContainerInfo:
         try:
             attrs = self.api.inspect_container(ref)
@@ -380,6 +397,11 @@ class Engine:
                 f"The engine could not set the real-time budget of {container_id[:12]} "
                 f"to {runtime_us} us: {_explanation(exc)}."
             ) from exc
+
+    def container_pids(self, container_id: str) -> list[int]:
+        """Host PIDs of a running container's processes."""
+        top = self._call(self.api.top, container_id, ps_args="-eo pid")
+        return [int(row[0]) for row in top.get("Processes") or [] if row and str(row[0]).isdigit()]
 
     def stop(self, container_id: str, timeout: int = 10) -> None:
         try:

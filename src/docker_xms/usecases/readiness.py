@@ -38,7 +38,7 @@ def _sh(engine: Engine, container_id: str, script: str) -> tuple[int, str]:
 
 
 def systemd_state(engine: Engine, container_id: str, allowed_down: tuple[str, ...]) -> Check:
-    code, out = engine.exec(container_id, ["systemctl", "is-system-running"])
+    _code, out = engine.exec(container_id, ["systemctl", "is-system-running"])
     state = out.strip().splitlines()[-1] if out.strip() else "unknown"
     if state == "running":
         return Check(True, "systemd running")
@@ -98,6 +98,25 @@ def xms_oam(engine: Engine, container_id: str, allowed_down: tuple[str, ...]) ->
     if down:
         return Check(False, "XMS services starting", "not running: " + ", ".join(down))
     return Check(True, f"XMS services running ({len(services)})")
+
+
+def health_script(profile: Profile) -> str:
+    """The profile's readiness as one shell script, for the engine's healthcheck (read by `ps`)."""
+    parts = []
+    if profile.readiness.systemd:
+        parts.append('state=$(systemctl is-system-running); [ "$state" = running ] || [ "$state" = degraded ]')
+        if profile.readiness.required_units:
+            parts.append("systemctl is-active --quiet " + " ".join(profile.readiness.required_units))
+    if profile.readiness.check == "rtpengine-ng":
+        port = next((p.start for p in profile.ports if p.name == "ng"), 2223)
+        parts.append("(" + NG_PING.format(port=port) + ") | grep -q ponge")
+    elif profile.readiness.check == "xms-oam":
+        allowed = "|".join(profile.readiness.allowed_down) or "-"
+        parts.append(
+            "(" + OAM_GET + ") | grep -o '<service[^>]*>' | grep -Ev 'id=\"(" + allowed + ")\"' "
+            "| grep -v 'state=\"RUNNING\"' | grep -q . && exit 1 || true"
+        )
+    return " && ".join(parts)
 
 
 def check_once(engine: Engine, container_id: str, profile: Profile) -> Check:

@@ -1,0 +1,54 @@
+"""This host's network facts: its address, the ports the kernel hands out to outgoing sockets."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+from pathlib import Path
+
+from docker_xms.errors import BadInput
+
+
+def _ip_json(*args: str) -> list[dict[str, object]]:
+    try:
+        out = subprocess.run(["ip", "-j", *args], capture_output=True, text=True, check=True, timeout=5).stdout
+        data = json.loads(out or "[]")
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+    return data if isinstance(data, list) else []
+
+
+def host_address() -> str:
+    """The IPv4 address of the interface that holds the default route (what the LAN reaches)."""
+    routes = _ip_json("-4", "route", "show", "default")
+    device = str(routes[0].get("dev", "")) if routes else ""
+    if routes and routes[0].get("prefsrc"):
+        return str(routes[0]["prefsrc"])
+    for link in _ip_json("-4", "addr", "show", *(["dev", device] if device else [])):
+        for addr in link.get("addr_info", []) or []:  # type: ignore[attr-defined]
+            local = str(addr.get("local", ""))
+            if local and not local.startswith("127."):
+                return local
+    return "127.0.0.1"
+
+
+def ephemeral_ports(proc_root: Path = Path("/proc")) -> tuple[int, int]:
+    """The range the kernel (and the engine, for -P) picks local ports from."""
+    try:
+        low, high = (proc_root / "sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def split_cidr(cidr: str) -> tuple[str, int]:
+    try:
+        network = ipaddress.ip_network(cidr, strict=False)
+    except ValueError as exc:
+        raise BadInput(f"{cidr!r} is not a network address: {exc}.") from None
+    return str(network.network_address), network.prefixlen
+
+
+def prefix_to_mask(prefix: int) -> str:
+    return str(ipaddress.ip_network(f"0.0.0.0/{prefix}").netmask)

@@ -1,0 +1,246 @@
+"""Container commands: run, ps, shell, stop, rm, route, profiles."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import asdict
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from docker_xms.cli.images import reporting
+from docker_xms.cli.render import console, print_json
+
+PORT_STRATEGIES = ("auto", "publish", "dnat", "host", "macvlan", "ipvlan")
+
+
+@click.command("run")
+@click.option("-i", "--image", default=None, help="Image to start (default: the profile's image).")
+@click.option(
+    "-c",
+    "container_address",
+    is_flag=True,
+    help="Container-address mode: the engine picks host ports; any number of containers.",
+)
+@click.option("-p", "--profile", default="rtpengine", show_default=True, help="Media-server profile.")
+@click.option("--name", default=None, help="Container name.")
+@click.option("--media-ports", type=int, default=None, help="Use only the first N media ports of the profile.")
+@click.option("--rt-weight", type=int, default=1, show_default=True, help="Share of the real-time pool, by weight.")
+@click.option(
+    "--ports",
+    "ports",
+    type=click.Choice(PORT_STRATEGIES),
+    default="auto",
+    show_default=True,
+    help="How media ports reach the container.",
+)
+@click.option("--no-wait", is_flag=True, help="Do not wait for the media server to be ready.")
+@click.option("--timeout", type=float, default=None, help="Seconds to wait for readiness (default: the profile's).")
+@click.option("--keep-on-failure", is_flag=True, help="Keep the container if a step fails, for inspection.")
+@click.option("--build-missing", is_flag=True, help="Build the profile's image if it is missing instead of pulling.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def run(
+    image: str | None,
+    container_address: bool,
+    profile: str,
+    name: str | None,
+    media_ports: int | None,
+    rt_weight: int,
+    ports: str,
+    no_wait: bool,
+    timeout: float | None,
+    keep_on_failure: bool,
+    build_missing: bool,
+    as_json: bool,
+) -> None:
+    """Start a media-server container with its real-time budget and print how to reach it."""
+    from docker_xms.adapters.engine import Engine
+    from docker_xms.usecases.containers import RunRequest
+    from docker_xms.usecases.containers import run as run_container
+
+    request = RunRequest(
+        profile=profile,
+        image=image,
+        container_address=container_address,
+        name=name,
+        media_ports=media_ports,
+        rt_weight=rt_weight,
+        ports=ports,
+        wait=not no_wait,
+        timeout=timeout,
+        keep_on_failure=keep_on_failure,
+        build_missing=build_missing,
+    )
+    engine = Engine.connect()
+    if as_json:
+        from docker_xms.usecases.images import Quiet
+
+        result = run_container(engine, request, Quiet())
+        print_json({**asdict(result), "share": result.share})
+        return
+    with reporting() as reporter:
+        result = run_container(engine, request, reporter)
+    _print_summary(result)
+
+
+def _print_summary(r: object) -> None:
+    from docker_xms.usecases.containers import RunResult
+
+    assert isinstance(r, RunResult)
+    console.print(
+        f"\n[bold]{escape(r.name)}[/] ({r.id[:12]}) runs {escape(r.image)} [dim](profile {r.profile}, {r.mode})[/]"
+    )
+    console.print(f"Container address: [bold]{r.address}[/]   host address: {r.host_address}")
+    console.print(f"Media ports: {r.strategy} ({escape(r.strategy_reason)})")
+    table = Table("port", "role", "container", "host")
+    for row in r.ports:
+        host = f"{row['host']}/{row['protocol']}" if row["host"] else "-"
+        table.add_row(row["name"], row["role"], f"{row['container']}/{row['protocol']}", host)
+    console.print(table)
+    if r.per_group:
+        console.print(
+            f"Real-time budget: [bold]{r.budget_us:,} us[/] per second ({r.share:.1%} of the {r.pool_us:,} us pool)"
+        )
+    else:
+        console.print("Real-time budget: none needed on this host (SCHED_FIFO needs only CAP_SYS_NICE)")
+    verified = "[green]yes[/]" if r.rt_verified else "[red]no[/]"
+    console.print(f"Real-time verified: {verified} ({escape(r.rt_detail)})")
+    console.print(f"Ready: {'yes' if r.ready else 'no'} ({escape(r.ready_state)})")
+    for note in r.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    if r.summary:
+        console.print("\n" + escape(r.summary))
+    console.print(f"\nShell: {r.shell_command}\nStop:  {r.stop}")
+
+
+@click.command("ps")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def ps(as_json: bool) -> None:
+    """List the media-server containers docker-xms manages."""
+    from docker_xms.adapters.engine import Engine
+    from docker_xms.usecases.containers import ps as list_containers
+    from docker_xms.usecases.rt import budget_reader
+
+    engine = Engine.connect()
+    rows = list_containers(engine, budget_reader(engine))
+    if as_json:
+        print_json([asdict(row) for row in rows])
+        return
+    table = Table("name", "id", "profile", "mode", "status", "ready", "address", "ports", "budget us")
+    for row in rows:
+        budget = "-" if row.budget_us is None else f"{row.budget_us:,}"
+        table.add_row(
+            row.name,
+            row.id,
+            row.profile,
+            row.mode,
+            row.status,
+            row.health,
+            row.address,
+            f"{row.strategy}: {row.ports}" if row.strategy else row.ports,
+            budget,
+        )
+    console.print(table)
+
+
+@click.command("shell", context_settings={"ignore_unknown_options": True})
+@click.argument("container")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def shell(container: str, command: tuple[str, ...]) -> None:
+    """Open a shell in CONTAINER's namespaces (mount, uts, ipc, net, pid), or run COMMAND there.
+
+    Give the command after `--`: docker-xms shell media1 -- systemctl status
+    """
+    from docker_xms.adapters.engine import Engine
+    from docker_xms.usecases.containers import resolve
+
+    info = resolve(Engine.connect(), (container,))[0]
+    if not info.running:
+        raise click.UsageError(f"Container {info.name} is not running.")
+    argv = list(command) or ["/bin/bash", "-l"]
+    nsenter = shutil.which("nsenter")
+    if nsenter and os.geteuid() == 0:
+        args = [nsenter, "-t", str(info.pid), "-m", "-u", "-i", "-n", "-p", "--", *argv]
+    else:
+        docker = shutil.which("docker")
+        if docker is None:
+            raise click.UsageError("Neither nsenter (as root) nor the docker client is available for a shell.")
+        args = [docker, "exec", *(["-it"] if sys.stdin.isatty() else ["-i"]), info.id, *argv]
+    sys.stdout.flush()
+    os.execv(args[0], args)  # noqa: S606 - hands the terminal over; argv is a list, no shell
+
+
+@click.command("stop")
+@click.argument("containers", nargs=-1, required=True)
+@click.option("-t", "--time", "timeout", type=int, default=10, show_default=True, help="Seconds before killing.")
+def stop(containers: tuple[str, ...], timeout: int) -> None:
+    """Stop containers and share their real-time budget among the others."""
+    from docker_xms.adapters.engine import Engine
+    from docker_xms.usecases.containers import stop as stop_containers
+
+    for name in stop_containers(Engine.connect(), containers, timeout):
+        console.print(f"Stopped {name}")
+
+
+@click.command("rm")
+@click.argument("containers", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True, help="Remove running containers too.")
+def rm(containers: tuple[str, ...], force: bool) -> None:
+    """Remove containers and share their real-time budget among the others."""
+    from docker_xms.adapters.engine import Engine
+    from docker_xms.usecases.containers import remove
+
+    for name in remove(Engine.connect(), containers, force):
+        console.print(f"Removed {name}")
+
+
+@click.command("route")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def route(as_json: bool) -> None:
+    """The static route that makes container addresses reachable from the LAN (-c mode)."""
+    from docker_xms.adapters.engine import Engine
+    from docker_xms.usecases.containers import route as route_advice
+
+    advice = route_advice(Engine.connect())
+    if as_json:
+        print_json(asdict(advice))
+        return
+    console.print(
+        f"Add a static route on the LAN router or the client:\n"
+        f"  destination {advice.destination}  mask {advice.mask}  gateway {advice.gateway}  "
+        f"metric {advice.metric}"
+    )
+    for system, command in advice.commands.items():
+        console.print(f"  {system}: {command}")
+    console.print(advice.nat_advice)
+
+
+@click.command("profiles")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def profiles(as_json: bool) -> None:
+    """List the media-server profiles (built in, and yours in ~/.config/docker-xms/profiles)."""
+    from docker_xms.domain.profiles import list_profiles
+
+    found = list_profiles()
+    if as_json:
+        print_json(
+            [
+                {
+                    "name": p.name,
+                    "description": p.description,
+                    "image": p.image,
+                    "source": p.source,
+                    "ports": [x.label() for x in p.ports],
+                    "media": [x.label() for x in p.media_ranges],
+                }
+                for p in found
+            ]
+        )
+        return
+    table = Table("profile", "image", "media ports", "description", "source")
+    for p in found:
+        table.add_row(p.name, p.image, ", ".join(x.label() for x in p.media_ranges), p.description, p.source)
+    console.print(table)

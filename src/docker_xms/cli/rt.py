@@ -1,0 +1,149 @@
+"""`docker-xms rt ...`: real-time budgets."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+import click
+from rich.table import Table
+
+from docker_xms.cli.render import console, print_json
+
+if TYPE_CHECKING:
+    from docker_xms.usecases.rt import RtHost
+
+
+def _open() -> RtHost:
+    from docker_xms.adapters.engine import Engine
+    from docker_xms.usecases.rt import open_host
+
+    return open_host(Engine.connect())
+
+
+@click.group("rt")
+def rt() -> None:
+    """Real-time CPU budgets: status, rebalance, verify, doctor, probe."""
+
+
+@rt.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status(as_json: bool) -> None:
+    """Host mode, the pool, the engine's parent, and each container's budget and share."""
+    from docker_xms.usecases.rt import read_state
+
+    state = read_state(_open())
+    if as_json:
+        print_json(asdict(state))
+        return
+    console.print(
+        f"Host: [bold]{state.mode}[/] real-time scheduling, cgroup v{state.cgroup_version}, "
+        f"kernel limit {state.global_runtime_us} us per {state.global_period_us} us"
+    )
+    if state.mode != "per-group":
+        console.print(
+            "No per-container budgets on this host: containers with CAP_SYS_NICE may use SCHED_FIFO "
+            "within the kernel's global limit."
+        )
+    else:
+        console.print(
+            f"Parent {state.parent}: {state.parent_runtime_us} us; capacity {state.capacity_us} us "
+            f"(other groups beside it hold {state.siblings_us} us); foreign containers hold "
+            f"{state.foreign_us} us; pool {state.pool_us} us"
+        )
+    table = Table("container", "id", "weight", "budget (kernel)", "budget (engine)", "share")
+    for h in state.managed:
+        table.add_row(
+            h.name, h.id[:12], str(h.weight), f"{h.runtime_us:,}", f"{h.engine_runtime_us:,}", f"{h.share:.1%}"
+        )
+    for h in state.foreign:
+        table.add_row(
+            f"{h.name} [dim](not managed)[/]", h.id[:12], "-", f"{h.runtime_us:,}", f"{h.engine_runtime_us:,}", "-"
+        )
+    if state.managed or state.foreign:
+        console.print(table)
+    else:
+        console.print("No real-time containers.")
+
+
+@rt.command("rebalance")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def rebalance_cmd(as_json: bool) -> None:
+    """Share the pool again among the running managed containers."""
+    from docker_xms.usecases.rt import rebalance
+
+    result, _ = rebalance(_open())
+    if as_json:
+        print_json(
+            {
+                "pool_us": result.pool_us,
+                "parent_us": result.parent_us,
+                "budgets": dict(result.budgets),
+                "writes": [asdict(w) for w in result.writes],
+                "per_group": result.per_group,
+            }
+        )
+        return
+    if not result.per_group:
+        console.print("No per-container budgets on this host; nothing to rebalance.")
+        return
+    console.print(
+        f"Pool {result.pool_us:,} us shared by {len(result.budgets)} container(s); {len(result.writes)} write(s)."
+    )
+    for key, value in result.budgets.items():
+        console.print(f"  {result.names.get(key, key)}: {value:,} us")
+
+
+@rt.command("verify")
+@click.argument("container")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def verify_cmd(container: str, as_json: bool) -> None:
+    """Prove inside CONTAINER that SCHED_FIFO is allowed and list its real-time threads (exit 1 if not)."""
+    from docker_xms.usecases.rt import verify
+
+    result = verify(_open(), container)
+    if as_json:
+        print_json({**asdict(result), "ok": result.ok})
+    else:
+        mark = "[green]yes[/]" if result.fifo_allowed else "[red]no[/]"
+        console.print(f"{result.name}: SCHED_FIFO allowed: {mark} ({result.fifo_detail})")
+        if result.mode == "per-group":
+            console.print(f"Budget of its cgroup: {result.budget_us:,} us per second")
+        table = Table("pid", "tid", "thread", "policy", "priority", "cgroup budget")
+        for t in result.rt_threads:
+            budget = "-" if t.cgroup_runtime_us is None else f"{t.cgroup_runtime_us:,}"
+            table.add_row(str(t.pid), str(t.tid), t.comm, t.policy, str(t.priority), budget)
+        console.print(f"{len(result.rt_threads)} of {result.threads_total} threads run real-time")
+        if result.rt_threads:
+            console.print(table)
+        for group in result.zero_budget_groups:
+            console.print(f"[red]Real-time threads sit in {group}, whose budget is 0.[/]")
+    if not result.ok:
+        sys.exit(1)
+
+
+@rt.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def doctor_cmd(as_json: bool) -> None:
+    """Say in plain words whether real-time will work on this host, and what to change if not."""
+    from docker_xms.domain.doctor import verdict
+    from docker_xms.usecases.rt import doctor
+
+    findings = doctor(_open())
+    works = verdict(findings)
+    if as_json:
+        print_json({"real_time_works": works, "findings": [asdict(f) for f in findings]})
+    else:
+        marks = {"ok": "[green]ok[/]  ", "warn": "[yellow]warn[/]", "fail": "[red]fail[/]"}
+        for f in findings:
+            console.print(f"{marks[f.level]} {f.message}")
+            if f.fix and f.level != "ok":
+                console.print(f"      [dim]fix:[/] {f.fix}")
+        console.print(
+            "Real-time scheduling will work in containers."
+            if works
+            else "Real-time scheduling will NOT work in containers until the above is fixed."
+        )
+    if not works:
+        sys.exit(1)

@@ -1,0 +1,510 @@
+"""Running media-server containers: start with a budget and ports, list, stop, remove.
+
+State lives in the engine's container labels, never in files of our own: profile, mode, weight and
+the port plan are read back from there by `ps`, `stop`, `rm` and the agent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from docker_xms.adapters import hostnet
+from docker_xms.adapters.engine import LABEL_PREFIX, MANAGED_LABEL, ContainerInfo, Engine
+from docker_xms.adapters.netfilter import ForwardSpec, Netfilter
+from docker_xms.domain import ports as port_plans
+from docker_xms.domain.names import parse_ref
+from docker_xms.domain.profiles import Profile, load_profile
+from docker_xms.domain.recipes import STOP_SIGNAL, profile_files
+from docker_xms.errors import BadInput, NotFound, XmsError
+from docker_xms.usecases import images, readiness
+from docker_xms.usecases.images import Reporter
+from docker_xms.usecases.rt import WEIGHT_LABEL, RtHost, open_host, rebalance, verify
+
+PROFILE_LABEL = f"{LABEL_PREFIX}.profile"
+MODE_LABEL = f"{LABEL_PREFIX}.mode"
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+SYSTEMD_PATHS = ("/lib/systemd/systemd", "/usr/lib/systemd/systemd")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    profile: str = "rtpengine"
+    image: str | None = None
+    container_address: bool = False
+    name: str | None = None
+    media_ports: int | None = None
+    rt_weight: int = 1
+    ports: str = "auto"
+    wait: bool = True
+    timeout: float | None = None
+    keep_on_failure: bool = False
+    build_missing: bool = False
+
+
+@dataclass
+class RunResult:
+    id: str
+    name: str
+    image: str
+    profile: str
+    mode: str
+    address: str
+    host_address: str
+    strategy: str
+    strategy_reason: str
+    ports: list[dict[str, Any]]
+    media: list[dict[str, Any]]
+    budget_us: int
+    pool_us: int
+    per_group: bool
+    rt_verified: bool
+    rt_detail: str
+    ready: bool
+    ready_state: str
+    summary: str
+    urls: dict[str, str]
+    shell_command: str
+    stop: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def share(self) -> float:
+        return self.budget_us / self.pool_us if self.pool_us else 0.0
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise BadInput("docker-xms must run as root: it writes real-time budgets into the host's cgroups.")
+
+
+def _mode(info: ContainerInfo) -> str:
+    return info.label("mode", "container-address")
+
+
+def _systemd_mounts(rt: RtHost, profile: Profile) -> dict[str, Any]:
+    tmpfs = {"/run": "", "/run/lock": "", **dict.fromkeys(profile.tmpfs, "")}
+    if rt.host.cgroup_version == 2:
+        # systemd >= 248 fails on a read-only cgroup2 mount; it needs the host's cgroup namespace.
+        return {
+            "tmpfs": tmpfs,
+            "cgroupns": "host",
+            "volumes": {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
+        }
+    # Read-only on v1 keeps systemd from making cpu sub-cgroups, which would start with a 0 budget.
+    return {"tmpfs": tmpfs, "volumes": {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"}}}
+
+
+def _ensure_image(engine: Engine, profile: Profile, ref: str, build_missing: bool, reporter: Reporter) -> None:
+    if engine.image_exists(ref):
+        return
+    if build_missing and profile.build.packages:
+        images.build_profile_image(engine, profile, ref, reporter)
+        return
+    parsed = parse_ref(ref)
+    reporter.phase(f"Pulling {ref}")
+    try:
+        engine.pull(
+            parsed.repository,
+            parsed.tag or "latest",
+            progress=lambda c: reporter.detail(f"{c.get('id', '')} {c.get('status', '')} {c.get('progress', '')}"),
+        )
+    except XmsError as exc:
+        hint = f" (build it with `docker-xms build --profile {profile.name}`)" if profile.build.packages else ""
+        raise NotFound(f"Image {ref} is not on this engine and could not be pulled: {exc.message}{hint}") from exc
+
+
+def _port_free(protocol: str, port: int) -> bool:
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind(("0.0.0.0", port))  # noqa: S104 - testing whether the engine could bind it
+        except OSError:
+            return False
+    return True
+
+
+def _host_pool() -> tuple[int, int]:
+    # Below the ports the engine picks for -c publishing (the kernel's ephemeral range), so that a
+    # DNAT range never takes packets meant for a port the engine published.
+    low, _ = hostnet.ephemeral_ports()
+    return (10000, low - 1)
+
+
+def _check_host_ports(plan: port_plans.PortPlan) -> None:
+    for key, host_port in plan.publish.items():
+        if host_port is None:
+            continue
+        protocol = key.split("/")[1]
+        if not _port_free(protocol, host_port):
+            raise BadInput(f"Host port {host_port}/{protocol} is already in use; free it or run with -c.")
+
+
+def _healthcheck(profile: Profile) -> dict[str, Any] | None:
+    script = readiness.health_script(profile)
+    if not script:
+        return None
+    second = 1_000_000_000
+    return {
+        "test": ["CMD", "/bin/bash", "-c", script],
+        "interval": 5 * second,
+        "timeout": 4 * second,
+        "retries": 3,
+        "start_period": int(profile.readiness.timeout) * second,
+    }
+
+
+def run(engine: Engine, request: RunRequest, reporter: Reporter) -> RunResult:
+    profile = load_profile(request.profile)
+    if request.name is not None and not NAME_RE.match(request.name):
+        raise BadInput(f"{request.name!r} is not a valid container name: use letters, digits, '_', '.' or '-'.")
+    if request.rt_weight < 1:
+        raise BadInput(f"--rt-weight must be 1 or more, not {request.rt_weight}.")
+    if request.timeout is not None and request.timeout <= 0:
+        raise BadInput(f"--timeout must be above 0 seconds, not {request.timeout}.")
+    image = request.image or profile.image
+    parse_ref(image)
+    require_root()
+    rt = open_host(engine)
+    mode = "container-address" if request.container_address else "one-to-one"
+    managed = engine.list_containers(all=True, label=f"{MANAGED_LABEL}=true")
+    if mode == "one-to-one":
+        for other in managed:
+            if _mode(other) == "one-to-one" and other.running:
+                raise BadInput(
+                    f"Container {other.name} already runs with 1:1 host ports on this host; "
+                    "stop it, or start this one with -c (container-address mode)."
+                )
+    if request.name and engine.find_container(request.name) is not None:
+        raise BadInput(f"A container named {request.name} already exists; choose another --name or remove it.")
+    _ensure_image(engine, profile, image, request.build_missing, reporter)
+
+    netfilter = Netfilter()
+    choice = port_plans.decide_strategy(
+        request.ports, mode, request.media_ports or profile.media_port_count, netfilter.available()
+    )
+    used = [r for c in managed if c.running for r in port_plans.host_ranges_from_labels(c.labels)]
+    plan = port_plans.plan_ports(
+        profile.ports,
+        profile.media_ranges,
+        mode,
+        choice.strategy,
+        slot=0,
+        media_ports=request.media_ports,
+        used_host_ranges=used,
+        host_pool=_host_pool(),
+    )
+    if mode == "one-to-one":
+        _check_host_ports(plan)
+
+    labels = {
+        MANAGED_LABEL: "true",
+        PROFILE_LABEL: profile.name,
+        MODE_LABEL: mode,
+        WEIGHT_LABEL: str(request.rt_weight),
+        **plan.labels(),
+    }
+    env = dict(profile.env)
+    media = plan.media_range
+    if media and profile.media_config == "env":
+        env.update({"DOCKER_XMS_MEDIA_START": str(media[0]), "DOCKER_XMS_MEDIA_END": str(media[1])})
+    create_args: dict[str, Any] = {
+        "name": request.name,
+        "detach": True,
+        "labels": labels,
+        "cap_add": ["SYS_NICE"],
+        "stop_signal": STOP_SIGNAL,
+        "environment": env,
+        "ports": dict(plan.publish) if plan.network_mode == "bridge" else None,
+        "network_mode": plan.network_mode if plan.network_mode != "bridge" else None,
+        "healthcheck": _healthcheck(profile),
+        **_systemd_mounts(rt, profile),
+    }
+    created: list[str] = []
+
+    def start(budget_us: int) -> str:
+        args = dict(create_args)
+        if budget_us > 0:
+            args["cpu_rt_runtime"] = budget_us
+        reporter.phase(
+            f"Starting {profile.name} from {image}" + (f" with {budget_us:,} us real-time" if budget_us else "")
+        )
+        container_id = engine.create_container(image, **args)
+        created.append(container_id)
+        if not any(engine.path_exists(container_id, p) for p in SYSTEMD_PATHS):
+            raise BadInput(
+                f"Image {image} has no systemd ({' or '.join(SYSTEMD_PATHS)} is missing); build it on a systemd "
+                "base image (docker-xms build-base)."
+            )
+        if media and profile.media_config == "instance-file":
+            for rendered in profile_files(profile, media[0], media[1]):
+                if any(rendered.path == f.path for f in profile.instance_files):
+                    engine.put_file(container_id, rendered.path, rendered.content.encode(), rendered.mode)
+        engine.start(container_id)
+        return container_id
+
+    try:
+        balance, container_id = rebalance(rt, arriving_weight=request.rt_weight, then=start)
+        assert container_id is not None
+        info = engine.get_container(container_id)
+        if plan.forwards:
+            reporter.phase(f"Forwarding {plan.media_port_count} media ports with {len(plan.forwards)} DNAT rule(s)")
+            netfilter.ensure_chains()
+            netfilter.add_container(container_id, _forward_specs(plan, info.ip_address))
+        state = readiness.Check(False, "not waited for")
+        if request.wait:
+            reporter.phase("Waiting for the media server to be ready")
+            state = readiness.wait_ready(
+                engine,
+                container_id,
+                profile,
+                request.timeout or profile.readiness.timeout,
+                on_state=lambda c: reporter.detail(c.state + (f" ({c.detail})" if c.detail else "")),
+            )
+        proof = verify(rt, container_id) if request.wait else None
+    except BaseException as exc:
+        if created and not request.keep_on_failure:
+            _undo(engine, rt, netfilter, created[0])
+        if isinstance(exc, XmsError) and created and request.keep_on_failure:
+            exc.message += f" Container {created[0][:12]} was kept for inspection (--keep-on-failure)."
+        raise
+    return _result(
+        engine, profile, info, plan, choice, balance.arriving_us, balance.pool_us, balance.per_group, state, proof
+    )
+
+
+def _forward_specs(plan: port_plans.PortPlan, ip: str) -> list[ForwardSpec]:
+    if not ip:
+        raise XmsError("The container has no address to forward media ports to.")
+    return [
+        ForwardSpec(f.name, ip, f.protocol, f.host_start, f.host_end, f.container_start, f.container_end)
+        for f in plan.forwards
+    ]
+
+
+def _undo(engine: Engine, rt: RtHost, netfilter: Netfilter, container_id: str) -> None:
+    """Remove what a failed run created and give its budget back to the others."""
+    engine.remove(container_id, force=True)
+    if netfilter.available():
+        netfilter.remove_container(container_id)
+    rebalance(rt)
+
+
+def _result(
+    engine: Engine,
+    profile: Profile,
+    info: ContainerInfo,
+    plan: port_plans.PortPlan,
+    choice: port_plans.StrategyChoice,
+    budget_us: int,
+    pool_us: int,
+    per_group: bool,
+    state: readiness.Check,
+    proof: Any,
+) -> RunResult:
+    info = engine.get_container(info.id)
+    host_ip = hostnet.host_address()
+    address = info.ip_address or host_ip
+    rows = port_rows(profile, info, plan)
+    values: dict[str, Any] = {"address": address, "name": info.name, "media_ports": _media_text(plan)}
+    urls: dict[str, str] = {}
+    for row in rows:
+        values[row["name"]] = f"{address}:{row['container']}"
+        values[f"{row['name']}_host"] = address
+        values[f"{row['name']}_port"] = row["container"]
+        if row["host"]:
+            urls[row["name"]] = f"{host_ip}:{row['host']}"
+    try:
+        summary = profile.summary.format(**values).strip()
+    except (KeyError, IndexError, ValueError):
+        summary = profile.summary.strip()
+    return RunResult(
+        id=info.id,
+        name=info.name,
+        image=info.image,
+        profile=profile.name,
+        mode=_mode(info),
+        address=address,
+        host_address=host_ip,
+        strategy=plan.strategy,
+        strategy_reason=choice.reason,
+        ports=rows,
+        media=[m.__dict__ for m in plan.media],
+        budget_us=budget_us,
+        pool_us=pool_us,
+        per_group=per_group,
+        rt_verified=bool(proof and proof.ok),
+        rt_detail=proof.fifo_detail if proof else "not checked (--no-wait)",
+        ready=state.ready,
+        ready_state=state.state,
+        summary=summary,
+        urls=urls,
+        shell_command=f"docker-xms shell {info.name}",
+        stop=f"docker-xms stop {info.name}",
+        notes=list(plan.notes),
+    )
+
+
+def _media_text(plan: port_plans.PortPlan) -> str:
+    return ", ".join(f"{m.start}-{m.end}/{m.protocol}" for m in plan.media)
+
+
+def port_rows(profile: Profile, info: ContainerInfo, plan: port_plans.PortPlan) -> list[dict[str, Any]]:
+    """One row per profile port and media range: where it is in the container and on the host."""
+    rows = []
+    for spec in profile.ports:
+        bindings = info.ports.get(f"{spec.start}/{spec.protocol}") or []
+        host = bindings[0]["HostPort"] if bindings else (str(spec.start) if plan.network_mode == "host" else "")
+        rows.append(
+            {
+                "name": spec.name,
+                "protocol": spec.protocol,
+                "role": spec.role,
+                "container": str(spec.start),
+                "host": host,
+            }
+        )
+    for m in plan.media:
+        host = f"{m.host_start}-{m.host_end}" if plan.strategy not in ("macvlan", "ipvlan") else ""
+        rows.append(
+            {"name": m.name, "protocol": m.protocol, "role": "media", "container": f"{m.start}-{m.end}", "host": host}
+        )
+    return rows
+
+
+# --- ps, stop, rm, route --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PsRow:
+    id: str
+    name: str
+    profile: str
+    mode: str
+    status: str
+    health: str
+    address: str
+    strategy: str
+    ports: str
+    budget_us: int | None
+
+
+def ps(engine: Engine, budget_of: Callable[[str], int | None]) -> list[PsRow]:
+    """One request to the engine (its list view), plus a cgroup file read per running container."""
+    rows = []
+    for s in engine.list_container_summaries(all=True, label=f"{MANAGED_LABEL}=true"):
+        labels = s.get("Labels") or {}
+        networks = (s.get("NetworkSettings") or {}).get("Networks") or {}
+        address = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), "")
+        status = str(s.get("Status", ""))
+        health = (
+            "healthy"
+            if "(healthy)" in status
+            else "unhealthy"
+            if "(unhealthy)" in status
+            else ("starting" if "health: starting" in status else "-")
+        )
+        published = sorted(
+            {f"{p['PublicPort']}->{p['PrivatePort']}/{p['Type']}" for p in s.get("Ports") or [] if p.get("PublicPort")}
+        )
+        host_media = labels.get(port_plans.LABEL_HOST_MEDIA, "")
+        ports_text = ", ".join(published + ([f"{host_media}/media"] if host_media else []))
+        running = s.get("State") == "running"
+        rows.append(
+            PsRow(
+                id=str(s["Id"])[:12],
+                name=str((s.get("Names") or ["?"])[0]).lstrip("/"),
+                profile=labels.get(PROFILE_LABEL, "?"),
+                mode=labels.get(MODE_LABEL, "?"),
+                status=str(s.get("State", "")),
+                health=health,
+                address=address,
+                strategy=labels.get(port_plans.LABEL_STRATEGY, ""),
+                ports=ports_text,
+                budget_us=budget_of(str(s["Id"])) if running else None,
+            )
+        )
+    return rows
+
+
+def resolve(engine: Engine, refs: tuple[str, ...]) -> list[ContainerInfo]:
+    """Containers by name or ID prefix; refuses all of them if any is unknown, before touching one."""
+    found = []
+    missing = []
+    for ref in refs:
+        info = engine.find_container(ref)
+        if info is None:
+            missing.append(ref)
+        else:
+            found.append(info)
+    if missing:
+        raise NotFound(f"There is no container {', '.join(missing)}.")
+    return found
+
+
+def stop(engine: Engine, refs: tuple[str, ...], timeout: int = 10) -> list[str]:
+    require_root()
+    targets = resolve(engine, refs)
+    rt = open_host(engine)
+    netfilter = Netfilter()
+    for info in targets:
+        engine.stop(info.id, timeout=timeout)
+        if netfilter.available():
+            netfilter.remove_container(info.id)
+    rebalance(rt)
+    return [t.name for t in targets]
+
+
+def remove(engine: Engine, refs: tuple[str, ...], force: bool) -> list[str]:
+    require_root()
+    targets = resolve(engine, refs)
+    running = [t.name for t in targets if t.running]
+    if running and not force:
+        raise BadInput(f"{', '.join(running)} is running; stop it first or use rm -f.")
+    rt = open_host(engine)
+    netfilter = Netfilter()
+    for info in targets:
+        engine.remove(info.id, force=force)
+        if netfilter.available():
+            netfilter.remove_container(info.id)
+    rebalance(rt)
+    return [t.name for t in targets]
+
+
+@dataclass(frozen=True)
+class RouteAdvice:
+    destination: str
+    mask: str
+    prefix: int
+    gateway: str
+    metric: int
+    commands: dict[str, str]
+    nat_advice: str
+
+
+def route(engine: Engine) -> RouteAdvice:
+    subnet = engine.bridge_subnet()
+    network, prefix = hostnet.split_cidr(subnet)
+    gateway = hostnet.host_address()
+    mask = hostnet.prefix_to_mask(prefix)
+    return RouteAdvice(
+        destination=network,
+        mask=mask,
+        prefix=prefix,
+        gateway=gateway,
+        metric=10,
+        commands={
+            "linux": f"ip route add {network}/{prefix} via {gateway} metric 10",
+            "windows": f"route -p ADD {network} MASK {mask} {gateway} METRIC 10",
+            "macos": f"sudo route -n add -net {network}/{prefix} {gateway}",
+        },
+        nat_advice=(
+            "On a VM Docker host in 1:1 mode, clients reach the media server through the VM's address: "
+            f"configure the media server as behind NAT with {gateway} as its public address "
+            "(XMS: System > Network > Behind NAT)."
+        ),
+    )

@@ -1,0 +1,382 @@
+"""Real-time budgets on a live host: read the state, rebalance it safely, prove it inside a container.
+
+The engine is the source of truth for which containers are managed (their labels) and for the budget a
+restart re-applies (HostConfig.CpuRealtimeRuntime); the kernel's cgroup files are the truth for what
+holds now. Every change runs under the host lock, so commands and the agent never interleave writes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from docker_xms.adapters import cgroups
+from docker_xms.adapters.engine import MANAGED_LABEL, ContainerInfo, Engine
+from docker_xms.adapters.hostlock import host_lock
+from docker_xms.domain import budget
+from docker_xms.domain.doctor import Finding, diagnose
+from docker_xms.errors import BadInput, XmsError
+
+T = TypeVar("T")
+WEIGHT_LABEL = "io.docker-xms.rt-weight"
+
+
+@dataclass(frozen=True)
+class RtHost:
+    engine: Engine
+    host: cgroups.HostRt
+    fs: cgroups.CgroupFs
+    driver: str
+    parent: str
+    # An upper bound on the pool, set by the user (DOCKER_XMS_RT_POOL_US).
+    cap_us: int | None = None
+
+    @property
+    def per_group(self) -> bool:
+        return self.host.mode == "per-group"
+
+    def cgroup_of(self, container_id: str) -> str:
+        return cgroups.container_cgroup(self.parent, self.driver, container_id)
+
+
+def open_host(
+    engine: Engine, sys_root: Path = Path("/sys"), proc_root: Path = Path("/proc"), boot_root: Path = Path("/boot")
+) -> RtHost:
+    host = cgroups.detect_host(sys_root, proc_root, boot_root)
+    info = engine.info()
+    parent = cgroups.engine_parent(host, info.cgroup_driver, os.environ.get("DOCKER_XMS_CGROUP_PARENT", ""))
+    cap = os.environ.get("DOCKER_XMS_RT_POOL_US")
+    cap_us: int | None = None
+    if cap:
+        try:
+            cap_us = int(cap)
+        except ValueError:
+            raise BadInput(f"DOCKER_XMS_RT_POOL_US must be a whole number of microseconds, not {cap!r}.") from None
+    return RtHost(engine, host, cgroups.CgroupFs(host.cpu_root), info.cgroup_driver, parent, cap_us)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A container or cgroup holding real-time runtime inside the engine's parent."""
+
+    id: str
+    name: str
+    runtime_us: int
+    engine_runtime_us: int
+    weight: int
+    managed: bool
+    share: float = 0.0
+
+
+@dataclass(frozen=True)
+class RtState:
+    mode: str
+    cgroup_version: int
+    global_runtime_us: int
+    global_period_us: int
+    parent: str
+    parent_runtime_us: int
+    capacity_us: int
+    siblings_us: int
+    foreign_us: int
+    pool_us: int
+    managed: tuple[Holder, ...]
+    foreign: tuple[Holder, ...]
+
+
+@dataclass(frozen=True)
+class Rebalance:
+    pool_us: int
+    parent_us: int
+    budgets: Mapping[str, int]
+    writes: tuple[budget.Write, ...]
+    arriving_us: int = 0
+    per_group: bool = True
+    names: Mapping[str, str] = field(default_factory=dict)
+
+
+def managed_running(engine: Engine) -> list[ContainerInfo]:
+    return [c for c in engine.list_containers(all=False, label=f"{MANAGED_LABEL}=true") if c.running]
+
+
+def _weight(info: ContainerInfo) -> int:
+    try:
+        return max(1, int(info.labels.get(WEIGHT_LABEL, "1")))
+    except ValueError:
+        return 1
+
+
+def _scan(rt: RtHost, managed: list[ContainerInfo]) -> tuple[dict[str, int], list[Holder], int]:
+    """Kernel runtime of each managed container, the foreign holders, and the parent's siblings."""
+    rt.fs.ensure(rt.parent)
+    by_cgroup = {rt.cgroup_of(c.id).rsplit("/", 1)[-1]: c for c in managed}
+    now: dict[str, int] = {}
+    foreign: list[Holder] = []
+    for child in rt.fs.children(rt.parent):
+        info = by_cgroup.get(child.name)
+        if info is not None:
+            now[info.id] = child.runtime_us
+            continue
+        runtime = budget.to_period(child.runtime_us, child.period_us)
+        if runtime > 0:
+            other = rt.engine.find_container(_container_id(child.name))
+            foreign.append(
+                Holder(
+                    id=other.id if other else child.name,
+                    name=other.name if other else child.name,
+                    runtime_us=runtime,
+                    engine_runtime_us=other.cpu_rt_runtime if other else 0,
+                    weight=0,
+                    managed=False,
+                )
+            )
+    # A managed container without a cgroup has just stopped or not yet started: it holds nothing and
+    # is no member; one whose cgroup lacks the file's runtime counts as holding 0.
+    for info in managed:
+        if info.id not in now and rt.fs.exists(rt.cgroup_of(info.id)):
+            now[info.id] = 0
+    return now, foreign, rt.fs.sibling_runtime(rt.parent)
+
+
+def _container_id(cgroup_name: str) -> str:
+    return cgroup_name.removeprefix("docker-").removesuffix(".scope")
+
+
+def read_state(rt: RtHost) -> RtState:
+    host = rt.host
+    managed = managed_running(rt.engine)
+    if not rt.per_group:
+        holders = tuple(Holder(c.id, c.name, 0, c.cpu_rt_runtime, _weight(c), True) for c in managed)
+        return RtState(
+            host.mode, host.cgroup_version, host.rt_runtime_us, host.rt_period_us, rt.parent, 0, 0, 0, 0, 0, holders, ()
+        )
+    now, foreign, siblings = _scan(rt, managed)
+    root = rt.fs.read_runtime("/")
+    capacity = budget.capacity(root, siblings)
+    foreign_us = sum(h.runtime_us for h in foreign)
+    pool = budget.compute_pool(capacity, foreign_us, rt.cap_us)
+    holders = tuple(
+        Holder(
+            c.id, c.name, now.get(c.id, 0), c.cpu_rt_runtime, _weight(c), True, now.get(c.id, 0) / pool if pool else 0.0
+        )
+        for c in managed
+    )
+    return RtState(
+        host.mode,
+        host.cgroup_version,
+        host.rt_runtime_us,
+        host.rt_period_us,
+        rt.parent,
+        rt.fs.read_runtime(rt.parent),
+        capacity,
+        siblings,
+        foreign_us,
+        pool,
+        holders,
+        tuple(foreign),
+    )
+
+
+NEW = "(new container)"
+
+
+def rebalance(
+    rt: RtHost,
+    arriving_weight: int | None = None,
+    then: Callable[[int], T] | None = None,
+    exclude: frozenset[str] = frozenset(),
+) -> tuple[Rebalance, T | None]:
+    """Share the pool among the running managed containers (plus one arriving, if its weight is given).
+
+    Under the host lock: shrink donors, move the parent, grow receivers, each write checked by the
+    kernel; a failed write rolls back what was applied. `then(budget_us)` runs while the lock is still
+    held (it creates and starts the arriving container with that budget), so no other process can take
+    the room made for it. If it fails, the others get their share back.
+    """
+    with host_lock():
+        result = _rebalance_locked(rt, arriving_weight, exclude)
+        if then is None:
+            return result, None
+        try:
+            value = then(result.arriving_us)
+        except BaseException:
+            _rebalance_locked(rt, None, exclude)
+            raise
+        return result, value
+
+
+def _rebalance_locked(rt: RtHost, arriving_weight: int | None, exclude: frozenset[str]) -> Rebalance:
+    managed = [c for c in managed_running(rt.engine) if c.id not in exclude]
+    names = {c.id: c.name for c in managed}
+    if not rt.per_group:
+        return Rebalance(0, 0, {}, (), 0, per_group=False, names=names)
+    now, foreign, siblings = _scan(rt, managed)
+    # Containers whose cgroup is gone cannot hold a budget; they are not members.
+    members = [budget.Member(c.id, _weight(c)) for c in managed if c.id in now]
+    if arriving_weight is not None:
+        members.append(budget.Member(NEW, arriving_weight))
+    capacity = budget.capacity(rt.fs.read_runtime("/"), siblings)
+    foreign_us = sum(h.runtime_us for h in foreign)
+    pool = budget.compute_pool(capacity, foreign_us, rt.cap_us)
+    targets = budget.split(pool, members)
+    parent_now = rt.fs.read_runtime(rt.parent)
+    parent_target = pool + foreign_us
+    writes = budget.plan(parent_now, parent_target, now, targets, foreign_us)
+    _apply(rt, [w for w in writes if w.target != NEW], now, parent_now)
+    return Rebalance(pool, parent_target, targets, tuple(writes), targets.get(NEW, 0), True, names)
+
+
+def _apply(rt: RtHost, writes: list[budget.Write], before: Mapping[str, int], parent_before: int) -> None:
+    applied: list[budget.Write] = []
+    try:
+        for write in writes:
+            _write(rt, write)
+            applied.append(write)
+    except XmsError as exc:
+        undo = budget.rollback(applied, before, parent_before)
+        problems = []
+        for write in undo:
+            try:
+                _write(rt, write)
+            except XmsError as again:
+                problems.append(again.message)
+        restored = (
+            "rolled back to the previous budgets" if not problems else "rollback failed too: " + "; ".join(problems)
+        )
+        raise XmsError(f"{exc.message} The rebalance was {restored}.") from exc
+
+
+def _write(rt: RtHost, write: budget.Write) -> None:
+    if write.target == budget.PARENT:
+        rt.fs.write_runtime(rt.parent, write.value)
+        return
+    # Through the engine, so that the stored configuration matches and a restart re-applies the value;
+    # then into the cgroup, because engines before 23 store the update without applying it.
+    if write.value > 0:
+        rt.engine.update_rt_runtime(write.target, write.value)
+    rt.fs.write_runtime(rt.cgroup_of(write.target), write.value)
+
+
+# --- proof inside a container ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RtThread:
+    pid: int
+    tid: int
+    comm: str
+    policy: str
+    priority: int
+    cgroup: str
+    cgroup_runtime_us: int | None
+
+
+@dataclass(frozen=True)
+class Verification:
+    container: str
+    name: str
+    mode: str
+    budget_us: int
+    fifo_allowed: bool
+    fifo_detail: str
+    rt_threads: tuple[RtThread, ...]
+    threads_total: int
+    zero_budget_groups: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.fifo_allowed and bool(self.rt_threads) and not self.zero_budget_groups
+
+
+def verify(rt: RtHost, ref: str) -> Verification:
+    info = rt.engine.get_container(ref)
+    if not info.running:
+        raise BadInput(f"Container {info.name} is not running ({info.status}).")
+    code, out = rt.engine.exec(info.id, ["chrt", "--fifo", "1", "true"])
+    if code == 0:
+        fifo, detail = True, "chrt --fifo 1 succeeded inside the container"
+    elif code in (126, 127) or "executable file not found" in out:
+        fifo, detail = False, "chrt is not in the image (install util-linux) so SCHED_FIFO could not be tried"
+    else:
+        fifo, detail = False, f"chrt --fifo 1 failed inside the container: {out.strip() or f'exit {code}'}"
+    threads, total, zero_groups = _rt_threads(rt, info)
+    budget_us = rt.fs.read_runtime(rt.cgroup_of(info.id)) if rt.per_group and rt.fs.exists(rt.cgroup_of(info.id)) else 0
+    return Verification(
+        info.id, info.name, rt.host.mode, budget_us, fifo, detail, tuple(threads), total, tuple(sorted(zero_groups))
+    )
+
+
+def _rt_threads(rt: RtHost, info: ContainerInfo) -> tuple[list[RtThread], int, set[str]]:
+    """Real-time threads of the container's processes, seen from the host's /proc."""
+    pids = _container_pids(rt, info)
+    found: list[RtThread] = []
+    zero: set[str] = set()
+    total = 0
+    for pid in pids:
+        try:
+            threads = cgroups.thread_policies(pid)
+        except XmsError:
+            continue
+        for thread in threads:
+            total += 1
+            if thread.policy not in ("SCHED_FIFO", "SCHED_RR"):
+                continue
+            runtime = None
+            if rt.per_group:
+                try:
+                    runtime = rt.fs.read_runtime(thread.cgroup)
+                except XmsError:
+                    runtime = None
+                if runtime == 0:
+                    zero.add(thread.cgroup)
+            found.append(
+                RtThread(pid, thread.tid, thread.comm, thread.policy, thread.rt_priority, thread.cgroup, runtime)
+            )
+    return found, total, zero
+
+
+def _container_pids(rt: RtHost, info: ContainerInfo) -> list[int]:
+    """Every process of the container: the cgroup's procs, including systemd's sub-cgroups."""
+    pids: set[int] = set()
+    base = rt.fs.path(rt.cgroup_of(info.id)) if rt.per_group else None
+    if base is not None and base.is_dir():
+        for procs in base.rglob("cgroup.procs"):
+            pids.update(int(p) for p in procs.read_text().split())
+    if not pids:
+        pids = set(rt.engine.container_pids(info.id))
+    return sorted(pids)
+
+
+def doctor(rt: RtHost) -> list[Finding]:
+    info = rt.engine.info()
+    parent_runtime = None
+    if rt.per_group and rt.fs.exists(rt.parent):
+        parent_runtime = rt.fs.read_runtime(rt.parent)
+    return diagnose(rt.host, info.cgroup_driver, info.cgroup_version, parent_runtime, rt.parent)
+
+
+def budget_reader(engine: Engine) -> Callable[[str], int | None]:
+    """A cheap reader of a container's kernel budget for listings: no engine request, file reads only.
+
+    It tries where either cgroup driver puts containers, so it need not ask the engine which one runs.
+    """
+    del engine
+    host = cgroups.detect_host()
+    if host.mode != "per-group":
+        return lambda _: None
+    fs = cgroups.CgroupFs(host.cpu_root)
+    custom = os.environ.get("DOCKER_XMS_CGROUP_PARENT", "")
+    candidates = [("cgroupfs", cgroups.engine_parent(host, "cgroupfs", custom))]
+    candidates.append(("systemd", cgroups.engine_parent(host, "systemd", custom if custom.endswith(".slice") else "")))
+
+    def read(container_id: str) -> int | None:
+        for driver, parent in candidates:
+            rel = cgroups.container_cgroup(parent, driver, container_id)
+            if fs.exists(rel):
+                return fs.read_runtime(rel)
+        return None
+
+    return read
