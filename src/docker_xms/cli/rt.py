@@ -70,10 +70,10 @@ def status(as_json: bool) -> None:
 @rt.command("rebalance")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def rebalance_cmd(as_json: bool) -> None:
-    """Share the pool again among the running managed containers."""
-    from docker_xms.usecases.rt import rebalance
+    """Share the pool again among the running managed containers, and mend port rules."""
+    from docker_xms.usecases.reconcile import reconcile
 
-    result, _ = rebalance(_open())
+    result = reconcile(_open()).budgets
     if as_json:
         print_json(
             {

@@ -23,6 +23,7 @@ from docker_xms.domain.recipes import STOP_SIGNAL, profile_files
 from docker_xms.errors import BadInput, NotFound, XmsError
 from docker_xms.usecases import images, readiness
 from docker_xms.usecases.images import Reporter
+from docker_xms.usecases.reconcile import reconcile
 from docker_xms.usecases.rt import WEIGHT_LABEL, RtHost, open_host, rebalance, verify
 
 PROFILE_LABEL = f"{LABEL_PREFIX}.profile"
@@ -289,9 +290,7 @@ def _forward_specs(plan: port_plans.PortPlan, ip: str) -> list[ForwardSpec]:
 def _undo(engine: Engine, rt: RtHost, netfilter: Netfilter, container_id: str) -> None:
     """Remove what a failed run created and give its budget back to the others."""
     engine.remove(container_id, force=True)
-    if netfilter.available():
-        netfilter.remove_container(container_id)
-    rebalance(rt)
+    reconcile(rt, netfilter)
 
 
 def _result(
@@ -453,9 +452,7 @@ def stop(engine: Engine, refs: tuple[str, ...], timeout: int = 10) -> list[str]:
     netfilter = Netfilter()
     for info in targets:
         engine.stop(info.id, timeout=timeout)
-        if netfilter.available():
-            netfilter.remove_container(info.id)
-    rebalance(rt)
+    reconcile(rt, netfilter)
     return [t.name for t in targets]
 
 
@@ -469,9 +466,7 @@ def remove(engine: Engine, refs: tuple[str, ...], force: bool) -> list[str]:
     netfilter = Netfilter()
     for info in targets:
         engine.remove(info.id, force=force)
-        if netfilter.available():
-            netfilter.remove_container(info.id)
-    rebalance(rt)
+    reconcile(rt, netfilter)
     return [t.name for t in targets]
 
 
