@@ -1,0 +1,414 @@
+"""Port plans: which ports the engine publishes, which media ranges netfilter forwards, and which
+media range each container's server is told to use.
+
+Publishing a UDP port through the engine costs one docker-proxy process per port and address family,
+so a media server's thousands of RTP ports are better reached another way:
+
+- ``publish``: the engine publishes every port itself (fine for a handful of media ports).
+- ``dnat``: the engine publishes signalling, web and control ports; each media range is forwarded by
+  one netfilter DNAT rule (see `docker_xms.adapters.netfilter`).
+- ``host``: host networking; with ``container-address`` mode each container gets its own slice of the
+  profile's media ports.
+- ``macvlan`` / ``ipvlan``: each container has its own address on the LAN; nothing is translated.
+
+Modes: ``one-to-one`` (host port = container port, one such container per host) and
+``container-address`` (the engine picks host ports for signalling; each container gets its own
+host media range, which is shown to the user).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from docker_xms.domain.profiles import PortSpec
+from docker_xms.errors import BadInput
+
+STRATEGIES = ("publish", "dnat", "host", "macvlan", "ipvlan")
+MODES = ("one-to-one", "container-address")
+# Above this many media ports, docker-proxy processes cost more (memory, start time) than one rule.
+DNAT_THRESHOLD = 20
+# Host ports handed out to containers in container-address mode. The engine picks ports for published
+# signalling ports from the kernel's ip_local_port_range (32768-60999 by default), and a DNAT rule
+# would capture such a port first: callers pass that range in `reserved_host_ranges`.
+DEFAULT_HOST_POOL = (20000, 59999)
+
+# Container labels that record a plan, so other containers' plans and `reconcile` can be computed from
+# the engine's state alone. The prefix is the one every docker-xms label carries.
+LABEL_STRATEGY = "io.docker-xms.port-strategy"
+LABEL_HOST_MEDIA = "io.docker-xms.host-media-ports"
+LABEL_DNAT = "io.docker-xms.dnat"
+
+_SPAN = re.compile(r"^(\d+)-(\d+)$")
+_FORWARD = re.compile(r"^([A-Za-z0-9_.-]+)/(tcp|udp):(\d+)-(\d+)>(\d+)-(\d+)$")
+_IFACE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+
+
+@dataclass(frozen=True)
+class StrategyChoice:
+    strategy: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class MediaRange:
+    """A media range as the server sees it (start-end) and where the host offers it."""
+
+    name: str
+    protocol: str
+    start: int
+    end: int
+    host_start: int
+    host_end: int
+
+    @property
+    def count(self) -> int:
+        return self.end - self.start + 1
+
+
+@dataclass(frozen=True)
+class DnatForward:
+    """One netfilter rule: host ports host_start-host_end to the same offsets of the container's range."""
+
+    name: str
+    protocol: str
+    host_start: int
+    host_end: int
+    container_start: int
+    container_end: int
+
+    @property
+    def count(self) -> int:
+        return self.host_end - self.host_start + 1
+
+    def label(self) -> str:
+        return (
+            f"{self.name}/{self.protocol}:{self.host_start}-{self.host_end}>{self.container_start}-{self.container_end}"
+        )
+
+
+@dataclass(frozen=True)
+class PortPlan:
+    strategy: str
+    mode: str
+    # "bridge", "host" or the name of a macvlan/ipvlan network.
+    network_mode: str
+    # The docker SDK's `ports=` form: {"5060/udp": 5060}, or None for a port the engine picks.
+    publish: Mapping[str, int | None]
+    forwards: tuple[DnatForward, ...]
+    media: tuple[MediaRange, ...]
+    # Things the user should know about this plan, one sentence each.
+    notes: tuple[str, ...] = ()
+
+    @property
+    def media_range(self) -> tuple[int, int] | None:
+        """The range the server is told (its first media range, as profile templates expect)."""
+        if not self.media:
+            return None
+        return (self.media[0].start, self.media[0].end)
+
+    @property
+    def media_port_count(self) -> int:
+        return sum(m.count for m in self.media)
+
+    @property
+    def host_media_ranges(self) -> tuple[tuple[int, int], ...]:
+        return tuple(_merge((m.host_start, m.host_end) for m in self.media))
+
+    def labels(self) -> dict[str, str]:
+        out = {LABEL_STRATEGY: self.strategy}
+        # Containers on their own addresses hold no host ports.
+        if self.strategy not in ("macvlan", "ipvlan") and self.media:
+            out[LABEL_HOST_MEDIA] = ",".join(f"{a}-{b}" for a, b in self.host_media_ranges)
+        if self.forwards:
+            out[LABEL_DNAT] = ",".join(f.label() for f in self.forwards)
+        return out
+
+
+def decide_strategy(requested: str, mode: str, media_port_count: int, netfilter_available: bool) -> StrategyChoice:
+    """The strategy to use and why; "auto" prefers DNAT when there are many media ports."""
+    _check_mode(mode)
+    if requested != "auto" and requested not in STRATEGIES:
+        raise BadInput(f"Unknown port strategy {requested!r}: use auto, {', '.join(STRATEGIES)}.")
+    if requested == "dnat" and not netfilter_available:
+        raise BadInput(
+            "The dnat port strategy needs a usable iptables command run as root; install iptables or choose --ports publish."
+        )
+    if requested != "auto":
+        return StrategyChoice(requested, f"{requested} was asked for")
+    if media_port_count <= DNAT_THRESHOLD:
+        return StrategyChoice("publish", f"{media_port_count} media ports are few enough for the engine to publish")
+    if netfilter_available:
+        return StrategyChoice(
+            "dnat", f"{media_port_count} media ports are forwarded by one DNAT rule per range, not one process per port"
+        )
+    return StrategyChoice(
+        "publish",
+        f"iptables is not usable here, so the engine publishes all {media_port_count} media ports, one process each (slow)",
+    )
+
+
+def choose_strategy(requested: str, mode: str, media_port_count: int, netfilter_available: bool) -> str:
+    return decide_strategy(requested, mode, media_port_count, netfilter_available).strategy
+
+
+def plan_ports(
+    profile_ports: Sequence[PortSpec],
+    media_ranges: Sequence[PortSpec],
+    mode: str,
+    strategy: str,
+    slot: int = 0,
+    media_ports: int | None = None,
+    used_host_ranges: Iterable[tuple[int, int]] = (),
+    *,
+    host_pool: tuple[int, int] = DEFAULT_HOST_POOL,
+    reserved_host_ranges: Iterable[tuple[int, int]] = (),
+    network: str = "",
+) -> PortPlan:
+    """Plan one container's ports.
+
+    `slot` is the container's index among those started together: it spreads their host ranges without
+    waiting for each other's labels. `used_host_ranges` are the host media ranges other containers hold
+    (from their `LABEL_HOST_MEDIA` labels); `reserved_host_ranges` are host ports no container may get.
+    """
+    _check_mode(mode)
+    if strategy not in STRATEGIES:
+        raise BadInput(f"Unknown port strategy {strategy!r}: use {', '.join(STRATEGIES)}.")
+    if slot < 0:
+        raise BadInput(f"The container slot must be 0 or more, not {slot}.")
+    available = sum(r.count for r in media_ranges)
+    if media_ports is not None:
+        if media_ports < 1:
+            raise BadInput(f"--media-ports must be at least 1, not {media_ports}.")
+        if media_ports > available:
+            raise BadInput(f"--media-ports {media_ports} is more than the profile's {available} media ports.")
+    count = available if media_ports is None else media_ports
+    used = list(used_host_ranges)
+    one_to_one = mode == "one-to-one"
+
+    if strategy in ("macvlan", "ipvlan"):
+        media = tuple(_identity(p) for p in _first(media_ranges, count))
+        lan_note = (
+            f"Each container has its own {strategy} address; the host itself cannot reach it over the parent interface."
+        )
+        return PortPlan(strategy, mode, network or f"docker-xms-{strategy}", {}, (), media, (lan_note,))
+
+    if strategy == "host":
+        if one_to_one:
+            media = tuple(_identity(p) for p in _first(media_ranges, count))
+            _check_free(media, used)
+            return PortPlan(strategy, mode, "host", {}, (), media)
+        media = _host_slice(media_ranges, count, slot, used + list(reserved_host_ranges))
+        shared = ", ".join(p.label() for p in profile_ports)
+        notes = (f"With host networking only one container can listen on {shared}.",) if shared else ()
+        return PortPlan(strategy, mode, "host", {}, (), media, notes)
+
+    publish = _publish_fixed(profile_ports, one_to_one)
+    pieces = _first(media_ranges, count)
+    if one_to_one:
+        media = tuple(_identity(p) for p in pieces)
+        _check_free(media, used)
+    else:
+        base = _allocate(count, slot, host_pool, used + list(reserved_host_ranges))
+        media = _shift(pieces, base)
+    if strategy == "publish":
+        for m in media:
+            for offset in range(m.count):
+                publish[f"{m.start + offset}/{m.protocol}"] = m.host_start + offset
+        return PortPlan(strategy, mode, "bridge", publish, (), media)
+    forwards = tuple(DnatForward(m.name, m.protocol, m.host_start, m.host_end, m.start, m.end) for m in media)
+    return PortPlan(strategy, mode, "bridge", publish, forwards, media)
+
+
+def host_ranges_from_labels(labels: Mapping[str, str]) -> list[tuple[int, int]]:
+    """The host media ranges a container holds, from its labels (none if it holds none)."""
+    value = labels.get(LABEL_HOST_MEDIA, "")
+    out: list[tuple[int, int]] = []
+    for part in filter(None, value.split(",")):
+        match = _SPAN.match(part)
+        if match is None or int(match.group(1)) > int(match.group(2)):
+            raise BadInput(f"Label {LABEL_HOST_MEDIA}={value!r} is malformed; expected ranges such as 20000-24497.")
+        out.append((int(match.group(1)), int(match.group(2))))
+    return out
+
+
+def forwards_from_labels(labels: Mapping[str, str]) -> tuple[DnatForward, ...]:
+    """The DNAT forwards a container's plan asked for, from its labels."""
+    value = labels.get(LABEL_DNAT, "")
+    out: list[DnatForward] = []
+    for part in filter(None, value.split(",")):
+        match = _FORWARD.match(part)
+        if match is None:
+            raise BadInput(f"Label {LABEL_DNAT}={value!r} is malformed; expected rtp/udp:20000-24000>49152-53152.")
+        name, protocol = match.group(1), match.group(2)
+        hs, he, cs, ce = (int(match.group(i)) for i in range(3, 7))
+        if hs > he or cs > ce or he - hs != ce - cs:
+            raise BadInput(f"Label {LABEL_DNAT}={value!r} maps ranges of different sizes.")
+        out.append(DnatForward(name, protocol, hs, he, cs, ce))
+    return tuple(out)
+
+
+def ephemeral_range(text: str) -> tuple[int, int]:
+    """The range in /proc/sys/net/ipv4/ip_local_port_range, from which the engine picks host ports."""
+    parts = text.split()
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise BadInput(f"ip_local_port_range reads {text.strip()!r}, not two port numbers.")
+    return (int(parts[0]), int(parts[1]))
+
+
+def network_definition(
+    kind: str, parent_iface: str, subnet: str, gateway: str, ip_range: str | None = None
+) -> dict[str, Any]:
+    """Arguments for the engine's network create (`client.networks.create(name, **definition)`)."""
+    if kind not in ("macvlan", "ipvlan"):
+        raise BadInput(f"A LAN network is macvlan or ipvlan, not {kind!r}.")
+    if not _IFACE.match(parent_iface) or parent_iface in (".", ".."):
+        raise BadInput(f"{parent_iface!r} is not a network interface name (1-15 letters, digits, '.', '-', '_').")
+    try:
+        net = ipaddress.ip_network(subnet, strict=True)
+    except ValueError:
+        raise BadInput(f"Subnet {subnet!r} is not a network such as 192.168.1.0/24 (host bits must be zero).") from None
+    try:
+        gw = ipaddress.ip_address(gateway)
+    except ValueError:
+        raise BadInput(f"Gateway {gateway!r} is not an IP address.") from None
+    if gw not in net or gw in (net.network_address, net.broadcast_address):
+        raise BadInput(f"Gateway {gateway} is not a host address of the subnet {subnet}.")
+    pool: dict[str, str] = {"Subnet": str(net), "Gateway": str(gw)}
+    if ip_range:
+        try:
+            part = ipaddress.ip_network(ip_range, strict=True)
+        except ValueError:
+            raise BadInput(f"Address range {ip_range!r} is not a network such as 192.168.1.192/27.") from None
+        if part.version != net.version or not part.subnet_of(net):  # type: ignore[arg-type]
+            raise BadInput(f"Address range {ip_range} does not lie within the subnet {subnet}.")
+        pool["IPRange"] = str(part)
+    options = {"parent": parent_iface}
+    # l2 lets containers and LAN peers reach each other directly, as on a switch.
+    options.update({"ipvlan_mode": "l2"} if kind == "ipvlan" else {"macvlan_mode": "bridge"})
+    return {
+        "driver": kind,
+        "options": options,
+        "ipam": {"Driver": "default", "Config": [pool], "Options": {}},
+        "enable_ipv6": net.version == 6,
+    }
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise BadInput(f"Unknown port mode {mode!r}: use {' or '.join(MODES)}.")
+
+
+def _first(ranges: Sequence[PortSpec], count: int) -> list[PortSpec]:
+    """The profile's media ranges cut down to their first `count` ports."""
+    out: list[PortSpec] = []
+    left = count
+    for spec in ranges:
+        if left <= 0:
+            break
+        take = min(left, spec.count)
+        out.append(PortSpec(spec.name, spec.protocol, spec.start, spec.start + take - 1, spec.role))
+        left -= take
+    return out
+
+
+def _identity(spec: PortSpec) -> MediaRange:
+    return MediaRange(spec.name, spec.protocol, spec.start, spec.end, spec.start, spec.end)
+
+
+def _shift(pieces: Sequence[PortSpec], base: int) -> tuple[MediaRange, ...]:
+    """Lay the pieces end to end on the host from `base`."""
+    out: list[MediaRange] = []
+    at = base
+    for p in pieces:
+        out.append(MediaRange(p.name, p.protocol, p.start, p.end, at, at + p.count - 1))
+        at += p.count
+    return tuple(out)
+
+
+def _publish_fixed(ports: Sequence[PortSpec], one_to_one: bool) -> dict[str, int | None]:
+    out: dict[str, int | None] = {}
+    for spec in ports:
+        for offset in range(spec.count):
+            key = f"{spec.start + offset}/{spec.protocol}"
+            if not one_to_one:
+                out[key] = None
+            else:
+                out[key] = (spec.host_port if spec.host_port is not None else spec.start) + offset
+    return out
+
+
+def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def _check_free(media: Sequence[MediaRange], used: Sequence[tuple[int, int]]) -> None:
+    for m in media:
+        for taken in used:
+            if _overlap((m.host_start, m.host_end), taken):
+                raise BadInput(
+                    f"Host ports {taken[0]}-{taken[1]} are held by another container, so {m.name} "
+                    f"({m.start}-{m.end}/{m.protocol}) cannot be offered one-to-one; remove it or use -c."
+                )
+
+
+def _allocate(size: int, slot: int, pool: tuple[int, int], taken: Sequence[tuple[int, int]]) -> int:
+    """The start of the first free block of `size` host ports, looking from the slot's own block onwards."""
+    low, high = pool
+    if not 1 <= low <= high <= 65535:
+        raise BadInput(f"The host port pool {low}-{high} must lie within 1-65535, low to high.")
+    spans = sorted(taken)
+    preferred = low + slot * size
+    for first in (preferred, low) if preferred + size - 1 <= high else (low,):
+        at = first
+        while at + size - 1 <= high:
+            clash = [t for t in spans if _overlap((at, at + size - 1), t)]
+            if not clash:
+                return at
+            at = max(t[1] for t in clash) + 1
+    raise BadInput(
+        f"The host port pool {low}-{high} has no free block of {size} ports left for another container; "
+        "remove one, give fewer with --media-ports, or widen the pool."
+    )
+
+
+def _host_slice(
+    ranges: Sequence[PortSpec], size: int, slot: int, taken: Sequence[tuple[int, int]]
+) -> tuple[MediaRange, ...]:
+    """Slice number `slot` (or the next free one) of the profile's media ports, `size` ports long."""
+    ports = [(spec, p) for spec in ranges for p in range(spec.start, spec.end + 1)]
+    slices = len(ports) // size
+    order = [*range(slot, slices), *range(min(slot, slices))]
+    for k in order:
+        chosen = ports[k * size : (k + 1) * size]
+        media = _runs(chosen)
+        if not any(_overlap((m.start, m.end), t) for m in media for t in taken):
+            return media
+    raise BadInput(
+        f"All {slices} slices of {size} media ports are taken by other host-network containers; "
+        "remove one or give each fewer with --media-ports."
+    )
+
+
+def _runs(ports: Sequence[tuple[PortSpec, int]]) -> tuple[MediaRange, ...]:
+    out: list[MediaRange] = []
+    for spec, port in ports:
+        last = out[-1] if out else None
+        if last is not None and last.name == spec.name and last.end + 1 == port:
+            out[-1] = MediaRange(last.name, last.protocol, last.start, port, last.start, port)
+        else:
+            out.append(MediaRange(spec.name, spec.protocol, port, port, port, port))
+    return tuple(out)
+
+
+def _merge(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out

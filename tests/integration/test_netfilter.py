@@ -1,0 +1,363 @@
+"""DNAT range forwards against the real netfilter and the real engine.
+
+Every test uses chains of its own name (not the DOCKER-XMS chains a running docker-xms uses), sends
+datagrams only to 127.0.0.1, and forwards them only to containers it created. The echo server runs
+in the container's network namespace (through nsenter) because the busybox image has no UDP server.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from docker_xms.adapters.netfilter import ForwardSpec, Netfilter
+from docker_xms.domain.ports import plan_ports
+from docker_xms.domain.profiles import parse_profile
+from docker_xms.errors import XmsError
+
+pytestmark = pytest.mark.engine
+
+REPOSITORY, TAG = "docker-xms-test/netfilter-busybox", "1"
+IMAGE = f"{REPOSITORY}:{TAG}"
+TEST_LABEL = {"io.docker-xms.test": "netfilter"}
+# Host ports below the kernel's ephemeral range, so no other local traffic is caught while a rule lives.
+HOST_BASE = 23000
+
+ECHO_SERVER = r"""
+import selectors, socket, sys
+sel = selectors.DefaultSelector()
+for port in map(int, sys.argv[1:]):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    sel.register(s, selectors.EVENT_READ, port)
+print("ready", flush=True)
+while True:
+    for key, _ in sel.select():
+        data, peer = key.fileobj.recvfrom(2048)
+        key.fileobj.sendto(b"%d:" % key.data + data, peer)
+"""
+
+
+@pytest.fixture(scope="session")
+def client() -> Iterator[Any]:
+    if os.geteuid() != 0:
+        pytest.skip("netfilter tests need root")
+    docker = pytest.importorskip("docker")
+    try:
+        engine = docker.from_env(timeout=120)
+        engine.ping()
+    except Exception as exc:
+        pytest.skip(f"no Docker engine: {exc}")
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def image(client: Any) -> str:
+    """A busybox-only image, imported once and kept for later sessions."""
+    if client.images.list(name=IMAGE):
+        return IMAGE
+    busybox = Path("/bin/busybox")
+    if not busybox.is_file():
+        pytest.skip("needs /bin/busybox (Debian package busybox-static)")
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        tar.add(busybox, arcname="bin/busybox")
+        link = tarfile.TarInfo("bin/sh")
+        link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+        tar.addfile(link)
+    client.api.import_image_from_data(
+        data.getvalue(),
+        repository=REPOSITORY,
+        tag=TAG,
+        changes=['CMD ["/bin/busybox", "sleep", "86400"]'],
+    )
+    return IMAGE
+
+
+@pytest.fixture
+def start(client: Any, image: str) -> Iterator[Callable[[], Any]]:
+    """Start labelled test containers; all are removed at the end."""
+    created: list[Any] = []
+
+    def run() -> Any:
+        container = client.containers.run(image, detach=True, labels=TEST_LABEL, network_mode="bridge")
+        created.append(container)
+        container.reload()
+        return container
+
+    yield run
+    for container in created:
+        try:
+            container.remove(force=True)
+        except Exception as exc:  # already removed by the test
+            if "No such container" not in str(exc):
+                raise
+
+
+@pytest.fixture
+def nf(tmp_path: Path) -> Iterator[Netfilter]:
+    if not Netfilter().available():
+        pytest.skip("iptables is not usable here")
+    netfilter = Netfilter(lock_path=tmp_path / "netfilter.lock", chain=f"DXT-{os.getpid() % 100000}")
+    netfilter.remove_all()
+    # ensure_chains turns route_localnet on and leaves it on; the host gets its own value back.
+    localnet = Path(f"/proc/sys/net/ipv4/conf/{netfilter.bridge}/route_localnet")
+    was = localnet.read_text() if localnet.exists() else None
+    yield netfilter
+    netfilter.remove_all()
+    if was is not None:
+        localnet.write_text(was)
+
+
+def ip_of(container: Any) -> str:
+    return str(container.attrs["NetworkSettings"]["IPAddress"])
+
+
+@pytest.fixture
+def echo(request: pytest.FixtureRequest) -> Iterator[Callable[[Any, list[int]], None]]:
+    servers: list[subprocess.Popen[str]] = []
+
+    def serve(container: Any, ports: list[int]) -> None:
+        pid = str(container.attrs["State"]["Pid"])
+        server = subprocess.Popen(
+            ["nsenter", "-t", pid, "-n", "--", sys.executable, "-c", ECHO_SERVER, *map(str, ports)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        servers.append(server)
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "ready"
+
+    yield serve
+    for server in servers:
+        server.kill()
+        server.wait()
+
+
+def exchange(port: int, payload: bytes = b"hello", timeout: float = 2.0) -> bytes | None:
+    """Send one datagram to 127.0.0.1:port; the answer, or None if none came."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.connect(("127.0.0.1", port))
+        s.send(payload)
+        try:
+            return s.recv(2048)
+        except (TimeoutError, ConnectionRefusedError):
+            return None
+
+
+def snapshot(nf: Netfilter) -> list[str]:
+    """nat and filter tables as iptables-save prints them, without counters and Docker's own changing lines."""
+    lines: list[str] = []
+    for table in ("nat", "filter"):
+        text = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=True).stdout
+        for raw in text.splitlines():
+            if raw.startswith("#"):
+                continue
+            line = re.sub(r" \[\d+:\d+\]$", "", raw)
+            chain = line.split()[1] if line.startswith("-A ") else line[1:].split()[0] if line.startswith(":") else ""
+            if chain.startswith("DOCKER") or (chain.startswith("DXT-") and not chain.startswith(nf.nat_chain)):
+                continue
+            # Docker's per-container hairpin masquerades and other test runs' jumps come and go.
+            if chain == "POSTROUTING" and "MASQUERADE" in line and nf.post_chain not in line:
+                continue
+            if "-j DXT-" in line and f"-j {nf.nat_chain}" not in line:
+                continue
+            lines.append(line)
+    return lines
+
+
+def owned_by(container_id: str) -> list[str]:
+    """The container's rules in both tables, as `iptables-save` prints them."""
+    text = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    return [line for line in text.splitlines() if f"docker-xms:{container_id[:12]}:" in line]
+
+
+def iptables(*args: str) -> None:
+    subprocess.run(["iptables", "-w", *args], check=True, capture_output=True)
+
+
+def test_a_datagram_to_loopback_reaches_the_container_port_for_port_and_its_echo_returns(
+    nf: Netfilter, start: Callable[[], Any], echo: Callable[[Any, list[int]], None]
+) -> None:
+    container = start()
+    nf.ensure_chains()
+    nf.add_container(
+        container.id, [ForwardSpec("rtp", ip_of(container), "udp", HOST_BASE, HOST_BASE + 99, 30000, 30099)]
+    )
+    echo(container, [30000, 30042, 30099])
+
+    assert exchange(HOST_BASE + 42) == b"30042:hello"
+    assert exchange(HOST_BASE) == b"30000:hello"
+    assert exchange(HOST_BASE + 99) == b"30099:hello"
+    assert Path(f"/proc/sys/net/ipv4/conf/{nf.bridge}/route_localnet").read_text().strip() == "1"
+
+
+def test_remove_container_leaves_no_rule_and_no_path(
+    nf: Netfilter, start: Callable[[], Any], echo: Callable[[Any, list[int]], None]
+) -> None:
+    container = start()
+    nf.ensure_chains()
+    nf.add_forward(container.id, ip_of(container), "udp", HOST_BASE + 100, HOST_BASE + 100, 30500, 30500, name="one")
+    echo(container, [30500])
+    assert exchange(HOST_BASE + 100) == b"30500:hello"
+    assert len(owned_by(container.id)) == 3
+
+    assert nf.remove_container(container.id) == 3
+    assert owned_by(container.id) == []
+    assert nf.list_forwards() == []
+    assert exchange(HOST_BASE + 100, timeout=0.5) is None
+
+
+def test_reconcile_removes_rules_of_gone_containers_and_restores_missing_ones(
+    nf: Netfilter, start: Callable[[], Any], echo: Callable[[Any, list[int]], None]
+) -> None:
+    gone, kept = start(), start()
+    kept_specs = [ForwardSpec("rtp", ip_of(kept), "udp", HOST_BASE + 300, HOST_BASE + 309, 31000, 31009)]
+    nf.ensure_chains()
+    nf.add_container(gone.id, [ForwardSpec("rtp", ip_of(gone), "udp", HOST_BASE + 200, HOST_BASE + 209, 31000, 31009)])
+    nf.add_container(kept.id, kept_specs)
+    gone.remove(force=True)
+
+    result = nf.reconcile({kept.id: kept_specs})
+    assert (result.removed, result.added) == ((gone.id[:12],), ())
+    assert owned_by(gone.id) == []
+    assert [f.spec for f in nf.list_forwards()] == kept_specs
+
+    # A rule deleted behind our back comes back; a second run changes nothing.
+    accept = next(line for line in owned_by(kept.id) if "-j ACCEPT" in line)
+    iptables("-D", *shlex.split(accept)[1:])
+    assert nf.reconcile({kept.id: kept_specs}).added == (kept.id[:12],)
+    assert nf.reconcile({kept.id: kept_specs}) == type(result)((), ())
+    assert len(owned_by(kept.id)) == 3
+    echo(kept, [31005])
+    assert exchange(HOST_BASE + 305) == b"31005:hello"
+
+
+def test_a_failing_rule_takes_back_the_containers_earlier_rules(nf: Netfilter, start: Callable[[], Any]) -> None:
+    container = start()
+    nf.ensure_chains()
+    # Without the filter chain the third rule of the first range fails after two nat rules went in.
+    for line in subprocess.run(
+        ["iptables-save", "-t", "filter"], capture_output=True, text=True, check=True
+    ).stdout.splitlines():
+        if line.endswith(f"-j {nf.filter_chain}"):
+            iptables("-D", *shlex.split(line)[1:])
+    iptables("-X", nf.filter_chain)
+    specs = [
+        ForwardSpec("rtp", ip_of(container), "udp", HOST_BASE + 400, HOST_BASE + 409, 32000, 32009),
+        ForwardSpec("rtcp", ip_of(container), "udp", HOST_BASE + 410, HOST_BASE + 419, 32010, 32019),
+    ]
+    with pytest.raises(XmsError, match=rf"iptables refused '-t filter -A {nf.filter_chain} .*ACCEPT'") as caught:
+        nf.add_container(container.id, specs)
+    assert "\n" not in caught.value.message
+    assert owned_by(container.id) == []
+
+    nf.ensure_chains()
+    nf.add_container(container.id, specs)
+    assert len(owned_by(container.id)) == 6
+
+
+def test_a_hundred_add_remove_cycles_leave_the_tables_as_they_were(nf: Netfilter, start: Callable[[], Any]) -> None:
+    container = start()
+    nf.ensure_chains()
+    before = snapshot(nf)
+    specs = [
+        ForwardSpec("rtp", ip_of(container), "udp", HOST_BASE + 500, HOST_BASE + 599, 49152, 49251),
+        ForwardSpec("udp-57344", ip_of(container), "udp", HOST_BASE + 600, HOST_BASE + 609, 57344, 57353),
+    ]
+    began = time.perf_counter()
+    for _ in range(100):
+        nf.add_container(container.id, specs)
+        assert nf.remove_container(container.id) == 6
+    elapsed = time.perf_counter() - began
+    nf.ensure_chains()
+    assert snapshot(nf) == before
+    print(f"\n100 add/remove cycles of 2 ranges: {elapsed:.1f} s ({elapsed * 10:.0f} ms a cycle)")
+
+
+def test_remove_all_gives_back_the_tables_as_they_were_before(nf: Netfilter, start: Callable[[], Any]) -> None:
+    container = start()
+    before = snapshot(nf)
+    nf.ensure_chains()
+    nf.ensure_chains()
+    nf.add_forward(container.id, ip_of(container), "udp", HOST_BASE + 700, HOST_BASE + 709, 33000, 33009)
+    assert snapshot(nf) != before
+    nf.remove_all()
+    assert snapshot(nf) == before
+    nf.remove_all()
+
+
+def test_concurrent_changes_all_land(nf: Netfilter, start: Callable[[], Any]) -> None:
+    container = start()
+    nf.ensure_chains()
+    ids = [f"{i:012x}" for i in range(1, 21)]
+    errors: list[BaseException] = []
+
+    def add(mine: list[str]) -> None:
+        try:
+            for i, cid in enumerate(mine):
+                port = HOST_BASE + 800 + int(cid, 16) * 2
+                nf.add_forward(cid, ip_of(container), "udp", port, port + 1, 34000 + i, 34001 + i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(ids[k::2],)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(f.container_id for f in nf.list_forwards()) == ids
+    for cid in ids:
+        nf.remove_container(cid)
+    assert nf.list_forwards() == []
+
+
+@pytest.mark.slow
+def test_xms_media_ports_take_two_rules_and_a_few_milliseconds(
+    nf: Netfilter, start: Callable[[], Any], echo: Callable[[Any, list[int]], None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    xms = parse_profile((resources.files("docker_xms") / "profiles" / "xms.toml").read_text("utf-8"), "xms.toml")
+    plan = plan_ports(xms.ports, xms.media_ranges, "container-address", "dnat", host_pool=(24000, 32767))
+    assert plan.media_port_count == 4498
+    container = start()
+    specs = [
+        ForwardSpec(f.name, ip_of(container), f.protocol, f.host_start, f.host_end, f.container_start, f.container_end)
+        for f in plan.forwards
+    ]
+    began = time.perf_counter()
+    nf.ensure_chains()
+    ensured = time.perf_counter()
+    nf.add_container(container.id, specs)
+    added = time.perf_counter()
+    listed = nf.list_forwards()
+    echo(container, [53152, 57344])
+    # The last port of the first range and the first of the second land on their own container ports.
+    assert exchange(plan.forwards[0].host_end) == b"53152:hello"
+    assert exchange(plan.forwards[1].host_start) == b"57344:hello"
+    removing = time.perf_counter()
+    nf.remove_container(container.id)
+    removed = time.perf_counter()
+    assert [f.spec for f in listed] == specs
+    with capsys.disabled():
+        print(
+            f"\nXMS {plan.media_port_count} media ports in {len(specs)} ranges: ensure_chains "
+            f"{(ensured - began) * 1000:.0f} ms, add {(added - ensured) * 1000:.0f} ms, "
+            f"remove {(removed - removing) * 1000:.0f} ms"
+        )
