@@ -56,3 +56,39 @@ def systemd_run_kwargs(test_name: str) -> dict[str, object]:
         "labels": {TEST_LABEL: test_name},
         "stop_signal": "SIGRTMIN+3",
     }
+
+
+CPU_ROOT = Path("/sys/fs/cgroup/cpu")
+PARENT = CPU_ROOT / "docker"
+
+
+def runtime_of(container_id: str) -> int:
+    return int((PARENT / container_id / "cpu.rt_runtime_us").read_text())
+
+
+def parent_runtime() -> int:
+    return int((PARENT / "cpu.rt_runtime_us").read_text())
+
+
+def children_runtime() -> int:
+    total = 0
+    for child in PARENT.iterdir():
+        file = child / "cpu.rt_runtime_us"
+        if file.is_file():
+            total += int(file.read_text())
+    return total
+
+
+def ng_ping(host: str, port: int, timeout: float = 2.0) -> bytes:
+    """Send rtpengine's ng ping (bencode over UDP) and return the answer."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(b"t1 d7:command4:pinge", (host, port))
+        data, _ = sock.recvfrom(4096)
+    return data
+
+
+def managed_names(client) -> set[str]:  # type: ignore[no-untyped-def]
+    return {c.name for c in client.containers.list(all=True, filters={"label": "io.docker-xms.managed=true"})}

@@ -10,7 +10,7 @@ from tests.helpers import run_cli, systemd_run_kwargs, wait_for
 
 
 def _system_state(container: Any) -> str:
-    code, out = container.exec_run(["systemctl", "is-system-running"])
+    _code, out = container.exec_run(["systemctl", "is-system-running"])
     return out.decode().strip()
 
 
@@ -53,7 +53,7 @@ def test_demo_image_answers_ng_ping(docker_client: Any, rtpengine_image: str) ->
             "timeout 2 dd bs=4096 count=1 status=none <&3"
         )
         answer = wait_for(
-            lambda: container.exec_run(["bash", "-c", script]).output.decode(),
+            container.exec_run(["bash", "-c", script]).output.decode,
             timeout=30,
             what="rtpengine to answer",
         )

@@ -78,7 +78,7 @@ def test_invalid_toml_is_refused_with_position() -> None:
 
 
 def test_unknown_setting_is_refused() -> None:
-    with pytest.raises(BadInput, match="'profile.colour' is not a known setting"):
+    with pytest.raises(BadInput, match=r"'profile\.colour' is not a known setting"):
         parse_profile(MINIMAL.replace('image = "mini:latest"', 'colour = "red"'), "m.toml")
 
 
@@ -98,5 +98,5 @@ def test_user_profiles_shadow_and_extend(tmp_path: Path, monkeypatch: pytest.Mon
     (tmp_path / "mini.toml").write_text(MINIMAL)
     monkeypatch.setenv("DOCKER_XMS_PROFILE_PATH", str(tmp_path))
     assert load_profile("mini").source == str(tmp_path / "mini.toml")
-    with pytest.raises(NotFound, match="known profiles: .*mini"):
+    with pytest.raises(NotFound, match=r"known profiles: .*mini"):
         load_profile("nothing-here")

@@ -188,7 +188,8 @@ def run(engine: Engine, request: RunRequest, reporter: Reporter) -> RunResult:
     choice = port_plans.decide_strategy(
         request.ports, mode, request.media_ports or profile.media_port_count, netfilter.available()
     )
-    used = [r for c in managed if c.running for r in port_plans.host_ranges_from_labels(c.labels)]
+    # Stopped containers keep their host range: they get the same rules back when they start again.
+    used = [r for c in managed for r in port_plans.host_ranges_from_labels(c.labels)]
     plan = port_plans.plan_ports(
         profile.ports,
         profile.media_ranges,

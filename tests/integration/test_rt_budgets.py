@@ -1,0 +1,142 @@
+"""Real-time budgets against the real kernel: fair shares, foreign holders, concurrency."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from tests.helpers import (
+    TEST_LABEL,
+    children_runtime,
+    cli_path,
+    parent_runtime,
+    run_cli,
+    runtime_of,
+)
+
+PREFIX = "rtb-"
+
+
+def _status() -> dict[str, Any]:
+    result = run_cli("rt", "status", "--json")
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+def _start(name: str, *extra: str) -> str:
+    result = run_cli("run", "-c", "--no-wait", "--media-ports", "10", "--name", name, "--json", *extra)
+    assert result.code == 0, result.err
+    return str(json.loads(result.out)["id"])
+
+
+@pytest.fixture
+def cleanup(docker_client: Any) -> Iterator[list[str]]:
+    names: list[str] = []
+    yield names
+    for name in names:
+        run_cli("rm", "-f", name)
+    for c in docker_client.containers.list(all=True):
+        if c.name.startswith(PREFIX):
+            c.remove(force=True)
+    run_cli("rt", "rebalance")
+
+
+def _fifo_works(docker_client: Any, container_id: str) -> bool:
+    code, _ = docker_client.containers.get(container_id).exec_run(["chrt", "--fifo", "1", "true"])
+    return code == 0
+
+
+def test_fair_shares_for_1_to_8_containers(docker_client: Any, rtpengine_image: str, cleanup: list[str]) -> None:
+    pool = _status()["pool_us"]
+    assert pool > 0
+    ids: list[str] = []
+    for n in range(1, 9):
+        name = f"{PREFIX}{n}"
+        cleanup.append(name)
+        ids.append(_start(name))
+        expected = pool // n
+        assert [runtime_of(i) for i in ids] == [expected] * n, f"N={n}"
+        assert parent_runtime() == pool
+        assert children_runtime() <= parent_runtime()
+        inspected = docker_client.api.inspect_container(ids[-1])["HostConfig"]["CpuRealtimeRuntime"]
+        assert inspected == expected
+    assert all(_fifo_works(docker_client, i) for i in ids)
+    # Removing one gives its share back to the others.
+    result = run_cli("rm", "-f", f"{PREFIX}8")
+    assert result.code == 0, result.err
+    assert [runtime_of(i) for i in ids[:7]] == [pool // 7] * 7
+    # The engine's stored value follows, so a restart re-applies the right budget.
+    assert docker_client.api.inspect_container(ids[0])["HostConfig"]["CpuRealtimeRuntime"] == pool // 7
+
+
+def test_weights_share_in_proportion(docker_client: Any, rtpengine_image: str, cleanup: list[str]) -> None:
+    pool = _status()["pool_us"]
+    cleanup += [f"{PREFIX}w1", f"{PREFIX}w2"]
+    light = _start(f"{PREFIX}w1")
+    heavy = _start(f"{PREFIX}w2", "--rt-weight", "2")
+    assert runtime_of(light) == pool // 3
+    assert runtime_of(heavy) == pool * 2 // 3
+
+
+def test_foreign_container_keeps_its_budget(docker_client: Any, rtpengine_image: str, cleanup: list[str]) -> None:
+    capacity = _status()["capacity_us"]
+    foreign = docker_client.containers.run(
+        rtpengine_image,
+        ["sleep", "300"],
+        detach=True,
+        name=f"{PREFIX}foreign",
+        cpu_rt_runtime=100000,
+        cap_add=["SYS_NICE"],
+        labels={TEST_LABEL: "rt"},
+    )
+    cleanup.append(f"{PREFIX}m1")
+    managed = _start(f"{PREFIX}m1")
+    state = _status()
+    assert state["foreign_us"] == 100000
+    assert state["pool_us"] == capacity - 100000
+    assert runtime_of(foreign.id) == 100000
+    assert runtime_of(managed) == capacity - 100000
+    assert parent_runtime() == capacity
+    assert [h["name"] for h in state["foreign"]] == [f"{PREFIX}foreign"]
+    foreign.remove(force=True)
+    assert run_cli("rt", "rebalance").code == 0
+    assert runtime_of(managed) == capacity
+
+
+def test_concurrent_rebalances_end_exact(docker_client: Any, rtpengine_image: str, cleanup: list[str]) -> None:
+    pool = _status()["pool_us"]
+    names = [f"{PREFIX}c{i}" for i in range(3)]
+    cleanup += names
+    ids = [_start(n) for n in names]
+    # Knock the shares out of balance by hand, then let eight processes race to mend them.
+    with open(f"/sys/fs/cgroup/cpu/docker/{ids[0]}/cpu.rt_runtime_us", "w") as fh:
+        fh.write("100000")
+
+    def rebalance(_: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([cli_path(), "rt", "rebalance", "--json"], capture_output=True, text=True, timeout=120)
+
+    with ThreadPoolExecutor(max_workers=8) as pool_exec:
+        results = list(pool_exec.map(rebalance, range(8)))
+    assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
+    assert [runtime_of(i) for i in ids] == [pool // 3] * 3
+    assert parent_runtime() == pool
+
+
+def test_run_without_root_is_refused(docker_client: Any) -> None:
+    before = {c.id for c in docker_client.containers.list(all=True)}
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", cli_path(), "run", "-c", "--no-wait"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+    )
+    assert proc.returncode != 0
+    assert "root" in proc.stderr or "permission" in proc.stderr.lower()
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert {c.id for c in docker_client.containers.list(all=True)} == before
