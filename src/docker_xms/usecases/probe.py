@@ -1,0 +1,231 @@
+"""How late do periodic wake-ups come inside a container, at a given scheduling policy?
+
+Runs cyclictest when the container has it, else a small static probe built on the host and copied in.
+The percentiles are computed here from every sample (or cyclictest's per-microsecond histogram), with the same
+nearest-rank code that the media measurements use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+
+from docker_xms.adapters.engine import Engine
+from docker_xms.domain.media import Percentiles, histogram_percentiles, percentiles
+from docker_xms.errors import BadInput, NotFound, XmsError
+
+PROBE_EXIT_REFUSED = 3
+CFLAGS = ("-O2", "-static", "-Wall")
+# cyclictest's histogram has one line per microsecond up to this bound; later wake-ups are only counted.
+HISTOGRAM_MAX_US = 10_000
+_EXEC_NOT_FOUND = (126, 127)
+
+
+class SchedulingRefused(XmsError):
+    """The kernel refused SCHED_FIFO inside the container (EPERM)."""
+
+    def __init__(self, tool: str, priority: int, detail: str) -> None:
+        super().__init__(
+            f"The kernel refused SCHED_FIFO priority {priority} inside the container ({tool}: {detail}): "
+            "give the container a real-time budget (cpu.rt_runtime_us) and CAP_SYS_NICE."
+        )
+        self.tool = tool
+        self.priority = priority
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Wake-up lateness inside a container, in microseconds."""
+
+    tool: str
+    policy: str
+    priority: int
+    interval_us: int
+    samples: int
+    p50_us: float
+    p99_us: float
+    p999_us: float
+    max_us: float
+    note: str = ""
+
+
+def probe_source() -> bytes:
+    return resources.files("docker_xms").joinpath("assets/probe/probe.c").read_bytes()
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "docker-xms"
+
+
+def build_probe(cache_dir: Path | None = None, compiler: str = "cc") -> Path:
+    """Compile the probe once per source and flags; returns the path of the static binary in the cache."""
+    source = probe_source()
+    digest = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
+    directory = (cache_dir or default_cache_dir()) / f"probe-{digest}"
+    binary = directory / "probe"
+    if binary.is_file():
+        return binary
+    cc = shutil.which(compiler)
+    if cc is None:
+        raise BadInput(
+            f"Building the wake-up probe needs a C compiler ({compiler} not found): apt-get install gcc libc6-dev."
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory) as work:
+        src = Path(work) / "probe.c"
+        src.write_bytes(source)
+        out = Path(work) / "probe"
+        proc = subprocess.run([cc, *CFLAGS, "-o", str(out), str(src)], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            log = (proc.stderr or proc.stdout).strip()
+            if "cannot find -lc" in log:
+                raise BadInput(
+                    "Linking the wake-up probe statically failed (no static C library): apt-get install libc6-dev."
+                )
+            raise XmsError(f"Compiling the wake-up probe failed: {log.splitlines()[-1] if log else 'no output'}.")
+        # A rename, so that a concurrent run sees either no binary or a whole one.
+        out.replace(binary)
+    return binary
+
+
+def parse_probe_output(output: str, priority: int) -> tuple[dict[str, object], list[float]]:
+    """The probe's summary (its last JSON line) and raw samples (lines holding one integer)."""
+    summary: dict[str, object] | None = None
+    samples: list[float] = []
+    for line in output.splitlines():
+        text = line.strip()
+        if text.startswith("{"):
+            summary = json.loads(text)
+        elif text.lstrip("-").isdigit():
+            samples.append(float(text))
+    if summary is None:
+        raise XmsError(f"The wake-up probe printed no summary: {output.strip()[-300:] or 'no output'}.")
+    if summary.get("refused"):
+        raise SchedulingRefused("probe", priority, "sched_setscheduler returned EPERM")
+    return summary, samples
+
+
+def parse_cyclictest_histogram(output: str) -> Percentiles:
+    """Percentiles from `cyclictest -q -h N` output: lines "<us> <count>" and "# Max Latencies: ..." etc."""
+    buckets: dict[int, int] = {}
+    overflows = 0
+    max_us = 0.0
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            buckets[int(parts[0])] = buckets.get(int(parts[0]), 0) + int(parts[1])
+        elif line.startswith("# Max Latencies:"):
+            max_us = max(float(v) for v in parts[3:]) if parts[3:] else 0.0
+        elif line.startswith("# Histogram Overflows:"):
+            overflows = sum(int(v) for v in parts[3:])
+    if not buckets and not overflows:
+        raise XmsError(f"cyclictest printed no histogram: {output.strip()[-300:] or 'no output'}.")
+    return histogram_percentiles(buckets, overflows, max_us)
+
+
+def _has_cyclictest(engine: Engine, container_id: str) -> bool:
+    code, _ = engine.exec(container_id, ["cyclictest", "--help"])
+    return code not in _EXEC_NOT_FOUND
+
+
+def _run_cyclictest(engine: Engine, container_id: str, priority: int, interval_us: int, count: int) -> ProbeResult:
+    cmd = ["cyclictest", "-q", "-m", "-p", str(priority), "-i", str(interval_us), "-l", str(count)]
+    code, out = engine.exec(container_id, [*cmd, "-h", str(HISTOGRAM_MAX_US)])
+    if "Unable to change scheduling policy" in out or "failed to set priority" in out:
+        raise SchedulingRefused("cyclictest", priority, out.strip().splitlines()[0])
+    if code != 0:
+        raise XmsError(f"cyclictest failed in {container_id[:12]} (exit {code}): {out.strip()[-300:]}.")
+    stats = parse_cyclictest_histogram(out)
+    # cyclictest exits when it cannot get the policy it asked for, so success means it got it.
+    policy = "SCHED_FIFO" if priority > 0 else "SCHED_OTHER"
+    return ProbeResult(
+        "cyclictest", policy, priority, interval_us, stats.count, stats.p50, stats.p99, stats.p999, stats.max
+    )
+
+
+def _put_probe(engine: Engine, container_id: str, binary: bytes) -> str:
+    name = f"docker-xms-probe-{secrets.token_hex(4)}"
+    # Minimal images may have no /tmp; the root is writable in any container that is not read-only.
+    for directory in ("/tmp", ""):  # noqa: S108 - the container's /tmp, and the name is unpredictable
+        path = f"{directory}/{name}"
+        try:
+            engine.put_file(container_id, path, binary, mode=0o755)
+        except NotFound:
+            continue
+        return path
+    raise XmsError(f"Could not copy the wake-up probe into {container_id[:12]}: neither /tmp nor / is writable.")
+
+
+def _run_static_probe(
+    engine: Engine, container_id: str, priority: int, interval_us: int, count: int, cache_dir: Path | None
+) -> ProbeResult:
+    path = _put_probe(engine, container_id, build_probe(cache_dir).read_bytes())
+    cmd = [path, "-u", "-r", "-p", str(priority), "-i", str(interval_us), "-n", str(count)]
+    code, out = engine.exec(container_id, cmd)
+    if code == PROBE_EXIT_REFUSED:
+        raise SchedulingRefused("probe", priority, "sched_setscheduler returned EPERM")
+    if code != 0:
+        raise XmsError(f"The wake-up probe failed in {container_id[:12]} (exit {code}): {out.strip()[-300:]}.")
+    summary, samples = parse_probe_output(out, priority)
+    if not samples:
+        raise XmsError("The wake-up probe recorded no samples.")
+    stats = percentiles(samples)
+    note = "" if summary.get("mlocked") else "memory not locked (mlockall refused)"
+    return ProbeResult(
+        "probe",
+        str(summary.get("policy", "")),
+        int(str(summary.get("priority", 0))),
+        interval_us,
+        stats.count,
+        stats.p50,
+        stats.p99,
+        stats.p999,
+        stats.max,
+        note,
+    )
+
+
+def measure_wakeups(
+    engine: Engine,
+    container_id: str,
+    priority: int = 0,
+    interval_us: int = 1000,
+    duration_s: float = 10.0,
+    tool: str = "auto",
+    cache_dir: Path | None = None,
+) -> ProbeResult:
+    """Measure wake-up lateness in a running container: SCHED_FIFO at `priority`, or SCHED_OTHER for 0.
+
+    tool: "auto" (cyclictest if the container has it), "cyclictest" or "probe". Raises SchedulingRefused when the
+    kernel refuses SCHED_FIFO, which on RT_GROUP_SCHED kernels means the container has no real-time budget.
+    """
+    if not 0 <= priority <= 99:
+        raise BadInput(f"A SCHED_FIFO priority is 1..99 (0 for SCHED_OTHER), not {priority}.")
+    if interval_us < 50:
+        raise BadInput(f"An interval under 50 us measures the probe, not the scheduler ({interval_us} us given).")
+    if tool not in ("auto", "cyclictest", "probe"):
+        raise BadInput(f"The measuring tool is auto, cyclictest or probe, not {tool}.")
+    count = max(1, round(duration_s * 1_000_000 / interval_us))
+    if tool == "probe":
+        return _run_static_probe(engine, container_id, priority, interval_us, count, cache_dir)
+    if not _has_cyclictest(engine, container_id):
+        if tool == "cyclictest":
+            raise BadInput(f"Container {container_id[:12]} has no cyclictest: install rt-tests in its image.")
+        return _run_static_probe(engine, container_id, priority, interval_us, count, cache_dir)
+    try:
+        return _run_cyclictest(engine, container_id, priority, interval_us, count)
+    except SchedulingRefused:
+        # cyclictest insists on trying SCHED_FIFO even when asked for SCHED_OTHER; the probe does not.
+        if priority > 0 or tool == "cyclictest":
+            raise
+    result = _run_static_probe(engine, container_id, priority, interval_us, count, cache_dir)
+    return replace(result, note="cyclictest refused to run without SCHED_FIFO; used the probe")
