@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> Any:
 
         print_metadata()
         return 0
-    if args[:1] == ["xms"] and os.environ.get("DOCKER_CLI_PLUGIN_ORIGINAL_CLI_COMMAND") is not None:
+    # As a plugin, the docker CLI passes the plugin's own name first; no command is named "xms".
+    if args[:1] == ["xms"]:
         args = args[1:]
     try:
         return cli.main(args=args, prog_name="docker-xms", standalone_mode=False)
