@@ -96,6 +96,11 @@ class Rebalance:
     arriving_us: int = 0
     per_group: bool = True
     names: Mapping[str, str] = field(default_factory=dict)
+    # What the kernel held before the writes, so that callers (the agent's log) can say what changed.
+    before: Mapping[str, int] = field(default_factory=dict)
+    parent_before: int = 0
+    # Runtime held by groups inside the parent that no running managed container owns, by group name.
+    foreign: Mapping[str, int] = field(default_factory=dict)
 
 
 def managed_running(engine: Engine) -> list[ContainerInfo]:
@@ -226,7 +231,41 @@ def _rebalance_locked(rt: RtHost, arriving_weight: int | None, exclude: frozense
     parent_target = pool + foreign_us
     writes = budget.plan(parent_now, parent_target, now, targets, foreign_us)
     _apply(rt, [w for w in writes if w.target != NEW], now, parent_now)
-    return Rebalance(pool, parent_target, targets, tuple(writes), targets.get(NEW, 0), True, names)
+    return Rebalance(
+        pool,
+        parent_target,
+        targets,
+        tuple(writes),
+        targets.get(NEW, 0),
+        True,
+        names,
+        before=dict(now),
+        parent_before=parent_now,
+        foreign={h.id: h.runtime_us for h in foreign},
+    )
+
+
+def grow_parent(rt: RtHost) -> tuple[int, int] | None:
+    """Raise the engine's parent to what a rebalance would give it, from the cgroup files alone.
+
+    For when the engine is away or just back (after a reboot the parent holds 0, and the engine's own
+    restarts of containers with a budget fail with "invalid argument"). Without the engine no child can
+    be told apart, so every child counts as foreign: the target is then at least the rebalanced one,
+    and growing only never breaks the kernel's rules; the next rebalance trims it. Returns
+    (before, after) when it wrote, None when the parent already held enough or there is no such host.
+    """
+    if not rt.per_group:
+        return None
+    with host_lock():
+        rt.fs.ensure(rt.parent)
+        held = sum(budget.to_period(c.runtime_us, c.period_us) for c in rt.fs.children(rt.parent))
+        capacity = budget.capacity(rt.fs.read_runtime("/"), rt.fs.sibling_runtime(rt.parent))
+        target = min(capacity, budget.compute_pool(capacity, held, rt.cap_us) + held)
+        now = rt.fs.read_runtime(rt.parent)
+        if now == budget.UNLIMITED or now >= target:
+            return None
+        rt.fs.write_runtime(rt.parent, target)
+        return now, target
 
 
 def _apply(rt: RtHost, writes: list[budget.Write], before: Mapping[str, int], parent_before: int) -> None:

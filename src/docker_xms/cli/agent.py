@@ -1,0 +1,84 @@
+"""`docker-xms agent`: the host service that keeps budgets and port rules right, and its installer."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from datetime import datetime
+from types import FrameType
+
+import click
+
+
+@click.group("agent", invoke_without_command=True)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=1.0),
+    default=30.0,
+    show_default=True,
+    help="Seconds between reconciliations when no event comes, in case one was missed.",
+)
+@click.option("--once", is_flag=True, help="Reconcile once and exit.")
+@click.option("--timestamps", is_flag=True, help="Start each log line with the time (journald adds its own).")
+@click.pass_context
+def agent(ctx: click.Context, interval: float, once: bool, timestamps: bool) -> None:
+    """Follow the engine's events and keep real-time budgets and media port rules right.
+
+    Reconciles at start, on every container start, die, destroy and update, when the engine comes
+    back after a restart, and every --interval seconds. Logs one plain line per change. SIGTERM or
+    SIGINT: finishes the reconciliation under way and exits 0.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from docker_xms.usecases.agent import Agent
+    from docker_xms.usecases.containers import require_root
+
+    def log(line: str) -> None:
+        prefix = datetime.now().astimezone().isoformat(timespec="milliseconds") + " " if timestamps else ""
+        # Plain lines, flushed at once: journald and pipes get each change when it happens.
+        sys.stdout.write(prefix + line + "\n")
+        sys.stdout.flush()
+
+    require_root()
+    runner = Agent(log, interval=interval)
+    if once:
+        runner.once()
+        return
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        runner.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log(f"agent started (reconciling every {interval:g} s and on container events)")
+    runner.run()
+    log("agent stopped")
+
+
+@agent.command("install")
+@click.option("--print", "print_only", is_flag=True, help="Only print the systemd unit.")
+def install(print_only: bool) -> None:
+    """Install the agent as a systemd service (docker-xms-agent.service), enabled and started."""
+    from docker_xms.cli.render import err_console
+    from docker_xms.usecases.agent import install as install_unit
+
+    if print_only:
+        result = install_unit(write=False)
+        click.echo(result.unit, nl=False)
+        return
+    from docker_xms.usecases.containers import require_root
+
+    require_root()
+    result = install_unit()
+    if result.installed:
+        click.echo(f"Installed {result.path}; docker-xms-agent.service is enabled and running.")
+        return
+    err_console.print(
+        f"systemd is not this host's init system, so {result.path} was not installed. The unit, for reference:",
+        soft_wrap=True,
+    )
+    click.echo(result.unit, nl=False)
+    err_console.print(
+        f"Run the agent under the init system of your choice, or: {result.alternative}", soft_wrap=True, markup=False
+    )
+    sys.exit(1)

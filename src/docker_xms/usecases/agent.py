@@ -1,0 +1,364 @@
+"""The agent: keeps budgets and port rules right whatever happens on the host.
+
+It follows the engine's event stream and runs the one reconciliation routine on every container start,
+die, destroy and update, at start, after the engine comes back, and every `interval` seconds in case an
+event was missed. Commands run the same routine under the same host lock, so the agent and commands
+may run together: whichever reconciles last sees the containers as they are.
+"""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from docker_xms.adapters.engine import MANAGED_LABEL, Engine
+from docker_xms.adapters.netfilter import Netfilter
+from docker_xms.domain import budget
+from docker_xms.errors import EngineUnavailable, XmsError
+from docker_xms.usecases.reconcile import Reconciliation, reconcile
+from docker_xms.usecases.rt import NEW, WEIGHT_LABEL, RtHost, grow_parent, open_host, rebalance
+
+EVENTS = ("start", "die", "destroy", "update")
+# Policies under which the engine itself would have (re)started the container when it came up.
+RESTART_POLICIES = ("always", "unless-stopped", "on-failure")
+DEBOUNCE_S = 0.05
+# Short enough that an engine coming back is noticed well within the 2 s the budgets must be right in.
+BACKOFF_S = (0.05, 0.1, 0.2, 0.4)
+# How often the main loop looks at the stop flag: signal handlers only set a flag (see Agent.stop).
+TICK_S = 0.2
+
+Log = Callable[[str], None]
+
+
+def describe(rt: RtHost, result: Reconciliation) -> list[str]:
+    """One line per change a reconciliation made, in the order it made them."""
+    balance = result.budgets
+    lines = []
+    for write in balance.writes:
+        if write.target == budget.PARENT:
+            lines.append(f"parent {rt.parent} {balance.parent_before} -> {write.value} us")
+        elif write.target != NEW:
+            name = balance.names.get(write.target, write.target[:12])
+            lines.append(f"budget {name} {balance.before.get(write.target, 0)} -> {write.value} us")
+    if result.rules is not None:
+        short_names = {cid[:12]: name for cid, name in balance.names.items()}
+        lines.extend(f"rules removed for {cid}" for cid in result.rules.removed)
+        lines.extend(f"rules added for {short_names.get(cid, cid)}" for cid in result.rules.added)
+    return lines
+
+
+@dataclass(frozen=True)
+class _Broken:
+    reason: str
+
+
+class Agent:
+    """The long-running loop; `stop()` may be called from a signal handler."""
+
+    def __init__(
+        self,
+        log: Log,
+        interval: float = 30.0,
+        debounce: float = DEBOUNCE_S,
+        connect: Callable[[], Engine] = lambda: Engine.connect(timeout=30),
+    ) -> None:
+        self.log = log
+        self.interval = interval
+        self.debounce = debounce
+        self.connect = connect
+        self.netfilter = Netfilter()
+        self._stopping = False
+        # Start failures already retried once, so a container that cannot start is not retried forever.
+        self._retried: set[tuple[str, str, str]] = set()
+
+    def stop(self) -> None:
+        # Only a flag: taking a lock (a queue's, an Event's) inside a signal handler can deadlock the
+        # thread it interrupted, which may hold that very lock.
+        self._stopping = True
+
+    # --- one pass ---------------------------------------------------------------------------------
+
+    def once(self) -> None:
+        engine = self.connect()
+        try:
+            rt = open_host(engine)
+            self._grow_parent(rt)
+            self.reconcile(rt)
+        finally:
+            engine.close()
+
+    def reconcile(self, rt: RtHost) -> None:
+        """Reconcile, then start managed containers whose start by the engine failed, now that there is room."""
+        for line in describe(rt, reconcile(rt, self.netfilter)):
+            self.log(line)
+        if self._restart_failed(rt):
+            for line in describe(rt, reconcile(rt, self.netfilter)):
+                self.log(line)
+
+    def _grow_parent(self, rt: RtHost) -> None:
+        try:
+            grown = grow_parent(rt)
+        except XmsError as exc:
+            self.log(f"could not raise parent {rt.parent}: {exc.message}")
+            return
+        if grown is not None:
+            self.log(f"parent {rt.parent} {grown[0]} -> {grown[1]} us")
+
+    def _restart_failed(self, rt: RtHost) -> bool:
+        engine = rt.engine
+        started = False
+        for summary in engine.list_container_summaries(all=True, label=f"{MANAGED_LABEL}=true"):
+            if summary.get("State") not in ("exited", "created"):
+                continue
+            cid = str(summary["Id"])
+            # The facade's ContainerInfo does not carry State.Error, which is what tells a failed start
+            # from a container someone stopped on purpose.
+            try:
+                attrs: dict[str, Any] = engine._call(engine.api.inspect_container, cid)
+            except XmsError:
+                continue
+            state = attrs.get("State") or {}
+            policy = ((attrs.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or ""
+            error = str(state.get("Error") or "")
+            if policy not in RESTART_POLICIES or not error or state.get("Running"):
+                continue
+            key = (cid, error, str(state.get("FinishedAt", "")))
+            if key in self._retried:
+                continue
+            self._retried.add(key)
+            name = str(attrs.get("Name", cid[:12])).lstrip("/")
+            weight = _weight((attrs.get("Config") or {}).get("Labels") or {})
+            self.log(f"starting {name} again: the engine could not start it ({_first_line(error)})")
+
+            def start(budget_us: int, cid: str = cid) -> None:
+                # The engine re-applies the stored budget on start; store the share that fits now.
+                if budget_us > 0:
+                    engine.update_rt_runtime(cid, budget_us)
+                engine.start(cid)
+
+            try:
+                rebalance(rt, arriving_weight=weight, then=start)
+            except EngineUnavailable:
+                raise
+            except XmsError as exc:
+                self.log(f"could not start {name}: {exc.message}")
+                continue
+            self.log(f"started {name}")
+            started = True
+        return started
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Until stop(): connect, reconcile, follow events; on a broken stream, reconnect and start over."""
+        rt: RtHost | None = None
+        lost_at: float | None = None
+        while not self._stopping:
+            engine = self._connect_with_backoff(rt)
+            if engine is None:
+                return
+            if lost_at is not None:
+                self.log(f"engine back after {time.monotonic() - lost_at:.1f} s")
+            try:
+                rt = open_host(engine)
+                reason = self._follow(rt)
+            except EngineUnavailable as exc:
+                reason = exc.message
+            finally:
+                engine.close()
+            if reason is None:
+                return
+            lost_at = time.monotonic()
+            self.log(f"engine connection lost ({reason}); reconnecting")
+
+    def _connect_with_backoff(self, rt: RtHost | None) -> Engine | None:
+        attempt = 0
+        said = False
+        while not self._stopping:
+            try:
+                return self.connect()
+            except EngineUnavailable as exc:
+                if not said:
+                    self.log(f"waiting for the Docker engine: {exc.message}")
+                    said = True
+            # While the engine is away its containers are too; after a reboot the parent holds 0 and
+            # the engine's restarts would fail, so the parent is made right before the engine is back.
+            if rt is not None:
+                self._grow_parent(rt)
+            self._sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+            attempt += 1
+        return None
+
+    def _follow(self, rt: RtHost) -> str | None:
+        """Reconcile on events until stopped (None) or the stream breaks (the reason)."""
+        events: queue.Queue[dict[str, Any] | _Broken] = queue.Queue()
+        # Subscribed before the first reconcile, so nothing that happens during it is missed.
+        self._listen(events)
+        self._grow_parent(rt)
+        next_at = self._reconcile_logged(rt)
+        while not self._stopping:
+            wait = max(0.0, min(TICK_S, next_at - time.monotonic()))
+            try:
+                item = events.get(timeout=wait)
+            except queue.Empty:
+                if time.monotonic() >= next_at:
+                    next_at = self._reconcile_logged(rt)
+                continue
+            if isinstance(item, _Broken):
+                return item.reason
+            broken = self._coalesce(events)
+            next_at = self._reconcile_logged(rt)
+            if broken is not None:
+                return broken.reason
+        return None
+
+    def _coalesce(self, events: queue.Queue[dict[str, Any] | _Broken]) -> _Broken | None:
+        """Take the rest of a burst: whatever arrives within `debounce` of its first event."""
+        deadline = time.monotonic() + self.debounce
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                item = events.get(timeout=left)
+            except queue.Empty:
+                return None
+            if isinstance(item, _Broken):
+                return item
+
+    def _reconcile_logged(self, rt: RtHost) -> float:
+        """Reconcile; returns when the next periodic pass is due (sooner after a failure)."""
+        try:
+            self.reconcile(rt)
+        except EngineUnavailable:
+            raise
+        except XmsError as exc:
+            self.log(f"reconcile failed: {exc.message}")
+            return time.monotonic() + min(self.interval, 1.0)
+        return time.monotonic() + self.interval
+
+    def _listen(self, events: queue.Queue[dict[str, Any] | _Broken]) -> None:
+        # Its own connection: the SDK's HTTP session is not shared between threads.
+        stream_engine = self.connect()
+        stream = stream_engine.events(filters={"type": ["container"], "event": list(EVENTS)})
+
+        def pump(stream: Iterator[dict[str, Any]] = stream) -> None:
+            reason = "the engine closed its event stream"
+            try:
+                for event in stream:
+                    events.put(event)
+            except XmsError as exc:
+                reason = exc.message
+            except Exception as exc:  # any failure of the stream means: reconnect
+                reason = f"{type(exc).__name__}: {exc}"
+            finally:
+                stream_engine.close()
+            events.put(_Broken(reason))
+
+        # A daemon thread: it may sit blocked on the stream when the agent exits.
+        threading.Thread(target=pump, name="engine-events", daemon=True).start()
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, TICK_S))
+
+
+def _weight(labels: dict[str, str]) -> int:
+    try:
+        return max(1, int(labels.get(WEIGHT_LABEL, "1")))
+    except ValueError:
+        return 1
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:300] if text.strip() else text
+
+
+# --- installing as a service ----------------------------------------------------------------------
+
+UNIT_PATH = Path("/etc/systemd/system/docker-xms-agent.service")
+UNIT_NAME = UNIT_PATH.name
+
+
+def executable() -> str:
+    """The absolute path of this docker-xms, for ExecStart (systemd needs an absolute path)."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "docker-xms" and argv0.exists():
+        return str(argv0.absolute())
+    beside = Path(sys.executable).parent / "docker-xms"
+    if beside.exists():
+        return str(beside.absolute())
+    found = shutil.which("docker-xms")
+    if found:
+        return str(Path(found).absolute())
+    return f"{Path(sys.executable).absolute()} -m docker_xms"
+
+
+def unit_text(exe: str) -> str:
+    return f"""[Unit]
+Description=docker-xms agent: real-time budgets and media port rules kept right
+After=docker.service
+Wants=docker.service
+
+[Service]
+Type=simple
+ExecStart={exe} agent
+Restart=always
+RestartSec=1
+# The agent finishes the reconciliation under way and exits on SIGTERM.
+KillSignal=SIGTERM
+TimeoutStopSec=30
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def systemd_running(run_root: Path = Path("/run")) -> bool:
+    """Whether systemd is the init system (sd_booted(3)'s test)."""
+    return (run_root / "systemd/system").is_dir()
+
+
+@dataclass(frozen=True)
+class Installed:
+    unit: str
+    path: str
+    installed: bool
+    alternative: str
+
+
+def install(write: bool = True, unit_path: Path = UNIT_PATH) -> Installed:
+    """Write the unit and enable it when systemd runs the host; otherwise only describe what to do."""
+    exe = executable()
+    text = unit_text(exe)
+    alternative = f"nohup {exe} agent >/var/log/docker-xms-agent.log 2>&1 &"
+    if not write or not systemd_running():
+        return Installed(text, str(unit_path), False, alternative)
+    try:
+        unit_path.parent.mkdir(parents=True, exist_ok=True)
+        unit_path.write_text(text)
+    except OSError as exc:
+        raise XmsError(f"Could not write {unit_path}: {exc.strerror}; run as root.") from None
+    for command in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", UNIT_NAME]):
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise XmsError(f"Could not run {' '.join(command)}: {exc}.") from None
+        if done.returncode != 0:
+            reason = (done.stderr or done.stdout).strip().splitlines()
+            raise XmsError(
+                f"{' '.join(command)} failed: {reason[-1] if reason else done.returncode}; {unit_path} was written."
+            )
+    return Installed(text, str(unit_path), True, alternative)
