@@ -92,3 +92,86 @@ def build(profile_name: str, tag: str | None, if_missing: bool) -> None:
         image = build_profile_image(engine, profile, tag, reporter, reuse=if_missing)
     verb = "Reused" if image.reused else "Built"
     console.print(f"{verb} {image.ref} ({image.id[7:19]}, {human_size(image.size)}) from {image.how}.")
+
+
+@click.command("flatten")
+@click.argument("source")
+@click.argument("target")
+def flatten(source: str, target: str) -> None:
+    """Squash SOURCE into a one-layer image TARGET that keeps all of its configuration.
+
+    Command, entrypoint, environment, exposed ports, working directory, user, labels, volumes,
+    stop signal and healthcheck are carried over, also on engines that refuse some of them in an import.
+    """
+    from docker_xms.adapters.engine import Engine
+    from docker_xms.domain.names import parse_ref
+    from docker_xms.usecases.pipeline import flatten as run_flatten
+
+    parse_ref(target, allow_digest=False)
+    engine = Engine.connect()
+    with reporting() as reporter:
+        result = run_flatten(engine, source, target, reporter)
+    console.print(
+        f"Flattened {result.source} ({human_size(result.size_before)}, {result.layers_before} layers) "
+        f"into {result.ref} ({result.id[7:19]}, {human_size(result.size_after)}, {result.layers_after} layer"
+        f"{'' if result.layers_after == 1 else 's'})."
+    )
+
+
+@click.command("push")
+@click.argument("image")
+def push(image: str) -> None:
+    """Push IMAGE (NAME[:TAG], the registry in its name) with the engine's stored credentials."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
+
+    from docker_xms.adapters.engine import Engine
+    from docker_xms.domain.names import parse_ref
+    from docker_xms.usecases.pipeline import LayerEvent
+    from docker_xms.usecases.pipeline import push as run_push
+
+    parse_ref(image, allow_digest=False)
+    engine = Engine.connect()
+    columns = (TextColumn("{task.fields[layer]}"), BarColumn(), DownloadColumn(), TextColumn("{task.description}"))
+    with Progress(*columns, console=console, transient=False) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def show(event: LayerEvent) -> None:
+            task = tasks.get(event.layer)
+            if task is None:
+                task = progress.add_task(event.status, layer=event.layer, total=event.total or None)
+                tasks[event.layer] = task
+            done = event.status in ("Pushed", "Layer already exists") or event.status.startswith("Mounted from")
+            total = event.total or None
+            if done:
+                current = progress.tasks[task].total or 1
+                progress.update(task, description=event.status, total=current, completed=current)
+            else:
+                progress.update(task, description=event.status, total=total, completed=event.current)
+
+        result = run_push(engine, image, show)
+    console.print(f"Pushed {result.ref} ({result.layers} layers): {result.digest}")
+
+
+@click.command("login", context_settings={"ignore_unknown_options": True})
+@click.argument("server", required=False)
+@click.option("-u", "--username", default=None, help="User name.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def login(server: str | None, username: str | None, password_stdin: bool) -> None:
+    """Log in to a registry: hands over to `docker login`, which stores the credentials the engine uses."""
+    import os
+    import shutil
+
+    from docker_xms.errors import BadInput
+
+    docker = shutil.which("docker")
+    if docker is None:
+        raise BadInput("The docker client is not installed: install it (e.g. apt-get install docker.io) and retry.")
+    args = ["docker", "login"]
+    if username:
+        args += ["--username", username]
+    if password_stdin:
+        args.append("--password-stdin")
+    if server:
+        args.append(server)
+    # No shell: the arguments reach `docker login` exactly as given.
+    os.execvp(docker, args)  # noqa: S606
