@@ -149,7 +149,8 @@ def push(image: str) -> None:
                 progress.update(task, description=event.status, total=total, completed=event.current)
 
         result = run_push(engine, image, show)
-    console.print(f"Pushed {result.ref} ({result.layers} layers): {result.digest}")
+    layers = f"{result.layers} layer{'' if result.layers == 1 else 's'}"
+    console.print(f"Pushed {result.ref} ({layers}): {result.digest}")
 
 
 @click.command("login", context_settings={"ignore_unknown_options": True})

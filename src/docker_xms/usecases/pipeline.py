@@ -166,4 +166,9 @@ def _push_failure(ref: str, registry: str, message: str) -> str:
         return f"Pushing {ref} failed: no registry answered at {registry} ({text}); start it or check the name."
     if "authentication required" in lowered or "unauthorized" in lowered or "denied" in lowered:
         return f"Pushing {ref} failed: the registry {registry} refused it ({text}); run `docker-xms login`."
+    if "405" in lowered or "method not allowed" in lowered:
+        return (
+            f"Pushing {ref} failed: the registry {registry} does not take uploads (HTTP 405: it is read-only "
+            "or a pull-through mirror); push to a registry that accepts images."
+        )
     return f"Pushing {ref} failed: the registry {registry} refused it ({text})."
