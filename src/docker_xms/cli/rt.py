@@ -147,3 +147,48 @@ def doctor_cmd(as_json: bool) -> None:
         )
     if not works:
         sys.exit(1)
+
+
+@rt.command("probe")
+@click.argument("container")
+@click.option("--seconds", type=float, default=10.0, show_default=True, help="How long to measure.")
+@click.option("--interval-us", type=int, default=1000, show_default=True, help="Wake-up period.")
+@click.option(
+    "--priority",
+    type=int,
+    default=None,
+    help="SCHED_FIFO priority (default: the profile's real-time priority; 0 for SCHED_OTHER).",
+)
+@click.option("--tool", type=click.Choice(["auto", "cyclictest", "probe"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def probe_cmd(container: str, seconds: float, interval_us: int, priority: int | None, tool: str, as_json: bool) -> None:
+    """Measure periodic wake-up latency inside CONTAINER at the media server's priority."""
+    from docker_xms.adapters.engine import Engine
+    from docker_xms.domain.profiles import load_profile
+    from docker_xms.errors import BadInput
+    from docker_xms.usecases.probe import measure_wakeups
+
+    if seconds <= 0 or interval_us <= 0:
+        raise BadInput("--seconds and --interval-us must be above 0.")
+    engine = Engine.connect()
+    info = engine.get_container(container)
+    if priority is None:
+        profile_name = info.label("profile")
+        priority = load_profile(profile_name).rt_priority if profile_name else 50
+    with console.status(f"Measuring wake-ups in {info.name} for {seconds:.0f} s"):
+        result = measure_wakeups(
+            engine, info.id, priority=priority, interval_us=interval_us, duration_s=seconds, tool=tool
+        )
+    if as_json:
+        print_json(asdict(result))
+        return
+    console.print(
+        f"{info.name}: {result.samples} wake-ups every {result.interval_us} us at {result.policy} "
+        f"{result.priority} ({result.tool})"
+    )
+    console.print(
+        f"  late by p50 {result.p50_us:.0f} us, p99 {result.p99_us:.0f} us, "
+        f"p99.9 {result.p999_us:.0f} us, max {result.max_us:.0f} us"
+    )
+    if result.note:
+        console.print(f"  [dim]{result.note}[/]")
