@@ -7,6 +7,7 @@ holds now. Every change runs under the host lock, so commands and the agent neve
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -294,9 +295,24 @@ def _write(rt: RtHost, write: budget.Write) -> None:
         return
     # Through the engine, so that the stored configuration matches and a restart re-applies the value;
     # then into the cgroup, because engines before 23 store the update without applying it.
+    going = False
     if write.value > 0:
-        rt.engine.update_rt_runtime(write.target, write.value)
-    rt.fs.write_runtime(rt.cgroup_of(write.target), write.value)
+        try:
+            rt.engine.update_rt_runtime(write.target, write.value)
+        except XmsError as exc:
+            # A container being removed or stopped by someone else while we plan (`docker rm -f` by
+            # hand, another command): its stored budget no longer matters. Any other refusal does.
+            other = rt.engine.find_container(write.target)
+            going = other is None or not other.running or "marked for removal" in exc.message
+            if not going:
+                raise
+    try:
+        rt.fs.write_runtime(rt.cgroup_of(write.target), write.value)
+    except cgroups.CgroupWriteError as exc:
+        # Its cgroup vanished with it: a group that is gone holds nothing, which only lowers the
+        # children's sum, so the rest of the plan stays acceptable to the kernel.
+        if not (going or exc.errno == errno.ENOENT) or rt.fs.exists(rt.cgroup_of(write.target)):
+            raise
 
 
 # --- proof inside a container ---------------------------------------------------------------------

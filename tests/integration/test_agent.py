@@ -1,0 +1,442 @@
+"""The agent against the real engine and kernel: whatever happens to containers, budgets and rules end right.
+
+Other media containers may run on the same host while these tests do, so "right" is computed from all
+running managed containers: each holds floor(pool * weight / total weight), the parent holds pool +
+foreign. The engine-restart test restarts dockerd and runs last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from docker_xms.adapters.engine import MANAGED_LABEL, Engine
+from docker_xms.domain import ports as port_plans
+from docker_xms.usecases.agent import unit_text
+from docker_xms.usecases.rt import open_host, read_state
+from tests.helpers import run_cli, wait_for
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+
+PREFIX = "agent-test-"
+CPU = Path("/sys/fs/cgroup/cpu")
+PARENT = CPU / "docker"
+PID_FILE = Path("/run/docker-xms/dockerd.pid")
+
+
+def runtime(path: Path) -> int:
+    return int((path / "cpu.rt_runtime_us").read_text())
+
+
+def budget_of(container_id: str) -> int | None:
+    try:
+        return runtime(PARENT / container_id)
+    except OSError:
+        return None
+
+
+class AgentProcess:
+    """`docker-xms agent` as a service runs it, its log lines collected as they come."""
+
+    def __init__(self, interval: int = 5) -> None:
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "docker_xms", "agent", "--interval", str(interval)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        wait_for(lambda: any("agent started" in line for line in self.lines), 15, what="the agent to start")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def terminate(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+
+@pytest.fixture
+def agent(docker_client: Any, rtpengine_image: str) -> Iterator[AgentProcess]:
+    process = AgentProcess()
+    try:
+        yield process
+    finally:
+        code = process.terminate()
+        print("agent log:\n" + process.log())
+    assert code == 0, process.log()
+    assert "agent stopped" in process.log()
+
+
+@pytest.fixture
+def cleanup(docker_client: Any) -> Iterator[None]:
+    yield
+    remove_ours(docker_client)
+
+
+def remove_ours(client: Any) -> None:
+    for container in client.containers.list(all=True, filters={"name": PREFIX}):
+        if container.name.startswith(PREFIX):
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+    # Give the budgets of what was removed back to the others, whether or not an agent runs.
+    run_cli("rt", "rebalance", "--json")
+
+
+def start(name: str, dnat: bool = False) -> str:
+    args = ["run", "-c", "--no-wait", "--json", "--name", PREFIX + name, "--media-ports", "10"]
+    result = run_cli(*args, *(["--ports", "dnat"] if dnat else []), timeout=120)
+    assert result.code == 0, result.err + result.out
+    match = re.search(r'"id": "([0-9a-f]{64})"', result.out)
+    assert match, result.out
+    return match.group(1)
+
+
+def expected() -> tuple[dict[str, int], int]:
+    """What every running managed container and the parent should hold now, from the engine's view."""
+    engine = Engine.connect()
+    try:
+        state = read_state(open_host(engine))
+    finally:
+        engine.close()
+    total = sum(h.weight for h in state.managed)
+    return {h.id: state.pool_us * h.weight // total for h in state.managed}, state.pool_us + state.foreign_us
+
+
+def mismatch() -> str | None:
+    """What differs from the exact budgets, or None when every budget and the parent are right."""
+    want, parent = expected()
+    wrong = {cid[:12]: (budget_of(cid), value) for cid, value in want.items() if budget_of(cid) != value}
+    if runtime(PARENT) != parent or wrong:
+        return f"parent {runtime(PARENT)} want {parent}; (have, want) {wrong}"
+    return None
+
+
+def budgets_right() -> bool:
+    return mismatch() is None
+
+
+def rules_right(client: Any) -> bool:
+    """DNAT rules exactly for the running managed containers whose labels ask for forwards."""
+    out = subprocess.run(["iptables", "-t", "nat", "-S", "DOCKER-XMS"], capture_output=True, text=True).stdout
+    owners = set(re.findall(r"docker-xms:([0-9a-f]{12}):", out))
+    running = client.containers.list(filters={"label": f"{MANAGED_LABEL}=true"})
+    wanted = {c.id[:12] for c in running if port_plans.forwards_from_labels(c.labels)}
+    return owners == wanted
+
+
+def wait_share(ids: list[str], timeout: float) -> float:
+    """Seconds until each of `ids` holds its exact share, or fail after `timeout`."""
+    t0 = time.monotonic()
+    try:
+        wait_for(lambda: all(budget_of(i) is not None for i in ids) and budgets_right(), timeout, 0.01, "budgets")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {mismatch()}") from None
+    return time.monotonic() - t0
+
+
+def test_kill_9_gives_the_survivors_the_bigger_share_within_2_s(agent: AgentProcess, cleanup: None) -> None:
+    ids = [start(f"k{i}", dnat=i == 0) for i in range(3)]
+    wait_share(ids, 10)
+    before = {i: budget_of(i) for i in ids[1:]}
+    pid = docker.from_env().api.inspect_container(ids[0])["State"]["Pid"]
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: all((budget_of(i) or 0) > (before[i] or 0) for i in ids[1:]), 2.0, 0.005, "a bigger share")
+    latency = time.monotonic() - t0
+    wait_share(ids[1:], 2.0)
+    print(f"kill -9 to bigger share: {latency:.3f} s")
+    wait_for(lambda: f"budget {PREFIX}k1 " in agent.log(), 2, 0.02, "the change in the log")
+    assert wait_for(lambda: rules_right(docker.from_env()), 2.0, 0.05, "no rules for the killed container")
+
+
+def test_docker_stop_and_rm_by_hand_rebalance_within_2_s(
+    docker_client: Any, agent: AgentProcess, cleanup: None
+) -> None:
+    ids = [start(f"s{i}", dnat=i == 0) for i in range(3)]
+    wait_share(ids, 10)
+    docker_client.containers.get(ids[0]).stop(timeout=10)
+    stopped = wait_share(ids[1:], 2.0)
+    docker_client.containers.get(ids[1]).remove(force=True)
+    removed = wait_share(ids[2:], 2.0)
+    print(f"docker stop to bigger share: {stopped:.3f} s; docker rm -f: {removed:.3f} s")
+    assert budget_of(ids[2]) == expected()[0][ids[2]]
+    wait_for(lambda: rules_right(docker_client), 2.0, 0.05, "rules of the stopped container removed")
+
+
+def test_agent_killed_mid_burst_and_restarted_leaves_nothing_inconsistent(
+    docker_client: Any, rtpengine_image: str, cleanup: None
+) -> None:
+    ids = [start(f"b{i}", dnat=i % 2 == 0) for i in range(5)]
+    first = AgentProcess()
+    try:
+        wait_share(ids, 10)
+        # A burst: two removals and a kill at once, and the agent dies while handling them.
+        with ThreadPoolExecutor(3) as pool:
+            pool.submit(docker_client.api.remove_container, ids[0], force=True)
+            pool.submit(docker_client.api.remove_container, ids[1], force=True)
+            pid = docker_client.api.inspect_container(ids[2])["State"]["Pid"]
+            pool.submit(os.kill, pid, signal.SIGKILL)
+            time.sleep(0.12)
+            first.proc.kill()
+        first.proc.wait(10)
+    finally:
+        first.proc.kill()
+    second = AgentProcess()
+    try:
+        wait_share(ids[3:], 5)
+        want, parent = expected()
+        assert budget_of(ids[3]) == want[ids[3]]
+        assert budget_of(ids[4]) == want[ids[4]]
+        assert runtime(PARENT) == parent
+        wait_for(lambda: rules_right(docker_client), 5, 0.05, "no stale rules")
+        out = subprocess.run(["iptables", "-t", "nat", "-S", "DOCKER-XMS"], capture_output=True, text=True).stdout
+        for gone in ids[:3]:
+            assert gone[:12] not in out
+        assert ids[4][:12] in out
+    finally:
+        assert second.terminate() == 0, second.log()
+
+
+def test_churn_never_overcommits_and_ends_exact(docker_client: Any, agent: AgentProcess, cleanup: None) -> None:
+    operations = int(os.environ.get("DOCKER_XMS_CHURN_OPS", "200"))
+    workers = 8
+    stop = threading.Event()
+    samples = {"taken": 0, "torn": 0, "over": 0}
+    worst: list[str] = []
+
+    def snapshot() -> tuple[int, dict[str, int]]:
+        children = {}
+        for entry in PARENT.iterdir():
+            if entry.is_dir():
+                try:
+                    children[entry.name] = runtime(entry)
+                except OSError:
+                    continue
+        return runtime(PARENT), children
+
+    def sample() -> None:
+        while not stop.is_set():
+            first, second = snapshot(), snapshot()
+            # Two identical passes: no write landed while the files were read one by one.
+            if first != second:
+                samples["torn"] += 1
+                continue
+            samples["taken"] += 1
+            parent, children = first
+            if sum(children.values()) > parent:
+                samples["over"] += 1
+                worst.append(f"parent {parent} children {children}")
+            time.sleep(0.002)
+
+    failures: list[str] = []
+
+    def work(worker: int) -> int:
+        done = 0
+        rng = random.Random(worker)
+        for i in range(operations // workers // 2):
+            name = f"{PREFIX}churn-{worker}-{i}"
+            args = ["run", "-c", "--no-wait", "--json", "--name", name, "--media-ports", "10"]
+            result = run_cli(*args, *(["--ports", "dnat"] if rng.random() < 0.3 else []), timeout=300)
+            if result.code != 0:
+                failures.append(f"run {name}: {result.err.strip()}")
+                continue
+            done += 1
+            time.sleep(rng.random() * 0.5)
+            if rng.random() < 0.25:
+                # By hand, past docker-xms: only the agent gives the budget back.
+                docker_client.api.remove_container(name, force=True)
+            else:
+                result = run_cli("rm", "-f", name, timeout=300)
+                if result.code != 0:
+                    failures.append(f"rm {name}: {result.err.strip()}")
+            done += 1
+        return done
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.monotonic()
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            done = sum(pool.map(work, range(workers)))
+    finally:
+        stop.set()
+        sampler.join(10)
+    elapsed = time.monotonic() - t0
+    print(
+        f"churn: {done} operations by {workers} workers in {elapsed:.1f} s; "
+        f"{samples['taken']} consistent samples ({samples['torn']} torn), {samples['over']} over the parent; "
+        f"{len(failures)} failed commands"
+    )
+    assert samples["over"] == 0, worst[:5]
+    assert samples["taken"] > 100
+    assert not failures, failures[:5]
+    assert done == operations
+    assert not [c for c in docker_client.containers.list(all=True) if c.name.startswith(f"{PREFIX}churn-")]
+    wait_for(budgets_right, 5, 0.05, "exact budgets after churn")
+    wait_for(lambda: rules_right(docker_client), 5, 0.05, "no stale rules after churn")
+    assert "reconcile failed" not in agent.log()
+
+
+def test_agent_install_print_gives_a_unit_with_an_absolute_exec_start() -> None:
+    result = run_cli("agent", "install", "--print")
+    assert result.code == 0, result.err
+    exec_start = re.search(r"^ExecStart=(\S+) agent$", result.out, re.M)
+    assert exec_start, result.out
+    assert os.path.isabs(exec_start.group(1))
+    for line in ("After=docker.service", "Wants=docker.service", "Restart=always", "WantedBy=multi-user.target"):
+        assert line in result.out.splitlines()
+    assert result.out == unit_text(exec_start.group(1))
+
+
+@pytest.mark.skipif(Path("/run/systemd/system").is_dir(), reason="would install the service on this host")
+def test_agent_install_without_systemd_says_so_and_prints_the_unit() -> None:
+    result = run_cli("agent", "install")
+    assert result.code == 1
+    assert "systemd is not this host's init system" in result.err
+    assert "nohup " in result.err
+    assert " agent" in result.err
+    assert "[Service]" in result.out
+    assert not Path("/etc/systemd/system/docker-xms-agent.service").exists()
+
+
+def test_once_reconciles_and_exits(docker_client: Any, rtpengine_image: str, cleanup: None) -> None:
+    ids = [start("o1"), start("o2")]
+    docker_client.api.remove_container(ids[0], force=True)
+    result = run_cli("agent", "--once")
+    assert result.code == 0, result.err
+    assert f"budget {PREFIX}o2 " in result.out
+    assert budgets_right()
+
+
+# --- last: restarts the engine ----------------------------------------------------------------------
+
+
+def dockerd_pid() -> int | None:
+    try:
+        pid = int(PID_FILE.read_text())
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd":
+            return pid
+    except (OSError, ValueError):
+        pass
+    found = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True).stdout.split()
+    return int(found[0]) if found else None
+
+
+def start_dockerd() -> None:
+    """The way scripts/quickstart.sh starts it: in the background, its pid in /run/docker-xms."""
+    PID_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with open("/var/log/docker-xms-dockerd.log", "ab") as log:
+        proc = subprocess.Popen(
+            ["dockerd"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    PID_FILE.write_text(f"{proc.pid}\n")
+
+
+def engine_answers() -> bool:
+    try:
+        client = docker.from_env(timeout=5)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def fifo_works(client: Any, container_id: str) -> bool:
+    try:
+        return client.api.exec_inspect(_exec(client, container_id))["ExitCode"] == 0
+    except docker.errors.APIError:
+        return False
+
+
+def _exec(client: Any, container_id: str) -> str:
+    exec_id = client.api.exec_create(container_id, ["chrt", "--fifo", "1", "true"])["Id"]
+    client.api.exec_start(exec_id)
+    return str(exec_id)
+
+
+@pytest.mark.engine_restart
+def test_after_an_engine_restart_with_the_parent_at_0_budgets_rules_and_fifo_are_back_within_2_s(
+    docker_client: Any, agent: AgentProcess, cleanup: None
+) -> None:
+    ids = [start("r1", dnat=True), start("r2")]
+    for cid in ids:
+        docker_client.api.update_container(cid, restart_policy={"Name": "unless-stopped"})
+    wait_share(ids, 10)
+    pid = dockerd_pid()
+    assert pid is not None
+    stopped_agent = False
+    try:
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), 90, 0.1, "dockerd to stop")
+        wait_for(lambda: "engine connection lost" in agent.log(), 10, 0.05, "the agent to notice")
+        # What a reboot leaves: no container, the parent at 0.
+        wait_for(lambda: not [p for p in PARENT.iterdir() if p.is_dir()], 30, 0.1, "containers' cgroups gone")
+        (PARENT / "cpu.rt_runtime_us").write_text("0\n")
+        # While the engine is away the agent puts the parent right, so the engine's restarts can succeed.
+        wait_for(lambda: runtime(PARENT) > 0, 3, 0.02, "the agent to raise the parent while the engine is down")
+        # Now as if the agent had not been around when the engine came up: its restarts fail.
+        agent.proc.send_signal(signal.SIGSTOP)
+        stopped_agent = True
+        (PARENT / "cpu.rt_runtime_us").write_text("0\n")
+        start_dockerd()
+        wait_for(engine_answers, 90, 0.02, "dockerd to answer")
+        back = time.monotonic()
+        agent.proc.send_signal(signal.SIGCONT)
+        stopped_agent = False
+        failed = [
+            docker_client.api.inspect_container(cid)["State"]["Error"]
+            for cid in ids
+            if not docker_client.api.inspect_container(cid)["State"]["Running"]
+        ]
+
+        def all_right() -> bool:
+            states = [docker_client.api.inspect_container(cid)["State"] for cid in ids]
+            return (
+                all(s["Running"] for s in states)
+                and budgets_right()
+                and rules_right(docker_client)
+                and all(fifo_works(docker_client, cid) for cid in ids)
+            )
+
+        wait_for(all_right, 2.0, 0.02, "budgets, rules and SCHED_FIFO right after the engine came back")
+        latency = time.monotonic() - back
+        print(f"engine back to budgets right: {latency:.3f} s; restarts the engine could not do: {failed}")
+        assert failed, "the engine restarted the containers although the parent held 0"
+        assert all("cpu.rt_runtime_us" in e for e in failed), failed
+        assert "engine back after" in agent.log()
+        assert f"started {PREFIX}r1" in agent.log()
+    finally:
+        if stopped_agent:
+            agent.proc.send_signal(signal.SIGCONT)
+        if dockerd_pid() is None:
+            start_dockerd()
+        wait_for(engine_answers, 90, 0.1, "dockerd to answer")
