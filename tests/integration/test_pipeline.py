@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import secrets
+import shutil
+import tarfile
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -93,3 +98,106 @@ def test_flatten_of_a_missing_image_says_so(docker_client: Any) -> None:
     result = run_cli("flatten", "docker-xms-test/no-such-image:0", "docker-xms-test/never:0")
     assert result.code == 2
     assert "There is no image docker-xms-test/no-such-image:0" in result.err
+
+
+STANDIN = Path(__file__).resolve().parent.parent / "standin"
+
+
+def make_standin_installer(folder: Path) -> Path:
+    """A stand-in for dialogic_xms_<version>.tgz: one top directory holding an executable install script."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("the stand-in installer needs Debian's busybox-static")
+    tarball = folder / "dialogic_xms_0.0.standin.tgz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        for name in ("xms_install.sh", "oam-reply"):
+            tar.add(STANDIN / name, f"standin_xms_0.0/{name}")
+        tar.add(busybox, "standin_xms_0.0/busybox")
+    return tarball
+
+
+@pytest.mark.engine
+def test_xms_build_refuses_missing_files_before_contacting_the_engine(tmp_path: Path) -> None:
+    # No engine is needed for this refusal: DOCKER_HOST points nowhere.
+    env = {"DOCKER_HOST": "unix:///nonexistent.sock"}
+    missing = run_cli("build", "-t", "docker-xms-test/never:0", "--installer", str(tmp_path / "no.tgz"), env=env)
+    assert missing.code == 2
+    assert f"Cannot read the installer {tmp_path / 'no.tgz'}" in missing.err
+    installer = make_standin_installer(tmp_path)
+    no_jre = run_cli("build", "--installer", str(installer), "--jre", str(tmp_path / "jre.rpm"), env=env)
+    assert no_jre.code == 2
+    assert "Cannot read the JRE" in no_jre.err
+    (tmp_path / "not.tgz").write_text("not a tarball")
+    bad = run_cli("build", "--installer", str(tmp_path / "not.tgz"), env=env)
+    assert bad.code == 2
+    assert "is not a readable tarball" in bad.err
+
+
+@pytest.mark.engine
+def test_dockerfile_only_prints_the_recipe(tmp_path: Path) -> None:
+    installer = make_standin_installer(tmp_path)
+    result = run_cli("build", "--installer", str(installer), "--dockerfile-only", "--media-ports", "10")
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[0] == "FROM docker-xms/rocky9-systemd:latest"
+    assert any(line.startswith("RUN dnf -y install") for line in lines)
+    assert 'LABEL io.docker-xms.media-ports="49152-49161/udp"' in lines
+    assert "EXPOSE 5060/udp" in lines
+    assert not any("49152" in line for line in lines if line.startswith("EXPOSE"))
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+def test_xms_build_from_a_standin_installer_runs_ready(docker_client: Any, base_image: str, tmp_path: Path) -> None:
+    token = secrets.token_hex(4)
+    image, labelled, name = f"docker-xms-test/xms-standin:{token}", f"docker-xms-test/xms-standin:{token}-t", ""
+    installer = make_standin_installer(tmp_path)
+    try:
+        started = time.monotonic()
+        built = run_cli("build", "-t", image, "--installer", str(installer), "--base", base_image, timeout=600)
+        build_seconds = time.monotonic() - started
+        assert built.code == 0, built.err + built.out
+        assert "The install script exited with status 3" in built.out
+        assert "stand-in XMS installed" in built.out
+        assert f"Built {image}" in built.out
+        print(f"stand-in XMS build: {build_seconds:.1f} s")
+
+        config = docker_client.api.inspect_image(image)["Config"]
+        assert config["Labels"]["io.docker-xms.profile"] == "xms"
+        assert config["Labels"]["io.docker-xms.media-ports"] == "49152-53152/udp,57344-57840/udp"
+        assert "5060/udp" in config["ExposedPorts"]
+        assert "22/tcp" in config["ExposedPorts"]
+        assert not any(port.startswith("49152") for port in config["ExposedPorts"])
+        assert config["StopSignal"] == "SIGRTMIN+3"
+
+        # Containers from `run` carry the image's labels: this marks them as this test's.
+        labelled_dockerfile = f'FROM {image}\nLABEL "{TEST_LABEL}"="{PIPELINE}"\n'
+        docker_client.images.build(fileobj=io.BytesIO(labelled_dockerfile.encode()), tag=labelled, rm=True)
+        probe = docker_client.containers.create(labelled, labels={TEST_LABEL: PIPELINE})
+        try:
+            with pytest.raises(docker.errors.NotFound):
+                probe.get_archive("/usr/dialogic/cfg/mitconfig/ipms_rtp_addr_cfg.xml")
+            assert probe.get_archive("/opt/standin-xms/oam-reply")
+            with pytest.raises(docker.errors.NotFound):
+                probe.get_archive("/opt/docker-xms-installer")
+        finally:
+            probe.remove(force=True)
+
+        name = f"pipeline-xms-{token}"
+        args = ["run", "--profile", "xms", "-i", labelled, "--name", name, "-c", "--ports", "publish"]
+        started = time.monotonic()
+        result = run_cli(*args, "--media-ports", "10", "--json", "--timeout", "120", timeout=240)
+        print(f"stand-in XMS ready after {time.monotonic() - started:.1f} s")
+        assert result.code == 0, result.err + result.out
+        summary = json.loads(result.out)
+        assert summary["ready"] is True
+        assert summary["profile"] == "xms"
+        assert "XMS services running" in summary["ready_state"]
+    finally:
+        if name:
+            run_cli("rm", "-f", name, timeout=120)
+            for container in docker_client.containers.list(all=True, filters={"name": name}):
+                container.remove(force=True, v=True)
+        for ref in (labelled, image):
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                docker_client.images.remove(ref, force=True)

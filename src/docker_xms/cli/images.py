@@ -1,4 +1,4 @@
-"""Image commands: build-base, build."""
+"""Image commands: build-base, build, flatten, push, login."""
 
 from __future__ import annotations
 
@@ -71,27 +71,76 @@ def build_base(tag: str, distro: str, offline: bool) -> None:
     "-p",
     "--profile",
     "profile_name",
-    default="rtpengine",
-    show_default=True,
-    help="Media-server profile whose recipe to build.",
+    default=None,
+    help="Media-server profile whose recipe to build [default: rtpengine, or xms with --installer].",
 )
 @click.option("-t", "--tag", default=None, help="Name of the image (default: the profile's image).")
 @click.option("--if-missing", is_flag=True, help="Do nothing if an image from the same recipe exists.")
-def build(profile_name: str, tag: str | None, if_missing: bool) -> None:
-    """Build a media-server image from a profile's recipe (e.g. the rtpengine demo)."""
+@click.option(
+    "--installer", default=None, help="The media server's installer tarball, e.g. dialogic_xms_<version>.tgz."
+)
+@click.option("--jre", default=None, help="A JRE RPM to install first, e.g. jre-8u201-linux-x64.rpm.")
+@click.option("--base", default=None, help="systemd base image (default: docker-xms/<distro>-systemd:latest).")
+@click.option("--media-ports", type=int, default=None, help="Bake only the first N media ports (default: all).")
+@click.option("--install-args", default=None, help="Arguments of the install script (default: -a -s).")
+@click.option("--distro", type=click.Choice(DISTROS), default=None, help="The base's distro, for --dockerfile-only.")
+@click.option("--dockerfile-only", is_flag=True, help="Print the Dockerfile of an installer build and stop.")
+def build(
+    profile_name: str | None,
+    tag: str | None,
+    if_missing: bool,
+    installer: str | None,
+    jre: str | None,
+    base: str | None,
+    media_ports: int | None,
+    install_args: str | None,
+    distro: str | None,
+    dockerfile_only: bool,
+) -> None:
+    """Build a media-server image from a profile's recipe (e.g. the rtpengine demo) or, with
+    --installer, from the media server's own installer (XMS) on a systemd base."""
+    import shlex
+
     from docker_xms.adapters.engine import Engine
     from docker_xms.domain.names import parse_ref
     from docker_xms.domain.profiles import load_profile
+    from docker_xms.errors import BadInput
     from docker_xms.usecases.images import build_profile_image
 
-    profile = load_profile(profile_name)
+    profile = load_profile(profile_name or ("xms" if installer else "rtpengine"))
     if tag is not None:
         parse_ref(tag, allow_digest=False)
+    if installer is None:
+        given = [f for f, v in (("--jre", jre), ("--base", base), ("--media-ports", media_ports)) if v is not None]
+        if dockerfile_only or install_args is not None or given:
+            raise BadInput(f"{', '.join(given) or 'That option'} needs --installer.")
+        engine = Engine.connect()
+        with reporting() as reporter:
+            image = build_profile_image(engine, profile, tag, reporter, reuse=if_missing)
+        verb = "Reused" if image.reused else "Built"
+        console.print(f"{verb} {image.ref} ({image.id[7:19]}, {human_size(image.size)}) from {image.how}.")
+        return
+
+    from docker_xms.usecases.pipeline import build_xms, plan_xms_build
+
+    args = tuple(shlex.split(install_args)) if install_args is not None else None
+    plan = plan_xms_build(profile, tag, installer, jre, base, media_ports, args)
+    if dockerfile_only:
+        print(plan.dockerfile(distro or profile.build.distro), end="")
+        return
     engine = Engine.connect()
     with reporting() as reporter:
-        image = build_profile_image(engine, profile, tag, reporter, reuse=if_missing)
-    verb = "Reused" if image.reused else "Built"
-    console.print(f"{verb} {image.ref} ({image.id[7:19]}, {human_size(image.size)}) from {image.how}.")
+        built = build_xms(engine, plan, reporter)
+    if built.install_status:
+        console.print(
+            f"[yellow]The install script exited with status {built.install_status}; the build went on, "
+            "as the XMS tech note allows. Its output:[/]"
+        )
+        console.print(escape(built.install_log.rstrip()), soft_wrap=True)
+    console.print(
+        f"Built {built.ref} ({built.id[7:19]}, {human_size(built.size)}) from {escape(plan.installer_path.name)} "
+        f"on {plan.base} ({built.distro}) in {built.seconds:.0f} s."
+    )
 
 
 @click.command("flatten")

@@ -1,17 +1,22 @@
-"""The image pipeline: flatten an image to one layer, push it with per-layer progress, build XMS."""
+"""The image pipeline: build XMS from its installer, flatten an image to one layer, push it with progress."""
 
 from __future__ import annotations
 
 import re
 import secrets
+import tarfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from docker_xms.adapters.engine import LABEL_PREFIX, Engine, StreamError
 from docker_xms.domain import flatten as plan
+from docker_xms.domain import recipes, xms_recipe
 from docker_xms.domain.names import parse_ref
-from docker_xms.errors import XmsError
+from docker_xms.domain.profiles import Profile
+from docker_xms.errors import BadInput, NotFound, XmsError
 from docker_xms.usecases.images import Reporter, _build_progress, context_tar
 
 FLATTEN_LABEL = f"{LABEL_PREFIX}.flatten-source"
@@ -172,3 +177,147 @@ def _push_failure(ref: str, registry: str, message: str) -> str:
             "or a pull-through mirror); push to a registry that accepts images."
         )
     return f"Pushing {ref} failed: the registry {registry} refused it ({text})."
+
+
+# --- the XMS image from its installer ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class XmsBuildPlan:
+    """Everything an XMS build needs, checked before the engine is contacted."""
+
+    profile: Profile
+    ref: str
+    base: str
+    installer_path: Path
+    installer: xms_recipe.Installer
+    jre_path: Path | None
+    install_args: tuple[str, ...]
+    media_ports: int | None
+
+    @property
+    def context_names(self) -> tuple[str, str | None]:
+        return "installer.tgz", (self.jre_path.name if self.jre_path else None)
+
+    def dockerfile(self, distro: str) -> str:
+        installer_name, jre_name = self.context_names
+        return xms_recipe.render(
+            self.profile,
+            self.base,
+            distro,
+            installer_name,
+            self.installer,
+            jre_name,
+            self.install_args,
+            xms_recipe.media_ranges(self.profile, self.media_ports),
+        )
+
+
+def _readable(path: str, what: str) -> Path:
+    file = Path(path)
+    try:
+        with file.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise BadInput(f"Cannot read the {what} {path}: {exc.strerror}.") from None
+    if not file.is_file():
+        raise BadInput(f"The {what} {path} is not a file.")
+    return file
+
+
+def plan_xms_build(
+    profile: Profile,
+    tag: str | None,
+    installer: str,
+    jre: str | None,
+    base: str | None,
+    media_ports: int | None,
+    install_args: tuple[str, ...] | None = None,
+) -> XmsBuildPlan:
+    """Check the command line and the files it names; refuses bad input before anything is built."""
+    ref = parse_ref(tag or profile.build.default_tag or profile.image, allow_digest=False)
+    base_ref = str(parse_ref(base or f"docker-xms/{profile.build.distro}-systemd:latest", allow_digest=False))
+    installer_path = _readable(installer, "installer")
+    try:
+        with tarfile.open(installer_path, "r:*") as tar:
+            members = [(m.name, m.isfile(), bool(m.mode & 0o111)) for m in tar.getmembers()]
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise BadInput(f"The installer {installer} is not a readable tarball ({exc}).") from None
+    found = xms_recipe.find_installer(members, installer)
+    jre_path = None
+    if jre is not None:
+        jre_path = _readable(jre, "JRE")
+        if not jre_path.name.endswith(".rpm"):
+            raise BadInput(f"The JRE {jre} must be an RPM package (jre-8uNN-linux-x64.rpm).")
+    xms_recipe.media_ranges(profile, media_ports)
+    return XmsBuildPlan(
+        profile,
+        str(ref),
+        base_ref,
+        installer_path,
+        found,
+        jre_path,
+        tuple(xms_recipe.INSTALL_ARGS if install_args is None else install_args),
+        media_ports,
+    )
+
+
+@dataclass(frozen=True)
+class XmsBuilt:
+    ref: str
+    id: str
+    size: int
+    distro: str
+    install_status: int | None
+    install_log: str
+    seconds: float
+
+
+def base_distro(engine: Engine, base: str) -> str:
+    try:
+        labels = (engine.inspect_image(base).get("Config") or {}).get("Labels") or {}
+    except NotFound:
+        raise NotFound(
+            f"There is no base image {base}: build one with `docker-xms build-base -t {base} --distro rocky9`."
+        ) from None
+    distro = str(labels.get(recipes.LABEL_BASE, ""))
+    if distro not in recipes.DISTROS:
+        raise BadInput(f"The base image {base} was not made by `docker-xms build-base`; give one that was.")
+    return distro
+
+
+def build_xms(engine: Engine, plan: XmsBuildPlan, reporter: Reporter) -> XmsBuilt:
+    started = time.monotonic()
+    distro = base_distro(engine, plan.base)
+    dockerfile = plan.dockerfile(distro)
+    installer_name, jre_name = plan.context_names
+    files = {"Dockerfile": dockerfile.encode(), installer_name: plan.installer_path.read_bytes()}
+    if plan.jre_path is not None and jre_name:
+        files[jre_name] = plan.jre_path.read_bytes()
+    log: list[str] = []
+
+    def progress(chunk: dict[str, Any]) -> None:
+        text = str(chunk.get("stream") or "")
+        if text:
+            log.append(text)
+            if text.startswith("Step "):
+                reporter.phase(text.strip())
+            else:
+                reporter.detail(text)
+
+    reporter.phase(f"Building {plan.ref} from {plan.base} ({distro})")
+    try:
+        image_id = engine.build(context_tar(files), plan.ref, progress)
+    except StreamError as exc:
+        raise XmsError(f"Building {plan.ref} failed: {exc.message}\n{exc.log}") from exc
+    status, install_log = xms_recipe.installer_log("".join(log))
+    attrs = engine.inspect_image(image_id)
+    return XmsBuilt(
+        plan.ref,
+        str(attrs["Id"]),
+        int(attrs.get("Size") or 0),
+        distro,
+        status,
+        install_log,
+        time.monotonic() - started,
+    )
