@@ -9,11 +9,16 @@ from typing import Any
 
 from bench import sections
 from bench.common import save
+from bench.latency import latency
+from bench.media import media
+from bench.report import headlines, write_report
 
 SECTIONS = {
     "rebalance": sections.rebalance,
     "ps": sections.ps,
     "ports": sections.ports,
+    "latency": latency,
+    "media": media,
 }
 
 
@@ -35,6 +40,9 @@ def main(argv: list[str]) -> int:
         print(f"== {name}")
         results[name] = SECTIONS[name]()
     print(f"results: {save(results)}")
+    print(f"report: {write_report(results)}")
+    for line in headlines(results):
+        print(line)
     return 0
 
 

@@ -1,0 +1,232 @@
+"""RTP relayed by rtpengine in a docker-xms container against the same image under plain `docker run`.
+
+Two legs (A and B) on the host each send a 20 ms PCMU stream to rtpengine, which relays it to the other leg; the
+receiver computes RFC 3550 jitter, late and lost packets. Sender and receiver are Python threads of this process
+on the host, so host load hits them too: the same two streams are also sent directly over 127.0.0.1 (no relay)
+under the same conditions, and relay jitter minus direct jitter is the jitter added by the relay path.
+The measuring process runs at SCHED_FIFO 70 (the host's root cgroup has a real-time budget) unless told otherwise,
+so that the measurement tool is not the bottleneck.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.latency import address_of, host_load, remove, start_managed, start_unmanaged
+
+MEDIA_PREFIX = "bench-media-"
+TOOL_PRIORITY = 70
+STAGGER_NS = 10_000_000  # leg B sends 10 ms after leg A, so that the two senders do not wake together
+
+
+@contextlib.contextmanager
+def tool_policy(policy: str) -> Iterator[str]:
+    """Run the block (and the threads it starts) at SCHED_FIFO 70 or SCHED_OTHER; yields what was obtained."""
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    switch = sys.getswitchinterval()
+    got = "SCHED_OTHER"
+    if policy == "fifo":
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(TOOL_PRIORITY))
+            got = f"SCHED_FIFO {TOOL_PRIORITY}"
+        except OSError as exc:
+            got = f"SCHED_OTHER (SCHED_FIFO refused: {exc.strerror})"
+    # A short GIL switch interval, so that a receiver thread is not held 5 ms behind a spinning sender.
+    sys.setswitchinterval(0.0002)
+    try:
+        yield got
+    finally:
+        sys.setswitchinterval(switch)
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, before[0], before[1])
+
+
+def _running_jitter(arrivals: list[Any]) -> list[float]:
+    from docker_xms.domain.media import PCMU_CLOCK_RATE, JitterMeter
+
+    meter = JitterMeter(PCMU_CLOCK_RATE)
+    series = []
+    for arrival in arrivals:
+        meter.add(arrival.timestamp, arrival.arrival_ns)
+        series.append(round(meter.jitter_ms, 5))
+    return series
+
+
+def _two_streams(
+    leg_a: Any, leg_b: Any, a_sends_to: tuple[str, int], b_sends_to: tuple[str, int], packets: int
+) -> dict[str, Any]:
+    """Send A->B and B->A at once; stats of what each leg received."""
+    from docker_xms.adapters.rtp import RtpReceiver, SendReport, send_stream
+    from docker_xms.domain.media import percentiles, stream_stats
+
+    reports: dict[str, SendReport] = {}
+    start = time.perf_counter_ns() + 50_000_000
+    with RtpReceiver(leg_a) as at_a, RtpReceiver(leg_b) as at_b:
+        threads = [
+            threading.Thread(
+                target=lambda: reports.__setitem__("a", send_stream(leg_a, a_sends_to, packets, start_ns=start))
+            ),
+            threading.Thread(
+                target=lambda: reports.__setitem__(
+                    "b", send_stream(leg_b, b_sends_to, packets, start_ns=start + STAGGER_NS)
+                )
+            ),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        at_a.wait_for(packets, timeout=2)
+        at_b.wait_for(packets, timeout=2)
+        arrivals = {"a_to_b": list(at_b.arrivals), "b_to_a": list(at_a.arrivals)}
+    out: dict[str, Any] = {}
+    for name, sender in (("a_to_b", "a"), ("b_to_a", "b")):
+        stats = stream_stats(arrivals[name], origin=reports[sender].origin, sent=packets)
+        delay = stats.delay_percentiles() if stats.received else None
+        send_late = percentiles(v / 1000 for v in reports[sender].send_lateness_ns)
+        out[name] = {
+            "sent": packets,
+            "received": stats.received,
+            "lost": stats.lost,
+            "late": stats.late,
+            "late_after_ms": stats.late_after_ms,
+            "duplicates": stats.duplicates,
+            "reordered": stats.reordered,
+            "jitter_ms": stats.jitter_ms,
+            "delay_p50_ms": delay.p50 if delay else None,
+            "delay_p99_ms": delay.p99 if delay else None,
+            "delay_max_ms": delay.max if delay else None,
+            "send_late_p99_us": send_late.p99,
+            "send_late_max_us": send_late.max,
+            "running_jitter_ms": _running_jitter(arrivals[name]),
+        }
+    out["jitter_ms"] = (out["a_to_b"]["jitter_ms"] + out["b_to_a"]["jitter_ms"]) / 2
+    out["lost"] = out["a_to_b"]["lost"] + out["b_to_a"]["lost"]
+    out["late"] = out["a_to_b"]["late"] + out["b_to_a"]["late"]
+    return out
+
+
+def _relayed(address: str, packets: int) -> dict[str, Any]:
+    from docker_xms.adapters.rtp import NgClient, local_address_towards, sdp_audio_address, sdp_offer, udp_socket
+
+    local = local_address_towards(address)
+    with udp_socket(local) as leg_a, udp_socket(local) as leg_b, NgClient(address) as ng:
+        call, tag_a, tag_b = f"bench-{time.monotonic_ns()}", "leg-a", "leg-b"
+        offer = ng.offer(call, tag_a, sdp_offer(*leg_a.getsockname()))
+        answer = ng.answer(call, tag_a, tag_b, sdp_offer(*leg_b.getsockname()))
+        # The offer's rewritten SDP goes to B (where B sends); the answer's goes to A (where A sends).
+        b_sends_to = sdp_audio_address(offer.text("sdp"))
+        a_sends_to = sdp_audio_address(answer.text("sdp"))
+        try:
+            return _two_streams(leg_a, leg_b, a_sends_to, b_sends_to, packets)
+        finally:
+            with contextlib.suppress(Exception):
+                ng.delete(call, tag_a)
+
+
+def _direct(packets: int) -> dict[str, Any]:
+    from docker_xms.adapters.rtp import udp_socket
+
+    with udp_socket() as leg_a, udp_socket() as leg_b:
+        return _two_streams(leg_a, leg_b, leg_b.getsockname(), leg_a.getsockname(), packets)
+
+
+def _wait_for_ng(address: str, timeout: float = 60) -> None:
+    from docker_xms.adapters.rtp import NgClient, NgError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with NgClient(address, timeout=0.3, attempts=1) as ng:
+                if ng.ping():
+                    return
+        except NgError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"rtpengine at {address} did not answer ng ping within {timeout:.0f} s")
+
+
+def rtpengine_threads(container_id: str) -> dict[str, int]:
+    """How many of the container's rtpengine threads run SCHED_FIFO and SCHED_OTHER (from /proc on the host)."""
+    from docker_xms.adapters.engine import Engine
+
+    engine = Engine.connect()
+    counts = {"fifo": 0, "other": 0}
+    try:
+        for pid in engine.container_pids(container_id):
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() != "rtpengine":
+                    continue
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                    policy = int(fields[38])  # field 41 of stat: the scheduling policy
+                    counts["fifo" if policy == 1 else "other"] += 1
+            except (OSError, IndexError, ValueError):
+                continue
+    finally:
+        engine.close()
+    return counts
+
+
+def media(
+    packets: int = 750, hogs: int = 8, tools: tuple[str, ...] = ("fifo",), other_tool_when_loaded: bool = True
+) -> dict[str, Any]:
+    """Jitter, loss and lateness of RTP relayed by rtpengine, managed against unmanaged, idle and loaded."""
+    out: dict[str, Any] = {
+        "packets": packets,
+        "ptime_ms": 20,
+        "load": f"stress-ng --cpu {hogs} on the host",
+        "runs": [],
+        "containers": {},
+    }
+    remove(MEDIA_PREFIX)
+    try:
+        for kind in ("managed", "unmanaged"):
+            name = f"{MEDIA_PREFIX}{kind}"
+            cid = start_managed(name, wait=True) if kind == "managed" else start_unmanaged(name)
+            address = address_of(cid)
+            _wait_for_ng(address)
+            time.sleep(1)
+            from bench.latency import rt_budget
+
+            out["containers"][kind] = {
+                "budget_us": rt_budget(cid),
+                "rtpengine_threads": rtpengine_threads(cid),
+            }
+            print(f"media {kind}: budget {rt_budget(cid)} us, rtpengine threads {rtpengine_threads(cid)}")
+            for load in ("idle", "loaded"):
+                policies = list(tools)
+                if load == "loaded" and other_tool_when_loaded and "other" not in policies:
+                    policies.append("other")
+                with contextlib.ExitStack() as stack:
+                    if load == "loaded":
+                        stack.enter_context(host_load(hogs, limit_s=len(policies) * packets * 0.05 + 120))
+                    for policy in policies:
+                        with tool_policy(policy) as got:
+                            relay = _relayed(address, packets)
+                            direct = _direct(packets)
+                        run = {
+                            "kind": kind,
+                            "load": load,
+                            "tool": got,
+                            "relay": relay,
+                            "direct": direct,
+                            "added_jitter_ms": relay["jitter_ms"] - direct["jitter_ms"],
+                        }
+                        out["runs"].append(run)
+                        print(
+                            f"media {kind:9} {load:6} tool {got}: relay jitter {relay['jitter_ms']:.3f} ms, direct "
+                            f"{direct['jitter_ms']:.3f} ms, added {run['added_jitter_ms']:+.3f} ms; lost "
+                            f"{relay['lost']}, late {relay['late']} of {2 * packets}"
+                        )
+            remove(name)
+    finally:
+        remove(MEDIA_PREFIX)
+    return out

@@ -1,0 +1,328 @@
+"""Markdown report with PNG plots from the benchmark results; headline ratios for the console."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS
+
+LAT_TARGET_US = 100
+LAT_RATIO_TARGET = 20
+JITTER_TARGET_MS = 0.1
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.0f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _run(runs: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    for run in runs:
+        if all(run.get(k) == v for k, v in match.items()):
+            return run
+    return None
+
+
+# --- headlines ---------------------------------------------------------------------------------------------
+
+
+def headlines(results: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    lat = results.get("latency")
+    if lat:
+        for n in sorted({r["n"] for r in lat["runs"]}):
+            m = _run(lat["runs"], n=n, kind="managed", load="loaded")
+            u = _run(lat["runs"], n=n, kind="unmanaged", load="loaded")
+            if not (m and u):
+                continue
+            mp, up = m["pooled"]["p999_us"], u["pooled"]["p999_us"]
+            ratio = up / max(mp, 1.0)
+            ok = mp <= LAT_TARGET_US and ratio >= LAT_RATIO_TARGET
+            lines.append(
+                f"wake-up p99.9 under load, N={n}: managed {mp:.0f} us vs unmanaged {up:.0f} us = {ratio:.1f}x better "
+                f"(target <= {LAT_TARGET_US} us and >= {LAT_RATIO_TARGET}x: {'met' if ok else 'NOT met'})"
+            )
+    media = results.get("media")
+    if media:
+        tool = next((r["tool"] for r in media["runs"] if r["tool"].startswith("SCHED_FIFO")), None)
+        for kind in ("managed", "unmanaged"):
+            for load in ("idle", "loaded"):
+                r = _run(media["runs"], kind=kind, load=load, tool=tool) if tool else None
+                r = r or _run(media["runs"], kind=kind, load=load)
+                if not r:
+                    continue
+                verdict = ""
+                if kind == "managed":
+                    met = r["added_jitter_ms"] <= JITTER_TARGET_MS
+                    verdict = f" (target <= {JITTER_TARGET_MS} ms: {'met' if met else 'NOT met'})"
+                lines.append(
+                    f"RTP jitter added by the relay path, {kind} {load} (tool {r['tool']}): "
+                    f"{r['added_jitter_ms']:+.3f} ms (relay {r['relay']['jitter_ms']:.3f} - direct "
+                    f"{r['direct']['jitter_ms']:.3f}); lost {r['relay']['lost']}, late {r['relay']['late']}{verdict}"
+                )
+        m = _run(media["runs"], kind="managed", load="loaded", tool=tool)
+        u = _run(media["runs"], kind="unmanaged", load="loaded", tool=tool)
+        if m and u and m["relay"]["jitter_ms"] > 0:
+            lines.append(
+                f"relayed RTP jitter under load: unmanaged / managed = "
+                f"{u['relay']['jitter_ms'] / m['relay']['jitter_ms']:.1f}x"
+            )
+    return lines
+
+
+# --- plots -------------------------------------------------------------------------------------------------
+
+
+def _plot_latency(lat: dict[str, Any], directory: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges = lat["bin_edges_us"]
+    files = []
+    counts = sorted({r["n"] for r in lat["runs"]})
+    fig, axes = plt.subplots(1, len(counts), figsize=(5.5 * len(counts), 4.5), sharey=True, squeeze=False)
+    styles = {
+        ("managed", "idle"): ("tab:blue", ":"),
+        ("managed", "loaded"): ("tab:blue", "-"),
+        ("unmanaged", "idle"): ("tab:red", ":"),
+        ("unmanaged", "loaded"): ("tab:red", "-"),
+    }
+    for ax, n in zip(axes[0], counts, strict=True):
+        for run in (r for r in lat["runs"] if r["n"] == n):
+            hist = run["histogram"]
+            total = sum(hist)
+            # Complementary CDF: the fraction of wake-ups later than x (x = each bin's upper edge).
+            xs, ys, above = [], [], total
+            for i, c in enumerate(hist):
+                above -= c
+                xs.append(edges[i + 1])
+                ys.append(max(above / total, 0.5 / total))
+            color, style = styles[(run["kind"], run["load"])]
+            policy = run["containers"][0]["policy"]
+            label = f"{run['kind']} ({policy}), {run['load']}: p99.9 {run['pooled']['p999_us']:.0f} us"
+            ax.step(xs, ys, where="post", color=color, linestyle=style, label=label)
+        ax.axvline(LAT_TARGET_US, color="grey", linewidth=0.8, linestyle="--")
+        ax.axhline(1e-3, color="grey", linewidth=0.5, linestyle=":")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(1, 1e5)
+        ax.set_title(f"{n} container{'s' if n > 1 else ''} probed at once")
+        ax.set_xlabel("wake-up lateness (us)")
+        ax.legend(fontsize=7, loc="lower left")
+        ax.grid(True, which="both", alpha=0.2)
+    axes[0][0].set_ylabel("fraction of wake-ups later than x")
+    fig.suptitle(f"Wake-up latency, {lat['interval_us']} us period, {lat['duration_s']:g} s per container")
+    fig.tight_layout()
+    path = directory / "latency_ccdf.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    files.append(path.name)
+    return files
+
+
+def _plot_jitter(media: dict[str, Any], directory: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tool = next((r["tool"] for r in media["runs"] if r["tool"].startswith("SCHED_FIFO")), None)
+    fig, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    for ax, load in zip(axes, ("loaded", "idle"), strict=True):
+        for kind, color in (("managed", "tab:blue"), ("unmanaged", "tab:red")):
+            run = _run(media["runs"], kind=kind, load=load, tool=tool) or _run(media["runs"], kind=kind, load=load)
+            if not run:
+                continue
+            series = run["relay"]["a_to_b"]["running_jitter_ms"]
+            ax.plot(
+                [i * media["ptime_ms"] / 1000 for i in range(len(series))],
+                series,
+                color=color,
+                label=f"{kind}, relayed A->B (final {series[-1]:.3f} ms)" if series else kind,
+            )
+            direct = run["direct"]["a_to_b"]["running_jitter_ms"]
+            ax.plot(
+                [i * media["ptime_ms"] / 1000 for i in range(len(direct))],
+                direct,
+                color=color,
+                linestyle=":",
+                linewidth=0.9,
+                label=f"direct loopback during the {kind} run (final {direct[-1]:.3f} ms)" if direct else "",
+            )
+        ax.axhline(JITTER_TARGET_MS, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_ylabel("running RFC 3550 J (ms)")
+        ax.set_title(f"host {load}" + (f" ({media['load']})" if load == "loaded" else ""))
+        ax.legend(fontsize=8)
+        ax.grid(True, which="both", alpha=0.2)
+    axes[-1].set_xlabel("stream time (s)")
+    fig.suptitle(f"RTP jitter over time, 20 ms packets, measuring tool at {tool or 'SCHED_OTHER'}")
+    fig.tight_layout()
+    path = directory / "jitter_over_time.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path.name]
+
+
+# --- markdown ----------------------------------------------------------------------------------------------
+
+
+def _latency_md(lat: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Wake-up latency",
+        "",
+        f"A periodic wake-up every {lat['interval_us']} us for {lat['duration_s']:g} s in each container, probes "
+        "running concurrently in all N containers; lateness past each deadline, in us. Managed = docker-xms "
+        "container with a real-time budget, probe at SCHED_FIFO 80. Unmanaged = the same image under plain "
+        "`docker run` (SYS_NICE, no budget): there the kernel refuses SCHED_FIFO, so the probe runs at "
+        "SCHED_OTHER, which is what an unmanaged media server gets on this host. "
+        f"Loaded = `{lat['load']}`.",
+        "",
+    ]
+    if lat.get("fifo_refused"):
+        lines += [f"SCHED_FIFO in the unmanaged container, via `measure_wakeups`: *{lat['fifo_refused']}*", ""]
+    lines += ["Pooled over the N containers:", ""]
+    rows = []
+    for r in lat["runs"]:
+        p = r["pooled"]
+        budgets = sorted({c["budget_us"] for c in r["containers"]}, key=str)
+        rows.append(
+            [
+                r["n"],
+                r["kind"],
+                r["containers"][0]["policy"],
+                r["load"],
+                p["samples"],
+                p["p50_us"],
+                p["p99_us"],
+                p["p999_us"],
+                p["max_us"],
+                ", ".join(str(b) for b in budgets),
+            ]
+        )
+    lines += _table(["N", "kind", "policy", "host", "samples", "p50", "p99", "p99.9", "max", "rt budget us"], rows)
+    lines += ["Per container:", ""]
+    rows = [
+        [
+            r["n"],
+            r["kind"],
+            r["load"],
+            c["container"],
+            c["samples"],
+            c["p50_us"],
+            c["p99_us"],
+            c["p999_us"],
+            c["max_us"],
+        ]
+        for r in lat["runs"]
+        for c in r["containers"]
+    ]
+    lines += _table(["N", "kind", "host", "container", "samples", "p50", "p99", "p99.9", "max"], rows)
+    return lines
+
+
+def _media_md(media: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Media: RTP relayed by rtpengine",
+        "",
+        f"Two legs on the host send {media['packets']} PCMU packets every {media['ptime_ms']} ms each, A->B and B->A, "
+        "through rtpengine in the container (offer/answer over ng at the container's address). The receivers "
+        "compute RFC 3550 interarrival jitter (mean of the two directions), lost packets and late packets (arriving "
+        "more than 40 ms after their scheduled time). Sender and receiver are Python threads on the host, so host "
+        "load hits them too: the same two streams are also sent directly over 127.0.0.1 without a relay, right "
+        "after, under the same conditions; relay minus direct jitter is the jitter added by the relay path. "
+        "`tool` is the scheduling of the measuring process itself.",
+        "",
+    ]
+    rows = []
+    for kind, info in media.get("containers", {}).items():
+        threads = info["rtpengine_threads"]
+        rows.append([kind, info["budget_us"], threads["fifo"], threads["other"]])
+    lines += _table(["container", "rt budget us", "rtpengine threads SCHED_FIFO", "SCHED_OTHER"], rows)
+    rows = []
+    for r in media["runs"]:
+        relay, direct = r["relay"], r["direct"]
+        rows.append(
+            [
+                r["kind"],
+                r["load"],
+                r["tool"],
+                relay["jitter_ms"],
+                direct["jitter_ms"],
+                r["added_jitter_ms"],
+                relay["a_to_b"]["delay_p99_ms"],
+                f"{relay['lost']}/{2 * media['packets']}",
+                relay["late"],
+                direct["lost"],
+                direct["late"],
+            ]
+        )
+    lines += _table(
+        [
+            "container",
+            "host",
+            "tool",
+            "relay jitter ms",
+            "direct jitter ms",
+            "added ms",
+            "relay delay p99 ms (A->B)",
+            "relay lost",
+            "relay late",
+            "direct lost",
+            "direct late",
+        ],
+        rows,
+    )
+    return lines
+
+
+def _generic_md(name: str, data: Any) -> list[str]:
+    lines = [f"## {name}", ""]
+    if isinstance(data, dict):
+        rows = [[k, json.dumps(v) if isinstance(v, dict | list) else v] for k, v in sorted(data.items())]
+        lines += _table(["key", "value"], rows)
+    else:
+        lines += [f"`{json.dumps(data)}`", ""]
+    return lines
+
+
+def write_report(results: dict[str, Any], directory: Path = RESULTS) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    machine = results.get("machine", {})
+    lines = [
+        "# docker-xms benchmark report",
+        "",
+        f"- date: {results.get('started', '?')}",
+        f"- kernel: {machine.get('kernel', '?')}, CPUs: {machine.get('cpus', '?')}, "
+        f"Python {machine.get('python', '?')}",
+        "- command: `python -m bench " + " ".join(k for k in results if k not in ("machine", "started")) + "`",
+        "",
+    ]
+    heads = headlines(results)
+    if heads:
+        lines += ["## Headlines", "", *[f"- {h}" for h in heads], ""]
+    for name, data in results.items():
+        if name in ("machine", "started"):
+            continue
+        if name == "latency":
+            lines += _latency_md(data)
+            lines += [f"![wake-up latency]({f})" for f in _plot_latency(data, directory)] + [""]
+        elif name == "media":
+            lines += _media_md(data)
+            lines += [f"![jitter over time]({f})" for f in _plot_jitter(data, directory)] + [""]
+        else:
+            lines += _generic_md(name, data)
+    path = directory / "report.md"
+    path.write_text("\n".join(lines))
+    return path
