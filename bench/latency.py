@@ -62,7 +62,16 @@ def start_managed(name: str, wait: bool = False) -> str:
     args = ["run", "-c", "--media-ports", "10", "--name", name, "--json"]
     if not wait:
         args.insert(2, "--no-wait")
-    return str(json.loads(cli(*args).stdout)["id"])
+    for attempt in range(5):
+        proc = cli(*args, check=False)
+        if proc.returncode == 0:
+            return str(json.loads(proc.stdout)["id"])
+        # Other users of this engine may take the media ports docker-xms picked a moment ago: try again.
+        if "already allocated" not in proc.stderr or attempt == 4:
+            raise RuntimeError(f"docker-xms {' '.join(args)} failed: {proc.stderr.strip()}")
+        cli("rm", "-f", name, check=False)
+        time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
 
 
 def start_unmanaged(name: str) -> str:
