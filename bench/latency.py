@@ -90,15 +90,18 @@ def start_unmanaged(name: str) -> str:
 
 def remove(prefix: str) -> None:
     """Remove every container whose name starts with `prefix`: managed ones through docker-xms."""
-    for container in client().containers.list(all=True):
-        if not container.name.startswith(prefix):
+    api = client().api
+    # The list view only (no inspect per container): other users of the engine remove containers meanwhile.
+    for summary in api.containers(all=True, filters={"name": prefix}):
+        name = (summary.get("Names") or ["/"])[0].lstrip("/")
+        if not name.startswith(prefix):
             continue
-        if container.labels.get("io.docker-xms.managed") == "true":
-            proc = cli("rm", "-f", container.name, check=False)
+        if (summary.get("Labels") or {}).get("io.docker-xms.managed") == "true":
+            proc = cli("rm", "-f", name, check=False)
             if proc.returncode == 0:
                 continue
         with contextlib.suppress(Exception):
-            container.remove(force=True)
+            api.remove_container(summary["Id"], force=True)
 
 
 def rt_budget(container_id: str) -> int | None:
