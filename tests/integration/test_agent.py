@@ -262,7 +262,7 @@ def test_churn_never_overcommits_and_ends_exact(docker_client: Any, agent: Agent
     def work(worker: int) -> int:
         done = 0
         rng = random.Random(worker)
-        for i in range(operations // workers // 2):
+        for i in range(worker, operations // 2, workers):
             name = f"{PREFIX}churn-{worker}-{i}"
             args = ["run", "-c", "--no-wait", "--json", "--name", name, "--media-ports", "10"]
             args += ["--ports", "dnat"] if rng.random() < 0.3 else []
