@@ -42,3 +42,8 @@ def base_image(docker_client: Any) -> str:
         assert result.code == 0, result.err + result.out
         assert BASE_IMAGE in result.out.splitlines()[-1] or BASE_IMAGE in result.out
     return BASE_IMAGE
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that restart the engine run last, so that they cannot cut another test's containers off."""
+    items.sort(key=lambda item: item.get_closest_marker("engine_restart") is not None)

@@ -58,6 +58,9 @@ class ContainerInfo:
     network_mode: str = ""
     started_at: str = ""
     exit_code: int = 0
+    # Why the engine could not start it last time (empty if it did, or was stopped on purpose).
+    error: str = ""
+    finished_at: str = ""
 
     @property
     def managed(self) -> bool:
@@ -102,6 +105,8 @@ def _container_info(attrs: dict[str, Any]) -> ContainerInfo:
         network_mode=host.get("NetworkMode") or "",
         started_at=state.get("StartedAt", ""),
         exit_code=int(state.get("ExitCode") or 0),
+        error=str(state.get("Error") or ""),
+        finished_at=str(state.get("FinishedAt") or ""),
     )
 
 

@@ -119,23 +119,17 @@ class Agent:
             if summary.get("State") not in ("exited", "created"):
                 continue
             cid = str(summary["Id"])
-            # The facade's ContainerInfo does not carry State.Error, which is what tells a failed start
-            # from a container someone stopped on purpose.
-            try:
-                attrs: dict[str, Any] = engine._call(engine.api.inspect_container, cid)
-            except XmsError:
+            info = engine.find_container(cid)
+            # State.Error tells a failed start from a container someone stopped on purpose.
+            if info is None or info.restart_policy not in RESTART_POLICIES or not info.error or info.running:
                 continue
-            state = attrs.get("State") or {}
-            policy = ((attrs.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or ""
-            error = str(state.get("Error") or "")
-            if policy not in RESTART_POLICIES or not error or state.get("Running"):
-                continue
-            key = (cid, error, str(state.get("FinishedAt", "")))
+            error = info.error
+            key = (cid, error, info.finished_at)
             if key in self._retried:
                 continue
             self._retried.add(key)
-            name = str(attrs.get("Name", cid[:12])).lstrip("/")
-            weight = _weight((attrs.get("Config") or {}).get("Labels") or {})
+            name = info.name or cid[:12]
+            weight = _weight(info.labels)
             self.log(f"starting {name} again: the engine could not start it ({_first_line(error)})")
 
             def start(budget_us: int, cid: str = cid) -> None:

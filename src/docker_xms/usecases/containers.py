@@ -172,64 +172,23 @@ def run(engine: Engine, request: RunRequest, reporter: Reporter) -> RunResult:
     require_root()
     rt = open_host(engine)
     mode = "container-address" if request.container_address else "one-to-one"
-    managed = engine.list_containers(all=True, label=f"{MANAGED_LABEL}=true")
-    if mode == "one-to-one":
-        for other in managed:
-            if _mode(other) == "one-to-one" and other.running:
-                raise BadInput(
-                    f"Container {other.name} already runs with 1:1 host ports on this host; "
-                    "stop it, or start this one with -c (container-address mode)."
-                )
     if request.name and engine.find_container(request.name) is not None:
         raise BadInput(f"A container named {request.name} already exists; choose another --name or remove it.")
-    _ensure_image(engine, profile, image, request.build_missing, reporter)
-
     netfilter = Netfilter()
     choice = port_plans.decide_strategy(
         request.ports, mode, request.media_ports or profile.media_port_count, netfilter.available()
     )
-    # Stopped containers keep their host range: they get the same rules back when they start again.
-    used = [r for c in managed for r in port_plans.host_ranges_from_labels(c.labels)]
-    plan = port_plans.plan_ports(
-        profile.ports,
-        profile.media_ranges,
-        mode,
-        choice.strategy,
-        slot=0,
-        media_ports=request.media_ports,
-        used_host_ranges=used,
-        host_pool=_host_pool(),
-    )
-    if mode == "one-to-one":
-        _check_host_ports(plan)
-
-    labels = {
-        MANAGED_LABEL: "true",
-        PROFILE_LABEL: profile.name,
-        MODE_LABEL: mode,
-        WEIGHT_LABEL: str(request.rt_weight),
-        **plan.labels(),
-    }
-    env = dict(profile.env)
-    media = plan.media_range
-    if media and profile.media_config == "env":
-        env.update({"DOCKER_XMS_MEDIA_START": str(media[0]), "DOCKER_XMS_MEDIA_END": str(media[1])})
-    create_args: dict[str, Any] = {
-        "name": request.name,
-        "detach": True,
-        "labels": labels,
-        "cap_add": ["SYS_NICE"],
-        "stop_signal": STOP_SIGNAL,
-        "environment": env,
-        "ports": dict(plan.publish) if plan.network_mode == "bridge" else None,
-        "network_mode": plan.network_mode if plan.network_mode != "bridge" else None,
-        "healthcheck": _healthcheck(profile),
-        **_systemd_mounts(rt, profile),
-    }
+    # Checked once now, so that a refusal changes nothing, and again under the host lock below, where
+    # no other docker-xms process can take the same host ports or start a 1:1 container meanwhile.
+    _plan_ports(engine, profile, request, mode, choice.strategy)
+    _ensure_image(engine, profile, image, request.build_missing, reporter)
     created: list[str] = []
+    plans: list[port_plans.PortPlan] = []
 
     def start(budget_us: int) -> str:
-        args = dict(create_args)
+        plan = _plan_ports(engine, profile, request, mode, choice.strategy)
+        plans.append(plan)
+        args = _create_args(rt, profile, request, mode, plan)
         if budget_us > 0:
             args["cpu_rt_runtime"] = budget_us
         reporter.phase(
@@ -242,21 +201,23 @@ def run(engine: Engine, request: RunRequest, reporter: Reporter) -> RunResult:
                 f"Image {image} has no systemd ({' or '.join(SYSTEMD_PATHS)} is missing); build it on a systemd "
                 "base image (docker-xms build-base)."
             )
+        media = plan.media_range
         if media and profile.media_config == "instance-file":
             for rendered in profile_files(profile, media[0], media[1]):
                 if any(rendered.path == f.path for f in profile.instance_files):
                     engine.put_file(container_id, rendered.path, rendered.content.encode(), rendered.mode)
         engine.start(container_id)
+        if plan.forwards:
+            reporter.phase(f"Forwarding {plan.media_port_count} media ports with {len(plan.forwards)} DNAT rule(s)")
+            info = engine.get_container(container_id)
+            netfilter.ensure_chains()
+            netfilter.add_container(container_id, _forward_specs(plan, info.ip_address))
         return container_id
 
     try:
         balance, container_id = rebalance(rt, arriving_weight=request.rt_weight, then=start)
         assert container_id is not None
         info = engine.get_container(container_id)
-        if plan.forwards:
-            reporter.phase(f"Forwarding {plan.media_port_count} media ports with {len(plan.forwards)} DNAT rule(s)")
-            netfilter.ensure_chains()
-            netfilter.add_container(container_id, _forward_specs(plan, info.ip_address))
         state = readiness.Check(False, "not waited for")
         if request.wait:
             reporter.phase("Waiting for the media server to be ready")
@@ -275,8 +236,72 @@ def run(engine: Engine, request: RunRequest, reporter: Reporter) -> RunResult:
             exc.message += f" Container {created[0][:12]} was kept for inspection (--keep-on-failure)."
         raise
     return _result(
-        engine, profile, info, plan, choice, balance.arriving_us, balance.pool_us, balance.per_group, state, proof
+        engine,
+        profile,
+        info,
+        plans[-1],
+        choice,
+        balance.arriving_us,
+        balance.pool_us,
+        balance.per_group,
+        state,
+        proof,
     )
+
+
+def _plan_ports(engine: Engine, profile: Profile, request: RunRequest, mode: str, strategy: str) -> port_plans.PortPlan:
+    """The port plan for a new container, refusing a second 1:1 container and host ports in use."""
+    managed = engine.list_containers(all=True, label=f"{MANAGED_LABEL}=true")
+    if mode == "one-to-one":
+        for other in managed:
+            if _mode(other) == "one-to-one" and other.running:
+                raise BadInput(
+                    f"Container {other.name} already runs with 1:1 host ports on this host; "
+                    "stop it, or start this one with -c (container-address mode)."
+                )
+    # Stopped containers keep their host range: they get the same rules back when they start again.
+    used = [r for c in managed for r in port_plans.host_ranges_from_labels(c.labels)]
+    plan = port_plans.plan_ports(
+        profile.ports,
+        profile.media_ranges,
+        mode,
+        strategy,
+        slot=0,
+        media_ports=request.media_ports,
+        used_host_ranges=used,
+        host_pool=_host_pool(),
+    )
+    if mode == "one-to-one":
+        _check_host_ports(plan)
+    return plan
+
+
+def _create_args(
+    rt: RtHost, profile: Profile, request: RunRequest, mode: str, plan: port_plans.PortPlan
+) -> dict[str, Any]:
+    labels = {
+        MANAGED_LABEL: "true",
+        PROFILE_LABEL: profile.name,
+        MODE_LABEL: mode,
+        WEIGHT_LABEL: str(request.rt_weight),
+        **plan.labels(),
+    }
+    env = dict(profile.env)
+    media = plan.media_range
+    if media and profile.media_config == "env":
+        env.update({"DOCKER_XMS_MEDIA_START": str(media[0]), "DOCKER_XMS_MEDIA_END": str(media[1])})
+    return {
+        "name": request.name,
+        "detach": True,
+        "labels": labels,
+        "cap_add": ["SYS_NICE"],
+        "stop_signal": STOP_SIGNAL,
+        "environment": env,
+        "ports": dict(plan.publish) if plan.network_mode == "bridge" else None,
+        "network_mode": plan.network_mode if plan.network_mode != "bridge" else None,
+        "healthcheck": _healthcheck(profile),
+        **_systemd_mounts(rt, profile),
+    }
 
 
 def _forward_specs(plan: port_plans.PortPlan, ip: str) -> list[ForwardSpec]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from docker_xms.adapters.engine import MANAGED_LABEL, Engine
+from docker_xms.adapters.hostlock import host_lock
 from docker_xms.adapters.netfilter import ForwardSpec, Netfilter, Reconciled
 from docker_xms.domain import ports as port_plans
-from docker_xms.usecases.rt import Rebalance, RtHost, rebalance
+from docker_xms.usecases.rt import Rebalance, RtHost, rebalance_locked
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,13 @@ def live_forwards(engine: Engine) -> dict[str, list[ForwardSpec]]:
 
 
 def reconcile(rt: RtHost, netfilter: Netfilter | None = None) -> Reconciliation:
-    budgets, _ = rebalance(rt)
+    # One lock around reading the engine and writing rules: `run` adds a new container's rules under
+    # it too, so a reconcile can neither miss them with a stale view nor add them a second time.
     netfilter = netfilter or Netfilter()
-    rules = None
-    if netfilter.available():
-        netfilter.ensure_chains()
-        rules = netfilter.reconcile(live_forwards(rt.engine))
+    with host_lock():
+        budgets = rebalance_locked(rt)
+        rules = None
+        if netfilter.available():
+            netfilter.ensure_chains()
+            rules = netfilter.reconcile(live_forwards(rt.engine))
     return Reconciliation(budgets, rules)

@@ -203,18 +203,21 @@ def rebalance(
     the room made for it. If it fails, the others get their share back.
     """
     with host_lock():
-        result = _rebalance_locked(rt, arriving_weight, exclude)
+        result = rebalance_locked(rt, arriving_weight, exclude)
         if then is None:
             return result, None
         try:
             value = then(result.arriving_us)
         except BaseException:
-            _rebalance_locked(rt, None, exclude)
+            rebalance_locked(rt, None, exclude)
             raise
         return result, value
 
 
-def _rebalance_locked(rt: RtHost, arriving_weight: int | None, exclude: frozenset[str]) -> Rebalance:
+def rebalance_locked(
+    rt: RtHost, arriving_weight: int | None = None, exclude: frozenset[str] = frozenset()
+) -> Rebalance:
+    """`rebalance` for a caller that already holds the host lock."""
     managed = [c for c in managed_running(rt.engine) if c.id not in exclude]
     names = {c.id: c.name for c in managed}
     if not rt.per_group:
