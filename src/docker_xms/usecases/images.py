@@ -125,7 +125,7 @@ def build_base(engine: Engine, tag: str, distro: str, offline: bool, reporter: R
     except XmsError as exc:
         if distro != "debian12":
             raise XmsError(
-                f"No registry answered for {base} ({exc.message}); only debian12 can be built offline."
+                f"No registry answered for {base} ({exc.message.rstrip('.')}); only debian12 can be built offline."
             ) from exc
         reporter.phase("No registry answered: building the Debian 12 root file system offline")
         rootfs.check_available()

@@ -43,12 +43,26 @@ class RtHost:
         return cgroups.container_cgroup(self.parent, self.driver, container_id)
 
 
-def open_host(
-    engine: Engine, sys_root: Path = Path("/sys"), proc_root: Path = Path("/proc"), boot_root: Path = Path("/boot")
-) -> RtHost:
-    host = cgroups.detect_host(sys_root, proc_root, boot_root)
+def host_roots() -> tuple[Path, Path, Path]:
+    """/sys, /proc and /boot, or the roots named by DOCKER_XMS_SYS_ROOT, _PROC_ROOT and _BOOT_ROOT.
+
+    Other roots let `rt status` and `rt doctor` read a host's layout from a copy of its trees, e.g. to
+    check a cgroup v2 or systemd-driver host from elsewhere.
+    """
+    env = os.environ
+    return (
+        Path(env.get("DOCKER_XMS_SYS_ROOT", "/sys")),
+        Path(env.get("DOCKER_XMS_PROC_ROOT", "/proc")),
+        Path(env.get("DOCKER_XMS_BOOT_ROOT", "/boot")),
+    )
+
+
+def open_host(engine: Engine, roots: tuple[Path, Path, Path] | None = None) -> RtHost:
+    host = cgroups.detect_host(*(roots or host_roots()))
     info = engine.info()
-    parent = cgroups.engine_parent(host, info.cgroup_driver, os.environ.get("DOCKER_XMS_CGROUP_PARENT", ""))
+    # The engine's parent cannot be read from the engine; these name it when it is not the default.
+    driver = os.environ.get("DOCKER_XMS_CGROUP_DRIVER", info.cgroup_driver)
+    parent = cgroups.engine_parent(host, driver, os.environ.get("DOCKER_XMS_CGROUP_PARENT", ""))
     cap = os.environ.get("DOCKER_XMS_RT_POOL_US")
     cap_us: int | None = None
     if cap:
@@ -56,7 +70,7 @@ def open_host(
             cap_us = int(cap)
         except ValueError:
             raise BadInput(f"DOCKER_XMS_RT_POOL_US must be a whole number of microseconds, not {cap!r}.") from None
-    return RtHost(engine, host, cgroups.CgroupFs(host.cpu_root), info.cgroup_driver, parent, cap_us)
+    return RtHost(engine, host, cgroups.CgroupFs(host.cpu_root), driver, parent, cap_us)
 
 
 @dataclass(frozen=True)
@@ -413,7 +427,9 @@ def doctor(rt: RtHost) -> list[Finding]:
     parent_runtime = None
     if rt.per_group and rt.fs.exists(rt.parent):
         parent_runtime = rt.fs.read_runtime(rt.parent)
-    return diagnose(rt.host, info.cgroup_driver, info.cgroup_version, parent_runtime, rt.parent)
+    # What the engine reports about cgroups describes the real host, not a tree given by DOCKER_XMS_*_ROOT.
+    version = str(rt.host.cgroup_version) if "DOCKER_XMS_SYS_ROOT" in os.environ else info.cgroup_version
+    return diagnose(rt.host, rt.driver, version, parent_runtime, rt.parent)
 
 
 def budget_reader(engine: Engine) -> Callable[[str], int | None]:
@@ -422,7 +438,7 @@ def budget_reader(engine: Engine) -> Callable[[str], int | None]:
     It tries where either cgroup driver puts containers, so it need not ask the engine which one runs.
     """
     del engine
-    host = cgroups.detect_host()
+    host = cgroups.detect_host(*host_roots())
     if host.mode != "per-group":
         return lambda _: None
     fs = cgroups.CgroupFs(host.cpu_root)
