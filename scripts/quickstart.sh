@@ -54,7 +54,13 @@ fi
 
 case "$job" in
   setup) ;;
-  demo) exec .venv/bin/docker-xms run --profile rtpengine --build-missing ;;
+  demo)
+    # Idempotent: a demo container from an earlier run is replaced, and its budget given back first.
+    if docker container inspect docker-xms-demo >/dev/null 2>&1; then
+      .venv/bin/docker-xms rm -f docker-xms-demo >/dev/null
+    fi
+    exec .venv/bin/docker-xms run --profile rtpengine --build-missing --name docker-xms-demo
+    ;;
   test)
     .venv/bin/ruff check src tests bench
     .venv/bin/ruff format --check src tests bench
