@@ -29,10 +29,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-python=python3
-for candidate in python3.13 python3.12 python3.11; do
-  if command -v "$candidate" >/dev/null; then python="$candidate"; break; fi
+python=""
+for candidate in python3 /usr/bin/python3; do
+  if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    python="$candidate"; break
+  fi
 done
+[ -n "$python" ] || { echo "error: docker-xms needs Python 3.11 or newer (apt-get install python3)." >&2; exit 1; }
 if [ ! -x .venv/bin/docker-xms ] || [ pyproject.toml -nt .venv/.installed ]; then
   echo "Installing docker-xms into .venv"
   "$python" -m venv .venv
