@@ -49,8 +49,9 @@ engine_up() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 if ! engine_up; then
   echo "Starting dockerd"
   mkdir -p /run/docker-xms
-  nohup dockerd >/var/log/docker-xms-dockerd.log 2>&1 &
-  echo $! > /run/docker-xms/dockerd.pid
+  # In a subshell that exits at once, so dockerd is nobody's child here: the test job execs pytest,
+  # which would otherwise inherit it and never reap it when a test restarts the engine.
+  (setsid dockerd >/var/log/docker-xms-dockerd.log 2>&1 </dev/null & echo $! > /run/docker-xms/dockerd.pid)
   for _ in $(seq 1 60); do engine_up && break; sleep 0.5; done
   engine_up || { echo "error: dockerd did not start; see /var/log/docker-xms-dockerd.log" >&2; exit 1; }
 fi

@@ -360,12 +360,24 @@ def test_once_reconciles_and_exits(docker_client: Any, rtpengine_image: str, cle
 def dockerd_pid() -> int | None:
     try:
         pid = int(PID_FILE.read_text())
-        if Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd":
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd" and not process_gone(pid):
             return pid
     except (OSError, ValueError):
         pass
     found = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True).stdout.split()
-    return int(found[0]) if found else None
+    alive = [int(p) for p in found if not process_gone(int(p))]
+    return alive[0] if alive else None
+
+
+def process_gone(pid: int) -> bool:
+    """Exited, or a zombie: a dockerd that this process started stays one until it is reaped."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
 
 
 def start_dockerd() -> None:
@@ -415,7 +427,7 @@ def test_after_an_engine_restart_with_the_parent_at_0_budgets_rules_and_fifo_are
     stopped_agent = False
     try:
         os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: not Path(f"/proc/{pid}").exists(), 90, 0.1, "dockerd to stop")
+        wait_for(lambda: process_gone(pid), 90, 0.1, "dockerd to stop")
         wait_for(lambda: "engine connection lost" in agent.log(), 10, 0.05, "the agent to notice")
         # What a reboot leaves: no container, the parent at 0.
         wait_for(lambda: not [p for p in PARENT.iterdir() if p.is_dir()], 30, 0.1, "containers' cgroups gone")
