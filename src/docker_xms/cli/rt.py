@@ -164,26 +164,15 @@ def doctor_cmd(as_json: bool) -> None:
 def probe_cmd(container: str, seconds: float, interval_us: int, priority: int | None, tool: str, as_json: bool) -> None:
     """Measure periodic wake-up latency inside CONTAINER at the media server's priority."""
     from docker_xms.adapters.engine import Engine
-    from docker_xms.domain.profiles import load_profile
-    from docker_xms.errors import BadInput
-    from docker_xms.usecases.probe import measure_wakeups
+    from docker_xms.usecases.probe import probe_container
 
-    if seconds <= 0 or interval_us <= 0:
-        raise BadInput("--seconds and --interval-us must be above 0.")
-    engine = Engine.connect()
-    info = engine.get_container(container)
-    if priority is None:
-        profile_name = info.label("profile")
-        priority = load_profile(profile_name).rt_priority if profile_name else 50
-    with console.status(f"Measuring wake-ups in {info.name} for {seconds:.0f} s"):
-        result = measure_wakeups(
-            engine, info.id, priority=priority, interval_us=interval_us, duration_s=seconds, tool=tool
-        )
+    with console.status(f"Measuring wake-ups in {container} for {seconds:.0f} s"):
+        name, result = probe_container(Engine.connect(), container, priority, interval_us, seconds, tool)
     if as_json:
         print_json(asdict(result))
         return
     console.print(
-        f"{info.name}: {result.samples} wake-ups every {result.interval_us} us at {result.policy} "
+        f"{name}: {result.samples} wake-ups every {result.interval_us} us at {result.policy} "
         f"{result.priority} ({result.tool})"
     )
     console.print(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from docker_xms.adapters.engine import Engine
 from docker_xms.domain.media import Percentiles, histogram_percentiles, percentiles
+from docker_xms.domain.profiles import load_profile
 from docker_xms.errors import BadInput, NotFound, XmsError
 
 PROBE_EXIT_REFUSED = 3
@@ -229,3 +230,23 @@ def measure_wakeups(
             raise
     result = _run_static_probe(engine, container_id, priority, interval_us, count, cache_dir)
     return replace(result, note="cyclictest refused to run without SCHED_FIFO; used the probe")
+
+
+def probe_container(
+    engine: Engine,
+    ref: str,
+    priority: int | None = None,
+    interval_us: int = 1000,
+    duration_s: float = 10.0,
+    tool: str = "auto",
+) -> tuple[str, ProbeResult]:
+    """The probe in a container named by the user, at its profile's real-time priority unless one is given."""
+    if duration_s <= 0 or interval_us <= 0:
+        raise BadInput("--seconds and --interval-us must be above 0.")
+    info = engine.get_container(ref)
+    if not info.running:
+        raise BadInput(f"Container {info.name} is not running ({info.status}).")
+    if priority is None:
+        profile_name = info.label("profile")
+        priority = load_profile(profile_name).rt_priority if profile_name else 50
+    return info.name, measure_wakeups(engine, info.id, priority, interval_us, duration_s, tool)
