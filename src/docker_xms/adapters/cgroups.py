@@ -246,7 +246,12 @@ class CgroupFs:
         for entry in sorted(base.iterdir()):
             if (entry / RUNTIME_FILE).is_file():
                 child = f"{rel.rstrip('/')}/{entry.name}"
-                found.append(GroupRuntime(entry.name, self.read_runtime(child), self.read_period(child)))
+                try:
+                    found.append(GroupRuntime(entry.name, self.read_runtime(child), self.read_period(child)))
+                except XmsError:
+                    # A container removed while we looked takes its group along: it holds nothing now.
+                    if entry.is_dir():
+                        raise
         return found
 
     def tasks(self, rel: str) -> list[int]:
