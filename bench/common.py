@@ -39,7 +39,8 @@ def median_ms(fn: Callable[[], Any], runs: int) -> float:
 
 
 def client() -> docker.DockerClient:
-    return docker.from_env(version="auto")
+    # Publishing a thousand ports keeps the engine busy for minutes before it answers.
+    return docker.from_env(version="auto", timeout=900)
 
 
 def remove_bench_containers() -> None:

@@ -24,8 +24,9 @@ from typing import Any
 import docker
 import pytest
 
-from docker_xms.adapters.engine import MANAGED_LABEL, Engine
+from docker_xms.adapters.engine import Engine
 from docker_xms.domain import ports as port_plans
+from docker_xms.domain.labels import MANAGED_LABEL
 from docker_xms.usecases.agent import unit_text
 from docker_xms.usecases.rt import open_host, read_state
 from tests.helpers import run_cli, wait_for

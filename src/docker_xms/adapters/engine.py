@@ -17,10 +17,8 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from docker_xms.domain.labels import LABEL_PREFIX, MANAGED_LABEL
 from docker_xms.errors import BadInput, EngineUnavailable, NotFound, XmsError
-
-LABEL_PREFIX = "io.docker-xms"
-MANAGED_LABEL = f"{LABEL_PREFIX}.managed"
 
 Progress = Callable[[dict[str, Any]], None]
 

@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("docker_xms.cli.images", "push"),
     "login": ("docker_xms.cli.images", "login"),
     "run": ("docker_xms.cli.containers", "run"),
-    "ps": ("docker_xms.cli.containers", "ps"),
+    "ps": ("docker_xms.cli.listing", "ps"),
     "shell": ("docker_xms.cli.containers", "shell"),
     "stop": ("docker_xms.cli.containers", "stop"),
     "rm": ("docker_xms.cli.containers", "rm"),

@@ -116,36 +116,6 @@ def _print_summary(r: object) -> None:
     console.print(f"\nShell: {r.shell_command}\nStop:  {r.stop}")
 
 
-@click.command("ps")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-def ps(as_json: bool) -> None:
-    """List the media-server containers docker-xms manages."""
-    from docker_xms.adapters.engine import Engine
-    from docker_xms.usecases.containers import ps as list_containers
-    from docker_xms.usecases.rt import budget_reader
-
-    engine = Engine.connect()
-    rows = list_containers(engine, budget_reader(engine))
-    if as_json:
-        print_json([asdict(row) for row in rows])
-        return
-    table = Table("name", "id", "profile", "mode", "status", "ready", "address", "ports", "budget us")
-    for row in rows:
-        budget = "-" if row.budget_us is None else f"{row.budget_us:,}"
-        table.add_row(
-            row.name,
-            row.id,
-            row.profile,
-            row.mode,
-            row.status,
-            row.health,
-            row.address,
-            f"{row.strategy}: {row.ports}" if row.strategy else row.ports,
-            budget,
-        )
-    console.print(table)
-
-
 @click.command("shell", context_settings={"ignore_unknown_options": True})
 @click.argument("container")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from docker_xms.adapters.engine import MANAGED_LABEL, Engine
+from docker_xms.adapters.engine import Engine
 from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.domain import budget
+from docker_xms.domain.labels import MANAGED_LABEL, WEIGHT_LABEL
 from docker_xms.errors import EngineUnavailable, XmsError
 from docker_xms.usecases.reconcile import Reconciliation, reconcile
-from docker_xms.usecases.rt import NEW, WEIGHT_LABEL, RtHost, grow_parent, open_host, rebalance
+from docker_xms.usecases.rt import NEW, RtHost, grow_parent, open_host, rebalance
 
 EVENTS = ("start", "die", "destroy", "update")
 # Policies under which the engine itself would have (re)started the container when it came up.

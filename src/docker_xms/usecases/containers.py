@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from docker_xms.adapters import hostnet
-from docker_xms.adapters.engine import LABEL_PREFIX, MANAGED_LABEL, ContainerInfo, Engine
+from docker_xms.adapters.engine import ContainerInfo, Engine
 from docker_xms.adapters.netfilter import ForwardSpec, Netfilter
 from docker_xms.domain import ports as port_plans
+from docker_xms.domain.labels import MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL, WEIGHT_LABEL
 from docker_xms.domain.names import parse_ref
 from docker_xms.domain.profiles import Profile, load_profile
 from docker_xms.domain.recipes import STOP_SIGNAL, profile_files
@@ -24,10 +24,8 @@ from docker_xms.errors import BadInput, NotFound, XmsError
 from docker_xms.usecases import images, readiness
 from docker_xms.usecases.images import Reporter
 from docker_xms.usecases.reconcile import reconcile
-from docker_xms.usecases.rt import WEIGHT_LABEL, RtHost, open_host, rebalance, verify
+from docker_xms.usecases.rt import RtHost, open_host, rebalance, verify
 
-PROFILE_LABEL = f"{LABEL_PREFIX}.profile"
-MODE_LABEL = f"{LABEL_PREFIX}.mode"
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 SYSTEMD_PATHS = ("/lib/systemd/systemd", "/usr/lib/systemd/systemd")
 
@@ -402,58 +400,6 @@ def port_rows(profile: Profile, info: ContainerInfo, plan: port_plans.PortPlan) 
 
 
 # --- ps, stop, rm, route --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PsRow:
-    id: str
-    name: str
-    profile: str
-    mode: str
-    status: str
-    health: str
-    address: str
-    strategy: str
-    ports: str
-    budget_us: int | None
-
-
-def ps(engine: Engine, budget_of: Callable[[str], int | None]) -> list[PsRow]:
-    """One request to the engine (its list view), plus a cgroup file read per running container."""
-    rows = []
-    for s in engine.list_container_summaries(all=True, label=f"{MANAGED_LABEL}=true"):
-        labels = s.get("Labels") or {}
-        networks = (s.get("NetworkSettings") or {}).get("Networks") or {}
-        address = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), "")
-        status = str(s.get("Status", ""))
-        health = (
-            "healthy"
-            if "(healthy)" in status
-            else "unhealthy"
-            if "(unhealthy)" in status
-            else ("starting" if "health: starting" in status else "-")
-        )
-        published = sorted(
-            {f"{p['PublicPort']}->{p['PrivatePort']}/{p['Type']}" for p in s.get("Ports") or [] if p.get("PublicPort")}
-        )
-        host_media = labels.get(port_plans.LABEL_HOST_MEDIA, "")
-        ports_text = ", ".join(published + ([f"{host_media}/media"] if host_media else []))
-        running = s.get("State") == "running"
-        rows.append(
-            PsRow(
-                id=str(s["Id"])[:12],
-                name=str((s.get("Names") or ["?"])[0]).lstrip("/"),
-                profile=labels.get(PROFILE_LABEL, "?"),
-                mode=labels.get(MODE_LABEL, "?"),
-                status=str(s.get("State", "")),
-                health=health,
-                address=address,
-                strategy=labels.get(port_plans.LABEL_STRATEGY, ""),
-                ports=ports_text,
-                budget_us=budget_of(str(s["Id"])) if running else None,
-            )
-        )
-    return rows
 
 
 def resolve(engine: Engine, refs: tuple[str, ...]) -> list[ContainerInfo]:

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from docker_xms.adapters.engine import LABEL_PREFIX, Engine, StreamError
+from docker_xms.adapters.engine import Engine, StreamError
 from docker_xms.domain import flatten as plan
 from docker_xms.domain import recipes, xms_recipe
+from docker_xms.domain.labels import LABEL_PREFIX
 from docker_xms.domain.names import parse_ref
 from docker_xms.domain.profiles import Profile
 from docker_xms.errors import BadInput, NotFound, XmsError

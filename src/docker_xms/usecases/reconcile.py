@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from docker_xms.adapters.engine import MANAGED_LABEL, Engine
+from docker_xms.adapters.engine import Engine
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.adapters.netfilter import ForwardSpec, Netfilter, Reconciled
 from docker_xms.domain import ports as port_plans
+from docker_xms.domain.labels import MANAGED_LABEL
 from docker_xms.usecases.rt import Rebalance, RtHost, rebalance_locked
 
 

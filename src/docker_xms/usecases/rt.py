@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from docker_xms.adapters import cgroups
-from docker_xms.adapters.engine import MANAGED_LABEL, ContainerInfo, Engine
+from docker_xms.adapters.engine import ContainerInfo, Engine
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.domain import budget
 from docker_xms.domain.doctor import Finding, diagnose
+from docker_xms.domain.labels import MANAGED_LABEL, WEIGHT_LABEL
 from docker_xms.errors import BadInput, XmsError
 
 T = TypeVar("T")
-WEIGHT_LABEL = "io.docker-xms.rt-weight"
 
 
 @dataclass(frozen=True)
@@ -43,22 +43,8 @@ class RtHost:
         return cgroups.container_cgroup(self.parent, self.driver, container_id)
 
 
-def host_roots() -> tuple[Path, Path, Path]:
-    """/sys, /proc and /boot, or the roots named by DOCKER_XMS_SYS_ROOT, _PROC_ROOT and _BOOT_ROOT.
-
-    Other roots let `rt status` and `rt doctor` read a host's layout from a copy of its trees, e.g. to
-    check a cgroup v2 or systemd-driver host from elsewhere.
-    """
-    env = os.environ
-    return (
-        Path(env.get("DOCKER_XMS_SYS_ROOT", "/sys")),
-        Path(env.get("DOCKER_XMS_PROC_ROOT", "/proc")),
-        Path(env.get("DOCKER_XMS_BOOT_ROOT", "/boot")),
-    )
-
-
 def open_host(engine: Engine, roots: tuple[Path, Path, Path] | None = None) -> RtHost:
-    host = cgroups.detect_host(*(roots or host_roots()))
+    host = cgroups.detect_host(*(roots or cgroups.host_roots()))
     info = engine.info()
     # The engine's parent cannot be read from the engine; these name it when it is not the default.
     driver = os.environ.get("DOCKER_XMS_CGROUP_DRIVER", info.cgroup_driver)
@@ -430,27 +416,3 @@ def doctor(rt: RtHost) -> list[Finding]:
     # What the engine reports about cgroups describes the real host, not a tree given by DOCKER_XMS_*_ROOT.
     version = str(rt.host.cgroup_version) if "DOCKER_XMS_SYS_ROOT" in os.environ else info.cgroup_version
     return diagnose(rt.host, rt.driver, version, parent_runtime, rt.parent)
-
-
-def budget_reader(engine: Engine) -> Callable[[str], int | None]:
-    """A cheap reader of a container's kernel budget for listings: no engine request, file reads only.
-
-    It tries where either cgroup driver puts containers, so it need not ask the engine which one runs.
-    """
-    del engine
-    host = cgroups.detect_host(*host_roots())
-    if host.mode != "per-group":
-        return lambda _: None
-    fs = cgroups.CgroupFs(host.cpu_root)
-    custom = os.environ.get("DOCKER_XMS_CGROUP_PARENT", "")
-    candidates = [("cgroupfs", cgroups.engine_parent(host, "cgroupfs", custom))]
-    candidates.append(("systemd", cgroups.engine_parent(host, "systemd", custom if custom.endswith(".slice") else "")))
-
-    def read(container_id: str) -> int | None:
-        for driver, parent in candidates:
-            rel = cgroups.container_cgroup(parent, driver, container_id)
-            if fs.exists(rel):
-                return fs.read_runtime(rel)
-        return None
-
-    return read

@@ -1,0 +1,101 @@
+"""`ps`: the managed containers from the engine's list view and their budgets from the cgroup files.
+
+This module stays light on purpose (no Docker SDK, no rich): a listing is run often, and importing
+those costs more than the listing itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from docker_xms.adapters import cgroups, engine_list
+from docker_xms.domain import ports as port_plans
+from docker_xms.domain.labels import MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL
+
+
+def managed_summaries() -> list[dict[str, Any]]:
+    """The engine's list view of managed containers: over the local socket, else through the SDK."""
+    path = engine_list.local_socket()
+    if path is not None:
+        return engine_list.list_containers(path, label=f"{MANAGED_LABEL}=true")
+    from docker_xms.adapters.engine import Engine  # noqa: PLC0415 - only for engines not on a local socket
+
+    return Engine.connect().list_container_summaries(all=True, label=f"{MANAGED_LABEL}=true")
+
+
+@dataclass(frozen=True)
+class PsRow:
+    id: str
+    name: str
+    profile: str
+    mode: str
+    status: str
+    health: str
+    address: str
+    strategy: str
+    ports: str
+    budget_us: int | None
+
+
+def ps(summaries: list[dict[str, Any]], budget_of: Callable[[str], int | None]) -> list[PsRow]:
+    """One request to the engine (its list view), plus a cgroup file read per running container."""
+    rows = []
+    for s in summaries:
+        labels = s.get("Labels") or {}
+        networks = (s.get("NetworkSettings") or {}).get("Networks") or {}
+        address = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), "")
+        status = str(s.get("Status", ""))
+        health = (
+            "healthy"
+            if "(healthy)" in status
+            else "unhealthy"
+            if "(unhealthy)" in status
+            else ("starting" if "health: starting" in status else "-")
+        )
+        published = sorted(
+            {f"{p['PublicPort']}->{p['PrivatePort']}/{p['Type']}" for p in s.get("Ports") or [] if p.get("PublicPort")}
+        )
+        host_media = labels.get(port_plans.LABEL_HOST_MEDIA, "")
+        ports_text = ", ".join(published + ([f"{host_media}/media"] if host_media else []))
+        running = s.get("State") == "running"
+        rows.append(
+            PsRow(
+                id=str(s["Id"])[:12],
+                name=str((s.get("Names") or ["?"])[0]).lstrip("/"),
+                profile=labels.get(PROFILE_LABEL, "?"),
+                mode=labels.get(MODE_LABEL, "?"),
+                status=str(s.get("State", "")),
+                health=health,
+                address=address,
+                strategy=labels.get(port_plans.LABEL_STRATEGY, ""),
+                ports=ports_text,
+                budget_us=budget_of(str(s["Id"])) if running else None,
+            )
+        )
+    return rows
+
+
+def budget_reader() -> Callable[[str], int | None]:
+    """A cheap reader of a container's kernel budget for listings: no engine request, file reads only.
+
+    It tries where either cgroup driver puts containers, so it need not ask the engine which one runs.
+    """
+    host = cgroups.detect_host(*cgroups.host_roots())
+    if host.mode != "per-group":
+        return lambda _: None
+    fs = cgroups.CgroupFs(host.cpu_root)
+    custom = os.environ.get("DOCKER_XMS_CGROUP_PARENT", "")
+    candidates = [("cgroupfs", cgroups.engine_parent(host, "cgroupfs", custom))]
+    candidates.append(("systemd", cgroups.engine_parent(host, "systemd", custom if custom.endswith(".slice") else "")))
+
+    def read(container_id: str) -> int | None:
+        for driver, parent in candidates:
+            rel = cgroups.container_cgroup(parent, driver, container_id)
+            if fs.exists(rel):
+                return fs.read_runtime(rel)
+        return None
+
+    return read
