@@ -88,6 +88,19 @@ def start_unmanaged(name: str) -> str:
     return str(container.id)
 
 
+def wait_booted(container_id: str, timeout_s: float = 120) -> None:
+    """Until systemd in the container says running (or degraded) and rtpengine's unit is active."""
+    container = client().containers.get(container_id)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _, state = container.exec_run(["systemctl", "is-system-running"])
+        _, unit = container.exec_run(["systemctl", "is-active", "rtpengine-daemon"])
+        if state.decode().strip() in ("running", "degraded") and unit.decode().strip() == "active":
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"container {container_id[:12]} did not finish booting in {timeout_s:.0f} s")
+
+
 def remove(prefix: str) -> None:
     """Remove every container whose name starts with `prefix`: managed ones through docker-xms."""
     api = client().api
@@ -225,10 +238,14 @@ def latency(
                 ids = []
                 for i in range(n):
                     name = f"{LAT_PREFIX}{kind[0]}{n}-{i}"
-                    ids.append(start_managed(name) if kind == "managed" else start_unmanaged(name))
+                    ids.append(start_managed(name, wait=True) if kind == "managed" else start_unmanaged(name))
                 if kind == "managed":
                     cli("rt", "rebalance", check=False)
-                time.sleep(2)  # let systemd and rtpengine settle
+                # Measure servers that have booted, not the boot: systemd, mounts and rtpengine's start-up
+                # (it makes a DTLS certificate) are kernel and CPU work that would land in the samples.
+                for cid in ids:
+                    wait_booted(cid)
+                time.sleep(3)
                 priority = FIFO_PRIORITY if kind == "managed" else 0
                 if kind == "unmanaged" and "fifo_refused" not in out:
                     out["fifo_refused"] = _fifo_refused(ids[0])
