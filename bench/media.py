@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,29 +62,12 @@ def _two_streams(
     leg_a: Any, leg_b: Any, a_sends_to: tuple[str, int], b_sends_to: tuple[str, int], packets: int
 ) -> dict[str, Any]:
     """Send A->B and B->A at once; stats of what each leg received."""
-    from docker_xms.adapters.rtp import RtpReceiver, SendReport, send_stream
+    from docker_xms.adapters.rtp import exchange
     from docker_xms.domain.media import percentiles, stream_stats
 
-    reports: dict[str, SendReport] = {}
-    start = time.perf_counter_ns() + 50_000_000
-    with RtpReceiver(leg_a) as at_a, RtpReceiver(leg_b) as at_b:
-        threads = [
-            threading.Thread(
-                target=lambda: reports.__setitem__("a", send_stream(leg_a, a_sends_to, packets, start_ns=start))
-            ),
-            threading.Thread(
-                target=lambda: reports.__setitem__(
-                    "b", send_stream(leg_b, b_sends_to, packets, start_ns=start + STAGGER_NS)
-                )
-            ),
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        at_a.wait_for(packets, timeout=2)
-        at_b.wait_for(packets, timeout=2)
-        arrivals = {"a_to_b": list(at_b.arrivals), "b_to_a": list(at_a.arrivals)}
+    done = exchange(leg_a, leg_b, a_sends_to, b_sends_to, packets, time.perf_counter_ns() + 50_000_000, STAGGER_NS)
+    arrivals = {"a_to_b": done.at_b, "b_to_a": done.at_a}
+    reports = {"a": done.sent_by_a, "b": done.sent_by_b}
     out: dict[str, Any] = {}
     for name, sender in (("a_to_b", "a"), ("b_to_a", "b")):
         stats = stream_stats(arrivals[name], origin=reports[sender].origin, sent=packets)
@@ -114,21 +96,17 @@ def _two_streams(
 
 
 def _relayed(address: str, packets: int) -> dict[str, Any]:
-    from docker_xms.adapters.rtp import NgClient, local_address_towards, sdp_audio_address, sdp_offer, udp_socket
+    from docker_xms.adapters.rtp import NgClient, local_address_towards, open_call, udp_socket
 
     local = local_address_towards(address)
     with udp_socket(local) as leg_a, udp_socket(local) as leg_b, NgClient(address) as ng:
-        call, tag_a, tag_b = f"bench-{time.monotonic_ns()}", "leg-a", "leg-b"
-        offer = ng.offer(call, tag_a, sdp_offer(*leg_a.getsockname()))
-        answer = ng.answer(call, tag_a, tag_b, sdp_offer(*leg_b.getsockname()))
-        # The offer's rewritten SDP goes to B (where B sends); the answer's goes to A (where A sends).
-        b_sends_to = sdp_audio_address(offer.text("sdp"))
-        a_sends_to = sdp_audio_address(answer.text("sdp"))
+        call = open_call(ng, leg_a, leg_b)
+        a_sends_to, b_sends_to = call.a_sends_to, call.b_sends_to
         try:
             return _two_streams(leg_a, leg_b, a_sends_to, b_sends_to, packets)
         finally:
             with contextlib.suppress(Exception):
-                ng.delete(call, tag_a)
+                ng.delete(call.call_id, call.from_tag)
 
 
 def _direct(packets: int) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import os
 import re
 import secrets
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,11 +28,8 @@ import pytest
 from docker_xms.adapters.rtp import (
     NgClient,
     NgError,
-    RtpReceiver,
-    SendReport,
-    sdp_audio_address,
-    sdp_offer,
-    send_stream,
+    exchange,
+    open_call,
     udp_socket,
 )
 from docker_xms.domain.media import StreamStats, stream_stats
@@ -124,39 +120,27 @@ def relay_call(
         udp_socket(bind_ip) as leg_b,
         NgClient(*ng_at, timeout=1.0, attempts=5) as ng,
     ):
-        call, tag_a, tag_b = f"mp-{time.monotonic_ns()}", "leg-a", "leg-b"
         # Each leg is received where it sends from: the same socket, whatever rtpengine learns.
         options: dict[str, Any] = {"direction": direction} if direction else {}
-        offer = ng.offer(call, tag_a, sdp_offer(sdp_ip, leg_a.getsockname()[1]), **options)
-        answer = ng.answer(call, tag_a, tag_b, sdp_offer(sdp_ip, leg_b.getsockname()[1]))
-        advertised, b_port = sdp_audio_address(offer.text("sdp"))
-        a_port = sdp_audio_address(answer.text("sdp"))[1]
+        call = open_call(ng, leg_a, leg_b, sdp_ip, **options)
+        advertised, b_port = call.b_sends_to
+        a_port = call.a_sends_to[1]
         b_sends_to = ("127.0.0.1", host_port(summary, b_port))
         a_sends_to = ("127.0.0.1", host_port(summary, a_port))
         try:
-            with RtpReceiver(leg_a) as at_a, RtpReceiver(leg_b) as at_b:
-                reports: dict[str, SendReport] = {}
-
-                def send(key: str, sock: Any, where: tuple[str, int]) -> None:
-                    reports[key] = send_stream(sock, where, PACKETS)
-
-                threads = [
-                    threading.Thread(target=send, args=("a", leg_a, a_sends_to)),
-                    threading.Thread(target=send, args=("b", leg_b, b_sends_to)),
-                ]
-                for thread in threads:
-                    thread.start()
-                for thread in threads:
-                    thread.join()
-                at_a.wait_for(PACKETS, timeout=2)
-                at_b.wait_for(PACKETS, timeout=2)
-            to_b = stream_stats(at_b.arrivals, origin=reports["a"].origin, sent=PACKETS)
-            to_a = stream_stats(at_a.arrivals, origin=reports["b"].origin, sent=PACKETS)
+            done = exchange(leg_a, leg_b, a_sends_to, b_sends_to, PACKETS)
+            to_b = stream_stats(done.at_b, origin=done.sent_by_a.origin, sent=PACKETS)
+            to_a = stream_stats(done.at_a, origin=done.sent_by_b.origin, sent=PACKETS)
         finally:
             with contextlib.suppress(NgError):
-                ng.delete(call, tag_a)
+                ng.delete(call.call_id, call.from_tag)
     return Relayed(
-        to_a, to_b, (reports["a"].sent, reports["b"].sent), (a_port, b_port), (a_sends_to[1], b_sends_to[1]), advertised
+        to_a,
+        to_b,
+        (done.sent_by_a.sent, done.sent_by_b.sent),
+        (a_port, b_port),
+        (a_sends_to[1], b_sends_to[1]),
+        advertised,
     )
 
 

@@ -14,10 +14,9 @@ from docker_xms.adapters.rtp import (
     NgClient,
     NgError,
     RtpReceiver,
-    SendReport,
+    exchange,
     local_address_towards,
-    sdp_audio_address,
-    sdp_offer,
+    open_call,
     send_stream,
     udp_socket,
 )
@@ -160,32 +159,15 @@ def rtpengine(docker_client: Any) -> Iterator[str]:
 def test_two_legs_relayed_by_rtpengine(rtpengine: str) -> None:
     local = local_address_towards(rtpengine)
     with udp_socket(local) as leg_a, udp_socket(local) as leg_b, NgClient(rtpengine) as ng:
-        call, tag_a, tag_b = f"media-{time.monotonic_ns()}", "leg-a", "leg-b"
-        offer = ng.offer(call, tag_a, sdp_offer(*leg_a.getsockname()))
-        answer = ng.answer(call, tag_a, tag_b, sdp_offer(*leg_b.getsockname()))
-        # The offer's rewritten SDP goes to B: where B sends. The answer's goes to A: where A sends.
-        b_sends_to = sdp_audio_address(offer.text("sdp"))
-        a_sends_to = sdp_audio_address(answer.text("sdp"))
+        call = open_call(ng, leg_a, leg_b)
+        a_sends_to, b_sends_to = call.a_sends_to, call.b_sends_to
         assert b_sends_to[0] == a_sends_to[0] == rtpengine
         assert b_sends_to[1] != a_sends_to[1]
         assert 30000 <= min(b_sends_to[1], a_sends_to[1]) <= max(b_sends_to[1], a_sends_to[1]) <= 39999
-
-        with RtpReceiver(leg_a) as at_a, RtpReceiver(leg_b) as at_b:
-            reports: dict[str, SendReport] = {}
-            threads = [
-                threading.Thread(target=lambda: reports.__setitem__("b", send_stream(leg_b, b_sends_to, PACKETS))),
-                threading.Thread(target=lambda: reports.__setitem__("a", send_stream(leg_a, a_sends_to, PACKETS))),
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            at_a.wait_for(PACKETS, timeout=2)
-            at_b.wait_for(PACKETS, timeout=2)
-
-        to_b = stream_stats(at_b.arrivals, origin=reports["a"].origin, sent=PACKETS)
-        to_a = stream_stats(at_a.arrivals, origin=reports["b"].origin, sent=PACKETS)
-        deleted = ng.delete(call, tag_a)
+        done = exchange(leg_a, leg_b, a_sends_to, b_sends_to, PACKETS)
+        to_b = stream_stats(done.at_b, origin=done.sent_by_a.origin, sent=PACKETS)
+        to_a = stream_stats(done.at_a, origin=done.sent_by_b.origin, sent=PACKETS)
+        deleted = ng.delete(call.call_id, call.from_tag)
     for name, stats in (("A->B", to_b), ("B->A", to_a)):
         delay = stats.delay_percentiles()
         print(
@@ -196,10 +178,10 @@ def test_two_legs_relayed_by_rtpengine(rtpengine: str) -> None:
         assert stats.duplicates == 0, name
         assert stats.jitter_ms < 10, name
     # What comes back comes from rtpengine's media ports, and it is the other leg's stream.
-    assert at_a.sources == {a_sends_to}
-    assert at_b.sources == {b_sends_to}
-    assert {a.timestamp for a in at_b.arrivals} <= {
-        (reports["a"].first_timestamp + 160 * i) % (1 << 32) for i in range(PACKETS)
+    assert done.sources_at_a == {a_sends_to}
+    assert done.sources_at_b == {b_sends_to}
+    assert {a.timestamp for a in done.at_b} <= {
+        (done.sent_by_a.first_timestamp + 160 * i) % (1 << 32) for i in range(PACKETS)
     }
     totals = deleted.body["totals"]
     assert isinstance(totals, dict)

@@ -285,3 +285,70 @@ class NgClient:
         if from_tag:
             body["from-tag"] = from_tag
         return self.request({**body, **options})
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """Two streams sent at once, A to B and B to A: what each sender did and what each leg received."""
+
+    sent_by_a: SendReport
+    sent_by_b: SendReport
+    at_a: list[Arrival]
+    at_b: list[Arrival]
+    sources_at_a: set[tuple[str, int]]
+    sources_at_b: set[tuple[str, int]]
+
+
+def exchange(
+    leg_a: socket.socket,
+    leg_b: socket.socket,
+    a_sends_to: tuple[str, int],
+    b_sends_to: tuple[str, int],
+    count: int,
+    start_ns: int | None = None,
+    b_after_ns: int = 0,
+) -> Exchange:
+    """Send `count` packets each way at once, each leg receiving on the socket it sends from."""
+    reports: dict[str, SendReport] = {}
+    with RtpReceiver(leg_a) as at_a, RtpReceiver(leg_b) as at_b:
+        b_start = None if start_ns is None else start_ns + b_after_ns
+        threads = [
+            threading.Thread(
+                target=lambda: reports.__setitem__("a", send_stream(leg_a, a_sends_to, count, start_ns=start_ns))
+            ),
+            threading.Thread(
+                target=lambda: reports.__setitem__("b", send_stream(leg_b, b_sends_to, count, start_ns=b_start))
+            ),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        at_a.wait_for(count, timeout=2)
+        at_b.wait_for(count, timeout=2)
+        arrivals_a, arrivals_b = list(at_a.arrivals), list(at_b.arrivals)
+        sources_a, sources_b = set(at_a.sources), set(at_b.sources)
+    return Exchange(reports["a"], reports["b"], arrivals_a, arrivals_b, sources_a, sources_b)
+
+
+@dataclass(frozen=True)
+class RelayCall:
+    """A two-leg call set up through rtpengine: where each leg must send its media."""
+
+    call_id: str
+    from_tag: str
+    a_sends_to: tuple[str, int]
+    b_sends_to: tuple[str, int]
+
+
+def open_call(
+    ng: NgClient, leg_a: socket.socket, leg_b: socket.socket, sdp_ip: str | None = None, **offer_options: Bencodable
+) -> RelayCall:
+    """Offer from leg A and answer from leg B; each leg's SDP names `sdp_ip` (default: its own address)."""
+    call_id, tag_a, tag_b = f"docker-xms-{time.monotonic_ns()}", "leg-a", "leg-b"
+    a_host, a_port = leg_a.getsockname()[:2]
+    b_host, b_port = leg_b.getsockname()[:2]
+    offer = ng.offer(call_id, tag_a, sdp_offer(sdp_ip or a_host, a_port), **offer_options)
+    answer = ng.answer(call_id, tag_a, tag_b, sdp_offer(sdp_ip or b_host, b_port))
+    # The offer's rewritten SDP goes to B: where B sends. The answer's goes to A: where A sends.
+    return RelayCall(call_id, tag_a, sdp_audio_address(answer.text("sdp")), sdp_audio_address(offer.text("sdp")))
