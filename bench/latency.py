@@ -15,7 +15,6 @@ import contextlib
 import json
 import math
 import os
-import secrets
 import signal
 import subprocess
 import threading
@@ -134,20 +133,12 @@ def address_of(container_id: str) -> str:
 
 def _probe_samples(container_id: str, priority: int, interval_us: int, duration_s: float) -> dict[str, Any]:
     from docker_xms.adapters.engine import Engine
-    from docker_xms.usecases.probe import PROBE_EXIT_REFUSED, SchedulingRefused, build_probe, parse_probe_output
+    from docker_xms.usecases.probe import static_probe_samples
 
     engine = Engine.connect()
     try:
-        path = f"/tmp/docker-xms-probe-{secrets.token_hex(4)}"
-        engine.put_file(container_id, path, build_probe().read_bytes(), mode=0o755)
         count = max(1, round(duration_s * 1_000_000 / interval_us))
-        cmd = [path, "-u", "-r", "-p", str(priority), "-i", str(interval_us), "-n", str(count)]
-        code, out = engine.exec(container_id, cmd)
-        if code == PROBE_EXIT_REFUSED:
-            raise SchedulingRefused("probe", priority, "sched_setscheduler returned EPERM")
-        if code != 0:
-            raise RuntimeError(f"probe failed in {container_id[:12]} (exit {code}): {out.strip()[-300:]}")
-        summary, samples = parse_probe_output(out, priority)
+        summary, samples = static_probe_samples(engine, container_id, priority, interval_us, count)
         return {"summary": summary, "samples": samples}
     finally:
         engine.close()

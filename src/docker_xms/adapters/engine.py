@@ -68,10 +68,6 @@ class ContainerInfo:
     def running(self) -> bool:
         return self.status in ("running", "restarting") and self.pid > 0
 
-    @property
-    def short_id(self) -> str:
-        return self.id[:12]
-
     def label(self, key: str, default: str = "") -> str:
         return self.labels.get(f"{LABEL_PREFIX}.{key}", default)
 
@@ -176,13 +172,6 @@ class Engine:
             docker_root=str(data.get("DockerRootDir", "/var/lib/docker")),
         )
 
-    def server_version_tuple(self) -> tuple[int, ...]:
-        version = self._call(self._client.version).get("Version", "0")
-        parts = []
-        for piece in str(version).split("+")[0].split("-")[0].split("."):
-            parts.append(int(piece) if piece.isdigit() else 0)
-        return tuple(parts)
-
     def events(self, filters: dict[str, Any] | None = None, since: int | None = None) -> Iterator[dict[str, Any]]:
         stream = self._call(self._client.events, decode=True, filters=filters or {}, since=since)
         try:
@@ -209,10 +198,6 @@ class Engine:
         except docker.errors.ImageNotFound as exc:
             raise NotFound(f"There is no image {ref} on this engine.") from exc
         return attrs
-
-    def image_history(self, ref: str) -> list[dict[str, Any]]:
-        history: list[dict[str, Any]] = self._call(self.api.history, ref)
-        return history
 
     def import_image_file(self, path: str, repository: str, tag: str, changes: list[str] | None = None) -> str:
         """Import a root file system tarball; returns the new image's ID."""

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 from dataclasses import asdict
 
 import click
@@ -124,23 +121,14 @@ def shell(container: str, command: tuple[str, ...]) -> None:
 
     Give the command after `--`: docker-xms shell media1 -- systemctl status
     """
+    from docker_xms.adapters import nsenter
     from docker_xms.adapters.engine import Engine
     from docker_xms.usecases.containers import resolve
 
     info = resolve(Engine.connect(), (container,))[0]
     if not info.running:
         raise click.UsageError(f"Container {info.name} is not running.")
-    argv = list(command) or ["/bin/bash", "-l"]
-    nsenter = shutil.which("nsenter")
-    if nsenter and os.geteuid() == 0:
-        args = [nsenter, "-t", str(info.pid), "-m", "-u", "-i", "-n", "-p", "--", *argv]
-    else:
-        docker = shutil.which("docker")
-        if docker is None:
-            raise click.UsageError("Neither nsenter (as root) nor the docker client is available for a shell.")
-        args = [docker, "exec", *(["-it"] if sys.stdin.isatty() else ["-i"]), info.id, *argv]
-    sys.stdout.flush()
-    os.execv(args[0], args)  # noqa: S606 - hands the terminal over; argv is a list, no shell
+    nsenter.enter(nsenter.shell_argv(info.pid, info.id, command))
 
 
 @click.command("stop")

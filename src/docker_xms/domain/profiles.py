@@ -109,10 +109,6 @@ class Profile:
     source: str
 
     @property
-    def all_media(self) -> tuple[PortSpec, ...]:
-        return self.media_ranges
-
-    @property
     def media_port_count(self) -> int:
         return sum(r.count for r in self.media_ranges)
 

@@ -166,9 +166,10 @@ def _put_probe(engine: Engine, container_id: str, binary: bytes) -> str:
     raise XmsError(f"Could not copy the wake-up probe into {container_id[:12]}: neither /tmp nor / is writable.")
 
 
-def _run_static_probe(
-    engine: Engine, container_id: str, priority: int, interval_us: int, count: int, cache_dir: Path | None
-) -> ProbeResult:
+def static_probe_samples(
+    engine: Engine, container_id: str, priority: int, interval_us: int, count: int, cache_dir: Path | None = None
+) -> tuple[dict[str, object], list[float]]:
+    """Run the static probe in the container: its summary line and every wake-up's lateness in us."""
     path = _put_probe(engine, container_id, build_probe(cache_dir).read_bytes())
     cmd = [path, "-u", "-r", "-p", str(priority), "-i", str(interval_us), "-n", str(count)]
     code, out = engine.exec(container_id, cmd)
@@ -179,6 +180,13 @@ def _run_static_probe(
     summary, samples = parse_probe_output(out, priority)
     if not samples:
         raise XmsError("The wake-up probe recorded no samples.")
+    return summary, samples
+
+
+def _run_static_probe(
+    engine: Engine, container_id: str, priority: int, interval_us: int, count: int, cache_dir: Path | None
+) -> ProbeResult:
+    summary, samples = static_probe_samples(engine, container_id, priority, interval_us, count, cache_dir)
     stats = percentiles(samples)
     note = "" if summary.get("mlocked") else "memory not locked (mlockall refused)"
     return ProbeResult(
