@@ -1,8 +1,20 @@
 """Wake-up latency in docker-xms containers against the same image under plain `docker run`, idle and loaded.
 
-Managed containers get a real-time budget from docker-xms, so the probe runs at SCHED_FIFO 80. In a plain
-container the kernel refuses SCHED_FIFO (no budget in its cgroup), so the probe runs at SCHED_OTHER: that is what an
-unmanaged media server gets on this host. Probes run concurrently in all N containers of a measurement.
+Managed containers get a real-time budget from docker-xms, so the probe runs at SCHED_FIFO at the priority of the
+rtpengine profile. In a plain container the kernel refuses SCHED_FIFO (no budget in its cgroup), so the probe runs
+at SCHED_OTHER: that is what an unmanaged media server gets on this host. Probes run concurrently in all N
+containers of a measurement.
+
+The same probe also runs on the host, outside any container, at the same priority: the machine's own floor. On a
+virtual machine the hypervisor can stop a vCPU for milliseconds whatever the guest's scheduling; no container can
+do better than the floor, and the report shows it next to the containers, with the steal time of each measurement.
+
+Each (N, load) measurement is split into rounds that alternate the order of floor, managed and unmanaged, so that a
+noisy minute on the machine lands on all three alike.
+
+Loads: idle; `host` = stress-ng --cpu 8 in the host's root cgroup (other work on the machine); `inside` =
+stress-ng --cpu 8/N placed in each measured container's cpu cgroup (the server's own non-real-time work: codecs,
+recording, logging), or in the host's root cgroup for the floor.
 
 The probe is docker-xms's own static wake-up probe (the one `measure_wakeups` runs when the image has no
 cyclictest); it is run here with its raw output so that samples of several containers can be pooled and plotted.
@@ -27,7 +39,8 @@ from bench.common import IMAGE, cli, client
 
 LAT_PREFIX = "bench-lat-"
 CPU_PARENT = Path("/sys/fs/cgroup/cpu/docker")
-FIFO_PRIORITY = 80
+KINDS = ("floor", "managed", "unmanaged")
+LOADS = ("idle", "host", "inside")
 # Log-spaced histogram bins for the plots: 0..1 us, then 10 bins per decade up to 1 s.
 BIN_EDGES = [0.0, *[10 ** (k / 10) for k in range(61)]]
 
@@ -36,24 +49,40 @@ BIN_EDGES = [0.0, *[10 ** (k / 10) for k in range(61)]]
 
 
 @contextlib.contextmanager
-def host_load(cpus: int = 8, limit_s: float = 600) -> Iterator[str]:
-    """stress-ng --cpu N on the host for the duration of the block; killed (its whole group) afterwards."""
+def host_load(cpus: int = 8, limit_s: float = 600, cgroups: tuple[Path, ...] = ()) -> Iterator[str]:
+    """stress-ng --cpu N for the duration of the block; killed (its whole group) afterwards.
+
+    With `cgroups`, one stress-ng per cgroup directory, each with N workers, started inside that cpu cgroup (the
+    process writes itself into cgroup.procs before it runs stress-ng, so that every worker is born there).
+    """
     cmd = ["stress-ng", "--cpu", str(cpus), "--timeout", f"{int(limit_s)}s", "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    procs = [
+        subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=(lambda d=directory: (d / "cgroup.procs").write_text(str(os.getpid()))),  # noqa: PLW1509
+        )
+        for directory in cgroups
+    ] or [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
     try:
         time.sleep(1.5)  # let the hogs start and spread over the CPUs
-        if proc.poll() is not None:
-            raise RuntimeError(f"stress-ng exited at once (code {proc.returncode})")
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"stress-ng exited at once (code {proc.returncode})")
         yield " ".join(cmd[:3])
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+        for proc in procs:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def start_managed(name: str, wait: bool = False) -> str:
@@ -131,13 +160,23 @@ def address_of(container_id: str) -> str:
 # --- the probe --------------------------------------------------------------------------------------------
 
 
-def _probe_samples(container_id: str, priority: int, interval_us: int, duration_s: float) -> dict[str, Any]:
+def _probe_samples(container_id: str | None, priority: int, interval_us: int, duration_s: float) -> dict[str, Any]:
+    """The static probe's summary and samples, in a container, or on the host itself for `None`."""
+    from docker_xms.usecases.probe import build_probe, parse_probe_output, static_probe_samples
+
+    count = max(1, round(duration_s * 1_000_000 / interval_us))
+    if container_id is None:
+        cmd = [str(build_probe()), "-r", "-p", str(priority), "-i", str(interval_us), "-n", str(count)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the probe on the host failed (exit {proc.returncode}): {proc.stderr.strip()}")
+        summary, samples = parse_probe_output(proc.stdout, priority)
+        return {"summary": summary, "samples": samples}
+
     from docker_xms.adapters.engine import Engine
-    from docker_xms.usecases.probe import static_probe_samples
 
     engine = Engine.connect()
     try:
-        count = max(1, round(duration_s * 1_000_000 / interval_us))
         summary, samples = static_probe_samples(engine, container_id, priority, interval_us, count)
         return {"summary": summary, "samples": samples}
     finally:
@@ -161,49 +200,64 @@ def _histogram(samples: list[float]) -> list[int]:
     return counts
 
 
-def _measure(ids: list[str], priority: int, interval_us: int, duration_s: float) -> dict[str, Any]:
-    results: list[dict[str, Any] | BaseException | None] = [None] * len(ids)
+def steal_ms() -> float:
+    """CPU time the hypervisor took from this machine's vCPUs so far (the steal column of /proc/stat), in ms."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(fields[8]) * 1000 / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
+def _probe_all(targets: list[str | None], priority: int, interval_us: int, duration_s: float) -> list[dict[str, Any]]:
+    """The probe in every target at once (threads); raises if any failed."""
+    results: list[dict[str, Any] | BaseException | None] = [None] * len(targets)
 
     def run(i: int) -> None:
         try:
-            results[i] = _probe_samples(ids[i], priority, interval_us, duration_s)
+            results[i] = _probe_samples(targets[i], priority, interval_us, duration_s)
         except BaseException as exc:
             results[i] = exc
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(ids))]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(targets))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    out = []
+    for target, res in zip(targets, results, strict=True):
+        if isinstance(res, BaseException) or res is None:
+            raise RuntimeError(f"probe in {target[:12] if target else 'the host'}: {res}")
+        out.append(res)
+    return out
+
+
+def _summarise(kind: str, targets: list[str | None], slices: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """Pool the rounds of one kind: per target, then over all targets."""
     per_container = []
     pooled: list[float] = []
-    for cid, res in zip(ids, results, strict=True):
-        if isinstance(res, BaseException) or res is None:
-            raise RuntimeError(f"probe in {cid[:12]}: {res}")
-        samples = res["samples"]
+    for i, target in enumerate(targets):
+        samples = [v for one in slices for v in one[i]["samples"]]
         pooled.extend(samples)
-        summary = res["summary"]
+        summary = slices[0][i]["summary"]
         per_container.append(
             {
-                "container": cid[:12],
+                "container": target[:12] if target else "host",
                 "policy": str(summary.get("policy", "")),
                 "priority": int(str(summary.get("priority", 0))),
                 "mlocked": bool(summary.get("mlocked")),
-                "budget_us": rt_budget(cid),
+                "budget_us": rt_budget(target) if target else None,
                 **_stats(samples),
             }
         )
-    return {"containers": per_container, "pooled": _stats(pooled), "histogram": _histogram(pooled)}
+    return {"kind": kind, "containers": per_container, "pooled": _stats(pooled), "histogram": _histogram(pooled)}
 
 
-def _fifo_refused(container_id: str) -> str:
+def _fifo_refused(container_id: str, priority: int) -> str:
     """Show with measure_wakeups that SCHED_FIFO is refused in a container without a budget."""
     from docker_xms.adapters.engine import Engine
     from docker_xms.usecases.probe import SchedulingRefused, measure_wakeups
 
     engine = Engine.connect()
     try:
-        measure_wakeups(engine, container_id, priority=FIFO_PRIORITY, interval_us=1000, duration_s=0.05)
+        measure_wakeups(engine, container_id, priority=priority, interval_us=1000, duration_s=0.05)
     except SchedulingRefused as exc:
         return str(exc)
     finally:
@@ -211,50 +265,101 @@ def _fifo_refused(container_id: str) -> str:
     return ""
 
 
+def cpu_cgroups(ids: list[str]) -> tuple[Path, ...]:
+    """The cpu-controller cgroup directories of these containers, wherever this host keeps them."""
+    from docker_xms.adapters.engine import Engine
+    from docker_xms.usecases.rt import open_host
+
+    engine = Engine.connect()
+    try:
+        rt = open_host(engine)
+        return tuple(rt.fs.path(rt.cgroup_of(cid)) for cid in ids)
+    finally:
+        engine.close()
+
+
+def _measure_load(
+    load: str,
+    targets: dict[str, list[str | None]],
+    priorities: dict[str, int],
+    interval_us: int,
+    duration_s: float,
+    rounds: int,
+    hogs: int,
+) -> list[dict[str, Any]]:
+    """Floor, managed and unmanaged under one load, in rounds of alternating order; one run per kind."""
+    slices: dict[str, list[list[dict[str, Any]]]] = {kind: [] for kind in KINDS}
+    stolen = dict.fromkeys(KINDS, 0.0)
+    n = len(targets["managed"])
+    with contextlib.ExitStack() as stack:
+        if load == "host":
+            stack.enter_context(host_load(hogs, limit_s=3 * rounds * duration_s + 120))
+        for r in range(rounds):
+            for kind in KINDS if r % 2 == 0 else tuple(reversed(KINDS)):
+                with contextlib.ExitStack() as inner:
+                    if load == "inside":
+                        # The floor's "inside" is the host's root cgroup, where the host probe runs.
+                        ids = [t for t in targets[kind] if t]
+                        groups = cpu_cgroups(ids) if ids else ()
+                        per = max(1, hogs // n) if ids else hogs
+                        inner.enter_context(host_load(per, limit_s=duration_s / rounds + 60, cgroups=groups))
+                    before = steal_ms()
+                    slices[kind].append(_probe_all(targets[kind], priorities[kind], interval_us, duration_s / rounds))
+                    stolen[kind] += steal_ms() - before
+    return [{**_summarise(kind, targets[kind], slices[kind]), "steal_ms": round(stolen[kind], 1)} for kind in KINDS]
+
+
 def latency(
-    duration_s: float = 10.0, interval_us: int = 1000, counts: tuple[int, ...] = (1, 2, 4), hogs: int = 8
+    duration_s: float = 12.0,
+    interval_us: int = 1000,
+    counts: tuple[int, ...] = (1, 2, 4),
+    hogs: int = 8,
+    rounds: int = 3,
 ) -> dict[str, Any]:
-    """Wake-up lateness, managed (SCHED_FIFO 80 + budget) against unmanaged (SCHED_OTHER), idle and loaded."""
+    """Wake-up lateness: host floor, managed (SCHED_FIFO + budget) and unmanaged (SCHED_OTHER), idle and loaded."""
+    from docker_xms.domain.profiles import load_profile
+
+    priority = load_profile("rtpengine").rt_priority
     out: dict[str, Any] = {
         "duration_s": duration_s,
         "interval_us": interval_us,
-        "load": f"stress-ng --cpu {hogs} on the host",
+        "rounds": rounds,
+        "priority": priority,
+        "loads": {
+            "idle": "nothing else running",
+            "host": f"stress-ng --cpu {hogs} in the host's root cgroup",
+            "inside": f"stress-ng --cpu {hogs}/N in each measured container's cpu cgroup (host root for the floor)",
+        },
         "bin_edges_us": BIN_EDGES,
         "runs": [],
     }
+    priorities = {"floor": priority, "managed": priority, "unmanaged": 0}
     remove(LAT_PREFIX)
     try:
         for n in counts:
-            for kind in ("managed", "unmanaged"):
-                ids = []
-                for i in range(n):
-                    name = f"{LAT_PREFIX}{kind[0]}{n}-{i}"
-                    ids.append(start_managed(name, wait=True) if kind == "managed" else start_unmanaged(name))
-                if kind == "managed":
-                    cli("rt", "rebalance", check=False)
-                # Measure servers that have booted, not the boot: systemd, mounts and rtpengine's start-up
-                # (it makes a DTLS certificate) are kernel and CPU work that would land in the samples.
-                for cid in ids:
-                    wait_booted(cid)
-                time.sleep(3)
-                priority = FIFO_PRIORITY if kind == "managed" else 0
-                if kind == "unmanaged" and "fifo_refused" not in out:
-                    out["fifo_refused"] = _fifo_refused(ids[0])
-                for load in ("idle", "loaded"):
-                    with contextlib.ExitStack() as stack:
-                        if load == "loaded":
-                            stack.enter_context(host_load(hogs, limit_s=duration_s + 60))
-                        run = _measure(ids, priority, interval_us, duration_s)
-                    run.update({"n": n, "kind": kind, "load": load})
+            managed = [start_managed(f"{LAT_PREFIX}m{n}-{i}", wait=True) for i in range(n)]
+            unmanaged = [start_unmanaged(f"{LAT_PREFIX}u{n}-{i}") for i in range(n)]
+            cli("rt", "rebalance", check=False)
+            # Measure servers that have booted, not the boot: systemd, mounts and rtpengine's start-up
+            # (it makes a DTLS certificate) are kernel and CPU work that would land in the samples.
+            for cid in managed + unmanaged:
+                wait_booted(cid)
+            time.sleep(3)
+            if "fifo_refused" not in out:
+                out["fifo_refused"] = _fifo_refused(unmanaged[0], priority)
+            targets: dict[str, list[str | None]] = {"floor": [None], "managed": [*managed], "unmanaged": [*unmanaged]}
+            for load in LOADS:
+                for run in _measure_load(load, targets, priorities, interval_us, duration_s, rounds, hogs):
+                    run.update({"n": n, "load": load})
                     out["runs"].append(run)
                     p = run["pooled"]
-                    policy = run["containers"][0]["policy"]
                     print(
-                        f"latency N={n} {kind:9} {load:6} {policy}: pooled p50 {p['p50_us']:.0f} p99 "
-                        f"{p['p99_us']:.0f} p99.9 {p['p999_us']:.0f} max {p['max_us']:.0f} us "
-                        f"({p['samples']} samples)"
+                        f"latency N={n} {load:6} {run['kind']:9} {run['containers'][0]['policy']:11}: p50 "
+                        f"{p['p50_us']:.0f} p99 {p['p99_us']:.0f} p99.9 {p['p999_us']:.0f} max {p['max_us']:.0f} us "
+                        f"({p['samples']} samples, steal {run['steal_ms']:.0f} ms)",
+                        flush=True,
                     )
-                remove(LAT_PREFIX)
+            remove(LAT_PREFIX)
     finally:
         remove(LAT_PREFIX)
         cli("rt", "rebalance", check=False)

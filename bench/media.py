@@ -156,11 +156,21 @@ def rtpengine_threads(container_id: str) -> dict[str, int]:
 def media(
     packets: int = 750, hogs: int = 8, tools: tuple[str, ...] = ("fifo",), other_tool_when_loaded: bool = True
 ) -> dict[str, Any]:
-    """Jitter, loss and lateness of RTP relayed by rtpengine, managed against unmanaged, idle and loaded."""
+    """Jitter, loss and lateness of RTP relayed by rtpengine, managed against unmanaged, idle and loaded.
+
+    Loads: `host` = stress-ng in the host's root cgroup; `inside` = stress-ng in the container's own cpu cgroup,
+    which is where a media server's own non-real-time work (codecs, recording, logs) competes with its relay.
+    """
+    from bench.latency import LOADS, cpu_cgroups, rt_budget
+
     out: dict[str, Any] = {
         "packets": packets,
         "ptime_ms": 20,
-        "load": f"stress-ng --cpu {hogs} on the host",
+        "loads": {
+            "idle": "nothing else running",
+            "host": f"stress-ng --cpu {hogs} in the host's root cgroup",
+            "inside": f"stress-ng --cpu {hogs} in the container's cpu cgroup",
+        },
         "runs": [],
         "containers": {},
     }
@@ -172,20 +182,20 @@ def media(
             address = address_of(cid)
             _wait_for_ng(address)
             time.sleep(1)
-            from bench.latency import rt_budget
-
             out["containers"][kind] = {
                 "budget_us": rt_budget(cid),
                 "rtpengine_threads": rtpengine_threads(cid),
             }
             print(f"media {kind}: budget {rt_budget(cid)} us, rtpengine threads {rtpengine_threads(cid)}")
-            for load in ("idle", "loaded"):
+            for load in LOADS:
                 policies = list(tools)
-                if load == "loaded" and other_tool_when_loaded and "other" not in policies:
+                if load != "idle" and other_tool_when_loaded and "other" not in policies:
                     policies.append("other")
                 with contextlib.ExitStack() as stack:
-                    if load == "loaded":
-                        stack.enter_context(host_load(hogs, limit_s=len(policies) * packets * 0.05 + 120))
+                    if load != "idle":
+                        groups = cpu_cgroups([cid]) if load == "inside" else ()
+                        limit = len(policies) * packets * 0.05 + 120
+                        stack.enter_context(host_load(hogs, limit_s=limit, cgroups=groups))
                     for policy in policies:
                         with tool_policy(policy) as got:
                             relay = _relayed(address, packets)
@@ -202,7 +212,8 @@ def media(
                         print(
                             f"media {kind:9} {load:6} tool {got}: relay jitter {relay['jitter_ms']:.3f} ms, direct "
                             f"{direct['jitter_ms']:.3f} ms, added {run['added_jitter_ms']:+.3f} ms; lost "
-                            f"{relay['lost']}, late {relay['late']} of {2 * packets}"
+                            f"{relay['lost']}, late {relay['late']} of {2 * packets}",
+                            flush=True,
                         )
             remove(name)
     finally:

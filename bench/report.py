@@ -35,45 +35,71 @@ def _run(runs: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
 # --- headlines ---------------------------------------------------------------------------------------------
 
 
-def headlines(results: dict[str, Any]) -> list[str]:
+def latency_headlines(lat: dict[str, Any]) -> list[str]:
+    """Per N and load: managed against unmanaged p99.9, with the machine's floor measured in the same rounds."""
     lines: list[str] = []
-    lat = results.get("latency")
-    if lat:
-        for n in sorted({r["n"] for r in lat["runs"]}):
-            m = _run(lat["runs"], n=n, kind="managed", load="loaded")
-            u = _run(lat["runs"], n=n, kind="unmanaged", load="loaded")
+    for n in sorted({r["n"] for r in lat["runs"]}):
+        for load in (x for x in lat.get("loads", {}) if x != "idle"):
+            m = _run(lat["runs"], n=n, kind="managed", load=load)
+            u = _run(lat["runs"], n=n, kind="unmanaged", load=load)
+            f = _run(lat["runs"], n=n, kind="floor", load=load)
             if not (m and u):
                 continue
             mp, up = m["pooled"]["p999_us"], u["pooled"]["p999_us"]
             ratio = up / max(mp, 1.0)
             ok = mp <= LAT_TARGET_US and ratio >= LAT_RATIO_TARGET
+            floor = ""
+            if f:
+                fp = f["pooled"]["p999_us"]
+                floor = f"; the host itself, same probe and priority: {fp:.0f} us"
+                if not ok and fp > LAT_TARGET_US:
+                    floor += " (above the target: this machine gives no process better)"
             lines.append(
-                f"wake-up p99.9 under load, N={n}: managed {mp:.0f} us vs unmanaged {up:.0f} us = {ratio:.1f}x better "
-                f"(target <= {LAT_TARGET_US} us and >= {LAT_RATIO_TARGET}x: {'met' if ok else 'NOT met'})"
+                f"wake-up p99.9, load {load}, N={n}: managed {mp:.0f} us vs unmanaged {up:.0f} us = {ratio:.1f}x "
+                f"(target <= {LAT_TARGET_US} us and >= {LAT_RATIO_TARGET}x: {'met' if ok else 'NOT met'}){floor}"
             )
+    return lines
+
+
+def headlines(results: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    lat = results.get("latency")
+    if lat and "loads" in lat:
+        lines += latency_headlines(lat)
     media = results.get("media")
-    if media:
-        tool = next((r["tool"] for r in media["runs"] if r["tool"].startswith("SCHED_FIFO")), None)
+    if media and "loads" in media:
+        lines += media_headlines(media)
+    return lines
+
+
+def _fifo_tool(media: dict[str, Any]) -> str | None:
+    return next((r["tool"] for r in media["runs"] if r["tool"].startswith("SCHED_FIFO")), None)
+
+
+def media_headlines(media: dict[str, Any]) -> list[str]:
+    """Jitter added by the relay path, managed and unmanaged, per load, with the measuring tool at SCHED_FIFO."""
+    lines: list[str] = []
+    tool = _fifo_tool(media)
+    for load in media["loads"]:
+        m = u = None
         for kind in ("managed", "unmanaged"):
-            for load in ("idle", "loaded"):
-                r = _run(media["runs"], kind=kind, load=load, tool=tool) if tool else None
-                r = r or _run(media["runs"], kind=kind, load=load)
-                if not r:
-                    continue
-                verdict = ""
-                if kind == "managed":
-                    met = r["added_jitter_ms"] <= JITTER_TARGET_MS
-                    verdict = f" (target <= {JITTER_TARGET_MS} ms: {'met' if met else 'NOT met'})"
-                lines.append(
-                    f"RTP jitter added by the relay path, {kind} {load} (tool {r['tool']}): "
-                    f"{r['added_jitter_ms']:+.3f} ms (relay {r['relay']['jitter_ms']:.3f} - direct "
-                    f"{r['direct']['jitter_ms']:.3f}); lost {r['relay']['lost']}, late {r['relay']['late']}{verdict}"
-                )
-        m = _run(media["runs"], kind="managed", load="loaded", tool=tool)
-        u = _run(media["runs"], kind="unmanaged", load="loaded", tool=tool)
-        if m and u and m["relay"]["jitter_ms"] > 0:
+            r = _run(media["runs"], kind=kind, load=load, tool=tool) if tool else None
+            r = r or _run(media["runs"], kind=kind, load=load)
+            if not r:
+                continue
+            m, u = (r, u) if kind == "managed" else (m, r)
+            verdict = ""
+            if kind == "managed" and load != "idle":
+                met = r["added_jitter_ms"] <= JITTER_TARGET_MS
+                verdict = f" (target <= {JITTER_TARGET_MS} ms: {'met' if met else 'NOT met'})"
             lines.append(
-                f"relayed RTP jitter under load: unmanaged / managed = "
+                f"RTP jitter added by the relay path, load {load}, {kind} (tool {r['tool']}): "
+                f"{r['added_jitter_ms']:+.3f} ms (relay {r['relay']['jitter_ms']:.3f} - direct "
+                f"{r['direct']['jitter_ms']:.3f}); lost {r['relay']['lost']}, late {r['relay']['late']}{verdict}"
+            )
+        if load != "idle" and m and u and m["relay"]["jitter_ms"] > 0:
+            lines.append(
+                f"relayed RTP jitter, load {load}: unmanaged / managed = "
                 f"{u['relay']['jitter_ms'] / m['relay']['jitter_ms']:.1f}x"
             )
     return lines
@@ -89,46 +115,49 @@ def _plot_latency(lat: dict[str, Any], directory: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     edges = lat["bin_edges_us"]
-    files = []
     counts = sorted({r["n"] for r in lat["runs"]})
-    fig, axes = plt.subplots(1, len(counts), figsize=(5.5 * len(counts), 4.5), sharey=True, squeeze=False)
-    styles = {
-        ("managed", "idle"): ("tab:blue", ":"),
-        ("managed", "loaded"): ("tab:blue", "-"),
-        ("unmanaged", "idle"): ("tab:red", ":"),
-        ("unmanaged", "loaded"): ("tab:red", "-"),
-    }
-    for ax, n in zip(axes[0], counts, strict=True):
-        for run in (r for r in lat["runs"] if r["n"] == n):
-            hist = run["histogram"]
-            total = sum(hist)
-            # Complementary CDF: the fraction of wake-ups later than x (x = each bin's upper edge).
-            xs, ys, above = [], [], total
-            for i, c in enumerate(hist):
-                above -= c
-                xs.append(edges[i + 1])
-                ys.append(max(above / total, 0.5 / total))
-            color, style = styles[(run["kind"], run["load"])]
-            policy = run["containers"][0]["policy"]
-            label = f"{run['kind']} ({policy}), {run['load']}: p99.9 {run['pooled']['p999_us']:.0f} us"
-            ax.step(xs, ys, where="post", color=color, linestyle=style, label=label)
-        ax.axvline(LAT_TARGET_US, color="grey", linewidth=0.8, linestyle="--")
-        ax.axhline(1e-3, color="grey", linewidth=0.5, linestyle=":")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(1, 1e5)
-        ax.set_title(f"{n} container{'s' if n > 1 else ''} probed at once")
+    loads = list(lat["loads"])
+    fig, axes = plt.subplots(
+        len(loads), len(counts), figsize=(5 * len(counts), 3.6 * len(loads)), sharex=True, sharey=True, squeeze=False
+    )
+    colors = {"floor": "tab:grey", "managed": "tab:blue", "unmanaged": "tab:red"}
+    # Wide enough for the latest wake-up of any run (the bins end at 1 s).
+    right = max([1e4] + [edges[i + 1] for r in lat["runs"] for i, c in enumerate(r["histogram"]) if c])
+    for row, load in enumerate(loads):
+        for col, n in enumerate(counts):
+            ax = axes[row][col]
+            for run in (r for r in lat["runs"] if r["n"] == n and r["load"] == load):
+                hist = run["histogram"]
+                total = sum(hist)
+                # Complementary CDF: the fraction of wake-ups later than x (x = each bin's upper edge).
+                xs, ys, above = [], [], total
+                for i, c in enumerate(hist):
+                    above -= c
+                    xs.append(edges[i + 1])
+                    ys.append(max(above / total, 0.5 / total))
+                policy = run["containers"][0]["policy"]
+                label = f"{run['kind']} ({policy}): p99.9 {run['pooled']['p999_us']:.0f} us"
+                ax.step(xs, ys, where="post", color=colors[run["kind"]], label=label)
+            ax.axvline(LAT_TARGET_US, color="grey", linewidth=0.8, linestyle="--")
+            ax.axhline(1e-3, color="grey", linewidth=0.5, linestyle=":")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlim(1, right)
+            ax.set_title(f"load {load}, {n} container{'s' if n > 1 else ''} at once", fontsize=9)
+            ax.legend(fontsize=7, loc="lower left")
+            ax.grid(True, which="both", alpha=0.2)
+        axes[row][0].set_ylabel("fraction later than x")
+    for ax in axes[-1]:
         ax.set_xlabel("wake-up lateness (us)")
-        ax.legend(fontsize=7, loc="lower left")
-        ax.grid(True, which="both", alpha=0.2)
-    axes[0][0].set_ylabel("fraction of wake-ups later than x")
-    fig.suptitle(f"Wake-up latency, {lat['interval_us']} us period, {lat['duration_s']:g} s per container")
+    fig.suptitle(
+        f"Wake-up latency, {lat['interval_us']} us period, {lat['duration_s']:g} s per probe; floor = the same probe "
+        "on the host, outside any container"
+    )
     fig.tight_layout()
     path = directory / "latency_ccdf.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    files.append(path.name)
-    return files
+    return [path.name]
 
 
 def _plot_jitter(media: dict[str, Any], directory: Path) -> list[str]:
@@ -137,40 +166,35 @@ def _plot_jitter(media: dict[str, Any], directory: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tool = next((r["tool"] for r in media["runs"] if r["tool"].startswith("SCHED_FIFO")), None)
-    fig, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
-    for ax, load in zip(axes, ("loaded", "idle"), strict=True):
+    tool = _fifo_tool(media)
+    loads = list(media["loads"])
+    fig, axes = plt.subplots(len(loads), 1, figsize=(10, 3.3 * len(loads)), sharex=True, squeeze=False)
+    for ax, load in zip((row[0] for row in axes), loads, strict=True):
         for kind, color in (("managed", "tab:blue"), ("unmanaged", "tab:red")):
             run = _run(media["runs"], kind=kind, load=load, tool=tool) or _run(media["runs"], kind=kind, load=load)
             if not run:
                 continue
-            series = run["relay"]["a_to_b"]["running_jitter_ms"]
-            ax.plot(
-                [i * media["ptime_ms"] / 1000 for i in range(len(series))],
-                series,
-                color=color,
-                label=f"{kind}, relayed A->B (final {series[-1]:.3f} ms)" if series else kind,
-            )
-            direct = run["direct"]["a_to_b"]["running_jitter_ms"]
-            ax.plot(
-                [i * media["ptime_ms"] / 1000 for i in range(len(direct))],
-                direct,
-                color=color,
-                linestyle=":",
-                linewidth=0.9,
-                label=f"direct loopback during the {kind} run (final {direct[-1]:.3f} ms)" if direct else "",
-            )
+            for leg, style, what in (("relay", "-", "relayed A->B"), ("direct", ":", "direct loopback")):
+                series = run[leg]["a_to_b"]["running_jitter_ms"]
+                ax.plot(
+                    [i * media["ptime_ms"] / 1000 for i in range(len(series))],
+                    series,
+                    color=color,
+                    linestyle=style,
+                    linewidth=1.0 if leg == "relay" else 0.8,
+                    label=f"{kind}, {what} (final {series[-1]:.3f} ms)" if series else kind,
+                )
         ax.axhline(JITTER_TARGET_MS, color="grey", linestyle="--", linewidth=0.8)
         ax.set_yscale("log")
         ax.set_ylabel("running RFC 3550 J (ms)")
-        ax.set_title(f"host {load}" + (f" ({media['load']})" if load == "loaded" else ""))
-        ax.legend(fontsize=8)
+        ax.set_title(f"load {load}: {media['loads'][load]}", fontsize=9)
+        ax.legend(fontsize=7)
         ax.grid(True, which="both", alpha=0.2)
-    axes[-1].set_xlabel("stream time (s)")
+    axes[-1][0].set_xlabel("stream time (s)")
     fig.suptitle(f"RTP jitter over time, 20 ms packets, measuring tool at {tool or 'SCHED_OTHER'}")
     fig.tight_layout()
     path = directory / "jitter_over_time.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return [path.name]
 
@@ -182,12 +206,16 @@ def _latency_md(lat: dict[str, Any]) -> list[str]:
     lines = [
         "## Wake-up latency",
         "",
-        f"A periodic wake-up every {lat['interval_us']} us for {lat['duration_s']:g} s in each container, probes "
-        "running concurrently in all N containers; lateness past each deadline, in us. Managed = docker-xms "
-        "container with a real-time budget, probe at SCHED_FIFO 80. Unmanaged = the same image under plain "
-        "`docker run` (SYS_NICE, no budget): there the kernel refuses SCHED_FIFO, so the probe runs at "
-        "SCHED_OTHER, which is what an unmanaged media server gets on this host. "
-        f"Loaded = `{lat['load']}`.",
+        f"A periodic wake-up every {lat['interval_us']} us, {lat['duration_s']:g} s per probe in {lat['rounds']} "
+        "rounds that alternate the order of floor, managed and unmanaged; probes run concurrently in all N "
+        "containers. Lateness past each deadline, in us. Managed = docker-xms container with a real-time budget, "
+        f"probe at SCHED_FIFO {lat['priority']} (the rtpengine profile's priority). Unmanaged = the same image under "
+        "plain `docker run` (SYS_NICE, no budget): there the kernel refuses SCHED_FIFO, so the probe runs at "
+        "SCHED_OTHER, which is what an unmanaged media server gets on this host. Floor = the same probe on the host, "
+        "outside any container, at the same priority: what this machine gives any process. Steal = CPU time the "
+        "hypervisor took from the vCPUs during the probe.",
+        "",
+        *[f"- load `{name}`: {text}" for name, text in lat["loads"].items()],
         "",
     ]
     if lat.get("fifo_refused"):
@@ -196,29 +224,32 @@ def _latency_md(lat: dict[str, Any]) -> list[str]:
     rows = []
     for r in lat["runs"]:
         p = r["pooled"]
-        budgets = sorted({c["budget_us"] for c in r["containers"]}, key=str)
+        budgets = sorted({c["budget_us"] for c in r["containers"] if c["budget_us"] is not None})
         rows.append(
             [
                 r["n"],
+                r["load"],
                 r["kind"],
                 r["containers"][0]["policy"],
-                r["load"],
                 p["samples"],
                 p["p50_us"],
                 p["p99_us"],
                 p["p999_us"],
                 p["max_us"],
-                ", ".join(str(b) for b in budgets),
+                r["steal_ms"],
+                ", ".join(str(b) for b in budgets) or "-",
             ]
         )
-    lines += _table(["N", "kind", "policy", "host", "samples", "p50", "p99", "p99.9", "max", "rt budget us"], rows)
+    header = ["N", "load", "kind", "policy", "samples", "p50", "p99", "p99.9", "max", "steal ms", "rt budget us"]
+    lines += _table(header, rows)
     lines += ["Per container:", ""]
     rows = [
         [
             r["n"],
-            r["kind"],
             r["load"],
+            r["kind"],
             c["container"],
+            c["mlocked"],
             c["samples"],
             c["p50_us"],
             c["p99_us"],
@@ -228,7 +259,7 @@ def _latency_md(lat: dict[str, Any]) -> list[str]:
         for r in lat["runs"]
         for c in r["containers"]
     ]
-    lines += _table(["N", "kind", "host", "container", "samples", "p50", "p99", "p99.9", "max"], rows)
+    lines += _table(["N", "load", "kind", "where", "mlocked", "samples", "p50", "p99", "p99.9", "max"], rows)
     return lines
 
 
@@ -243,6 +274,8 @@ def _media_md(media: dict[str, Any]) -> list[str]:
         "load hits them too: the same two streams are also sent directly over 127.0.0.1 without a relay, right "
         "after, under the same conditions; relay minus direct jitter is the jitter added by the relay path. "
         "`tool` is the scheduling of the measuring process itself.",
+        "",
+        *[f"- load `{name}`: {text}" for name, text in media["loads"].items()],
         "",
     ]
     rows = []
