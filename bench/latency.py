@@ -162,15 +162,11 @@ def address_of(container_id: str) -> str:
 
 def _probe_samples(container_id: str | None, priority: int, interval_us: int, duration_s: float) -> dict[str, Any]:
     """The static probe's summary and samples, in a container, or on the host itself for `None`."""
-    from docker_xms.usecases.probe import build_probe, parse_probe_output, static_probe_samples
+    from docker_xms.usecases.probe import host_probe_samples, static_probe_samples
 
     count = max(1, round(duration_s * 1_000_000 / interval_us))
     if container_id is None:
-        cmd = [str(build_probe()), "-r", "-p", str(priority), "-i", str(interval_us), "-n", str(count)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"the probe on the host failed (exit {proc.returncode}): {proc.stderr.strip()}")
-        summary, samples = parse_probe_output(proc.stdout, priority)
+        summary, samples = host_probe_samples(priority, interval_us, count)
         return {"summary": summary, "samples": samples}
 
     from docker_xms.adapters.engine import Engine
@@ -202,8 +198,9 @@ def _histogram(samples: list[float]) -> list[int]:
 
 def steal_ms() -> float:
     """CPU time the hypervisor took from this machine's vCPUs so far (the steal column of /proc/stat), in ms."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()
-    return int(fields[8]) * 1000 / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+    from docker_xms.adapters.cgroups import cpu_steal_ms
+
+    return cpu_steal_ms() or 0.0
 
 
 def _probe_all(targets: list[str | None], priority: int, interval_us: int, duration_s: float) -> list[dict[str, Any]]:

@@ -58,3 +58,22 @@ def test_verify_fails_without_a_budget(docker_client: Any, rtpengine_image: str)
         assert "refused SCHED_FIFO" in probe.err
     finally:
         container.remove(force=True)
+
+
+def test_the_host_probe_is_the_floor_at_the_same_priority() -> None:
+    probe = run_cli("rt", "probe", "--host", "--seconds", "1", "--json")
+    assert probe.code == 0, probe.err
+    result = json.loads(probe.out)
+    assert result["target"] == "host"
+    assert (result["policy"], result["priority"], result["samples"]) == ("SCHED_FIFO", 50, 1000)
+    assert 0 <= result["p50_us"] <= result["p99_us"] <= result["p999_us"] <= result["max_us"]
+    assert result["steal_ms"] is not None
+    assert result["steal_ms"] >= 0
+    print(f"rt probe --host, 1 s at SCHED_FIFO 50: {result}")
+
+
+def test_a_probe_needs_one_target() -> None:
+    for args in ((), ("some-container", "--host")):
+        probe = run_cli("rt", "probe", *args, "--seconds", "1")
+        assert probe.code == 2
+        assert "Name a container to probe, or give --host" in probe.err

@@ -17,6 +17,7 @@ from docker_xms.adapters.cgroups import (
     cpu_cgroup,
     detect_host,
     engine_parent,
+    parse_steal_ms,
     thread_policies,
 )
 from docker_xms.errors import BadInput, NotFound, XmsError
@@ -257,3 +258,14 @@ def test_thread_cgroup_on_v2_comes_from_the_unified_line() -> None:
 def test_thread_policies_of_a_missing_process_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         thread_policies(99999, proc_root=tmp_path)
+
+
+def test_steal_is_the_eighth_number_of_the_cpu_line_in_ticks() -> None:
+    stat = "cpu  587939 0 298597 989710 8299 0 3597 8234 0 0\ncpu0 1 2 3 4 5 6 7 99 0 0\nintr 1\n"
+    assert parse_steal_ms(stat, 100) == 82340.0
+    assert parse_steal_ms(stat, 250) == 32936.0
+
+
+def test_a_kernel_without_a_steal_column_has_stolen_nothing() -> None:
+    assert parse_steal_ms("cpu  1 2 3 4 5 6 7\n", 100) == 0.0
+    assert parse_steal_ms("intr 1\n", 100) == 0.0

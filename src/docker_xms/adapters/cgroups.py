@@ -327,6 +327,24 @@ def cpu_cgroup(text: str) -> str:
     return unified
 
 
+def parse_steal_ms(stat: str, ticks_per_s: int) -> float:
+    """CPU time a hypervisor has taken from this machine's vCPUs since boot: the steal column of /proc/stat, in ms."""
+    for line in stat.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            # cpu user nice system idle iowait irq softirq steal ...: kernels before 2.6.11 have no steal.
+            return int(fields[8]) * 1000 / ticks_per_s if len(fields) > 8 else 0.0
+    return 0.0
+
+
+def cpu_steal_ms(proc_root: Path = Path("/proc")) -> float | None:
+    """The host's steal time so far in ms, or None if /proc/stat cannot be read."""
+    try:
+        return parse_steal_ms((proc_root / "stat").read_text(), os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError):
+        return None
+
+
 def _read_int(path: Path) -> int:
     try:
         return int(path.read_text().strip())

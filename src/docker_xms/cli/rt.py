@@ -150,7 +150,8 @@ def doctor_cmd(as_json: bool) -> None:
 
 
 @rt.command("probe")
-@click.argument("container")
+@click.argument("container", required=False)
+@click.option("--host", "on_host", is_flag=True, help="Probe the host itself, outside any container: the floor.")
 @click.option("--seconds", type=float, default=10.0, show_default=True, help="How long to measure.")
 @click.option("--interval-us", type=int, default=1000, show_default=True, help="Wake-up period.")
 @click.option(
@@ -161,15 +162,40 @@ def doctor_cmd(as_json: bool) -> None:
 )
 @click.option("--tool", type=click.Choice(["auto", "cyclictest", "probe"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def probe_cmd(container: str, seconds: float, interval_us: int, priority: int | None, tool: str, as_json: bool) -> None:
-    """Measure periodic wake-up latency inside CONTAINER at the media server's priority."""
-    from docker_xms.adapters.engine import Engine
-    from docker_xms.usecases.probe import probe_container
+def probe_cmd(
+    container: str | None,
+    on_host: bool,
+    seconds: float,
+    interval_us: int,
+    priority: int | None,
+    tool: str,
+    as_json: bool,
+) -> None:
+    """Measure periodic wake-up latency inside CONTAINER at the media server's priority.
 
-    with console.status(f"Measuring wake-ups in {container} for {seconds:.0f} s"):
-        name, result = probe_container(Engine.connect(), container, priority, interval_us, seconds, tool)
+    With --host instead of a container, the same probe runs on the host at the same priority: what this machine
+    gives any process, to compare containers against.
+    """
+    from docker_xms.errors import BadInput
+
+    if (container is None) == (not on_host):
+        raise BadInput("Name a container to probe, or give --host to probe the host itself (not both).")
+    if on_host:
+        from docker_xms.usecases.probe import probe_host
+
+        if tool == "cyclictest":
+            raise BadInput("--host runs docker-xms's own probe; --tool cyclictest applies to containers only.")
+        name = "host"
+        with console.status(f"Measuring wake-ups on the host for {seconds:.0f} s"):
+            result = probe_host(priority, interval_us, seconds)
+    else:
+        from docker_xms.adapters.engine import Engine
+        from docker_xms.usecases.probe import probe_container
+
+        with console.status(f"Measuring wake-ups in {container} for {seconds:.0f} s"):
+            name, result = probe_container(Engine.connect(), str(container), priority, interval_us, seconds, tool)
     if as_json:
-        print_json(asdict(result))
+        print_json({"target": name, **asdict(result)})
         return
     console.print(
         f"{name}: {result.samples} wake-ups every {result.interval_us} us at {result.policy} "
@@ -179,5 +205,10 @@ def probe_cmd(container: str, seconds: float, interval_us: int, priority: int | 
         f"  late by p50 {result.p50_us:.0f} us, p99 {result.p99_us:.0f} us, "
         f"p99.9 {result.p999_us:.0f} us, max {result.max_us:.0f} us"
     )
+    if result.steal_ms:
+        console.print(
+            f"  [dim]the hypervisor took {result.steal_ms:.0f} ms of CPU from this machine meanwhile (steal): "
+            "outliers it causes hit every process alike[/]"
+        )
     if result.note:
         console.print(f"  [dim]{result.note}[/]")

@@ -14,10 +14,12 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
+from docker_xms.adapters.cgroups import cpu_steal_ms
 from docker_xms.adapters.engine import Engine
 from docker_xms.domain.media import Percentiles, histogram_percentiles, percentiles
 from docker_xms.domain.profiles import load_profile
@@ -56,6 +58,9 @@ class ProbeResult:
     p999_us: float
     max_us: float
     note: str = ""
+    # CPU time the hypervisor took from the host's vCPUs while measuring (None: not known); the same for all
+    # containers, and the usual cause of millisecond outliers on virtual machines whatever the scheduling.
+    steal_ms: float | None = None
 
 
 def probe_source() -> bytes:
@@ -183,10 +188,26 @@ def static_probe_samples(
     return summary, samples
 
 
-def _run_static_probe(
-    engine: Engine, container_id: str, priority: int, interval_us: int, count: int, cache_dir: Path | None
-) -> ProbeResult:
-    summary, samples = static_probe_samples(engine, container_id, priority, interval_us, count, cache_dir)
+def host_probe_samples(
+    priority: int, interval_us: int, count: int, cache_dir: Path | None = None
+) -> tuple[dict[str, object], list[float]]:
+    """Run the static probe on the host itself, outside any container: the machine's own floor."""
+    cmd = [str(build_probe(cache_dir)), "-r", "-p", str(priority), "-i", str(interval_us), "-n", str(count)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode == PROBE_EXIT_REFUSED:
+        raise XmsError(
+            f"The kernel refused SCHED_FIFO priority {priority} on the host: run as root from a cgroup with a "
+            "real-time budget (see docker-xms rt doctor)."
+        )
+    if proc.returncode != 0:
+        raise XmsError(f"The wake-up probe failed on the host (exit {proc.returncode}): {proc.stderr.strip()[-300:]}.")
+    summary, samples = parse_probe_output(proc.stdout, priority)
+    if not samples:
+        raise XmsError("The wake-up probe recorded no samples.")
+    return summary, samples
+
+
+def _probe_result(summary: dict[str, object], samples: list[float], interval_us: int) -> ProbeResult:
     stats = percentiles(samples)
     note = "" if summary.get("mlocked") else "memory not locked (mlockall refused)"
     return ProbeResult(
@@ -217,13 +238,15 @@ def measure_wakeups(
     tool: "auto" (cyclictest if the container has it), "cyclictest" or "probe". Raises SchedulingRefused when the
     kernel refuses SCHED_FIFO, which on RT_GROUP_SCHED kernels means the container has no real-time budget.
     """
-    if not 0 <= priority <= 99:
-        raise BadInput(f"A SCHED_FIFO priority is 1..99 (0 for SCHED_OTHER), not {priority}.")
-    if interval_us < 50:
-        raise BadInput(f"An interval under 50 us measures the probe, not the scheduler ({interval_us} us given).")
+    count = _checked(priority, interval_us, duration_s)
     if tool not in ("auto", "cyclictest", "probe"):
         raise BadInput(f"The measuring tool is auto, cyclictest or probe, not {tool}.")
-    count = max(1, round(duration_s * 1_000_000 / interval_us))
+    return _with_steal(lambda: _measure_in(engine, container_id, priority, interval_us, count, tool, cache_dir))
+
+
+def _measure_in(
+    engine: Engine, container_id: str, priority: int, interval_us: int, count: int, tool: str, cache_dir: Path | None
+) -> ProbeResult:
     if tool == "probe":
         return _run_static_probe(engine, container_id, priority, interval_us, count, cache_dir)
     if not _has_cyclictest(engine, container_id):
@@ -240,6 +263,31 @@ def measure_wakeups(
     return replace(result, note="cyclictest refused to run without SCHED_FIFO; used the probe")
 
 
+def _run_static_probe(
+    engine: Engine, container_id: str, priority: int, interval_us: int, count: int, cache_dir: Path | None
+) -> ProbeResult:
+    summary, samples = static_probe_samples(engine, container_id, priority, interval_us, count, cache_dir)
+    return _probe_result(summary, samples, interval_us)
+
+
+def _checked(priority: int, interval_us: int, duration_s: float) -> int:
+    """The number of wake-ups to measure, once the arguments are known to be sound."""
+    if duration_s <= 0 or interval_us <= 0:
+        raise BadInput("--seconds and --interval-us must be above 0.")
+    if not 0 <= priority <= 99:
+        raise BadInput(f"A SCHED_FIFO priority is 1..99 (0 for SCHED_OTHER), not {priority}.")
+    if interval_us < 50:
+        raise BadInput(f"An interval under 50 us measures the probe, not the scheduler ({interval_us} us given).")
+    return max(1, round(duration_s * 1_000_000 / interval_us))
+
+
+def _with_steal(measure: Callable[[], ProbeResult]) -> ProbeResult:
+    before = cpu_steal_ms()
+    result = measure()
+    after = cpu_steal_ms()
+    return replace(result, steal_ms=None if before is None or after is None else round(after - before, 1))
+
+
 def probe_container(
     engine: Engine,
     ref: str,
@@ -249,8 +297,7 @@ def probe_container(
     tool: str = "auto",
 ) -> tuple[str, ProbeResult]:
     """The probe in a container named by the user, at its profile's real-time priority unless one is given."""
-    if duration_s <= 0 or interval_us <= 0:
-        raise BadInput("--seconds and --interval-us must be above 0.")
+    _checked(priority or 0, interval_us, duration_s)
     info = engine.get_container(ref)
     if not info.running:
         raise BadInput(f"Container {info.name} is not running ({info.status}).")
@@ -258,3 +305,25 @@ def probe_container(
         profile_name = info.label("profile")
         priority = load_profile(profile_name).rt_priority if profile_name else 50
     return info.name, measure_wakeups(engine, info.id, priority, interval_us, duration_s, tool)
+
+
+def probe_host(
+    priority: int | None = None,
+    interval_us: int = 1000,
+    duration_s: float = 10.0,
+    profile: str = "rtpengine",
+    cache_dir: Path | None = None,
+) -> ProbeResult:
+    """The probe on the host, outside any container, at the profile's priority unless one is given.
+
+    This is the floor: what the machine gives any process. A container can only be compared against it.
+    """
+    if priority is None:
+        priority = load_profile(profile).rt_priority
+    count = _checked(priority, interval_us, duration_s)
+
+    def measure() -> ProbeResult:
+        summary, samples = host_probe_samples(priority, interval_us, count, cache_dir)
+        return _probe_result(summary, samples, interval_us)
+
+    return _with_steal(measure)
