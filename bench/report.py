@@ -330,6 +330,12 @@ def _generic_md(name: str, data: Any) -> list[str]:
     return lines
 
 
+def _held(value: Any) -> str:
+    if value is None:
+        return "none"
+    return f"{value} us (host-wide, for every kind alike, as `docker-xms agent --cpu-latency-us {value}` holds it)"
+
+
 def write_report(results: dict[str, Any], directory: Path = RESULTS) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     machine = results.get("machine", {})
@@ -339,6 +345,8 @@ def write_report(results: dict[str, Any], directory: Path = RESULTS) -> Path:
         f"- date: {results.get('started', '?')}",
         f"- kernel: {machine.get('kernel', '?')}, CPUs: {machine.get('cpus', '?')}, "
         f"Python {machine.get('python', '?')}",
+        f"- cpuidle driver: {machine.get('cpuidle_driver') or 'none'}; CPU wake-up latency limit held during the "
+        f"run: {_held(machine.get('cpu_latency_held_us'))}",
         "- command: `python -m bench " + " ".join(k for k in results if k not in ("machine", "started")) + "`",
         "",
     ]

@@ -25,6 +25,7 @@ import docker
 import pytest
 
 from docker_xms.adapters.engine import Engine
+from docker_xms.adapters.pmqos import read_idle_state
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.labels import MANAGED_LABEL
 from docker_xms.usecases.agent import unit_text
@@ -53,10 +54,10 @@ def budget_of(container_id: str) -> int | None:
 class AgentProcess:
     """`docker-xms agent` as a service runs it, its log lines collected as they come."""
 
-    def __init__(self, interval: int = 5) -> None:
+    def __init__(self, interval: int = 5, *extra: str) -> None:
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "docker_xms", "agent", "--interval", str(interval)],
+            [sys.executable, "-m", "docker_xms", "agent", "--interval", str(interval), *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -472,3 +473,28 @@ def test_after_an_engine_restart_with_the_parent_at_0_budgets_rules_and_fifo_are
         if dockerd_pid() is None:
             start_dockerd()
         wait_for(engine_answers, 90, 0.1, "dockerd to answer")
+
+
+def test_agent_holds_the_cpu_latency_limit_while_it_runs_and_releases_it(docker_client: Any) -> None:
+    before = read_idle_state().limit_us
+    process = AgentProcess(30, "--cpu-latency-us", "0")
+    try:
+        wait_for(lambda: "holding the CPU wake-up latency limit at 0 us" in process.log(), 10, what="the hold")
+        assert read_idle_state().limit_us == 0
+    finally:
+        code = process.terminate()
+    assert code == 0, process.log()
+    # The kernel drops the request when the agent's descriptor closes; what others hold stays.
+    assert read_idle_state().limit_us == before
+
+
+def test_agent_install_print_passes_the_cpu_latency_limit_on() -> None:
+    result = run_cli("agent", "install", "--print", "--cpu-latency-us", "0")
+    assert result.code == 0, result.err
+    assert re.search(r"^ExecStart=/\S+ agent --cpu-latency-us 0$", result.out, re.M), result.out
+
+
+def test_a_cpu_latency_limit_with_once_is_refused() -> None:
+    result = run_cli("agent", "--once", "--cpu-latency-us", "0")
+    assert result.code == 2
+    assert "with --once it would do nothing" in result.err

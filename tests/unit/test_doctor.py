@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from docker_xms.adapters.cgroups import HostRt, detect_host, engine_parent
-from docker_xms.domain.doctor import Finding, diagnose, verdict
+from docker_xms.domain.doctor import Finding, diagnose, idle_findings, verdict
 from tests.unit.test_cgroups import hybrid_host, kernel, unified_host
 
 
@@ -117,3 +117,31 @@ def test_v1_without_rt_group_sched_is_global(tmp_path: Path) -> None:
     findings = diagnose(detect((sys, proc, boot)), "cgroupfs", "1", None, "/docker")
     assert verdict(findings)
     assert "without CONFIG_RT_GROUP_SCHED" in text(findings)
+
+
+NO_LIMIT = 2_000_000_000
+
+
+def test_a_halting_vcpu_without_a_latency_limit_is_a_warning_that_names_the_fix() -> None:
+    (finding,) = idle_findings("haltpoll", NO_LIMIT, NO_LIMIT)
+    assert finding.level == "warn"
+    assert "no limit is held" in finding.message
+    assert "virtual machine" in finding.message
+    assert "--cpu-latency-us 0" in finding.fix
+    assert verdict([finding])  # real-time still works; wake-ups from idle are only slower
+
+
+def test_a_loose_limit_on_bare_metal_is_named_without_the_virtual_machine() -> None:
+    (finding,) = idle_findings("intel_idle", 100, NO_LIMIT)
+    assert finding.level == "warn"
+    assert "the limit held is 100 us" in finding.message
+    assert "virtual machine" not in finding.message
+
+
+def test_a_held_limit_is_ok_and_no_idle_driver_says_nothing() -> None:
+    assert idle_findings("haltpoll", 0, NO_LIMIT) == [
+        Finding("ok", "CPU wake-up latency is held at 0 us (cpuidle driver haltpoll).")
+    ]
+    assert idle_findings("", NO_LIMIT, NO_LIMIT) == []
+    assert idle_findings("none", NO_LIMIT, NO_LIMIT) == []
+    assert idle_findings("acpi_idle", None, NO_LIMIT) == []

@@ -20,18 +20,35 @@ import click
 )
 @click.option("--once", is_flag=True, help="Reconcile once and exit.")
 @click.option("--timestamps", is_flag=True, help="Start each log line with the time (journald adds its own).")
+@click.option(
+    "--cpu-latency-us",
+    type=click.IntRange(min=0),
+    default=None,
+    help="While running, keep CPUs out of idle states slower to leave than this (0: idle CPUs poll).",
+)
 @click.pass_context
-def agent(ctx: click.Context, interval: float, once: bool, timestamps: bool) -> None:
+def agent(ctx: click.Context, interval: float, once: bool, timestamps: bool, cpu_latency_us: int | None) -> None:
     """Follow the engine's events and keep real-time budgets and media port rules right.
 
     Reconciles at start, on every container start, die, destroy and update, when the engine comes
     back after a restart, and every --interval seconds. Logs one plain line per change. SIGTERM or
     SIGINT: finishes the reconciliation under way and exits 0.
+
+    With --cpu-latency-us it also holds the kernel's CPU wake-up latency limit (/dev/cpu_dma_latency) for as
+    long as it runs, so that a media thread woken on an idle CPU is not delayed by a deep idle state or, on a
+    virtual machine, by a halted vCPU.
     """
     if ctx.invoked_subcommand is not None:
         return
+    from contextlib import nullcontext
+
+    from docker_xms.adapters.pmqos import CpuLatencyHold
+    from docker_xms.errors import BadInput
     from docker_xms.usecases.agent import Agent
     from docker_xms.usecases.containers import require_root
+
+    if once and cpu_latency_us is not None:
+        raise BadInput("--cpu-latency-us holds a limit while the agent runs; with --once it would do nothing.")
 
     def log(line: str) -> None:
         prefix = datetime.now().astimezone().isoformat(timespec="milliseconds") + " " if timestamps else ""
@@ -50,26 +67,36 @@ def agent(ctx: click.Context, interval: float, once: bool, timestamps: bool) -> 
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log(f"agent started (reconciling every {interval:g} s and on container events)")
-    runner.run()
+    hold = CpuLatencyHold(cpu_latency_us) if cpu_latency_us is not None else nullcontext()
+    with hold:
+        log(f"agent started (reconciling every {interval:g} s and on container events)")
+        if cpu_latency_us is not None:
+            log(f"holding the CPU wake-up latency limit at {cpu_latency_us} us")
+        runner.run()
     log("agent stopped")
 
 
 @agent.command("install")
 @click.option("--print", "print_only", is_flag=True, help="Only print the systemd unit.")
-def install(print_only: bool) -> None:
+@click.option(
+    "--cpu-latency-us",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Have the service hold this CPU wake-up latency limit (see docker-xms agent --help).",
+)
+def install(print_only: bool, cpu_latency_us: int | None) -> None:
     """Install the agent as a systemd service (docker-xms-agent.service), enabled and started."""
     from docker_xms.cli.render import err_console
     from docker_xms.usecases.agent import install as install_unit
 
     if print_only:
-        result = install_unit(write=False)
+        result = install_unit(write=False, cpu_latency_us=cpu_latency_us)
         click.echo(result.unit, nl=False)
         return
     from docker_xms.usecases.containers import require_root
 
     require_root()
-    result = install_unit()
+    result = install_unit(cpu_latency_us=cpu_latency_us)
     if result.installed:
         click.echo(f"Installed {result.path}; docker-xms-agent.service is enabled and running.")
         return

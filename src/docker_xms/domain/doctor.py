@@ -51,6 +51,33 @@ def diagnose(
     return findings
 
 
+# Above this, a CPU may sit in an idle state whose exit adds to a media thread's wake-up (C1 exits take ~1-2 us).
+QUIET_HOST_LIMIT_US = 20
+
+
+def idle_findings(driver: str, limit_us: int | None, no_limit_us: int) -> list[Finding]:
+    """Whether wake-ups that find a CPU idle can come late: the cpuidle driver and the latency limit held now."""
+    if not driver or driver == "none" or limit_us is None:
+        return []
+    if limit_us <= QUIET_HOST_LIMIT_US:
+        return [Finding("ok", f"CPU wake-up latency is held at {limit_us} us (cpuidle driver {driver}).")]
+    held = "no limit is held" if limit_us >= no_limit_us else f"the limit held is {limit_us} us"
+    vm = (
+        " On a virtual machine an idle vCPU is halted and must be scheduled again by the hypervisor."
+        if (driver == "haltpoll")
+        else ""
+    )
+    return [
+        Finding(
+            "warn",
+            f"CPUs may enter idle states that are slow to leave (cpuidle driver {driver}, {held}): a media "
+            f"thread's wake-up that finds its CPU idle comes later when the host is quiet.{vm}",
+            "Hold the limit at 0 while media runs: docker-xms agent --cpu-latency-us 0 (or agent install "
+            "--cpu-latency-us 0), or a tuned profile such as latency-performance. Idle CPUs then poll.",
+        )
+    ]
+
+
 def verdict(findings: Sequence[Finding]) -> bool:
     """Whether containers can run real-time threads on this host."""
     return all(f.level != "fail" for f in findings)

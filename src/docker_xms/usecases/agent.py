@@ -301,7 +301,8 @@ def executable() -> str:
     return f"{Path(sys.executable).absolute()} -m docker_xms"
 
 
-def unit_text(exe: str) -> str:
+def unit_text(exe: str, cpu_latency_us: int | None = None) -> str:
+    extra = "" if cpu_latency_us is None else f" --cpu-latency-us {cpu_latency_us}"
     return f"""[Unit]
 Description=docker-xms agent: real-time budgets and media port rules kept right
 After=docker.service
@@ -309,7 +310,7 @@ Wants=docker.service
 
 [Service]
 Type=simple
-ExecStart={exe} agent
+ExecStart={exe} agent{extra}
 Restart=always
 RestartSec=1
 # The agent finishes the reconciliation under way and exits on SIGTERM.
@@ -334,11 +335,12 @@ class Installed:
     alternative: str
 
 
-def install(write: bool = True, unit_path: Path = UNIT_PATH) -> Installed:
+def install(write: bool = True, unit_path: Path = UNIT_PATH, cpu_latency_us: int | None = None) -> Installed:
     """Write the unit and enable it when systemd runs the host; otherwise only describe what to do."""
     exe = executable()
-    text = unit_text(exe)
-    alternative = f"nohup {exe} agent >/var/log/docker-xms-agent.log 2>&1 &"
+    text = unit_text(exe, cpu_latency_us)
+    extra = "" if cpu_latency_us is None else f" --cpu-latency-us {cpu_latency_us}"
+    alternative = f"nohup {exe} agent{extra} >/var/log/docker-xms-agent.log 2>&1 &"
     if not write or not systemd_running():
         return Installed(text, str(unit_path), False, alternative)
     try:

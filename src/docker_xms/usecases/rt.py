@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from docker_xms.adapters import cgroups
+from docker_xms.adapters import cgroups, pmqos
 from docker_xms.adapters.engine import ContainerInfo, Engine
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.domain import budget
-from docker_xms.domain.doctor import Finding, diagnose
+from docker_xms.domain.doctor import Finding, diagnose, idle_findings
 from docker_xms.domain.labels import MANAGED_LABEL, WEIGHT_LABEL
 from docker_xms.errors import BadInput, XmsError
 
@@ -415,4 +415,8 @@ def doctor(rt: RtHost) -> list[Finding]:
         parent_runtime = rt.fs.read_runtime(rt.parent)
     # What the engine reports about cgroups describes the real host, not a tree given by DOCKER_XMS_*_ROOT.
     version = str(rt.host.cgroup_version) if "DOCKER_XMS_SYS_ROOT" in os.environ else info.cgroup_version
-    return diagnose(rt.host, rt.driver, version, parent_runtime, rt.parent)
+    findings = diagnose(rt.host, rt.driver, version, parent_runtime, rt.parent)
+    if "DOCKER_XMS_SYS_ROOT" not in os.environ:
+        idle = pmqos.read_idle_state()
+        findings += idle_findings(idle.driver, idle.limit_us, pmqos.NO_LIMIT_US)
+    return findings
