@@ -36,8 +36,9 @@ def rebalance(counts: tuple[int, ...] = (1, 8, 32)) -> dict[str, Any]:
             ]
             samples = []
             for _ in range(5):
-                # Upset one budget so that the rebalance has real writes to make.
-                path = rt.fs.path(rt.cgroup_of(ids[0])) / "cpu.rt_runtime_us"
+                # Upset one budget so that the rebalance has real writes to make (in a container that runs:
+                # one may have stopped since the list was taken, and its cgroup is gone).
+                path = next(p for p in (rt.fs.path(rt.cgroup_of(i)) / "cpu.rt_runtime_us" for i in ids) if p.exists())
                 path.write_text(str(max(1000, int(path.read_text()) // 2)))
                 samples.append(timed(lambda: do_rebalance(rt)) * 1000)
             no_op = median_ms(lambda: do_rebalance(rt), 5)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 
 from tests.helpers import BASE_IMAGE, RTPENGINE_IMAGE, TEST_LABEL, run_cli
+
+BUSYBOX_IMAGE = "docker-xms-test/busybox:latest"
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +35,25 @@ def rtpengine_image(docker_client: Any) -> str:
     result = run_cli("build", "--profile", "rtpengine", "-t", RTPENGINE_IMAGE, "--if-missing", timeout=900)
     assert result.code == 0, result.err + result.out
     return RTPENGINE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_client: Any) -> str:
+    """An image holding nothing but a static busybox, imported from the host's busybox-static package."""
+    try:
+        docker_client.images.get(BUSYBOX_IMAGE)
+        return BUSYBOX_IMAGE
+    except docker.errors.ImageNotFound:
+        pass
+    busybox = Path("/bin/busybox")
+    if not busybox.exists():
+        pytest.fail("the host has no /bin/busybox: apt-get install busybox-static")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(str(busybox), arcname="bin/busybox")
+    repository, tag = BUSYBOX_IMAGE.split(":")
+    docker_client.api.import_image_from_data(buf.getvalue(), repository=repository, tag=tag)
+    return BUSYBOX_IMAGE
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,9 @@ import json
 import os
 import re
 import secrets
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +35,7 @@ from docker_xms.adapters.rtp import (
     udp_socket,
 )
 from docker_xms.domain.media import StreamStats, stream_stats
-from tests.helpers import run_cli, wait_for
+from tests.helpers import TEST_LABEL, run_cli, wait_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -363,3 +365,64 @@ def test_xms_port_set_is_two_rules_and_no_media_proxies(rtpengine_image: str, co
         port = int(_option(cmd, "-container-port") or 0)
         assert not any(low <= port <= high for low, high in media_ports), cmd
     assert len(proxies_after) - len(proxies_before) < 100, "media ports got proxies"
+
+
+# --- a host port the engine published inside a 1:1 range ---------------------------------------------
+
+
+def test_a_port_the_engine_published_is_cut_out_of_a_one_to_one_range(
+    docker_client: Any, busybox_image: str, rtpengine_image: str, container_name: list[str]
+) -> None:
+    """Another container's engine-published port inside the media range keeps its packets, and gets them."""
+    hole = 30500
+    plain = docker_client.containers.run(
+        busybox_image,
+        ["/bin/busybox", "sleep", "600"],
+        detach=True,
+        name=_name("plain"),
+        ports={"7000/udp": hole},
+        labels={TEST_LABEL: "carve"},
+    )
+    try:
+        name = _name("carve")
+        container_name.append(name)
+        summary = run_json("--ports", "dnat", "--no-wait", "--name", name, wait_one_to_one=180)
+        cid = summary["id"][:12]
+
+        def dnat_ranges() -> list[str]:
+            lines = [line for line in owned_lines(xms_rules({cid}), cid) if "-j DNAT" in line]
+            return sorted(line.split("--dport ")[1].split()[0] for line in lines)
+
+        assert dnat_ranges() == ["30000:30499", "30501:30999"]
+
+        # A listener in the plain container's network namespace: a datagram to the hole on 127.0.0.1 goes
+        # through the engine's proxy to it, not to rtpengine.
+        plain.reload()
+        listener = subprocess.Popen(
+            [
+                "nsenter",
+                f"--net=/proc/{plain.attrs['State']['Pid']}/ns/net",
+                sys.executable,
+                "-c",
+                "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 7000)); "
+                "print('ready', flush=True); s.settimeout(20); print(s.recvfrom(100)[0].decode(), flush=True)",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert listener.stdout is not None
+        assert listener.stdout.readline().strip() == "ready"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for _ in range(5):  # UDP: a few tries while the proxy sets up its flow
+                sender.sendto(b"carved", ("127.0.0.1", hole))
+                time.sleep(0.2)
+        out, _ = listener.communicate(timeout=30)
+        assert out.strip() == "carved"
+
+        plain.remove(force=True)
+        mended = run_cli("rt", "rebalance", timeout=120)
+        assert mended.code == 0, mended.err
+        assert dnat_ranges() == ["30000:30999"]
+    finally:
+        with contextlib.suppress(Exception):
+            plain.remove(force=True)

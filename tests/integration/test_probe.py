@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import subprocess
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +18,6 @@ from tests.helpers import RTPENGINE_IMAGE, TEST_LABEL
 
 pytestmark = pytest.mark.engine
 
-BUSYBOX_IMAGE = "docker-xms-test/busybox:latest"
-
 
 @pytest.fixture(scope="module")
 def engine(docker_client: Any) -> Iterator[Engine]:
@@ -33,22 +29,6 @@ def engine(docker_client: Any) -> Iterator[Engine]:
 @pytest.fixture(scope="module")
 def probe_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_probe(tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
-def busybox_image(docker_client: Any, engine: Engine) -> str:
-    """An image holding nothing but a static busybox, imported from the host's busybox-static package."""
-    if engine.image_exists(BUSYBOX_IMAGE):
-        return BUSYBOX_IMAGE
-    busybox = Path("/bin/busybox")
-    if not busybox.exists():
-        pytest.skip("the host has no /bin/busybox: apt-get install busybox-static")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(str(busybox), arcname="bin/busybox")
-    repository, tag = BUSYBOX_IMAGE.split(":")
-    engine.import_image_stream(iter([buf.getvalue()]), repository, tag)
-    return BUSYBOX_IMAGE
 
 
 def _run(docker_client: Any, image: str, cmd: list[str]) -> Any:

@@ -13,6 +13,7 @@ from docker_xms.domain.ports import (
     LABEL_HOST_MEDIA,
     DnatForward,
     PortPlan,
+    carve,
     choose_strategy,
     decide_strategy,
     ephemeral_range,
@@ -356,3 +357,21 @@ def gaps(pool: tuple[int, int], used: list[tuple[int, int]]) -> list[int]:
         at = max(at, b + 1)
     out.append(pool[1] + 1 - at)
     return out
+
+
+def test_carve_cuts_holes_and_keeps_each_pieces_offsets() -> None:
+    forward = DnatForward("rtp", "udp", 30000, 30999, 40000, 40999)
+    assert carve(forward, [30500, 31000, 29999]) == (
+        DnatForward("rtp", "udp", 30000, 30499, 40000, 40499),
+        DnatForward("rtp", "udp", 30501, 30999, 40501, 40999),
+    )
+
+
+def test_carve_at_the_edges_and_around_neighbours() -> None:
+    forward = DnatForward("rtp", "udp", 100, 105, 100, 105)
+    assert carve(forward, [100, 105, 102, 103, 102]) == (
+        DnatForward("rtp", "udp", 101, 101, 101, 101),
+        DnatForward("rtp", "udp", 104, 104, 104, 104),
+    )
+    assert carve(forward, []) == (forward,)
+    assert carve(DnatForward("one", "udp", 7, 7, 9, 9), [7]) == ()

@@ -251,6 +251,29 @@ def forwards_from_labels(labels: Mapping[str, str]) -> tuple[DnatForward, ...]:
     return tuple(out)
 
 
+def carve(forward: DnatForward, holes: Iterable[int]) -> tuple[DnatForward, ...]:
+    """The forward without the host ports in `holes`: the pieces around them, each keeping its offsets.
+
+    A host port inside a forwarded range may also be published by the engine for another container (the
+    engine picks host ports from the kernel's ephemeral range, which 1:1 media ranges can overlap); the
+    DNAT rules are jumped to first, so without a hole they would take that container's packets.
+    """
+    pieces: list[DnatForward] = []
+    start = forward.host_start
+    for hole in sorted({h for h in holes if forward.host_start <= h <= forward.host_end}):
+        if hole > start:
+            pieces.append(_piece(forward, start, hole - 1))
+        start = hole + 1
+    if start <= forward.host_end:
+        pieces.append(_piece(forward, start, forward.host_end))
+    return tuple(pieces)
+
+
+def _piece(forward: DnatForward, host_start: int, host_end: int) -> DnatForward:
+    shift = forward.container_start - forward.host_start
+    return DnatForward(forward.name, forward.protocol, host_start, host_end, host_start + shift, host_end + shift)
+
+
 def ephemeral_range(text: str) -> tuple[int, int]:
     """The range in /proc/sys/net/ipv4/ip_local_port_range, from which the engine picks host ports."""
     parts = text.split()

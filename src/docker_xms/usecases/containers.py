@@ -23,7 +23,7 @@ from docker_xms.domain.recipes import STOP_SIGNAL, profile_files
 from docker_xms.errors import BadInput, NotFound, XmsError
 from docker_xms.usecases import images, readiness
 from docker_xms.usecases.images import Reporter
-from docker_xms.usecases.reconcile import reconcile
+from docker_xms.usecases.reconcile import live_forwards, reconcile
 from docker_xms.usecases.rt import RtHost, open_host, rebalance, verify
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
@@ -207,9 +207,12 @@ def run(engine: Engine, request: RunRequest, reporter: Reporter) -> RunResult:
         engine.start(container_id)
         if plan.forwards:
             reporter.phase(f"Forwarding {plan.media_port_count} media ports with {len(plan.forwards)} DNAT rule(s)")
-            info = engine.get_container(container_id)
+            _forward_specs(plan, engine.get_container(container_id).ip_address)  # refuses a container without one
+        if plan.forwards or (plan.publish and netfilter.available()):
+            # This container's rules, and every media range carved around the host ports the engine has
+            # just published for it (they may lie inside another container's 1:1 range).
             netfilter.ensure_chains()
-            netfilter.add_container(container_id, _forward_specs(plan, info.ip_address))
+            netfilter.reconcile(live_forwards(engine))
         return container_id
 
     try:

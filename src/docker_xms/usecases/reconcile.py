@@ -6,7 +6,9 @@ happened on the host (a crash, a `docker rm -f` by hand, an engine restart) the 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from docker_xms.adapters.engine import Engine
 from docker_xms.adapters.hostlock import host_lock
@@ -22,18 +24,36 @@ class Reconciliation:
     rules: Reconciled | None
 
 
+def published_ports(summaries: Iterable[Mapping[str, Any]]) -> dict[str, set[tuple[str, int]]]:
+    """(protocol, host port) pairs the engine publishes, per container id, from its list view."""
+    out: dict[str, set[tuple[str, int]]] = {}
+    for summary in summaries:
+        for port in summary.get("Ports") or []:
+            public = port.get("PublicPort")
+            if public:
+                out.setdefault(str(summary["Id"]), set()).add((str(port.get("Type", "tcp")), int(public)))
+    return out
+
+
 def live_forwards(engine: Engine) -> dict[str, list[ForwardSpec]]:
-    """The DNAT forwards every running managed container should have, from its labels and address."""
+    """The DNAT forwards every running managed container should have, from its labels and address.
+
+    Host ports that the engine publishes for any other container are cut out of the ranges (`carve`).
+    """
+    published = published_ports(engine.list_container_summaries(all=False))
     live: dict[str, list[ForwardSpec]] = {}
     for info in engine.list_containers(all=False, label=f"{MANAGED_LABEL}=true"):
         forwards = port_plans.forwards_from_labels(info.labels)
-        if info.running and forwards and info.ip_address:
-            live[info.id] = [
-                ForwardSpec(
-                    f.name, info.ip_address, f.protocol, f.host_start, f.host_end, f.container_start, f.container_end
-                )
-                for f in forwards
-            ]
+        if not (info.running and forwards and info.ip_address):
+            continue
+        taken = [pair for cid, pairs in published.items() if cid != info.id for pair in pairs]
+        live[info.id] = [
+            ForwardSpec(
+                f.name, info.ip_address, f.protocol, f.host_start, f.host_end, f.container_start, f.container_end
+            )
+            for forward in forwards
+            for f in port_plans.carve(forward, (port for protocol, port in taken if protocol == forward.protocol))
+        ]
     return live
 
 
