@@ -325,7 +325,9 @@ def _option(cmdline: str, name: str) -> str:
     return words[words.index(name) + 1] if name in words[:-1] else ""
 
 
-def test_xms_port_set_is_two_rules_and_no_media_proxies(rtpengine_image: str, container_name: list[str]) -> None:
+def test_xms_port_set_is_two_rules_and_no_media_proxies(
+    docker_client: Any, rtpengine_image: str, container_name: list[str]
+) -> None:
     name = _name("xms")
     container_name.append(name)
     proxies_before = docker_proxies()
@@ -365,6 +367,12 @@ def test_xms_port_set_is_two_rules_and_no_media_proxies(rtpengine_image: str, co
         port = int(_option(cmd, "-container-port") or 0)
         assert not any(low <= port <= high for low, high in media_ports), cmd
     assert len(proxies_after) - len(proxies_before) < 100, "media ports got proxies"
+
+    # XMS's RTP range lies inside the kernel's default ephemeral range: inside the container it is moved off.
+    assert any("Ephemeral ports inside the container are 32768-49151" in note for note in summary["notes"])
+    code, out = docker_client.containers.get(summary["id"]).exec_run(["cat", "/proc/sys/net/ipv4/ip_local_port_range"])
+    assert code == 0
+    assert out.decode().split() == ["32768", "49151"]
 
 
 # --- a host port the engine published inside a 1:1 range ---------------------------------------------

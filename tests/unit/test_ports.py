@@ -16,6 +16,7 @@ from docker_xms.domain.ports import (
     carve,
     choose_strategy,
     decide_strategy,
+    ephemeral_outside,
     ephemeral_range,
     forwards_from_labels,
     host_ranges_from_labels,
@@ -375,3 +376,29 @@ def test_carve_at_the_edges_and_around_neighbours() -> None:
     )
     assert carve(forward, []) == (forward,)
     assert carve(DnatForward("one", "udp", 7, 7, 9, 9), [7]) == ()
+
+
+def test_the_xms_rtp_range_moves_the_containers_ephemeral_ports_below_it() -> None:
+    assert ephemeral_outside([(49152, 53152), (57344, 57840), (5060, 5060)]) == (32768, 49151)
+
+
+def test_ports_clear_of_the_kernels_range_leave_it_alone() -> None:
+    assert ephemeral_outside([(30000, 30999), (2223, 2223)]) is None
+
+
+def test_a_range_over_most_of_the_default_takes_the_widest_stretch_anywhere() -> None:
+    # 32768-60999 is nearly all taken: the widest free stretch of 1024-65535 is below it.
+    assert ephemeral_outside([(30000, 60000)]) == (1024, 29999)
+    with pytest.raises(BadInput, match="no stretch of 4096 free ports"):
+        ephemeral_outside([(1024, 65535)])
+
+
+def test_the_plan_carries_the_range_and_says_so_but_not_with_host_networking() -> None:
+    xms = builtin("xms")
+    plan = plan_ports(xms.ports, xms.media_ranges, "one-to-one", "dnat")
+    assert plan.container_ephemeral == (32768, 49151)
+    assert any("Ephemeral ports inside the container are 32768-49151" in note for note in plan.notes)
+    host = plan_ports(xms.ports, xms.media_ranges, "one-to-one", "host")
+    assert host.container_ephemeral is None
+    rtpengine = builtin("rtpengine")
+    assert plan_ports(rtpengine.ports, rtpengine.media_ranges, "container-address", "dnat").container_ephemeral is None

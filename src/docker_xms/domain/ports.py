@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from docker_xms.domain.profiles import PortSpec
@@ -34,6 +34,8 @@ DNAT_THRESHOLD = 20
 # Host ports handed out to containers in container-address mode. The engine picks ports for published
 # signalling ports from the kernel's ip_local_port_range (32768-60999 by default), and a DNAT rule
 # would capture such a port first: callers pass that range in `reserved_host_ranges`.
+# Linux's default net.ipv4.ip_local_port_range in a new network namespace.
+KERNEL_EPHEMERAL = (32768, 60999)
 DEFAULT_HOST_POOL = (20000, 59999)
 
 # Container labels that record a plan, so other containers' plans and `reconcile` can be computed from
@@ -102,6 +104,9 @@ class PortPlan:
     media: tuple[MediaRange, ...]
     # Things the user should know about this plan, one sentence each.
     notes: tuple[str, ...] = ()
+    # The container's own ephemeral port range (net.ipv4.ip_local_port_range in its network namespace), set
+    # when the kernel's default would overlap the server's ports; None: the default is left alone.
+    container_ephemeral: tuple[int, int] | None = None
 
     @property
     def media_range(self) -> tuple[int, int] | None:
@@ -173,7 +178,76 @@ def plan_ports(
     `slot` is the container's index among those started together: it spreads their host ranges without
     waiting for each other's labels. `used_host_ranges` are the host media ranges other containers hold
     (from their `LABEL_HOST_MEDIA` labels); `reserved_host_ranges` are host ports no container may get.
+
+    In a network namespace of its own, the container's ephemeral range is moved off the server's ports when
+    the kernel's default overlaps them (XMS's RTP range does): otherwise the server's own outgoing connections
+    can take a port its media needs.
     """
+    plan = _plan(
+        profile_ports,
+        media_ranges,
+        mode,
+        strategy,
+        slot,
+        media_ports,
+        used_host_ranges,
+        host_pool=host_pool,
+        reserved_host_ranges=reserved_host_ranges,
+        network=network,
+    )
+    if plan.network_mode == "host":
+        return plan
+    taken = [(p.start, p.end) for p in (*profile_ports, *media_ranges)]
+    taken += [(m.start, m.end) for m in plan.media]
+    ephemeral = ephemeral_outside(taken)
+    if ephemeral is None:
+        return plan
+    note = (
+        f"Ephemeral ports inside the container are {ephemeral[0]}-{ephemeral[1]}, off the server's ports, so that "
+        "its own connections never take a media port."
+    )
+    return replace(plan, container_ephemeral=ephemeral, notes=(*plan.notes, note))
+
+
+def ephemeral_outside(
+    taken: Iterable[tuple[int, int]], default: tuple[int, int] = KERNEL_EPHEMERAL, minimum: int = 4096
+) -> tuple[int, int] | None:
+    """An ephemeral range clear of `taken`: None when the default is clear; else the widest free stretch of
+    the default if it holds `minimum` ports, else the widest free stretch of 1024-65535.
+    """
+    spans = _merge(taken)
+    if not any(_overlap(default, span) for span in spans):
+        return None
+    for low, high in (default, (1024, 65535)):
+        gaps, start = [], low
+        for a, b in spans:
+            if b < start or a > high:
+                continue
+            if a > start:
+                gaps.append((start, a - 1))
+            start = max(start, b + 1)
+        if start <= high:
+            gaps.append((start, high))
+        best = max(gaps, key=lambda g: (g[1] - g[0], -g[0]), default=None)
+        if best is not None and best[1] - best[0] + 1 >= minimum:
+            return best
+    raise BadInput(f"The profile's ports leave no stretch of {minimum} free ports for the container's own connections.")
+
+
+def _plan(
+    profile_ports: Sequence[PortSpec],
+    media_ranges: Sequence[PortSpec],
+    mode: str,
+    strategy: str,
+    slot: int = 0,
+    media_ports: int | None = None,
+    used_host_ranges: Iterable[tuple[int, int]] = (),
+    *,
+    host_pool: tuple[int, int] = DEFAULT_HOST_POOL,
+    reserved_host_ranges: Iterable[tuple[int, int]] = (),
+    network: str = "",
+) -> PortPlan:
+    """The plan without the container's ephemeral range (see plan_ports)."""
     _check_mode(mode)
     if strategy not in STRATEGIES:
         raise BadInput(f"Unknown port strategy {strategy!r}: use {', '.join(STRATEGIES)}.")

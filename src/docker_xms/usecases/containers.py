@@ -302,7 +302,15 @@ def _create_args(
         "network_mode": plan.network_mode if plan.network_mode != "bridge" else None,
         "healthcheck": _healthcheck(profile),
         **_systemd_mounts(rt, profile),
+        **_ephemeral_sysctl(plan),
     }
+
+
+def _ephemeral_sysctl(plan: port_plans.PortPlan) -> dict[str, Any]:
+    if plan.container_ephemeral is None:
+        return {}
+    low, high = plan.container_ephemeral
+    return {"sysctls": {"net.ipv4.ip_local_port_range": f"{low} {high}"}}
 
 
 def _forward_specs(plan: port_plans.PortPlan, ip: str) -> list[ForwardSpec]:
