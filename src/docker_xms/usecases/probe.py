@@ -180,8 +180,12 @@ def static_probe_samples(
     code, out = engine.exec(container_id, cmd)
     if code == PROBE_EXIT_REFUSED:
         raise SchedulingRefused("probe", priority, "sched_setscheduler returned EPERM")
+    return _samples(code, out, priority, f"in {container_id[:12]}")
+
+
+def _samples(code: int, out: str, priority: int, where: str) -> tuple[dict[str, object], list[float]]:
     if code != 0:
-        raise XmsError(f"The wake-up probe failed in {container_id[:12]} (exit {code}): {out.strip()[-300:]}.")
+        raise XmsError(f"The wake-up probe failed {where} (exit {code}): {out.strip()[-300:]}.")
     summary, samples = parse_probe_output(out, priority)
     if not samples:
         raise XmsError("The wake-up probe recorded no samples.")
@@ -199,12 +203,7 @@ def host_probe_samples(
             f"The kernel refused SCHED_FIFO priority {priority} on the host: run as root from a cgroup with a "
             "real-time budget (see docker-xms rt doctor)."
         )
-    if proc.returncode != 0:
-        raise XmsError(f"The wake-up probe failed on the host (exit {proc.returncode}): {proc.stderr.strip()[-300:]}.")
-    summary, samples = parse_probe_output(proc.stdout, priority)
-    if not samples:
-        raise XmsError("The wake-up probe recorded no samples.")
-    return summary, samples
+    return _samples(proc.returncode, proc.stdout if proc.returncode == 0 else proc.stderr, priority, "on the host")
 
 
 def _probe_result(summary: dict[str, object], samples: list[float], interval_us: int) -> ProbeResult:
