@@ -25,6 +25,12 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def _loads(section: dict[str, Any]) -> list[str]:
+    """The section's loads, idle first then as measured (the saved JSON sorts its keys)."""
+    known = [name for name in ("idle", "host", "inside") if name in section["loads"]]
+    return known + [name for name in section["loads"] if name not in known]
+
+
 def _run(runs: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
     for run in runs:
         if all(run.get(k) == v for k, v in match.items()):
@@ -39,7 +45,7 @@ def latency_headlines(lat: dict[str, Any]) -> list[str]:
     """Per N and load: managed against unmanaged p99.9, with the machine's floor measured in the same rounds."""
     lines: list[str] = []
     for n in sorted({r["n"] for r in lat["runs"]}):
-        for load in (x for x in lat.get("loads", {}) if x != "idle"):
+        for load in (x for x in _loads(lat) if x != "idle"):
             m = _run(lat["runs"], n=n, kind="managed", load=load)
             u = _run(lat["runs"], n=n, kind="unmanaged", load=load)
             f = _run(lat["runs"], n=n, kind="floor", load=load)
@@ -53,7 +59,7 @@ def latency_headlines(lat: dict[str, Any]) -> list[str]:
                 fp = f["pooled"]["p999_us"]
                 floor = f"; the host itself, same probe and priority: {fp:.0f} us"
                 if not ok and fp > LAT_TARGET_US:
-                    floor += " (above the target: this machine gives no process better)"
+                    floor += " (itself above the target)"
             lines.append(
                 f"wake-up p99.9, load {load}, N={n}: managed {mp:.0f} us vs unmanaged {up:.0f} us = {ratio:.1f}x "
                 f"(target <= {LAT_TARGET_US} us and >= {LAT_RATIO_TARGET}x: {'met' if ok else 'NOT met'}){floor}"
@@ -80,7 +86,7 @@ def media_headlines(media: dict[str, Any]) -> list[str]:
     """Jitter added by the relay path, managed and unmanaged, per load, with the measuring tool at SCHED_FIFO."""
     lines: list[str] = []
     tool = _fifo_tool(media)
-    for load in media["loads"]:
+    for load in _loads(media):
         m = u = None
         for kind in ("managed", "unmanaged"):
             r = _run(media["runs"], kind=kind, load=load, tool=tool) if tool else None
@@ -116,7 +122,7 @@ def _plot_latency(lat: dict[str, Any], directory: Path) -> list[str]:
 
     edges = lat["bin_edges_us"]
     counts = sorted({r["n"] for r in lat["runs"]})
-    loads = list(lat["loads"])
+    loads = _loads(lat)
     fig, axes = plt.subplots(
         len(loads), len(counts), figsize=(5 * len(counts), 3.6 * len(loads)), sharex=True, sharey=True, squeeze=False
     )
@@ -167,7 +173,7 @@ def _plot_jitter(media: dict[str, Any], directory: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     tool = _fifo_tool(media)
-    loads = list(media["loads"])
+    loads = _loads(media)
     fig, axes = plt.subplots(len(loads), 1, figsize=(10, 3.3 * len(loads)), sharex=True, squeeze=False)
     for ax, load in zip((row[0] for row in axes), loads, strict=True):
         for kind, color in (("managed", "tab:blue"), ("unmanaged", "tab:red")):
@@ -215,7 +221,7 @@ def _latency_md(lat: dict[str, Any]) -> list[str]:
         "outside any container, at the same priority: what this machine gives any process. Steal = CPU time the "
         "hypervisor took from the vCPUs during the probe.",
         "",
-        *[f"- load `{name}`: {text}" for name, text in lat["loads"].items()],
+        *[f"- load `{name}`: {lat['loads'][name]}" for name in _loads(lat)],
         "",
     ]
     if lat.get("fifo_refused"):
@@ -275,7 +281,7 @@ def _media_md(media: dict[str, Any]) -> list[str]:
         "after, under the same conditions; relay minus direct jitter is the jitter added by the relay path. "
         "`tool` is the scheduling of the measuring process itself.",
         "",
-        *[f"- load `{name}`: {text}" for name, text in media["loads"].items()],
+        *[f"- load `{name}`: {media['loads'][name]}" for name in _loads(media)],
         "",
     ]
     rows = []
@@ -320,10 +326,20 @@ def _media_md(media: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 3 if abs(value) < 10 else 1)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def _generic_md(name: str, data: Any) -> list[str]:
     lines = [f"## {name}", ""]
     if isinstance(data, dict):
-        rows = [[k, json.dumps(v) if isinstance(v, dict | list) else v] for k, v in sorted(data.items())]
+        rows = [[k, json.dumps(_rounded(v)) if isinstance(v, dict | list) else v] for k, v in sorted(data.items())]
         lines += _table(["key", "value"], rows)
     else:
         lines += [f"`{json.dumps(data)}`", ""]
