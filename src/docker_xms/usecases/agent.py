@@ -9,8 +9,6 @@ may run together: whichever reconciles last sees the containers as they are.
 from __future__ import annotations
 
 import queue
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -19,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from docker_xms.adapters import hostproc
 from docker_xms.adapters.engine import Engine
 from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.domain import budget
@@ -295,7 +294,7 @@ def executable() -> str:
     beside = Path(sys.executable).parent / "docker-xms"
     if beside.exists():
         return str(beside.absolute())
-    found = shutil.which("docker-xms")
+    found = hostproc.which("docker-xms")
     if found:
         return str(Path(found).absolute())
     return f"{Path(sys.executable).absolute()} -m docker_xms"
@@ -349,13 +348,7 @@ def install(write: bool = True, unit_path: Path = UNIT_PATH, cpu_latency_us: int
     except OSError as exc:
         raise XmsError(f"Could not write {unit_path}: {exc.strerror}; run as root.") from None
     for command in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", UNIT_NAME]):
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise XmsError(f"Could not run {' '.join(command)}: {exc}.") from None
-        if done.returncode != 0:
-            reason = (done.stderr or done.stdout).strip().splitlines()
-            raise XmsError(
-                f"{' '.join(command)} failed: {reason[-1] if reason else done.returncode}; {unit_path} was written."
-            )
+        done = hostproc.run(command, timeout=60)
+        if done.code != 0:
+            raise XmsError(f"{' '.join(command)} failed: {done.last_line()}; {unit_path} was written.")
     return Installed(text, str(unit_path), True, alternative)

@@ -11,14 +11,13 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
+from docker_xms.adapters import hostproc
 from docker_xms.adapters.cgroups import cpu_steal_ms
 from docker_xms.adapters.engine import Engine
 from docker_xms.domain.media import Percentiles, histogram_percentiles, percentiles
@@ -80,7 +79,7 @@ def build_probe(cache_dir: Path | None = None, compiler: str = "cc") -> Path:
     binary = directory / "probe"
     if binary.is_file():
         return binary
-    cc = shutil.which(compiler)
+    cc = hostproc.which(compiler)
     if cc is None:
         raise BadInput(
             f"Building the wake-up probe needs a C compiler ({compiler} not found): apt-get install gcc libc6-dev."
@@ -90,9 +89,9 @@ def build_probe(cache_dir: Path | None = None, compiler: str = "cc") -> Path:
         src = Path(work) / "probe.c"
         src.write_bytes(source)
         out = Path(work) / "probe"
-        proc = subprocess.run([cc, *CFLAGS, "-o", str(out), str(src)], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            log = (proc.stderr or proc.stdout).strip()
+        proc = hostproc.run([cc, *CFLAGS, "-o", str(out), str(src)], timeout=300)
+        if proc.code != 0:
+            log = (proc.err or proc.out).strip()
             if "cannot find -lc" in log:
                 raise BadInput(
                     "Linking the wake-up probe statically failed (no static C library): apt-get install libc6-dev."
@@ -197,13 +196,14 @@ def host_probe_samples(
 ) -> tuple[dict[str, object], list[float]]:
     """Run the static probe on the host itself, outside any container: the machine's own floor."""
     cmd = [str(build_probe(cache_dir)), "-r", "-p", str(priority), "-i", str(interval_us), "-n", str(count)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode == PROBE_EXIT_REFUSED:
+    # The probe's own run time plus a margin: a probe that hangs must not hang the command.
+    proc = hostproc.run(cmd, timeout=count * interval_us / 1_000_000 * 2 + 60)
+    if proc.code == PROBE_EXIT_REFUSED:
         raise XmsError(
             f"The kernel refused SCHED_FIFO priority {priority} on the host: run as root from a cgroup with a "
             "real-time budget (see docker-xms rt doctor)."
         )
-    return _samples(proc.returncode, proc.stdout if proc.returncode == 0 else proc.stderr, priority, "on the host")
+    return _samples(proc.code, proc.out if proc.code == 0 else proc.err, priority, "on the host")
 
 
 def _probe_result(summary: dict[str, object], samples: list[float], interval_us: int) -> ProbeResult:

@@ -1,0 +1,39 @@
+"""Programs run on the host itself: a C compiler, systemctl, a probe outside any container.
+
+One place that starts host processes for the use cases, always with an argument list (never a shell), a
+timeout, and the failure turned into one sentence.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from docker_xms.errors import XmsError
+
+
+@dataclass(frozen=True)
+class Finished:
+    code: int
+    out: str
+    err: str
+
+    def last_line(self) -> str:
+        """The last line of what the program said (stderr first), for an error sentence."""
+        lines = (self.err or self.out).strip().splitlines()
+        return lines[-1] if lines else f"exit {self.code}"
+
+
+def which(program: str) -> str | None:
+    return shutil.which(program)
+
+
+def run(argv: Sequence[str], timeout: float | None = None) -> Finished:
+    """Run a program to its end; a program that cannot be started or does not end in time is an XmsError."""
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise XmsError(f"Could not run {' '.join(argv)}: {exc}.") from None
+    return Finished(done.returncode, done.stdout, done.stderr)
