@@ -22,6 +22,7 @@ from docker_xms.domain.ports import (
     host_ranges_from_labels,
     network_definition,
     plan_ports,
+    with_container_ephemeral,
 )
 from docker_xms.domain.profiles import PortSpec, Profile, parse_profile
 from docker_xms.errors import BadInput
@@ -395,10 +396,13 @@ def test_a_range_over_most_of_the_default_takes_the_widest_stretch_anywhere() ->
 
 def test_the_plan_carries_the_range_and_says_so_but_not_with_host_networking() -> None:
     xms = builtin("xms")
-    plan = plan_ports(xms.ports, xms.media_ranges, "one-to-one", "dnat")
+
+    def planned(mode: str, strategy: str, profile: Profile = xms) -> PortPlan:
+        plan = plan_ports(profile.ports, profile.media_ranges, mode, strategy)
+        return with_container_ephemeral(plan, profile.ports, profile.media_ranges)
+
+    plan = planned("one-to-one", "dnat")
     assert plan.container_ephemeral == (32768, 49151)
     assert any("Ephemeral ports inside the container are 32768-49151" in note for note in plan.notes)
-    host = plan_ports(xms.ports, xms.media_ranges, "one-to-one", "host")
-    assert host.container_ephemeral is None
-    rtpengine = builtin("rtpengine")
-    assert plan_ports(rtpengine.ports, rtpengine.media_ranges, "container-address", "dnat").container_ephemeral is None
+    assert planned("one-to-one", "host").container_ephemeral is None
+    assert planned("container-address", "dnat", builtin("rtpengine")).container_ephemeral is None

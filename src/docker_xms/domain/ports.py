@@ -34,9 +34,9 @@ DNAT_THRESHOLD = 20
 # Host ports handed out to containers in container-address mode. The engine picks ports for published
 # signalling ports from the kernel's ip_local_port_range (32768-60999 by default), and a DNAT rule
 # would capture such a port first: callers pass that range in `reserved_host_ranges`.
+DEFAULT_HOST_POOL = (20000, 59999)
 # Linux's default net.ipv4.ip_local_port_range in a new network namespace.
 KERNEL_EPHEMERAL = (32768, 60999)
-DEFAULT_HOST_POOL = (20000, 59999)
 
 # Container labels that record a plan, so other containers' plans and `reconcile` can be computed from
 # the engine's state alone. The prefix is the one every docker-xms label carries.
@@ -160,41 +160,15 @@ def choose_strategy(requested: str, mode: str, media_port_count: int, netfilter_
     return decide_strategy(requested, mode, media_port_count, netfilter_available).strategy
 
 
-def plan_ports(
-    profile_ports: Sequence[PortSpec],
-    media_ranges: Sequence[PortSpec],
-    mode: str,
-    strategy: str,
-    slot: int = 0,
-    media_ports: int | None = None,
-    used_host_ranges: Iterable[tuple[int, int]] = (),
-    *,
-    host_pool: tuple[int, int] = DEFAULT_HOST_POOL,
-    reserved_host_ranges: Iterable[tuple[int, int]] = (),
-    network: str = "",
+def with_container_ephemeral(
+    plan: PortPlan, profile_ports: Sequence[PortSpec], media_ranges: Sequence[PortSpec]
 ) -> PortPlan:
-    """Plan one container's ports.
+    """The plan with the container's own ephemeral range moved off the server's ports, where it needs it.
 
-    `slot` is the container's index among those started together: it spreads their host ranges without
-    waiting for each other's labels. `used_host_ranges` are the host media ranges other containers hold
-    (from their `LABEL_HOST_MEDIA` labels); `reserved_host_ranges` are host ports no container may get.
-
-    In a network namespace of its own, the container's ephemeral range is moved off the server's ports when
-    the kernel's default overlaps them (XMS's RTP range does): otherwise the server's own outgoing connections
-    can take a port its media needs.
+    In a network namespace of its own, the kernel's default ephemeral range can overlap the server's ports
+    (XMS's RTP range does): the server's own outgoing connections could then take a port its media needs.
+    With host networking the host's range applies and is left alone.
     """
-    plan = _plan(
-        profile_ports,
-        media_ranges,
-        mode,
-        strategy,
-        slot,
-        media_ports,
-        used_host_ranges,
-        host_pool=host_pool,
-        reserved_host_ranges=reserved_host_ranges,
-        network=network,
-    )
     if plan.network_mode == "host":
         return plan
     taken = [(p.start, p.end) for p in (*profile_ports, *media_ranges)]
@@ -234,7 +208,7 @@ def ephemeral_outside(
     raise BadInput(f"The profile's ports leave no stretch of {minimum} free ports for the container's own connections.")
 
 
-def _plan(
+def plan_ports(
     profile_ports: Sequence[PortSpec],
     media_ranges: Sequence[PortSpec],
     mode: str,
@@ -247,7 +221,12 @@ def _plan(
     reserved_host_ranges: Iterable[tuple[int, int]] = (),
     network: str = "",
 ) -> PortPlan:
-    """The plan without the container's ephemeral range (see plan_ports)."""
+    """Plan one container's ports.
+
+    `slot` is the container's index among those started together: it spreads their host ranges without
+    waiting for each other's labels. `used_host_ranges` are the host media ranges other containers hold
+    (from their `LABEL_HOST_MEDIA` labels); `reserved_host_ranges` are host ports no container may get.
+    """
     _check_mode(mode)
     if strategy not in STRATEGIES:
         raise BadInput(f"Unknown port strategy {strategy!r}: use {', '.join(STRATEGIES)}.")

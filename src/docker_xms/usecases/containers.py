@@ -274,7 +274,7 @@ def _plan_ports(engine: Engine, profile: Profile, request: RunRequest, mode: str
     )
     if mode == "one-to-one":
         _check_host_ports(plan)
-    return plan
+    return port_plans.with_container_ephemeral(plan, profile.ports, profile.media_ranges)
 
 
 def _create_args(
