@@ -207,8 +207,7 @@ def probe_cmd(
     )
     if result.steal_ms:
         console.print(
-            f"  [dim]the hypervisor took {result.steal_ms:.0f} ms of CPU from this machine meanwhile (steal): "
-            "outliers it causes hit every process alike[/]"
+            f"  [dim]steal: the hypervisor took {result.steal_ms:.0f} ms of CPU from this machine meanwhile[/]"
         )
     if result.note:
         console.print(f"  [dim]{result.note}[/]")
