@@ -8,6 +8,7 @@ foreign. The engine-restart test restarts dockerd and runs last.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -498,3 +499,29 @@ def test_a_cpu_latency_limit_with_once_is_refused() -> None:
     result = run_cli("agent", "--once", "--cpu-latency-us", "0")
     assert result.code == 2
     assert "with --once it would do nothing" in result.err
+
+
+def test_agent_carves_a_range_around_a_port_another_container_publishes(
+    docker_client: Any, busybox_image: str, agent: AgentProcess, cleanup: None
+) -> None:
+    result = run_cli("run", "-c", "--no-wait", "--json", "--name", PREFIX + "carve", "--ports", "dnat", timeout=120)
+    assert result.code == 0, result.err + result.out
+    summary = json.loads(result.out)
+    cid = summary["id"][:12]
+    (media,) = summary["media"]
+    low, high = int(media["host_start"]), int(media["host_end"])
+    hole = low + 3
+
+    def dnat_ranges() -> list[str]:
+        out = subprocess.run(["iptables", "-t", "nat", "-S", "DOCKER-XMS"], capture_output=True, text=True).stdout
+        lines = [line for line in out.splitlines() if f"docker-xms:{cid}:" in line and "-j DNAT" in line]
+        return sorted((line.split("--dport ")[1].split()[0] for line in lines), key=lambda r: int(r.split(":")[0]))
+
+    wait_for(lambda: dnat_ranges() == [f"{low}:{high}"], 10, what="the container's one DNAT rule")
+    # A plain container, nothing of docker-xms involved: the agent sees its start and cuts its port out.
+    plain = docker_client.containers.run(
+        busybox_image, ["/bin/busybox", "sleep", "600"], detach=True, name=PREFIX + "plain", ports={"7000/udp": hole}
+    )
+    wait_for(lambda: dnat_ranges() == [f"{low}:{hole - 1}", f"{hole + 1}:{high}"], 10, what="the carved rules")
+    plain.remove(force=True)
+    wait_for(lambda: dnat_ranges() == [f"{low}:{high}"], 40, what="the whole range back")
