@@ -62,11 +62,9 @@ def idle_findings(driver: str, limit_us: int | None, no_limit_us: int) -> list[F
     if limit_us <= QUIET_HOST_LIMIT_US:
         return [Finding("ok", f"CPU wake-up latency is held at {limit_us} us (cpuidle driver {driver}).")]
     held = "no limit is held" if limit_us >= no_limit_us else f"the limit held is {limit_us} us"
-    vm = (
-        " On a virtual machine an idle vCPU is halted and must be scheduled again by the hypervisor."
-        if (driver == "haltpoll")
-        else ""
-    )
+    vm = ""
+    if driver == "haltpoll":  # the paravirtual guest's driver
+        vm = " On a virtual machine an idle vCPU is halted and must be scheduled again by the hypervisor."
     return [
         Finding(
             "warn",

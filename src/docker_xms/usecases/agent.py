@@ -300,8 +300,12 @@ def executable() -> str:
     return f"{Path(sys.executable).absolute()} -m docker_xms"
 
 
+def agent_command(exe: str, cpu_latency_us: int | None = None) -> str:
+    """The agent's command line, as a service runs it."""
+    return f"{exe} agent" + ("" if cpu_latency_us is None else f" --cpu-latency-us {cpu_latency_us}")
+
+
 def unit_text(exe: str, cpu_latency_us: int | None = None) -> str:
-    extra = "" if cpu_latency_us is None else f" --cpu-latency-us {cpu_latency_us}"
     return f"""[Unit]
 Description=docker-xms agent: real-time budgets and media port rules kept right
 After=docker.service
@@ -309,7 +313,7 @@ Wants=docker.service
 
 [Service]
 Type=simple
-ExecStart={exe} agent{extra}
+ExecStart={agent_command(exe, cpu_latency_us)}
 Restart=always
 RestartSec=1
 # The agent finishes the reconciliation under way and exits on SIGTERM.
@@ -338,8 +342,7 @@ def install(write: bool = True, unit_path: Path = UNIT_PATH, cpu_latency_us: int
     """Write the unit and enable it when systemd runs the host; otherwise only describe what to do."""
     exe = executable()
     text = unit_text(exe, cpu_latency_us)
-    extra = "" if cpu_latency_us is None else f" --cpu-latency-us {cpu_latency_us}"
-    alternative = f"nohup {exe} agent{extra} >/var/log/docker-xms-agent.log 2>&1 &"
+    alternative = f"nohup {agent_command(exe, cpu_latency_us)} >/var/log/docker-xms-agent.log 2>&1 &"
     if not write or not systemd_running():
         return Installed(text, str(unit_path), False, alternative)
     try:

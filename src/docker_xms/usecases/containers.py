@@ -14,7 +14,7 @@ from typing import Any
 
 from docker_xms.adapters import hostnet
 from docker_xms.adapters.engine import ContainerInfo, Engine
-from docker_xms.adapters.netfilter import ForwardSpec, Netfilter
+from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.labels import MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL, WEIGHT_LABEL
 from docker_xms.domain.names import parse_ref
@@ -207,7 +207,8 @@ def run(engine: Engine, request: RunRequest, reporter: Reporter) -> RunResult:
         engine.start(container_id)
         if plan.forwards:
             reporter.phase(f"Forwarding {plan.media_port_count} media ports with {len(plan.forwards)} DNAT rule(s)")
-            _forward_specs(plan, engine.get_container(container_id).ip_address)  # refuses a container without one
+            if not engine.get_container(container_id).ip_address:
+                raise XmsError("The container has no address to forward media ports to.")
         if plan.forwards or (plan.publish and netfilter.available()):
             # This container's rules, and every media range carved around the host ports the engine has
             # just published for it (they may lie inside another container's 1:1 range).
@@ -311,15 +312,6 @@ def _ephemeral_sysctl(plan: port_plans.PortPlan) -> dict[str, Any]:
         return {}
     low, high = plan.container_ephemeral
     return {"sysctls": {"net.ipv4.ip_local_port_range": f"{low} {high}"}}
-
-
-def _forward_specs(plan: port_plans.PortPlan, ip: str) -> list[ForwardSpec]:
-    if not ip:
-        raise XmsError("The container has no address to forward media ports to.")
-    return [
-        ForwardSpec(f.name, ip, f.protocol, f.host_start, f.host_end, f.container_start, f.container_end)
-        for f in plan.forwards
-    ]
 
 
 def _undo(engine: Engine, rt: RtHost, netfilter: Netfilter, container_id: str) -> None:
