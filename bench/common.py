@@ -53,14 +53,12 @@ def remove_bench_containers() -> None:
 
 def proxy_processes() -> tuple[int, int]:
     """Count of docker-proxy processes and their total resident memory in bytes."""
+    from docker_xms.adapters.hostproc import pids_named
+
     count = rss = 0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+    for pid in pids_named("docker-proxy"):
         try:
-            if (proc / "comm").read_text().strip() != "docker-proxy":
-                continue
-            status = (proc / "status").read_text()
+            status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
         count += 1

@@ -38,7 +38,6 @@ from typing import Any
 from bench.common import IMAGE, cli, client
 
 LAT_PREFIX = "bench-lat-"
-CPU_PARENT = Path("/sys/fs/cgroup/cpu/docker")
 KINDS = ("floor", "managed", "unmanaged")
 LOADS = ("idle", "host", "inside")
 # Log-spaced histogram bins for the plots: 0..1 us, then 10 bins per decade up to 1 s.
@@ -117,16 +116,16 @@ def start_unmanaged(name: str) -> str:
 
 
 def wait_booted(container_id: str, timeout_s: float = 120) -> None:
-    """Until systemd in the container says running (or degraded) and rtpengine's unit is active."""
-    container = client().containers.get(container_id)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        _, state = container.exec_run(["systemctl", "is-system-running"])
-        _, unit = container.exec_run(["systemctl", "is-active", "rtpengine-daemon"])
-        if state.decode().strip() in ("running", "degraded") and unit.decode().strip() == "active":
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"container {container_id[:12]} did not finish booting in {timeout_s:.0f} s")
+    """Until the server is ready as `docker-xms run` waits for it (systemd up, rtpengine's unit, ng ping)."""
+    from docker_xms.adapters.engine import Engine
+    from docker_xms.domain.profiles import load_profile
+    from docker_xms.usecases.readiness import wait_ready
+
+    engine = Engine.connect()
+    try:
+        wait_ready(engine, container_id, load_profile("rtpengine"), timeout_s)
+    finally:
+        engine.close()
 
 
 def remove(prefix: str) -> None:
@@ -146,10 +145,10 @@ def remove(prefix: str) -> None:
 
 
 def rt_budget(container_id: str) -> int | None:
-    try:
-        return int((CPU_PARENT / container_id / "cpu.rt_runtime_us").read_text())
-    except (OSError, ValueError):
-        return None
+    """The container's kernel budget, read as `docker-xms ps` reads it."""
+    from docker_xms.usecases.listing import budget_reader
+
+    return budget_reader()(container_id)
 
 
 def address_of(container_id: str) -> str:

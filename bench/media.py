@@ -15,7 +15,6 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from bench.latency import address_of, host_load, remove, start_managed, start_unmanaged
@@ -133,21 +132,23 @@ def _wait_for_ng(address: str, timeout: float = 60) -> None:
 
 def rtpengine_threads(container_id: str) -> dict[str, int]:
     """How many of the container's rtpengine threads run SCHED_FIFO and SCHED_OTHER (from /proc on the host)."""
+    from docker_xms.adapters.cgroups import thread_policies
     from docker_xms.adapters.engine import Engine
+    from docker_xms.errors import NotFound
 
     engine = Engine.connect()
     counts = {"fifo": 0, "other": 0}
     try:
         for pid in engine.container_pids(container_id):
             try:
-                if Path(f"/proc/{pid}/comm").read_text().strip() != "rtpengine":
-                    continue
-                for task in Path(f"/proc/{pid}/task").iterdir():
-                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                    policy = int(fields[38])  # field 41 of stat: the scheduling policy
-                    counts["fifo" if policy == 1 else "other"] += 1
-            except (OSError, IndexError, ValueError):
+                threads = thread_policies(pid)
+            except NotFound:
+                continue  # the process ended while we looked
+            # The process is rtpengine when its main thread is; its workers have names of their own.
+            if not any(t.tid == pid and t.comm == "rtpengine" for t in threads):
                 continue
+            for thread in threads:
+                counts["fifo" if thread.policy == "SCHED_FIFO" else "other"] += 1
     finally:
         engine.close()
     return counts

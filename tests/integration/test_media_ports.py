@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from docker_xms.adapters.hostproc import pids_named
 from docker_xms.adapters.rtp import (
     NgClient,
     NgError,
@@ -308,13 +309,9 @@ def test_hundred_start_rm_cycles_leave_no_rule(chains_exist: None) -> None:
 def docker_proxies() -> dict[int, str]:
     """docker-proxy processes: pid to command line."""
     out = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+    for pid in pids_named("docker-proxy"):
         try:
-            if (proc / "comm").read_text().strip() != "docker-proxy":
-                continue
-            out[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
         except OSError:
             continue
     return out

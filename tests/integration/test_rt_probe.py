@@ -77,3 +77,6 @@ def test_a_probe_needs_one_target() -> None:
         probe = run_cli("rt", "probe", *args, "--seconds", "1")
         assert probe.code == 2
         assert "Name a container to probe, or give --host" in probe.err
+    cyclictest = run_cli("rt", "probe", "--host", "--tool", "cyclictest", "--seconds", "1")
+    assert cyclictest.code == 2
+    assert "--tool cyclictest applies to containers only" in cyclictest.err

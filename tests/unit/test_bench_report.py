@@ -15,15 +15,14 @@ def _lat(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"loads": {"idle": "", "host": "", "inside": ""}, "runs": runs}
 
 
+def _one_line(n: int, load: str, floor: float, managed: float, unmanaged: float) -> str:
+    kinds = {"floor": floor, "managed": managed, "unmanaged": unmanaged}
+    (line,) = latency_headlines(_lat([_lat_run(n, load, kind, p999) for kind, p999 in kinds.items()]))
+    return line
+
+
 def test_latency_target_met_when_within_100_us_and_20x() -> None:
-    lat = _lat(
-        [
-            _lat_run(1, "host", "floor", 40),
-            _lat_run(1, "host", "managed", 80),
-            _lat_run(1, "host", "unmanaged", 2000),
-        ]
-    )
-    (line,) = latency_headlines(lat)
+    line = _one_line(1, "host", floor=40, managed=80, unmanaged=2000)
     assert "managed 80 us vs unmanaged 2000 us = 25.0x" in line
     assert "met)" in line
     assert "NOT met" not in line
@@ -31,14 +30,7 @@ def test_latency_target_met_when_within_100_us_and_20x() -> None:
 
 
 def test_latency_target_missed_names_a_floor_above_the_target() -> None:
-    lat = _lat(
-        [
-            _lat_run(2, "inside", "floor", 180),
-            _lat_run(2, "inside", "managed", 150),
-            _lat_run(2, "inside", "unmanaged", 4500),
-        ]
-    )
-    (line,) = latency_headlines(lat)
+    line = _one_line(2, "inside", floor=180, managed=150, unmanaged=4500)
     assert "load inside, N=2" in line
     assert "30.0x" in line
     assert "NOT met" in line

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from docker_xms.adapters.hostproc import Finished, run, which
+from docker_xms.adapters.hostproc import Finished, pids_named, run, which
 from docker_xms.errors import XmsError
 
 
@@ -28,3 +30,13 @@ def test_a_missing_program_is_one_sentence() -> None:
 def test_a_program_that_does_not_end_in_time_is_one_sentence() -> None:
     with pytest.raises(XmsError, match=r"Could not run sleep 5: .*timed out"):
         run(["sleep", "5"], timeout=0.2)
+
+
+def test_processes_are_found_by_name_in_a_proc_tree(tmp_path: Path) -> None:
+    for pid, comm in ((12, "docker-proxy\n"), (7, "dockerd\n"), (30, "docker-proxy\n")):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "comm").write_text(comm)
+    (tmp_path / "99").mkdir()  # ended while listed: no comm file
+    (tmp_path / "self").mkdir()
+    assert pids_named("docker-proxy", tmp_path) == [12, 30]
+    assert pids_named("nothing", tmp_path) == []

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from docker_xms.errors import XmsError
 
@@ -37,3 +38,17 @@ def run(argv: Sequence[str], timeout: float | None = None) -> Finished:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise XmsError(f"Could not run {' '.join(argv)}: {exc}.") from None
     return Finished(done.returncode, done.stdout, done.stderr)
+
+
+def pids_named(comm: str, proc_root: Path = Path("/proc")) -> list[int]:
+    """The host processes whose name (/proc/PID/comm) is `comm`; ones that end while we look are left out."""
+    pids = []
+    for entry in proc_root.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() == comm:
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return sorted(pids)

@@ -183,11 +183,9 @@ def probe_cmd(
     if on_host:
         from docker_xms.usecases.probe import probe_host
 
-        if tool == "cyclictest":
-            raise BadInput("--host runs docker-xms's own probe; --tool cyclictest applies to containers only.")
         name = "host"
         with console.status(f"Measuring wake-ups on the host for {seconds:.0f} s"):
-            result = probe_host(priority, interval_us, seconds)
+            result = probe_host(priority, interval_us, seconds, tool=tool)
     else:
         from docker_xms.adapters.engine import Engine
         from docker_xms.usecases.probe import probe_container

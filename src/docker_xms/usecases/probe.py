@@ -312,11 +312,14 @@ def probe_host(
     duration_s: float = 10.0,
     profile: str = "rtpengine",
     cache_dir: Path | None = None,
+    tool: str = "auto",
 ) -> ProbeResult:
     """The probe on the host, outside any container, at the profile's priority unless one is given.
 
     This is the floor: what the machine gives any process. A container can only be compared against it.
     """
+    if tool == "cyclictest":
+        raise BadInput("--host runs docker-xms's own probe; --tool cyclictest applies to containers only.")
     if priority is None:
         priority = load_profile(profile).rt_priority
     count = _checked(priority, interval_us, duration_s)
