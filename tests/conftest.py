@@ -11,22 +11,55 @@ from typing import Any
 import docker
 import pytest
 
+from tests import host_state
 from tests.helpers import BASE_IMAGE, RTPENGINE_IMAGE, TEST_LABEL, run_cli
 
 BUSYBOX_IMAGE = "docker-xms-test/busybox:latest"
 
 
 @pytest.fixture(scope="session")
-def docker_client() -> Iterator[Any]:
+def engine_client() -> Iterator[Any]:
     try:
         client = docker.from_env(version="auto")
         client.ping()
     except docker.errors.DockerException as exc:
         pytest.fail(f"integration tests need a running Docker engine: {exc}")
     yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def host_as_found(engine_client: Any) -> Iterator[None]:
+    """The host's containers as the suite found them, and as it must leave them.
+
+    The README's demo container is stopped for the run (it holds the 1:1 host ports) and started again
+    with its budget at the end; every other container must then be exactly as it was.
+    """
+    client = engine_client
+    before = host_state.snapshot(client)
+    demo = next((cid for cid, f in before.items() if f.name == host_state.DEMO and f.status == "running"), None)
+    if demo is not None:
+        result = run_cli("stop", host_state.DEMO, timeout=120)
+        assert result.code == 0, f"could not stop {host_state.DEMO} for the run: {result.err}"
+        print(f"\n{host_state.DEMO} is stopped for the test run and started again at its end")
+    yield
     for container in client.containers.list(all=True, filters={"label": TEST_LABEL}):
         container.remove(force=True)
-    client.close()
+    rebalance = run_cli("rt", "rebalance", timeout=120)
+    problems = [] if rebalance.code == 0 else [f"rt rebalance after the run failed: {rebalance.err}"]
+    if demo is not None:
+        result = run_cli("start", host_state.DEMO, timeout=120)
+        if result.code != 0:
+            problems.append(f"could not start {host_state.DEMO} again: {result.err}")
+    problems += host_state.differences(client, before, {demo} if demo else set())
+    assert not problems, "the test run changed what it found on the host:\n" + "\n".join(problems)
+
+
+@pytest.fixture(scope="session")
+def docker_client(engine_client: Any, host_as_found: None) -> Iterator[Any]:
+    yield engine_client
+    for container in engine_client.containers.list(all=True, filters={"label": TEST_LABEL}):
+        container.remove(force=True)
 
 
 @pytest.fixture(scope="session")

@@ -25,13 +25,12 @@ from typing import Any
 import docker
 import pytest
 
-from docker_xms.adapters.engine import Engine
 from docker_xms.adapters.pmqos import read_idle_state
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.labels import MANAGED_LABEL
 from docker_xms.usecases.agent import unit_text
-from docker_xms.usecases.rt import open_host, read_state
 from tests.helpers import run_cli, wait_for
+from tests.host_state import fair_shares, foreign_runtime, kernel_pool
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -122,14 +121,12 @@ def start(name: str, dnat: bool = False) -> str:
 
 
 def expected() -> tuple[dict[str, int], int]:
-    """What every running managed container and the parent should hold now, from the engine's view."""
-    engine = Engine.connect()
+    """What every running managed container and the parent should hold now, by the kernel's rule."""
+    client = docker.from_env()
     try:
-        state = read_state(open_host(engine))
+        return fair_shares(client), kernel_pool(client) + foreign_runtime(client)
     finally:
-        engine.close()
-    total = sum(h.weight for h in state.managed)
-    return {h.id: state.pool_us * h.weight // total for h in state.managed}, state.pool_us + state.foreign_us
+        client.close()
 
 
 def mismatch() -> str | None:

@@ -20,6 +20,7 @@ from tests.helpers import (
     run_cli,
     runtime_of,
 )
+from tests.host_state import fair_shares, foreign_runtime, kernel_pool, one_to_one_holder
 
 PREFIX = "lc-"
 
@@ -48,6 +49,9 @@ def clean(docker_client: Any) -> Iterator[None]:
 def test_one_to_one_start_is_ready_and_its_summary_is_true(
     docker_client: Any, rtpengine_image: str, clean: None
 ) -> None:
+    holder = one_to_one_holder(docker_client)
+    if holder is not None:
+        pytest.skip(f"{holder}, which these tests did not start, holds this host's 1:1 ports")
     result = run_cli("run", "--name", f"{PREFIX}one", "--json")
     assert result.code == 0, result.err
     summary = json.loads(result.out)
@@ -91,21 +95,27 @@ def test_one_to_one_start_is_ready_and_its_summary_is_true(
 def test_three_container_address_servers_share_and_give_back(
     docker_client: Any, rtpengine_image: str, clean: None
 ) -> None:
-    pool = json.loads(run_cli("rt", "status", "--json").out)["pool_us"]
     started = []
     for i in range(3):
         result = run_cli("run", "-c", "--name", f"{PREFIX}c{i}", "--json")
         assert result.code == 0, result.err
         started.append(json.loads(result.out))
+    shares = fair_shares(docker_client)
+    others = len(shares) - 3
     for s in started:
-        assert runtime_of(s["id"]) == pool // 3 == 316666
+        assert runtime_of(s["id"]) == shares[s["id"]]
+        if not others:
+            assert shares[s["id"]] == kernel_pool(docker_client) // 3
         assert ng_ping(s["address"], 2223).endswith(b"d6:result4:ponge")
     hosts = [next(p["host"] for p in s["ports"] if p["role"] == "media") for s in started]
     assert len(set(hosts)) == 3, hosts
 
     assert run_cli("stop", f"{PREFIX}c0").code == 0
-    assert [runtime_of(s["id"]) for s in started[1:]] == [pool // 2] * 2 == [475000] * 2
-    assert parent_runtime() == pool
+    shares = fair_shares(docker_client)
+    assert [runtime_of(s["id"]) for s in started[1:]] == [shares[s["id"]] for s in started[1:]]
+    if not others:
+        assert shares[started[1]["id"]] == kernel_pool(docker_client) // 2
+    assert parent_runtime() == kernel_pool(docker_client) + foreign_runtime(docker_client)
 
     assert run_cli("rm", "-f", f"{PREFIX}c0", f"{PREFIX}c1", f"{PREFIX}c2").code == 0
     assert not {f"{PREFIX}c{i}" for i in range(3)} & managed_names(docker_client)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
 from docker_xms.adapters.hostproc import pids_named
@@ -37,6 +38,7 @@ from docker_xms.adapters.rtp import (
 )
 from docker_xms.domain.media import StreamStats, stream_stats
 from tests.helpers import TEST_LABEL, run_cli, wait_for
+from tests.host_state import one_to_one_holder
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -60,11 +62,17 @@ def _root() -> None:
 
 @pytest.fixture(scope="module")
 def gateway(docker_client: Any) -> str:
-    """docker0's address on this host, read from the engine's bridge network."""
-    config = docker_client.networks.get("bridge").attrs["IPAM"]["Config"]
-    address = next((c["Gateway"] for c in config if c.get("Gateway") and ":" not in c["Gateway"]), "")
-    assert address, f"the engine's bridge network has no IPv4 gateway: {config}"
-    return str(address)
+    """docker0's address on this host, read from the interface itself.
+
+    The engine's bridge network leaves its IPAM gateway out after some restarts; the interface always
+    has the address.
+    """
+    done = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "dev", "docker0"], capture_output=True, text=True, check=False
+    )
+    match = re.search(r"inet ([0-9.]+)/", done.stdout)
+    assert match, f"docker0 has no IPv4 address: {done.stdout or done.stderr}"
+    return match.group(1)
 
 
 # --- running through the CLI ---------------------------------------------------------------------------
@@ -77,9 +85,15 @@ def run_json(*args: str, wait_one_to_one: float = 0.0) -> dict[str, Any]:
         result = run_cli("run", *args, "--json", timeout=300)
         if result.code == 0:
             return dict(json.loads(result.out))
-        if ONE_TO_ONE_BUSY in result.err and time.monotonic() < deadline:
-            time.sleep(2)
-            continue
+        if ONE_TO_ONE_BUSY in result.err:
+            holder = one_to_one_holder(docker.from_env())
+            if holder is not None:
+                pytest.skip(f"{holder}, which these tests did not start, holds this host's 1:1 ports")
+            if time.monotonic() < deadline:
+                time.sleep(2)
+                continue
+        if "--ports" in args and "-c" not in args and "is already in use" in result.err:
+            pytest.skip(f"a 1:1 host port is held by something these tests did not start: {result.err.strip()}")
         raise AssertionError(f"docker-xms run {' '.join(args)} failed ({result.code}): {result.err}{result.out}")
 
 

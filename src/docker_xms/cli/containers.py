@@ -131,6 +131,22 @@ def shell(container: str, command: tuple[str, ...]) -> None:
     nsenter.enter(nsenter.shell_argv(info.pid, info.id, command))
 
 
+@click.command("start")
+@click.argument("containers", nargs=-1, required=True)
+def start(containers: tuple[str, ...]) -> None:
+    """Start stopped containers again, each with its share of the real-time pool and its port rules."""
+    from docker_xms.adapters.engine import Engine
+    from docker_xms.usecases.containers import start as start_containers
+
+    for started in start_containers(Engine.connect(), containers):
+        if started.already_running:
+            console.print(f"{started.name} already runs")
+        elif started.budget_us:
+            console.print(f"Started {started.name} with {started.budget_us:,} us real-time")
+        else:
+            console.print(f"Started {started.name}")
+
+
 @click.command("stop")
 @click.argument("containers", nargs=-1, required=True)
 @click.option("-t", "--time", "timeout", type=int, default=10, show_default=True, help="Seconds before killing.")

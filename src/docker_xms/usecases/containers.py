@@ -24,7 +24,7 @@ from docker_xms.errors import BadInput, NotFound, XmsError
 from docker_xms.usecases import images, readiness
 from docker_xms.usecases.images import Reporter
 from docker_xms.usecases.reconcile import live_forwards, reconcile
-from docker_xms.usecases.rt import RtHost, open_host, rebalance, verify
+from docker_xms.usecases.rt import RtHost, open_host, rebalance, start_with_budget, verify
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 SYSTEMD_PATHS = ("/lib/systemd/systemd", "/usr/lib/systemd/systemd")
@@ -418,6 +418,62 @@ def resolve(engine: Engine, refs: tuple[str, ...]) -> list[ContainerInfo]:
     if missing:
         raise NotFound(f"There is no container {', '.join(missing)}.")
     return found
+
+
+@dataclass(frozen=True)
+class Started:
+    name: str
+    budget_us: int
+    already_running: bool = False
+
+
+def start(engine: Engine, refs: tuple[str, ...]) -> list[Started]:
+    """Start stopped managed containers again, each with its share of the pool and its port rules.
+
+    A plain `docker start` re-applies the budget the container had when it stopped, which the kernel
+    refuses once the others have taken the pool; this makes room first.
+    """
+    require_root()
+    targets = resolve(engine, refs)
+    foreign = [t.name for t in targets if not t.managed]
+    if foreign:
+        raise BadInput(f"{', '.join(foreign)} is not managed by docker-xms; start it with docker start.")
+    weights = {t.id: _label_weight(t) for t in targets}
+    rt = open_host(engine)
+    netfilter = Netfilter()
+    done: list[Started] = []
+    for info in targets:
+        if info.running:
+            done.append(Started(info.name, 0, already_running=True))
+            continue
+        if _mode(info) == "one-to-one":
+            holder = next(
+                (
+                    c.name
+                    for c in engine.list_containers(all=False, label=f"{MANAGED_LABEL}=true")
+                    if c.id != info.id and _mode(c) == "one-to-one" and c.running
+                ),
+                None,
+            )
+            if holder is not None:
+                raise BadInput(
+                    f"Container {holder} already runs with 1:1 host ports on this host; stop it before starting "
+                    f"{info.name}."
+                )
+        done.append(Started(info.name, start_with_budget(rt, info.id, weights[info.id])))
+    reconcile(rt, netfilter)
+    return done
+
+
+def _label_weight(info: ContainerInfo) -> int:
+    text = info.labels.get(WEIGHT_LABEL, "1")
+    try:
+        weight = int(text)
+    except ValueError:
+        weight = 0
+    if weight < 1:
+        raise BadInput(f"Container {info.name} has the weight label {WEIGHT_LABEL}={text!r}; it must be 1 or more.")
+    return weight
 
 
 def stop(engine: Engine, refs: tuple[str, ...], timeout: int = 10) -> list[str]:

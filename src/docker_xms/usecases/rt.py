@@ -249,6 +249,24 @@ def rebalance_locked(
     )
 
 
+def start_with_budget(rt: RtHost, container_id: str, weight: int) -> int:
+    """Start a stopped managed container with its share of the pool; returns the budget it got.
+
+    The engine re-applies the budget stored in the container's configuration when it starts it, and
+    a stored value that no longer fits the parent makes the start fail with "invalid argument": so
+    the share that fits now is stored first, under the host lock, with room made for it.
+    """
+
+    def start(budget_us: int) -> int:
+        if budget_us > 0:
+            rt.engine.update_rt_runtime(container_id, budget_us)
+        rt.engine.start(container_id)
+        return budget_us
+
+    _, budget_us = rebalance(rt, arriving_weight=weight, then=start)
+    return budget_us or 0
+
+
 def grow_parent(rt: RtHost) -> tuple[int, int] | None:
     """Raise the engine's parent to what a rebalance would give it, from the cgroup files alone.
 
