@@ -89,7 +89,7 @@ def test_second_table_entry_is_located() -> None:
 
 
 def test_overlapping_ports_are_refused() -> None:
-    text = MINIMAL + '\n[media]\n[[media.ranges]]\nprotocol = "udp"\nrange = "5000-6000"\n'
+    text = MINIMAL + '\n[media]\n[[media.ranges]]\nname = "rtp"\nprotocol = "udp"\nrange = "5000-6000"\n'
     with pytest.raises(BadInput, match="overlap"):
         parse_profile(text, "m.toml")
 
@@ -100,3 +100,58 @@ def test_user_profiles_shadow_and_extend(tmp_path: Path, monkeypatch: pytest.Mon
     assert load_profile("mini").source == str(tmp_path / "mini.toml")
     with pytest.raises(NotFound, match=r"known profiles: .*mini"):
         load_profile("nothing-here")
+
+
+MEDIA = """
+[media]
+config = "env"
+
+[[media.ranges]]
+name = "rtp"
+protocol = "udp"
+range = "30000-30099"
+
+[[media.ranges]]
+protocol = "udp"
+range = "31000-31009"
+
+[readiness]
+check = "none"
+"""
+
+
+def test_media_range_without_a_name_is_refused_at_load_with_its_line(tmp_path: Path) -> None:
+    # Its name goes into the container's port-rule label; without one that label would not parse back.
+    path = tmp_path / "noname.toml"
+    path.write_text(MINIMAL + MEDIA)
+    with pytest.raises(BadInput) as info:
+        load_profile(str(path))
+    assert info.value.message == (
+        f"Profile {path}: line 20, field 'media.ranges[1].name' is missing; every media range needs one."
+    )
+
+
+def test_media_range_name_must_fit_the_port_rule_label(tmp_path: Path) -> None:
+    path = tmp_path / "slash.toml"
+    path.write_text(MINIMAL + MEDIA.replace('range = "31000-31009"', 'name = "rtp/b"\nrange = "31000-31009"'))
+    with pytest.raises(BadInput, match=r"line 22, field 'media\.ranges\[1\]\.name' must be letters.*not 'rtp/b'"):
+        load_profile(str(path))
+
+
+def test_host_port_whose_range_runs_past_65535_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "high.toml"
+    path.write_text(MINIMAL + '\n[[ports]]\nname = "web"\nprotocol = "tcp"\nrange = "8000-8009"\nhost_port = 65530\n')
+    with pytest.raises(BadInput) as info:
+        load_profile(str(path))
+    assert info.value.message == (
+        f"Profile {path}: line 16, field 'ports[1].host_port' leaves no room for the 10 ports of the range below 65536."
+    )
+    path.write_text(path.read_text().replace("65530", "65526"))
+    assert load_profile(str(path)).ports[1].host_port == 65526
+
+
+def test_a_key_is_looked_for_in_its_own_table_only() -> None:
+    # A missing field is placed at its own table's header, not at the same key of a later table.
+    text = MINIMAL + MEDIA.replace('name = "rtp"\n', "")
+    with pytest.raises(BadInput, match=r"line 15, field 'media\.ranges\[0\]\.name' is missing"):
+        parse_profile(text, "m.toml")

@@ -21,6 +21,8 @@ PORT_ROLES = ("signalling", "media", "web", "ssh", "control", "other")
 PROTOCOLS = ("tcp", "udp")
 CHECKS = ("none", "rtpengine-ng", "xms-oam")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+# What the port-rule label (io.docker-xms.dnat) can hold as a media range's name.
+MEDIA_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ def _line_of(text: str, where: str) -> int | None:
     lines = text.splitlines()
     segments = where.split(".")
     position = 0
+    found = False
     dotted: list[str] = []
     for segment in segments[:-1]:
         match = re.fullmatch(r"(.+)\[(\d+)\]", segment)
@@ -134,17 +137,23 @@ def _line_of(text: str, where: str) -> int | None:
             hits = [i for i, line in enumerate(lines) if header.match(line)]
             index = int(match.group(2))
             if index < len(hits):
-                position = hits[index]
+                position, found = hits[index], True
         else:
             header = re.compile(rf"^\s*\[\s*{name}\s*\]")
             hits = [i for i, line in enumerate(lines) if header.match(line)]
             if hits:
-                position = hits[0]
+                position, found = hits[0], True
     key = re.compile(rf"^\s*\"?{re.escape(segments[-1])}\"?\s*=")
-    for i in range(position, len(lines)):
-        if key.match(lines[i]):
+    quoted = False
+    for i in range(position + 1 if found else 0, len(lines)):
+        # A line such as `[rtpengine]` inside a multi-line string is text, not the next table.
+        if not quoted and lines[i].lstrip().startswith("["):
+            break
+        if not quoted and key.match(lines[i]):
             return i + 1
-    return None
+        quoted ^= (lines[i].count('"""') + lines[i].count("'''")) % 2 == 1
+    # A missing field: the line of the table that lacks it.
+    return position + 1 if found else None
 
 
 class _Reader:
@@ -233,9 +242,16 @@ def _port(reader: _Reader, default_role: str | None = None) -> PortSpec:
     role = reader.get("role", str, default=default_role or "other")
     if role not in PORT_ROLES:
         raise reader.fail("role", f"must be one of {', '.join(PORT_ROLES)}, not {role!r}")
+    if default_role == "media" and not name:
+        # The name goes into the container's port-rule label, which is read back on every reconcile.
+        raise reader.fail("name", "is missing; every media range needs one")
+    if name and default_role == "media" and not MEDIA_NAME_RE.match(name):
+        raise reader.fail("name", f"must be letters, digits, '.', '_' or '-', not {name!r}")
     host_port = reader.get("host_port", int, default=None)
     if host_port is not None and not 1 <= host_port <= 65535:
         raise reader.fail("host_port", "must lie within 1-65535")
+    if host_port is not None and host_port + end - start > 65535:
+        raise reader.fail("host_port", f"leaves no room for the {end - start + 1} ports of the range below 65536")
     return PortSpec(name or f"{start}/{protocol}", protocol, start, end, role, host_port)
 
 
