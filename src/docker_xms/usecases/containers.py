@@ -262,7 +262,13 @@ def _plan_ports(engine: Engine, profile: Profile, request: RunRequest, mode: str
                     "stop it, or start this one with -c (container-address mode)."
                 )
     # Stopped containers keep their host range: they get the same rules back when they start again.
-    used = [r for c in managed for r in port_plans.host_ranges_from_labels(c.labels)]
+    # Another 1:1 container's range is no obstacle to a 1:1 one: only one of them may run at a time.
+    used = [
+        r
+        for c in managed
+        if not (mode == "one-to-one" and _mode(c) == "one-to-one")
+        for r in port_plans.host_ranges_from_labels(c.labels)
+    ]
     plan = port_plans.plan_ports(
         profile.ports,
         profile.media_ranges,
