@@ -146,9 +146,10 @@ def remove(prefix: str) -> None:
 
 def rt_budget(container_id: str) -> int | None:
     """The container's kernel budget, read as `docker-xms ps` reads it."""
+    from docker_xms.adapters.config import load_settings
     from docker_xms.usecases.listing import budget_reader
 
-    return budget_reader()(container_id)
+    return budget_reader(load_settings())(container_id)
 
 
 def address_of(container_id: str) -> str:
@@ -263,12 +264,14 @@ def _fifo_refused(container_id: str, priority: int) -> str:
 
 def cpu_cgroups(ids: list[str]) -> tuple[Path, ...]:
     """The cpu-controller cgroup directories of these containers, wherever this host keeps them."""
+    from docker_xms.adapters.config import load_settings
     from docker_xms.adapters.engine import Engine
     from docker_xms.usecases.rt import open_host
 
-    engine = Engine.connect()
+    settings = load_settings()
+    engine = Engine.connect(host=settings.docker_host)
     try:
-        rt = open_host(engine)
+        rt = open_host(engine, settings)
         return tuple(rt.fs.path(rt.cgroup_of(cid)) for cid in ids)
     finally:
         engine.close()

@@ -16,13 +16,15 @@ def _start_managed(n: int, start_index: int = 0) -> None:
 
 def rebalance(counts: tuple[int, ...] = (1, 8, 32)) -> dict[str, Any]:
     """Time for one rebalance that has to move every budget, for N managed containers."""
+    from docker_xms.adapters.config import load_settings
     from docker_xms.adapters.engine import Engine
     from docker_xms.usecases.rt import open_host
     from docker_xms.usecases.rt import rebalance as do_rebalance
 
     remove_bench_containers()
-    engine = Engine.connect()
-    rt = open_host(engine)
+    settings = load_settings()
+    engine = Engine.connect(host=settings.docker_host)
+    rt = open_host(engine, settings)
     out: dict[str, Any] = {}
     running = 0
     try:

@@ -94,12 +94,11 @@ def test_overlapping_ports_are_refused() -> None:
         parse_profile(text, "m.toml")
 
 
-def test_user_profiles_shadow_and_extend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_user_profiles_shadow_and_extend(tmp_path: Path) -> None:
     (tmp_path / "mini.toml").write_text(MINIMAL)
-    monkeypatch.setenv("DOCKER_XMS_PROFILE_PATH", str(tmp_path))
-    assert load_profile("mini").source == str(tmp_path / "mini.toml")
+    assert load_profile("mini", [tmp_path]).source == str(tmp_path / "mini.toml")
     with pytest.raises(NotFound, match=r"known profiles: .*mini"):
-        load_profile("nothing-here")
+        load_profile("nothing-here", [tmp_path])
 
 
 MEDIA = """

@@ -81,20 +81,6 @@ class ThreadSched:
     cgroup: str
 
 
-def host_roots() -> tuple[Path, Path, Path]:
-    """/sys, /proc and /boot, or the roots named by DOCKER_XMS_SYS_ROOT, _PROC_ROOT and _BOOT_ROOT.
-
-    Other roots let `rt status` and `rt doctor` read a host's layout from a copy of its trees, e.g. to
-    check a cgroup v2 or systemd-driver host from elsewhere.
-    """
-    env = os.environ
-    return (
-        Path(env.get("DOCKER_XMS_SYS_ROOT", "/sys")),
-        Path(env.get("DOCKER_XMS_PROC_ROOT", "/proc")),
-        Path(env.get("DOCKER_XMS_BOOT_ROOT", "/boot")),
-    )
-
-
 def detect_host(
     sys_root: Path = Path("/sys"), proc_root: Path = Path("/proc"), boot_root: Path = Path("/boot")
 ) -> HostRt:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -144,9 +145,12 @@ class Engine:
         self.api = client.api
 
     @classmethod
-    def connect(cls, timeout: int = 120) -> Engine:
+    def connect(cls, timeout: int = 120, host: str | None = None) -> Engine:
+        """The engine at `host` (the settings' docker_host), else where DOCKER_HOST or the socket says."""
+        # TLS (DOCKER_TLS_VERIFY, DOCKER_CERT_PATH) stays the SDK's own reading of the environment.
+        environment = None if host is None else {**os.environ, "DOCKER_HOST": host}
         try:
-            client = docker.from_env(version="auto", timeout=timeout)
+            client = docker.from_env(version="auto", timeout=timeout, environment=environment)
             client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise EngineUnavailable(

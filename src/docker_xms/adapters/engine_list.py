@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import urllib.parse
 from typing import Any
@@ -31,9 +30,8 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def local_socket() -> str | None:
-    """The engine's unix socket path, or None when DOCKER_HOST names another kind of engine."""
-    host = os.environ.get("DOCKER_HOST", "")
+def local_socket(host: str | None) -> str | None:
+    """The engine's unix socket path, or None when `host` (as DOCKER_HOST) names another kind of engine."""
     if not host:
         return DEFAULT_SOCKET
     if host.startswith("unix://"):

@@ -11,11 +11,9 @@ from pathlib import Path
 
 from docker_xms.errors import XmsError
 
-DEFAULT_PATH = Path(os.environ.get("DOCKER_XMS_LOCK", "/run/docker-xms/host.lock"))
-
 
 @contextmanager
-def host_lock(path: Path = DEFAULT_PATH, timeout: float = 60.0) -> Iterator[None]:
+def host_lock(path: Path, timeout: float = 60.0) -> Iterator[None]:
     """Hold an exclusive flock; the kernel drops it if the process dies, so it cannot go stale."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)

@@ -56,8 +56,10 @@ def agent(ctx: click.Context, interval: float, once: bool, timestamps: bool, cpu
         sys.stdout.write(prefix + line + "\n")
         sys.stdout.flush()
 
+    from docker_xms.cli import context
+
     require_root()
-    runner = Agent(log, interval=interval)
+    runner = Agent(log, context.settings(), interval=interval)
     if once:
         runner.once()
         return

@@ -54,7 +54,7 @@ def run(
     as_json: bool,
 ) -> None:
     """Start a media-server container with its real-time budget and print how to reach it."""
-    from docker_xms.adapters.engine import Engine
+    from docker_xms.cli import context
     from docker_xms.usecases.containers import RunRequest
     from docker_xms.usecases.containers import run as run_container
 
@@ -71,15 +71,15 @@ def run(
         keep_on_failure=keep_on_failure,
         build_missing=build_missing,
     )
-    engine = Engine.connect()
+    engine = context.engine()
     if as_json:
         from docker_xms.usecases.images import Quiet
 
-        result = run_container(engine, request, Quiet())
+        result = run_container(engine, request, Quiet(), context.settings())
         print_json({**asdict(result), "share": result.share})
         return
     with reporting() as reporter:
-        result = run_container(engine, request, reporter)
+        result = run_container(engine, request, reporter, context.settings())
     _print_summary(result)
 
 
@@ -122,10 +122,10 @@ def shell(container: str, command: tuple[str, ...]) -> None:
     Give the command after `--`: docker-xms shell media1 -- systemctl status
     """
     from docker_xms.adapters import nsenter
-    from docker_xms.adapters.engine import Engine
+    from docker_xms.cli import context
     from docker_xms.usecases.containers import resolve
 
-    info = resolve(Engine.connect(), (container,))[0]
+    info = resolve(context.engine(), (container,))[0]
     if not info.running:
         raise click.UsageError(f"Container {info.name} is not running.")
     nsenter.enter(nsenter.shell_argv(info.pid, info.id, command))
@@ -135,10 +135,10 @@ def shell(container: str, command: tuple[str, ...]) -> None:
 @click.argument("containers", nargs=-1, required=True)
 def start(containers: tuple[str, ...]) -> None:
     """Start stopped containers again, each with its share of the real-time pool and its port rules."""
-    from docker_xms.adapters.engine import Engine
+    from docker_xms.cli import context
     from docker_xms.usecases.containers import start as start_containers
 
-    for started in start_containers(Engine.connect(), containers):
+    for started in start_containers(context.engine(), containers, context.settings()):
         if started.already_running:
             console.print(f"{started.name} already runs")
         elif started.budget_us:
@@ -152,10 +152,10 @@ def start(containers: tuple[str, ...]) -> None:
 @click.option("-t", "--time", "timeout", type=int, default=10, show_default=True, help="Seconds before killing.")
 def stop(containers: tuple[str, ...], timeout: int) -> None:
     """Stop containers and share their real-time budget among the others."""
-    from docker_xms.adapters.engine import Engine
+    from docker_xms.cli import context
     from docker_xms.usecases.containers import stop as stop_containers
 
-    for name in stop_containers(Engine.connect(), containers, timeout):
+    for name in stop_containers(context.engine(), containers, context.settings(), timeout):
         console.print(f"Stopped {name}")
 
 
@@ -164,10 +164,10 @@ def stop(containers: tuple[str, ...], timeout: int) -> None:
 @click.option("-f", "--force", is_flag=True, help="Remove running containers too.")
 def rm(containers: tuple[str, ...], force: bool) -> None:
     """Remove containers and share their real-time budget among the others."""
-    from docker_xms.adapters.engine import Engine
+    from docker_xms.cli import context
     from docker_xms.usecases.containers import remove
 
-    for name in remove(Engine.connect(), containers, force):
+    for name in remove(context.engine(), containers, force, context.settings()):
         console.print(f"Removed {name}")
 
 
@@ -175,10 +175,10 @@ def rm(containers: tuple[str, ...], force: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def route(as_json: bool) -> None:
     """The static route that makes container addresses reachable from the LAN (-c mode)."""
-    from docker_xms.adapters.engine import Engine
+    from docker_xms.cli import context
     from docker_xms.usecases.containers import route as route_advice
 
-    advice = route_advice(Engine.connect())
+    advice = route_advice(context.engine())
     if as_json:
         print_json(asdict(advice))
         return
@@ -196,9 +196,10 @@ def route(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def profiles(as_json: bool) -> None:
     """List the media-server profiles (built in, and yours in ~/.config/docker-xms/profiles)."""
+    from docker_xms.cli import context
     from docker_xms.domain.profiles import list_profiles
 
-    found = list_profiles()
+    found = list_profiles(context.settings().profile_dirs)
     if as_json:
         print_json(
             [

@@ -55,12 +55,12 @@ def build_base(tag: str, distro: str, offline: bool) -> None:
     debian12 whenever no registry answers) a root file system made by mmdebstrap from this host's apt
     configuration.
     """
-    from docker_xms.adapters.engine import Engine
+    from docker_xms.cli import context
     from docker_xms.domain.names import parse_ref
     from docker_xms.usecases.images import build_base as build
 
     parse_ref(tag, allow_digest=False)
-    engine = Engine.connect()
+    engine = context.engine()
     with reporting() as reporter:
         image = build(engine, tag, distro, offline, reporter)
     console.print(f"Built {image.ref} ({image.id[7:19]}, {human_size(image.size)}) from {image.how}.")
@@ -101,20 +101,20 @@ def build(
     --installer, from the media server's own installer (XMS) on a systemd base."""
     import shlex
 
-    from docker_xms.adapters.engine import Engine
+    from docker_xms.cli import context
     from docker_xms.domain.names import parse_ref
     from docker_xms.domain.profiles import load_profile
     from docker_xms.errors import BadInput
     from docker_xms.usecases.images import build_profile_image
 
-    profile = load_profile(profile_name or ("xms" if installer else "rtpengine"))
+    profile = load_profile(profile_name or ("xms" if installer else "rtpengine"), context.settings().profile_dirs)
     if tag is not None:
         parse_ref(tag, allow_digest=False)
     if installer is None:
         given = [f for f, v in (("--jre", jre), ("--base", base), ("--media-ports", media_ports)) if v is not None]
         if dockerfile_only or install_args is not None or given:
             raise BadInput(f"{', '.join(given) or 'That option'} needs --installer.")
-        engine = Engine.connect()
+        engine = context.engine()
         with reporting() as reporter:
             image = build_profile_image(engine, profile, tag, reporter, reuse=if_missing)
         verb = "Reused" if image.reused else "Built"
@@ -128,7 +128,7 @@ def build(
     if dockerfile_only:
         print(plan.dockerfile(distro or profile.build.distro), end="")
         return
-    engine = Engine.connect()
+    engine = context.engine()
     with reporting() as reporter:
         built = build_xms(engine, plan, reporter)
     if built.install_status:
@@ -152,12 +152,12 @@ def flatten(source: str, target: str) -> None:
     Command, entrypoint, environment, exposed ports, working directory, user, labels, volumes,
     stop signal and healthcheck are carried over, also on engines that refuse some of them in an import.
     """
-    from docker_xms.adapters.engine import Engine
+    from docker_xms.cli import context
     from docker_xms.domain.names import parse_ref
     from docker_xms.usecases.pipeline import flatten as run_flatten
 
     parse_ref(target, allow_digest=False)
-    engine = Engine.connect()
+    engine = context.engine()
     with reporting() as reporter:
         result = run_flatten(engine, source, target, reporter)
     console.print(
@@ -173,13 +173,13 @@ def push(image: str) -> None:
     """Push IMAGE (NAME[:TAG], the registry in its name) with the engine's stored credentials."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
 
-    from docker_xms.adapters.engine import Engine
+    from docker_xms.cli import context
     from docker_xms.domain.names import parse_ref
     from docker_xms.usecases.pipeline import LayerEvent
     from docker_xms.usecases.pipeline import push as run_push
 
     parse_ref(image, allow_digest=False)
-    engine = Engine.connect()
+    engine = context.engine()
     columns = (TextColumn("{task.fields[layer]}"), BarColumn(), DownloadColumn(), TextColumn("{task.description}"))
     with Progress(*columns, console=console, transient=False) as progress:
         tasks: dict[str, TaskID] = {}

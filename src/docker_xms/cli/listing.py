@@ -12,10 +12,12 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def ps(as_json: bool) -> None:
     """List the media-server containers docker-xms manages."""
+    from docker_xms.cli import context
     from docker_xms.usecases.listing import budget_reader, managed_summaries
     from docker_xms.usecases.listing import ps as list_containers
 
-    rows = list_containers(managed_summaries(), budget_reader())
+    settings = context.settings()
+    rows = list_containers(managed_summaries(settings), budget_reader(settings))
     if as_json:
         print(json.dumps([asdict(row) for row in rows], indent=2, sort_keys=True))
         return

@@ -16,10 +16,10 @@ if TYPE_CHECKING:
 
 
 def _open() -> RtHost:
-    from docker_xms.adapters.engine import Engine
+    from docker_xms.cli import context
     from docker_xms.usecases.rt import open_host
 
-    return open_host(Engine.connect())
+    return open_host(context.engine(), context.settings())
 
 
 @click.group("rt")
@@ -181,17 +181,20 @@ def probe_cmd(
     if (container is None) == (not on_host):
         raise BadInput("Name a container to probe, or give --host to probe the host itself (not both).")
     if on_host:
+        from docker_xms.cli import context
         from docker_xms.usecases.probe import probe_host
 
         name = "host"
         with console.status(f"Measuring wake-ups on the host for {seconds:.0f} s"):
-            result = probe_host(priority, interval_us, seconds, tool=tool)
+            result = probe_host(priority, interval_us, seconds, tool=tool, profile_dirs=context.settings().profile_dirs)
     else:
-        from docker_xms.adapters.engine import Engine
+        from docker_xms.cli import context
         from docker_xms.usecases.probe import probe_container
 
         with console.status(f"Measuring wake-ups in {container} for {seconds:.0f} s"):
-            name, result = probe_container(Engine.connect(), str(container), priority, interval_us, seconds, tool)
+            name, result = probe_container(
+                context.engine(), str(container), priority, interval_us, seconds, tool, context.settings().profile_dirs
+            )
     if as_json:
         print_json({"target": name, **asdict(result)})
         return

@@ -7,9 +7,9 @@ A malformed file is refused with its path, the line and the field at fault.
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -372,15 +372,6 @@ def _check_overlaps(specs: tuple[PortSpec, ...], root: _Reader) -> None:
         taken.append(spec)
 
 
-def search_path() -> list[Path]:
-    paths: list[Path] = []
-    env = os.environ.get("DOCKER_XMS_PROFILE_PATH", "")
-    paths.extend(Path(p) for p in env.split(":") if p)
-    config_home = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
-    paths.append(config_home / "docker-xms" / "profiles")
-    return paths
-
-
 def _builtin_texts() -> dict[str, tuple[str, str]]:
     out: dict[str, tuple[str, str]] = {}
     folder = resources.files("docker_xms") / "profiles"
@@ -390,17 +381,21 @@ def _builtin_texts() -> dict[str, tuple[str, str]]:
     return out
 
 
-def _user_files() -> dict[str, Path]:
+def _user_files(search: Sequence[Path]) -> dict[str, Path]:
     out: dict[str, Path] = {}
-    for directory in reversed(search_path()):
+    for directory in reversed(search):
         if directory.is_dir():
             for path in sorted(directory.glob("*.toml")):
                 out[path.stem] = path
     return out
 
 
-def load_profile(name_or_path: str) -> Profile:
-    """A profile by name (user files shadow built-in ones) or by the path of a TOML file."""
+def load_profile(name_or_path: str, search: Sequence[Path] = ()) -> Profile:
+    """A profile by name or by the path of a TOML file.
+
+    Names are looked up in the `search` directories (the settings' profile_dirs), first match first,
+    then among the built-in profiles, which files of the same name shadow.
+    """
     if name_or_path.endswith(".toml") or "/" in name_or_path:
         path = Path(name_or_path)
         try:
@@ -408,7 +403,7 @@ def load_profile(name_or_path: str) -> Profile:
         except OSError as exc:
             raise BadInput(f"Cannot read profile file {path}: {exc.strerror}.") from None
         return parse_profile(text, str(path))
-    user = _user_files()
+    user = _user_files(search)
     if name_or_path in user:
         path = user[name_or_path]
         return parse_profile(path.read_text("utf-8"), str(path))
@@ -420,6 +415,6 @@ def load_profile(name_or_path: str) -> Profile:
     raise NotFound(f"There is no profile named {name_or_path!r}; known profiles: {known}.")
 
 
-def list_profiles() -> list[Profile]:
-    names = sorted(set(_builtin_texts()) | set(_user_files()))
-    return [load_profile(name) for name in names]
+def list_profiles(search: Sequence[Path] = ()) -> list[Profile]:
+    names = sorted(set(_builtin_texts()) | set(_user_files(search)))
+    return [load_profile(name, search) for name in names]

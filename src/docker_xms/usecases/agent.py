@@ -23,6 +23,7 @@ from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.domain import budget
 from docker_xms.domain.labels import MANAGED_LABEL, WEIGHT_LABEL
 from docker_xms.errors import EngineUnavailable, XmsError
+from docker_xms.settings import Settings
 from docker_xms.usecases.reconcile import Reconciliation, reconcile
 from docker_xms.usecases.rt import NEW, RtHost, grow_parent, open_host, rebalance
 
@@ -66,14 +67,16 @@ class Agent:
     def __init__(
         self,
         log: Log,
+        settings: Settings,
         interval: float = 30.0,
         debounce: float = DEBOUNCE_S,
-        connect: Callable[[], Engine] = lambda: Engine.connect(timeout=30),
+        connect: Callable[[], Engine] | None = None,
     ) -> None:
         self.log = log
+        self.settings = settings
         self.interval = interval
         self.debounce = debounce
-        self.connect = connect
+        self.connect = connect or (lambda: Engine.connect(timeout=30, host=settings.docker_host))
         self.netfilter = Netfilter()
         self._stopping = False
         # Start failures already retried once, so a container that cannot start is not retried forever.
@@ -89,7 +92,7 @@ class Agent:
     def once(self) -> None:
         engine = self.connect()
         try:
-            rt = open_host(engine)
+            rt = open_host(engine, self.settings)
             self._grow_parent(rt)
             self.reconcile(rt)
         finally:
@@ -162,7 +165,7 @@ class Agent:
             if lost_at is not None:
                 self.log(f"engine back after {time.monotonic() - lost_at:.1f} s")
             try:
-                rt = open_host(engine)
+                rt = open_host(engine, self.settings)
                 reason = self._follow(rt)
             except EngineUnavailable as exc:
                 reason = exc.message

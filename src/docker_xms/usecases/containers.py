@@ -21,6 +21,7 @@ from docker_xms.domain.names import parse_ref
 from docker_xms.domain.profiles import Profile, load_profile
 from docker_xms.domain.recipes import STOP_SIGNAL, profile_files
 from docker_xms.errors import BadInput, NotFound, XmsError
+from docker_xms.settings import Settings
 from docker_xms.usecases import images, readiness
 from docker_xms.usecases.images import Reporter
 from docker_xms.usecases.reconcile import live_forwards, reconcile
@@ -157,8 +158,8 @@ def _healthcheck(profile: Profile) -> dict[str, Any] | None:
     }
 
 
-def run(engine: Engine, request: RunRequest, reporter: Reporter) -> RunResult:
-    profile = load_profile(request.profile)
+def run(engine: Engine, request: RunRequest, reporter: Reporter, settings: Settings) -> RunResult:
+    profile = load_profile(request.profile, settings.profile_dirs)
     if request.name is not None and not NAME_RE.match(request.name):
         raise BadInput(f"{request.name!r} is not a valid container name: use letters, digits, '_', '.' or '-'.")
     if request.rt_weight < 1:
@@ -168,7 +169,7 @@ def run(engine: Engine, request: RunRequest, reporter: Reporter) -> RunResult:
     image = request.image or profile.image
     parse_ref(image)
     require_root()
-    rt = open_host(engine)
+    rt = open_host(engine, settings)
     mode = "container-address" if request.container_address else "one-to-one"
     if request.name and engine.find_container(request.name) is not None:
         raise BadInput(f"A container named {request.name} already exists; choose another --name or remove it.")
@@ -433,7 +434,7 @@ class Started:
     already_running: bool = False
 
 
-def start(engine: Engine, refs: tuple[str, ...]) -> list[Started]:
+def start(engine: Engine, refs: tuple[str, ...], settings: Settings) -> list[Started]:
     """Start stopped managed containers again, each with its share of the pool and its port rules.
 
     A plain `docker start` re-applies the budget the container had when it stopped, which the kernel
@@ -445,7 +446,7 @@ def start(engine: Engine, refs: tuple[str, ...]) -> list[Started]:
     if foreign:
         raise BadInput(f"{', '.join(foreign)} is not managed by docker-xms; start it with docker start.")
     weights = {t.id: _label_weight(t) for t in targets}
-    rt = open_host(engine)
+    rt = open_host(engine, settings)
     netfilter = Netfilter()
     done: list[Started] = []
     for info in targets:
@@ -482,10 +483,10 @@ def _label_weight(info: ContainerInfo) -> int:
     return weight
 
 
-def stop(engine: Engine, refs: tuple[str, ...], timeout: int = 10) -> list[str]:
+def stop(engine: Engine, refs: tuple[str, ...], settings: Settings, timeout: int = 10) -> list[str]:
     require_root()
     targets = resolve(engine, refs)
-    rt = open_host(engine)
+    rt = open_host(engine, settings)
     netfilter = Netfilter()
     for info in targets:
         engine.stop(info.id, timeout=timeout)
@@ -493,13 +494,13 @@ def stop(engine: Engine, refs: tuple[str, ...], timeout: int = 10) -> list[str]:
     return [t.name for t in targets]
 
 
-def remove(engine: Engine, refs: tuple[str, ...], force: bool) -> list[str]:
+def remove(engine: Engine, refs: tuple[str, ...], force: bool, settings: Settings) -> list[str]:
     require_root()
     targets = resolve(engine, refs)
     running = [t.name for t in targets if t.running]
     if running and not force:
         raise BadInput(f"{', '.join(running)} is running; stop it first or use rm -f.")
-    rt = open_host(engine)
+    rt = open_host(engine, settings)
     netfilter = Netfilter()
     for info in targets:
         engine.remove(info.id, force=force)

@@ -6,7 +6,6 @@ those costs more than the listing itself.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,16 +13,17 @@ from typing import Any
 from docker_xms.adapters import cgroups, engine_list
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.labels import MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL
+from docker_xms.settings import Settings
 
 
-def managed_summaries() -> list[dict[str, Any]]:
+def managed_summaries(settings: Settings) -> list[dict[str, Any]]:
     """The engine's list view of managed containers: over the local socket, else through the SDK."""
-    path = engine_list.local_socket()
+    path = engine_list.local_socket(settings.docker_host)
     if path is not None:
         return engine_list.list_containers(path, label=f"{MANAGED_LABEL}=true")
     from docker_xms.adapters.engine import Engine  # noqa: PLC0415 - only for engines not on a local socket
 
-    return Engine.connect().list_container_summaries(all=True, label=f"{MANAGED_LABEL}=true")
+    return Engine.connect(host=settings.docker_host).list_container_summaries(all=True, label=f"{MANAGED_LABEL}=true")
 
 
 @dataclass(frozen=True)
@@ -78,16 +78,16 @@ def ps(summaries: list[dict[str, Any]], budget_of: Callable[[str], int | None]) 
     return rows
 
 
-def budget_reader() -> Callable[[str], int | None]:
+def budget_reader(settings: Settings) -> Callable[[str], int | None]:
     """A cheap reader of a container's kernel budget for listings: no engine request, file reads only.
 
     It tries where either cgroup driver puts containers, so it need not ask the engine which one runs.
     """
-    host = cgroups.detect_host(*cgroups.host_roots())
+    host = cgroups.detect_host(*settings.roots)
     if host.mode != "per-group":
         return lambda _: None
     fs = cgroups.CgroupFs(host.cpu_root)
-    custom = os.environ.get("DOCKER_XMS_CGROUP_PARENT", "")
+    custom = settings.cgroup_parent
     candidates = [("cgroupfs", cgroups.engine_parent(host, "cgroupfs", custom))]
     candidates.append(("systemd", cgroups.engine_parent(host, "systemd", custom if custom.endswith(".slice") else "")))
 

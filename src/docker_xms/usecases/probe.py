@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -294,6 +294,7 @@ def probe_container(
     interval_us: int = 1000,
     duration_s: float = 10.0,
     tool: str = "auto",
+    profile_dirs: Sequence[Path] = (),
 ) -> tuple[str, ProbeResult]:
     """The probe in a container named by the user, at its profile's real-time priority unless one is given."""
     _checked(priority or 0, interval_us, duration_s)
@@ -302,7 +303,7 @@ def probe_container(
         raise BadInput(f"Container {info.name} is not running ({info.status}).")
     if priority is None:
         profile_name = info.label("profile")
-        priority = load_profile(profile_name).rt_priority if profile_name else 50
+        priority = load_profile(profile_name, profile_dirs).rt_priority if profile_name else 50
     return info.name, measure_wakeups(engine, info.id, priority, interval_us, duration_s, tool)
 
 
@@ -313,6 +314,7 @@ def probe_host(
     profile: str = "rtpengine",
     cache_dir: Path | None = None,
     tool: str = "auto",
+    profile_dirs: Sequence[Path] = (),
 ) -> ProbeResult:
     """The probe on the host, outside any container, at the profile's priority unless one is given.
 
@@ -321,7 +323,7 @@ def probe_host(
     if tool == "cyclictest":
         raise BadInput("--host runs docker-xms's own probe; --tool cyclictest applies to containers only.")
     if priority is None:
-        priority = load_profile(profile).rt_priority
+        priority = load_profile(profile, profile_dirs).rt_priority
     count = _checked(priority, interval_us, duration_s)
 
     def measure() -> ProbeResult:

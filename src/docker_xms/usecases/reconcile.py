@@ -61,7 +61,7 @@ def reconcile(rt: RtHost, netfilter: Netfilter | None = None) -> Reconciliation:
     # One lock around reading the engine and writing rules: `run` adds a new container's rules under
     # it too, so a reconcile can neither miss them with a stale view nor add them a second time.
     netfilter = netfilter or Netfilter()
-    with host_lock():
+    with host_lock(rt.lock_path):
         budgets = rebalance_locked(rt)
         rules = None
         if netfilter.available():

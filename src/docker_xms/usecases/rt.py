@@ -8,7 +8,6 @@ holds now. Every change runs under the host lock, so commands and the agent neve
 from __future__ import annotations
 
 import errno
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from docker_xms.domain import budget
 from docker_xms.domain.doctor import Finding, diagnose, idle_findings
 from docker_xms.domain.labels import MANAGED_LABEL, WEIGHT_LABEL
 from docker_xms.errors import BadInput, XmsError
+from docker_xms.settings import Settings
 
 T = TypeVar("T")
 
@@ -32,8 +32,13 @@ class RtHost:
     fs: cgroups.CgroupFs
     driver: str
     parent: str
-    # An upper bound on the pool, set by the user (DOCKER_XMS_RT_POOL_US).
+    # An upper bound on the pool, set by the user (rt_pool_us, DOCKER_XMS_RT_POOL_US).
     cap_us: int | None = None
+    settings: Settings = field(default_factory=Settings)
+
+    @property
+    def lock_path(self) -> Path:
+        return self.settings.lock_path
 
     @property
     def per_group(self) -> bool:
@@ -43,20 +48,13 @@ class RtHost:
         return cgroups.container_cgroup(self.parent, self.driver, container_id)
 
 
-def open_host(engine: Engine, roots: tuple[Path, Path, Path] | None = None) -> RtHost:
-    host = cgroups.detect_host(*(roots or cgroups.host_roots()))
+def open_host(engine: Engine, settings: Settings) -> RtHost:
+    host = cgroups.detect_host(*settings.roots)
     info = engine.info()
-    # The engine's parent cannot be read from the engine; these name it when it is not the default.
-    driver = os.environ.get("DOCKER_XMS_CGROUP_DRIVER", info.cgroup_driver)
-    parent = cgroups.engine_parent(host, driver, os.environ.get("DOCKER_XMS_CGROUP_PARENT", ""))
-    cap = os.environ.get("DOCKER_XMS_RT_POOL_US")
-    cap_us: int | None = None
-    if cap:
-        try:
-            cap_us = int(cap)
-        except ValueError:
-            raise BadInput(f"DOCKER_XMS_RT_POOL_US must be a whole number of microseconds, not {cap!r}.") from None
-    return RtHost(engine, host, cgroups.CgroupFs(host.cpu_root), driver, parent, cap_us)
+    # The engine's parent cannot be read from the engine; the settings name it when it is not the default.
+    driver = settings.cgroup_driver or info.cgroup_driver
+    parent = cgroups.engine_parent(host, driver, settings.cgroup_parent)
+    return RtHost(engine, host, cgroups.CgroupFs(host.cpu_root), driver, parent, settings.rt_pool_us, settings)
 
 
 @dataclass(frozen=True)
@@ -202,7 +200,7 @@ def rebalance(
     held (it creates and starts the arriving container with that budget), so no other process can take
     the room made for it. If it fails, the others get their share back.
     """
-    with host_lock():
+    with host_lock(rt.lock_path):
         result = rebalance_locked(rt, arriving_weight, exclude)
         if then is None:
             return result, None
@@ -278,7 +276,7 @@ def grow_parent(rt: RtHost) -> tuple[int, int] | None:
     """
     if not rt.per_group:
         return None
-    with host_lock():
+    with host_lock(rt.lock_path):
         rt.fs.ensure(rt.parent)
         held = sum(budget.to_period(c.runtime_us, c.period_us) for c in rt.fs.children(rt.parent))
         capacity = budget.capacity(rt.fs.read_runtime("/"), rt.fs.sibling_runtime(rt.parent))
@@ -431,10 +429,11 @@ def doctor(rt: RtHost) -> list[Finding]:
     parent_runtime = None
     if rt.per_group and rt.fs.exists(rt.parent):
         parent_runtime = rt.fs.read_runtime(rt.parent)
-    # What the engine reports about cgroups describes the real host, not a tree given by DOCKER_XMS_*_ROOT.
-    version = str(rt.host.cgroup_version) if "DOCKER_XMS_SYS_ROOT" in os.environ else info.cgroup_version
+    # What the engine reports about cgroups describes the real host, not a tree given by sys_root.
+    real_host = rt.settings.real_host
+    version = info.cgroup_version if real_host else str(rt.host.cgroup_version)
     findings = diagnose(rt.host, rt.driver, version, parent_runtime, rt.parent)
-    if "DOCKER_XMS_SYS_ROOT" not in os.environ:
+    if real_host:
         idle = pmqos.read_idle_state()
         findings += idle_findings(idle.driver, idle.limit_us, pmqos.NO_LIMIT_US)
     return findings

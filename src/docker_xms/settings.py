@@ -1,0 +1,85 @@
+"""The host's settings for docker-xms, read once per process and handed to every use case.
+
+They come from a TOML file (`/etc/docker-xms/config.toml`, or the file DOCKER_XMS_CONFIG names), with
+environment variables overriding it. The agent a command installs gets the same values (its unit
+carries the overrides in force), so a budget cap or a lock path cannot differ between the commands and
+the agent that reconciles after them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+DEFAULT_CONFIG = Path("/etc/docker-xms/config.toml")
+CONFIG_ENV = "DOCKER_XMS_CONFIG"
+DEFAULT_LOCK = Path("/run/docker-xms/host.lock")
+DEFAULT_SYS = Path("/sys")
+
+Kind = Literal["int", "str", "path", "paths", "bool"]
+
+
+@dataclass(frozen=True)
+class Key:
+    """One setting: its name in the file, the environment variable that overrides it, its type."""
+
+    name: str
+    env: str
+    kind: Kind
+    help: str
+
+
+KEYS: tuple[Key, ...] = (
+    Key("rt_pool_us", "DOCKER_XMS_RT_POOL_US", "int", "upper bound on the real-time pool, us per period"),
+    Key("cgroup_parent", "DOCKER_XMS_CGROUP_PARENT", "str", "the engine's --cgroup-parent, when not the default"),
+    Key("cgroup_driver", "DOCKER_XMS_CGROUP_DRIVER", "str", "cgroupfs or systemd, when not the engine's own"),
+    Key("lock_path", "DOCKER_XMS_LOCK", "path", "the host-wide lock every change holds"),
+    Key("sys_root", "DOCKER_XMS_SYS_ROOT", "path", "where /sys is (a copy of a host's tree, for rt doctor)"),
+    Key("proc_root", "DOCKER_XMS_PROC_ROOT", "path", "where /proc is"),
+    Key("boot_root", "DOCKER_XMS_BOOT_ROOT", "path", "where /boot is"),
+    Key("profile_path", "DOCKER_XMS_PROFILE_PATH", "paths", "directories of profile files, searched first"),
+    Key("docker_host", "DOCKER_HOST", "str", "the engine's address, as for the docker CLI"),
+    Key("start_agent", "DOCKER_XMS_START_AGENT", "bool", "whether run starts an agent when none runs"),
+)
+KEYS_BY_NAME = {key.name: key for key in KEYS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    rt_pool_us: int | None = None
+    cgroup_parent: str = ""
+    # None: the driver the engine reports.
+    cgroup_driver: str | None = None
+    lock_path: Path = DEFAULT_LOCK
+    sys_root: Path = DEFAULT_SYS
+    proc_root: Path = Path("/proc")
+    boot_root: Path = Path("/boot")
+    # Searched before the user's own profile directory (below).
+    profile_path: tuple[Path, ...] = ()
+    # None: the SDK's default (DOCKER_HOST, else the local socket).
+    docker_host: str | None = None
+    start_agent: bool = True
+    # Where the settings were read from, so that an agent can be told to read the same.
+    config_path: Path = DEFAULT_CONFIG
+    # The user's profile directory ($XDG_CONFIG_HOME/docker-xms/profiles).
+    user_profiles: Path | None = None
+    # Environment variables that overrode the file, by variable, as values an agent's unit can carry.
+    overrides: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def roots(self) -> tuple[Path, Path, Path]:
+        return self.sys_root, self.proc_root, self.boot_root
+
+    @property
+    def real_host(self) -> bool:
+        """Whether the cgroup tree read is this host's own, not a copy given by sys_root."""
+        return self.sys_root == DEFAULT_SYS
+
+    @property
+    def profile_dirs(self) -> tuple[Path, ...]:
+        return self.profile_path + ((self.user_profiles,) if self.user_profiles else ())
+
+    def environment(self) -> dict[str, str]:
+        """What a process needs in its environment to read exactly these settings again."""
+        return {CONFIG_ENV: str(self.config_path), **dict(self.overrides)}
