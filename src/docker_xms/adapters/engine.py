@@ -1,22 +1,27 @@
 """The Docker engine: the one module that imports the Docker SDK.
 
-Every engine error is turned into an `XmsError` with one sentence a user can act on. Streams from
+Every engine error is turned into an `XmsError` with one sentence a user can act on, in one place
+(`_translated`): a refusal into `XmsError`/`NotFound`/`BadInput`, and an engine that is not there, or
+goes away in the middle of a call, into `EngineUnavailable`, which the agent waits out. Streams from
 build, import, pull and push report failures inside a successful response, so every chunk is checked.
 """
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import docker
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 
 from docker_xms.domain.labels import LABEL_PREFIX, MANAGED_LABEL
 from docker_xms.errors import BadInput, EngineUnavailable, NotFound, XmsError
@@ -152,7 +157,7 @@ class Engine:
         try:
             client = docker.from_env(version="auto", timeout=timeout, environment=environment)
             client.ping()
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except CONNECTION_ERRORS as exc:
             raise EngineUnavailable(
                 "No Docker engine answered (DOCKER_HOST or /var/run/docker.sock): "
                 f"start dockerd and try again ({_short(exc)})."
@@ -177,38 +182,40 @@ class Engine:
         )
 
     def events(self, filters: dict[str, Any] | None = None, since: int | None = None) -> Iterator[dict[str, Any]]:
-        stream = self._call(self._client.events, decode=True, filters=filters or {}, since=since)
-        try:
-            yield from stream
-        except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
-            raise EngineUnavailable(f"The engine's event stream broke ({_short(exc)}).") from exc
-        finally:
-            stream.close()
+        with _translated("The engine refused to stream its events"):
+            stream = self._client.events(decode=True, filters=filters or {}, since=since)
+            try:
+                yield from stream
+            finally:
+                stream.close()
+        # Without `until` the engine ends the stream only when it goes away (or the connection is cut).
+        raise EngineUnavailable("The engine's event stream ended: the engine stopped or the connection was cut.")
 
     # --- images -----------------------------------------------------------------------------------
 
     def image_exists(self, ref: str) -> bool:
-        try:
-            self._client.images.get(ref)
-        except docker.errors.ImageNotFound:
-            return False
-        except docker.errors.APIError as exc:
-            raise XmsError(f"The engine could not look up image {ref}: {_short(exc)}.") from exc
+        with _translated(f"The engine could not look up image {ref}"):
+            try:
+                self.api.inspect_image(ref)
+            except docker.errors.NotFound:
+                return False
         return True
 
     def inspect_image(self, ref: str) -> dict[str, Any]:
-        try:
+        with _translated(f"The engine could not inspect image {ref}", f"There is no image {ref} on this engine."):
             attrs: dict[str, Any] = self.api.inspect_image(ref)
-        except docker.errors.ImageNotFound as exc:
-            raise NotFound(f"There is no image {ref} on this engine.") from exc
         return attrs
 
     def import_image_file(self, path: str, repository: str, tag: str, changes: list[str] | None = None) -> str:
         """Import a root file system tarball; returns the new image's ID."""
+        # Opened here, so that a file that cannot be read is not taken for an engine that does not answer.
         try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise BadInput(f"Cannot read {path}: {exc.strerror}.") from exc
+        with _translated(f"The engine refused to import {path}"):
             out = self.api.import_image_from_file(path, repository=repository, tag=tag, changes=changes)
-        except docker.errors.APIError as exc:
-            raise XmsError(f"The engine refused to import {path}: {_explanation(exc)}.") from exc
         chunks = _check_stream([out], _ignore)
         image_id = next((str(c["status"]) for c in chunks if str(c.get("status", "")).startswith("sha256:")), "")
         return image_id or self.inspect_image(f"{repository}:{tag}")["Id"]
@@ -217,10 +224,8 @@ class Engine:
         self, data: Iterable[bytes], repository: str, tag: str, changes: list[str] | None = None
     ) -> None:
         """Import a root file system tarball given as a byte stream (e.g. a container export)."""
-        try:
+        with _translated("The engine refused the import"):
             out = self.api.import_image(src=data, repository=repository, tag=tag, changes=changes, stream_src=True)
-        except docker.errors.APIError as exc:
-            raise XmsError(f"The engine refused the import: {_explanation(exc)}.") from exc
         _check_stream([out], _ignore)
 
     def refusal_of_import_changes(self, changes: list[str]) -> str:
@@ -235,10 +240,11 @@ class Engine:
             info.type = tarfile.DIRTYPE
             info.mode = 0o755
             tar.addfile(info)
-        try:
-            out = self.api.import_image_from_data(buf.getvalue(), changes=changes)
-        except docker.errors.APIError as exc:
-            return _explanation(exc)
+        with _translated("The engine refused the import"):
+            try:
+                out = self.api.import_image_from_data(buf.getvalue(), changes=changes)
+            except docker.errors.APIError as exc:
+                return _explanation(exc)
         try:
             chunks = _check_stream([out], _ignore)
         except StreamError as exc:
@@ -259,7 +265,7 @@ class Engine:
         network_mode: str | None = None,
     ) -> str:
         """Build from an in-memory context tarball with the classic builder; returns the image ID."""
-        try:
+        with _translated(f"The engine refused the build of {tag}"):
             stream = self.api.build(
                 fileobj=io.BytesIO(context_tar),
                 custom_context=True,
@@ -272,8 +278,6 @@ class Engine:
                 network_mode=network_mode,
             )
             chunks = _check_stream(stream, progress)
-        except docker.errors.APIError as exc:
-            raise XmsError(f"The engine refused the build of {tag}: {_explanation(exc)}.") from exc
         image_id = ""
         for chunk in chunks:
             aux = chunk.get("aux") or {}
@@ -282,32 +286,27 @@ class Engine:
         return image_id or str(self.inspect_image(tag)["Id"])
 
     def remove_image(self, ref: str, force: bool = False) -> None:
-        try:
-            self.api.remove_image(ref, force=force)
-        except docker.errors.ImageNotFound:
-            return
-        except docker.errors.APIError as exc:
-            raise XmsError(f"The engine could not remove image {ref}: {_explanation(exc)}.") from exc
+        with _translated(f"The engine could not remove image {ref}"):
+            try:
+                self.api.remove_image(ref, force=force)
+            except docker.errors.NotFound:
+                return
 
     def tag(self, ref: str, repository: str, tag: str) -> None:
         self._call(self.api.tag, ref, repository, tag)
 
     def pull(self, repository: str, tag: str, progress: Progress = _ignore) -> None:
-        try:
+        with _translated(
+            f"Pulling {repository}:{tag} failed", f"There is no image {repository}:{tag} in its registry."
+        ):
             stream = self.api.pull(repository, tag=tag, stream=True, decode=True)
             _check_stream(stream, progress)
-        except docker.errors.NotFound as exc:
-            raise NotFound(f"There is no image {repository}:{tag} in its registry.") from exc
-        except docker.errors.APIError as exc:
-            raise XmsError(f"Pulling {repository}:{tag} failed: {_explanation(exc)}.") from exc
 
     def push(self, repository: str, tag: str, progress: Progress = _ignore) -> str:
         """Push and return the digest the registry reported."""
-        try:
+        with _translated(f"Pushing {repository}:{tag} failed"):
             stream = self.api.push(repository, tag=tag, stream=True, decode=True)
             chunks = _check_stream(stream, progress)
-        except docker.errors.APIError as exc:
-            raise XmsError(f"Pushing {repository}:{tag} failed: {_explanation(exc)}.") from exc
         for chunk in reversed(chunks):
             digest = (chunk.get("aux") or {}).get("Digest")
             if digest:
@@ -315,28 +314,33 @@ class Engine:
         raise XmsError(f"The registry did not report a digest for {repository}:{tag}.")
 
     def export_container(self, container_id: str) -> Iterator[bytes]:
-        stream: Iterator[bytes] = self._call(self.api.export, container_id)
-        return stream
+        refused = f"The engine could not export {container_id[:12]}"
+        with _translated(refused, f"There is no container {container_id[:12]}."):
+            stream = self.api.export(container_id)
+
+        # The chunks are read while the caller iterates: the engine can go away then too.
+        def chunks() -> Iterator[bytes]:
+            with _translated(refused):
+                yield from stream
+
+        return chunks()
 
     # --- containers -------------------------------------------------------------------------------
 
     def create_container(self, image: str, **kwargs: Any) -> str:
         """Create (not start) a container; returns its ID. kwargs are those of `containers.create`."""
-        try:
-            container = self._client.containers.create(image, **kwargs)
-        except docker.errors.ImageNotFound as exc:
-            raise NotFound(f"There is no image {image} on this engine.") from exc
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409:
-                raise BadInput(f"A container with that name already exists ({_explanation(exc)}).") from exc
-            raise XmsError(f"The engine could not create the container: {_explanation(exc)}.") from exc
+        with _translated("The engine could not create the container", f"There is no image {image} on this engine."):
+            try:
+                container = self._client.containers.create(image, **kwargs)
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:
+                    raise BadInput(f"A container with that name already exists ({_explanation(exc)}).") from exc
+                raise
         return str(container.id)
 
     def start(self, container_id: str) -> None:
-        try:
+        with _translated("The engine could not start the container"):
             self.api.start(container_id)
-        except docker.errors.APIError as exc:
-            raise XmsError(f"The engine could not start the container: {_explanation(exc)}.") from exc
 
     def put_file(self, container_id: str, path: str, content: bytes, mode: int = 0o644) -> None:
         directory, _, name = path.rpartition("/")
@@ -352,12 +356,11 @@ class Engine:
 
     def path_exists(self, container_id: str, path: str) -> bool:
         """Whether a file exists in a (created or running) container's file system."""
-        try:
-            self.api.get_archive(container_id, path)
-        except docker.errors.NotFound:
-            return False
-        except docker.errors.APIError as exc:
-            raise XmsError(f"The engine could not look for {path} in the container: {_explanation(exc)}.") from exc
+        with _translated(f"The engine could not look for {path} in the container"):
+            try:
+                self.api.get_archive(container_id, path)
+            except docker.errors.NotFound:
+                return False
         return True
 
     def bridge_subnet(self, network: str = "bridge") -> str:
@@ -368,12 +371,8 @@ class Engine:
         raise XmsError(f"The engine's {network} network has no IPv4 subnet.")
 
     def get_container(self, ref: str) -> ContainerInfo:
-        try:
+        with _translated(f"The engine could not inspect container {ref}", f"There is no container {ref}."):
             attrs = self.api.inspect_container(ref)
-        except docker.errors.NotFound as exc:
-            raise NotFound(f"There is no container {ref}.") from exc
-        except docker.errors.APIError as exc:
-            raise XmsError(f"The engine could not inspect container {ref}: {_explanation(exc)}.") from exc
         return _container_info(attrs)
 
     def find_container(self, ref: str) -> ContainerInfo | None:
@@ -404,17 +403,13 @@ class Engine:
 
         The SDK's update() has no cpu_rt arguments; the API's body accepts CpuRealtimeRuntime.
         """
-        url = self.api._url("/containers/{0}/update", container_id)
-        try:
+        with _translated(
+            f"The engine could not set the real-time budget of {container_id[:12]} to {runtime_us} us",
+            f"There is no container {container_id[:12]}.",
+        ):
+            url = self.api._url("/containers/{0}/update", container_id)
             response = self.api._post_json(url, data={"CpuRealtimeRuntime": int(runtime_us)})
             self.api._raise_for_status(response)
-        except docker.errors.NotFound as exc:
-            raise NotFound(f"There is no container {container_id[:12]}.") from exc
-        except docker.errors.APIError as exc:
-            raise XmsError(
-                f"The engine could not set the real-time budget of {container_id[:12]} "
-                f"to {runtime_us} us: {_explanation(exc)}."
-            ) from exc
 
     def container_pids(self, container_id: str) -> list[int]:
         """Host PIDs of a running container's processes."""
@@ -422,45 +417,71 @@ class Engine:
         return [int(row[0]) for row in top.get("Processes") or [] if row and str(row[0]).isdigit()]
 
     def stop(self, container_id: str, timeout: int = 10) -> None:
-        try:
+        with _translated(f"The engine could not stop {container_id[:12]}", f"There is no container {container_id}."):
             self.api.stop(container_id, timeout=timeout)
-        except docker.errors.NotFound as exc:
-            raise NotFound(f"There is no container {container_id}.") from exc
-        except docker.errors.APIError as exc:
-            raise XmsError(f"The engine could not stop {container_id[:12]}: {_explanation(exc)}.") from exc
 
     def remove(self, container_id: str, force: bool = True) -> None:
-        try:
-            self.api.remove_container(container_id, force=force, v=True)
-        except docker.errors.NotFound:
-            return
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409 and "already in progress" in _explanation(exc):
+        with _translated(f"The engine could not remove {container_id[:12]}"):
+            try:
+                self.api.remove_container(container_id, force=force, v=True)
+            except docker.errors.NotFound:
                 return
-            raise XmsError(f"The engine could not remove {container_id[:12]}: {_explanation(exc)}.") from exc
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409 and "already in progress" in _explanation(exc):
+                    return
+                raise
 
     def exec(
         self, container_id: str, cmd: list[str], user: str = "", environment: dict[str, str] | None = None
     ) -> tuple[int, str]:
         """Run a command in a running container; returns (exit code, combined output)."""
-        try:
+        with _translated(f"Running {cmd[0]} in {container_id[:12]} failed"):
             exec_id = self.api.exec_create(container_id, cmd, user=user, environment=environment)
             output = self.api.exec_start(exec_id)
             code = self.api.exec_inspect(exec_id).get("ExitCode")
-        except docker.errors.APIError as exc:
-            raise XmsError(f"Running {cmd[0]} in {container_id[:12]} failed: {_explanation(exc)}.") from exc
         text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
         return (int(code) if code is not None else -1), text
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        try:
+        with _translated("The engine refused the request", "The engine found nothing by that name"):
             return fn(*args, **kwargs)
-        except docker.errors.NotFound as exc:
-            raise NotFound(f"The engine found nothing by that name: {_explanation(exc)}.") from exc
-        except docker.errors.APIError as exc:
-            raise XmsError(f"The engine refused the request: {_explanation(exc)}.") from exc
-        except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
-            raise EngineUnavailable(f"The Docker engine stopped answering ({_short(exc)}).") from exc
+
+
+# How a connection that is refused, cut or silent surfaces, depending on where in the SDK's stack it is
+# noticed: requests wraps most, but streams (events, build, pull, exec output) read the socket through
+# urllib3 and http.client directly, and the socket's own OSError can come through any of them.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+    docker.errors.DockerException,
+)
+# What the SDK refuses before asking the engine: the caller's input, not the engine's absence.
+_SDK_REFUSALS = (docker.errors.InvalidArgument, docker.errors.InvalidRepository, docker.errors.NullResource)
+
+
+@contextmanager
+def _translated(refused: str, missing: str | None = None) -> Iterator[None]:
+    """The one place where what the SDK raises becomes the project's errors.
+
+    `refused` begins the sentence for an engine's refusal, `missing` is the whole sentence for a 404
+    (without it a 404 is a refusal too). The project's own errors (a `StreamError`) pass unchanged.
+    """
+    try:
+        yield
+    except XmsError:
+        raise
+    except docker.errors.NotFound as exc:
+        raise NotFound(missing or f"{refused}: {_explanation(exc)}.") from exc
+    except docker.errors.APIError as exc:
+        raise XmsError(f"{refused}: {_explanation(exc)}.") from exc
+    except _SDK_REFUSALS as exc:
+        raise BadInput(f"{refused}: {_short(exc)}.") from exc
+    except CONNECTION_ERRORS as exc:
+        raise EngineUnavailable(
+            f"The Docker engine did not answer ({_short(exc)}): start dockerd, or wait for it, and try again."
+        ) from exc
 
 
 def _explanation(exc: Any) -> str:

@@ -48,13 +48,18 @@ def list_containers(path: str, label: str | None = None, all: bool = True, timeo
         conn.request("GET", "/containers/json?" + urllib.parse.urlencode(query))
         response = conn.getresponse()
         body = response.read()
-    except OSError as exc:
+    # OSError: nothing listens, or the socket was cut; HTTPException: the answer broke off (IncompleteRead).
+    except (OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise EngineUnavailable(
-            f"No Docker engine answered at {path}: start dockerd and try again ({exc.strerror or exc})."
+            f"No Docker engine answered at {path}: start dockerd and try again ({reason})."
         ) from exc
     finally:
         conn.close()
     if response.status != 200:
         raise XmsError(f"The engine refused to list containers (HTTP {response.status}): {body[:200]!r}.")
-    data = json.loads(body)
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise XmsError(f"The engine's container list at {path} is not JSON ({exc}).") from exc
     return data if isinstance(data, list) else []
