@@ -25,6 +25,7 @@ from typing import Any
 import docker
 import pytest
 
+from docker_xms.adapters.config import load_settings
 from docker_xms.adapters.pmqos import read_idle_state
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.labels import MANAGED_LABEL
@@ -331,7 +332,7 @@ def test_agent_install_print_gives_a_unit_with_an_absolute_exec_start() -> None:
     assert os.path.isabs(exec_start.group(1))
     for line in ("After=docker.service", "Wants=docker.service", "Restart=always", "WantedBy=multi-user.target"):
         assert line in result.out.splitlines()
-    assert result.out == unit_text(exec_start.group(1))
+    assert result.out == unit_text(exec_start.group(1), None, load_settings().environment())
 
 
 @pytest.mark.skipif(Path("/run/systemd/system").is_dir(), reason="would install the service on this host")

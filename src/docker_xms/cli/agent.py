@@ -88,17 +88,18 @@ def agent(ctx: click.Context, interval: float, once: bool, timestamps: bool, cpu
 )
 def install(print_only: bool, cpu_latency_us: int | None) -> None:
     """Install the agent as a systemd service (docker-xms-agent.service), enabled and started."""
+    from docker_xms.cli import context
     from docker_xms.cli.render import err_console
     from docker_xms.usecases.agent import install as install_unit
 
     if print_only:
-        result = install_unit(write=False, cpu_latency_us=cpu_latency_us)
+        result = install_unit(context.settings(), write=False, cpu_latency_us=cpu_latency_us)
         click.echo(result.unit, nl=False)
         return
     from docker_xms.usecases.containers import require_root
 
     require_root()
-    result = install_unit(cpu_latency_us=cpu_latency_us)
+    result = install_unit(context.settings(), cpu_latency_us=cpu_latency_us)
     if result.installed:
         click.echo(f"Installed {result.path}; docker-xms-agent.service is enabled and running.")
         return

@@ -9,10 +9,11 @@ may run together: whichever reconciles last sees the containers as they are.
 from __future__ import annotations
 
 import queue
+import shlex
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from docker_xms.adapters.engine import Engine
 from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.domain import budget
 from docker_xms.domain.labels import MANAGED_LABEL, WEIGHT_LABEL
-from docker_xms.errors import EngineUnavailable, XmsError
+from docker_xms.errors import BadInput, EngineUnavailable, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases.reconcile import Reconciliation, reconcile
 from docker_xms.usecases.rt import NEW, RtHost, grow_parent, open_host, rebalance
@@ -308,7 +309,9 @@ def agent_command(exe: str, cpu_latency_us: int | None = None) -> str:
     return f"{exe} agent" + ("" if cpu_latency_us is None else f" --cpu-latency-us {cpu_latency_us}")
 
 
-def unit_text(exe: str, cpu_latency_us: int | None = None) -> str:
+def unit_text(exe: str, cpu_latency_us: int | None = None, environment: Mapping[str, str] | None = None) -> str:
+    """The service unit; `environment` is what the agent needs to read the installer's settings."""
+    lines = "".join(_environment_line(name, value) + "\n" for name, value in (environment or {}).items())
     return f"""[Unit]
 Description=docker-xms agent: real-time budgets and media port rules kept right
 After=docker.service
@@ -316,7 +319,8 @@ Wants=docker.service
 
 [Service]
 Type=simple
-ExecStart={agent_command(exe, cpu_latency_us)}
+# The settings of the command that installed the unit: the same config file, the same overrides.
+{lines}ExecStart={agent_command(exe, cpu_latency_us)}
 Restart=always
 RestartSec=1
 # The agent finishes the reconciliation under way and exits on SIGTERM.
@@ -326,6 +330,14 @@ TimeoutStopSec=30
 [Install]
 WantedBy=multi-user.target
 """
+
+
+def _environment_line(name: str, value: str) -> str:
+    if "\n" in value or not value.isprintable():
+        raise BadInput(f"{name} holds a line break or control character; a service unit cannot carry it.")
+    # Quoted, so spaces stay in the value; % is systemd's specifier sign, doubled to mean itself.
+    quoted = f"{name}={value}".replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'Environment="{quoted}"'
 
 
 def systemd_running(run_root: Path = Path("/run")) -> bool:
@@ -341,11 +353,19 @@ class Installed:
     alternative: str
 
 
-def install(write: bool = True, unit_path: Path = UNIT_PATH, cpu_latency_us: int | None = None) -> Installed:
-    """Write the unit and enable it when systemd runs the host; otherwise only describe what to do."""
+def install(
+    settings: Settings, write: bool = True, unit_path: Path = UNIT_PATH, cpu_latency_us: int | None = None
+) -> Installed:
+    """Write the unit and enable it when systemd runs the host; otherwise only describe what to do.
+
+    The agent must read the settings this command reads: with another pool cap it would undo the
+    budgets commands set, and with another lock path it would write beside them instead of in turn.
+    """
     exe = executable()
-    text = unit_text(exe, cpu_latency_us)
-    alternative = f"nohup {agent_command(exe, cpu_latency_us)} >/var/log/docker-xms-agent.log 2>&1 &"
+    environment = settings.environment()
+    text = unit_text(exe, cpu_latency_us, environment)
+    assignments = " ".join(shlex.quote(f"{name}={value}") for name, value in environment.items())
+    alternative = f"nohup env {assignments} {agent_command(exe, cpu_latency_us)} >/var/log/docker-xms-agent.log 2>&1 &"
     if not write or not systemd_running():
         return Installed(text, str(unit_path), False, alternative)
     try:
