@@ -25,7 +25,13 @@ PORT_STRATEGIES = ("auto", "publish", "dnat", "host", "macvlan", "ipvlan")
 @click.option("-p", "--profile", default="rtpengine", show_default=True, help="Media-server profile.")
 @click.option("--name", default=None, help="Container name.")
 @click.option("--media-ports", type=int, default=None, help="Use only the first N media ports of the profile.")
-@click.option("--rt-weight", type=int, default=1, show_default=True, help="Share of the real-time pool, by weight.")
+@click.option(
+    "--rt-weight",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Share of the real-time pool, by weight.",
+)
 @click.option(
     "--ports",
     "ports",
@@ -55,9 +61,11 @@ def run(
 ) -> None:
     """Start a media-server container with its real-time budget and print how to reach it."""
     from docker_xms.cli import context
-    from docker_xms.usecases.containers import RunRequest
+    from docker_xms.usecases.containers import RunRequest, require_root
     from docker_xms.usecases.containers import run as run_container
 
+    # Before anything else: as another user the engine's socket refuses, with a misleading message.
+    require_root()
     request = RunRequest(
         profile=profile,
         image=image,

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from docker_xms.cli.render import console, print_json
 
 if TYPE_CHECKING:
-    from docker_xms.usecases.rt import RtHost
+    from docker_xms.usecases.rt import RtHost, Skipped
 
 
 def _open() -> RtHost:
@@ -57,22 +59,32 @@ def status(as_json: bool) -> None:
         table.add_row(
             h.name, h.id[:12], str(h.weight), f"{h.runtime_us:,}", f"{h.engine_runtime_us:,}", f"{h.share:.1%}"
         )
+    skipped = {s.id for s in state.skipped}
     for h in state.foreign:
+        kind = "labels unreadable" if h.id in skipped else "not managed"
         table.add_row(
-            f"{h.name} [dim](not managed)[/]", h.id[:12], "-", f"{h.runtime_us:,}", f"{h.engine_runtime_us:,}", "-"
+            f"{h.name} [dim]({kind})[/]", h.id[:12], "-", f"{h.runtime_us:,}", f"{h.engine_runtime_us:,}", "-"
         )
     if state.managed or state.foreign:
         console.print(table)
     else:
         console.print("No real-time containers.")
+    _print_skipped(state.skipped)
+
+
+def _print_skipped(skipped: Sequence[Skipped]) -> None:
+    for s in skipped:
+        console.print(f"[yellow]{escape(s.sentence())}[/]")
 
 
 @rt.command("rebalance")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def rebalance_cmd(as_json: bool) -> None:
     """Share the pool again among the running managed containers, and mend port rules."""
+    from docker_xms.usecases.containers import require_root
     from docker_xms.usecases.reconcile import reconcile
 
+    require_root()
     result = reconcile(_open()).budgets
     if as_json:
         print_json(
@@ -82,9 +94,11 @@ def rebalance_cmd(as_json: bool) -> None:
                 "budgets": dict(result.budgets),
                 "writes": [asdict(w) for w in result.writes],
                 "per_group": result.per_group,
+                "skipped": [asdict(s) for s in result.skipped],
             }
         )
         return
+    _print_skipped(result.skipped)
     if not result.per_group:
         console.print("No per-container budgets on this host; nothing to rebalance.")
         return

@@ -36,6 +36,8 @@ DEBOUNCE_S = 0.05
 BACKOFF_S = (0.05, 0.1, 0.2, 0.4)
 # How often the main loop looks at the stop flag: signal handlers only set a flag (see Agent.stop).
 TICK_S = 0.2
+# The first pause after a connection that got no reconcile through; it doubles each time, up to the interval.
+FAILED_PASS_PAUSE_S = 0.2
 
 Log = Callable[[str], None]
 
@@ -82,6 +84,8 @@ class Agent:
         self._stopping = False
         # Start failures already retried once, so a container that cannot start is not retried forever.
         self._retried: set[tuple[str, str, str]] = set()
+        # When a reconcile last went through: a connection that never gets one is not retried at once.
+        self._reconciled_at = 0.0
 
     def stop(self) -> None:
         # Only a flag: taking a lock (a queue's, an Event's) inside a signal handler can deadlock the
@@ -110,8 +114,8 @@ class Agent:
     def _grow_parent(self, rt: RtHost) -> None:
         try:
             grown = grow_parent(rt)
-        except XmsError as exc:
-            self.log(f"could not raise parent {rt.parent}: {exc.message}")
+        except (XmsError, OSError) as exc:
+            self.log(f"could not raise parent {rt.parent}: {_reason(exc)}")
             return
         if grown is not None:
             self.log(f"parent {rt.parent} {grown[0]} -> {grown[1]} us")
@@ -156,26 +160,44 @@ class Agent:
     # --- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Until stop(): connect, reconcile, follow events; on a broken stream, reconnect and start over."""
+        """Until stop(): connect, reconcile, follow events; on a broken stream, reconnect and start over.
+
+        Only stop() or settings that cannot work (BadInput) end it: the engine going away at any point,
+        or any one pass failing, is waited out and followed by a fresh start.
+        """
         rt: RtHost | None = None
         lost_at: float | None = None
+        failures = 0
         while not self._stopping:
             engine = self._connect_with_backoff(rt)
             if engine is None:
                 return
             if lost_at is not None:
                 self.log(f"engine back after {time.monotonic() - lost_at:.1f} s")
+            started = time.monotonic()
+            lost = True
             try:
                 rt = open_host(engine, self.settings)
                 reason = self._follow(rt)
             except EngineUnavailable as exc:
                 reason = exc.message
+            except BadInput:
+                raise
+            except Exception as exc:  # the agent outlives any one failed pass; it starts over after a pause
+                reason, lost = _reason(exc), False
             finally:
                 engine.close()
             if reason is None:
                 return
             lost_at = time.monotonic()
-            self.log(f"engine connection lost ({reason}); reconnecting")
+            self.log(
+                f"engine connection lost ({reason}); reconnecting" if lost else f"failed ({reason}); starting over"
+            )
+            # An engine that answers a ping but fails every pass would otherwise be asked again at once,
+            # forever: after passes that never got a reconcile through, pause longer each time.
+            failures = 0 if self._reconciled_at >= started else failures + 1
+            if failures:
+                self._sleep(min(FAILED_PASS_PAUSE_S * 2 ** (failures - 1), self.interval))
 
     def _connect_with_backoff(self, rt: RtHost | None) -> Engine | None:
         attempt = 0
@@ -238,10 +260,11 @@ class Agent:
             self.reconcile(rt)
         except EngineUnavailable:
             raise
-        except XmsError as exc:
-            self.log(f"reconcile failed: {exc.message}")
+        except Exception as exc:  # a failed pass is retried soon; it must not end the agent
+            self.log(f"reconcile failed: {_reason(exc)}")
             return time.monotonic() + min(self.interval, 1.0)
-        return time.monotonic() + self.interval
+        self._reconciled_at = time.monotonic()
+        return self._reconciled_at + self.interval
 
     def _listen(self, events: queue.Queue[dict[str, Any] | _Broken]) -> None:
         # Its own connection: the SDK's HTTP session is not shared between threads.
@@ -278,6 +301,11 @@ def _weight(labels: dict[str, str]) -> int:
         return max(1, int(labels.get(WEIGHT_LABEL, "1")))
     except ValueError:
         return 1
+
+
+def _reason(exc: BaseException) -> str:
+    """The project's sentence, or the type and text of anything else (a fault to report, not hide)."""
+    return exc.message if isinstance(exc, XmsError) else f"{type(exc).__name__}: {exc}"
 
 
 def _first_line(text: str) -> str:

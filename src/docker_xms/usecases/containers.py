@@ -16,7 +16,7 @@ from docker_xms.adapters import hostnet
 from docker_xms.adapters.engine import ContainerInfo, Engine
 from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.domain import ports as port_plans
-from docker_xms.domain.labels import MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL, WEIGHT_LABEL
+from docker_xms.domain.labels import MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL, WEIGHT_LABEL, unreadable
 from docker_xms.domain.names import parse_ref
 from docker_xms.domain.profiles import Profile, load_profile
 from docker_xms.domain.recipes import STOP_SIGNAL, profile_files
@@ -115,7 +115,8 @@ def _ensure_image(engine: Engine, profile: Profile, ref: str, build_missing: boo
         )
     except XmsError as exc:
         hint = f" (build it with `docker-xms build --profile {profile.name}`)" if profile.build.packages else ""
-        raise NotFound(f"Image {ref} is not on this engine and could not be pulled: {exc.message}{hint}") from exc
+        reason = exc.message.rstrip(".")
+        raise NotFound(f"Image {ref} is not on this engine and could not be pulled: {reason}{hint}.") from exc
 
 
 def _port_free(protocol: str, port: int) -> bool:
@@ -214,7 +215,7 @@ def run(engine: Engine, request: RunRequest, reporter: Reporter, settings: Setti
             # This container's rules, and every media range carved around the host ports the engine has
             # just published for it (they may lie inside another container's 1:1 range).
             netfilter.ensure_chains()
-            netfilter.reconcile(live_forwards(engine))
+            netfilter.reconcile(live_forwards(engine, netfilter))
         return container_id
 
     try:
@@ -268,6 +269,8 @@ def _plan_ports(engine: Engine, profile: Profile, request: RunRequest, mode: str
         r
         for c in managed
         if not (mode == "one-to-one" and _mode(c) == "one-to-one")
+        # One whose labels cannot be read is reported by reconcile; the engine refuses a port it holds.
+        if unreadable(c.labels) is None
         for r in port_plans.host_ranges_from_labels(c.labels)
     ]
     plan = port_plans.plan_ports(

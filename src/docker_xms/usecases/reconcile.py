@@ -14,7 +14,7 @@ from docker_xms.adapters.engine import Engine
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.adapters.netfilter import ForwardSpec, Netfilter, Reconciled
 from docker_xms.domain import ports as port_plans
-from docker_xms.domain.labels import MANAGED_LABEL
+from docker_xms.domain.labels import MANAGED_LABEL, unreadable
 from docker_xms.usecases.rt import Rebalance, RtHost, rebalance_locked
 
 
@@ -35,14 +35,23 @@ def published_ports(summaries: Iterable[Mapping[str, Any]]) -> dict[str, set[tup
     return out
 
 
-def live_forwards(engine: Engine) -> dict[str, list[ForwardSpec]]:
+def live_forwards(engine: Engine, netfilter: Netfilter | None = None) -> dict[str, list[ForwardSpec]]:
     """The DNAT forwards every running managed container should have, from its labels and address.
 
     Host ports that the engine publishes for any other container are cut out of the ranges (`carve`).
+    A container whose labels cannot be read keeps the forwards `netfilter` holds for it (`rt.Skipped`).
     """
     published = published_ports(engine.list_container_summaries(all=False))
     live: dict[str, list[ForwardSpec]] = {}
+    held = None
     for info in engine.list_containers(all=False, label=f"{MANAGED_LABEL}=true"):
+        if unreadable(info.labels) is not None:
+            if netfilter is not None:
+                held = netfilter.list_forwards() if held is None else held
+                kept = [f.spec for f in held if info.id.startswith(f.container_id)]
+                if kept:
+                    live[info.id] = kept
+            continue
         forwards = port_plans.forwards_from_labels(info.labels)
         if not (info.running and forwards and info.ip_address):
             continue
@@ -66,5 +75,5 @@ def reconcile(rt: RtHost, netfilter: Netfilter | None = None) -> Reconciliation:
         rules = None
         if netfilter.available():
             netfilter.ensure_chains()
-            rules = netfilter.reconcile(live_forwards(rt.engine))
+            rules = netfilter.reconcile(live_forwards(rt.engine, netfilter))
     return Reconciliation(budgets, rules)

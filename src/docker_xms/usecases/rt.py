@@ -19,7 +19,7 @@ from docker_xms.adapters.hostlock import host_lock
 from docker_xms.domain import budget
 from docker_xms.domain.doctor import Finding, diagnose, idle_findings
 from docker_xms.domain.labels import MANAGED_LABEL, WEIGHT_LABEL
-from docker_xms.errors import BadInput, XmsError
+from docker_xms.errors import BadInput, EngineUnavailable, XmsError
 from docker_xms.settings import Settings
 
 T = TypeVar("T")
@@ -305,7 +305,9 @@ def _apply(rt: RtHost, writes: list[budget.Write], before: Mapping[str, int], pa
         restored = (
             "rolled back to the previous budgets" if not problems else "rollback failed too: " + "; ".join(problems)
         )
-        raise XmsError(f"{exc.message} The rebalance was {restored}.") from exc
+        # Still EngineUnavailable when the engine went away: the agent then waits for it instead of retrying.
+        kind = EngineUnavailable if isinstance(exc, EngineUnavailable) else XmsError
+        raise kind(f"{exc.message} The rebalance was {restored}.") from exc
 
 
 def _write(rt: RtHost, write: budget.Write) -> None:
