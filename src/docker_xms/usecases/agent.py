@@ -22,7 +22,7 @@ from docker_xms.adapters import hostproc
 from docker_xms.adapters.engine import Engine
 from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.domain import budget
-from docker_xms.domain.labels import MANAGED_LABEL, WEIGHT_LABEL
+from docker_xms.domain.labels import MANAGED_LABEL, unreadable, weight_of
 from docker_xms.errors import BadInput, EngineUnavailable, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases.reconcile import Reconciliation, reconcile
@@ -86,6 +86,8 @@ class Agent:
         self._retried: set[tuple[str, str, str]] = set()
         # When a reconcile last went through: a connection that never gets one is not retried at once.
         self._reconciled_at = 0.0
+        # Containers left alone because their labels cannot be read, as last logged.
+        self._skipped: set[str] = set()
 
     def stop(self) -> None:
         # Only a flag: taking a lock (a queue's, an Event's) inside a signal handler can deadlock the
@@ -105,11 +107,19 @@ class Agent:
 
     def reconcile(self, rt: RtHost) -> None:
         """Reconcile, then start managed containers whose start by the engine failed, now that there is room."""
-        for line in describe(rt, reconcile(rt, self.netfilter)):
+        result = reconcile(rt, self.netfilter)
+        for line in describe(rt, result):
             self.log(line)
+        self._log_skipped([s.sentence() for s in result.budgets.skipped])
         if self._restart_failed(rt):
             for line in describe(rt, reconcile(rt, self.netfilter)):
                 self.log(line)
+
+    def _log_skipped(self, sentences: list[str]) -> None:
+        # Once each: labels cannot change, and the same container would be reported on every reconcile.
+        for line in sorted(set(sentences) - self._skipped):
+            self.log(line)
+        self._skipped = set(sentences)
 
     def _grow_parent(self, rt: RtHost) -> None:
         try:
@@ -137,7 +147,11 @@ class Agent:
                 continue
             self._retried.add(key)
             name = info.name or cid[:12]
-            weight = _weight(info.labels)
+            reason = unreadable(info.labels)
+            if reason is not None:
+                self.log(f"not starting {name} again: {reason}")
+                continue
+            weight = weight_of(info.labels)
             self.log(f"starting {name} again: the engine could not start it ({_first_line(error)})")
 
             def start(budget_us: int, cid: str = cid) -> None:
@@ -294,13 +308,6 @@ class Agent:
             if left <= 0:
                 return
             time.sleep(min(left, TICK_S))
-
-
-def _weight(labels: dict[str, str]) -> int:
-    try:
-        return max(1, int(labels.get(WEIGHT_LABEL, "1")))
-    except ValueError:
-        return 1
 
 
 def _reason(exc: BaseException) -> str:

@@ -8,7 +8,7 @@ holds now. Every change runs under the host lock, so commands and the agent neve
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -18,7 +18,7 @@ from docker_xms.adapters.engine import ContainerInfo, Engine
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.domain import budget
 from docker_xms.domain.doctor import Finding, diagnose, idle_findings
-from docker_xms.domain.labels import MANAGED_LABEL, WEIGHT_LABEL
+from docker_xms.domain.labels import MANAGED_LABEL, unreadable, weight_of
 from docker_xms.errors import BadInput, EngineUnavailable, XmsError
 from docker_xms.settings import Settings
 
@@ -71,6 +71,19 @@ class Holder:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """A running managed container whose labels cannot be read: it keeps the budget it holds (counted
+    like a foreign holder's) and its port rules, and is reported instead of failing every reconcile."""
+
+    id: str
+    name: str
+    reason: str
+
+    def sentence(self) -> str:
+        return f"Skipped {self.name}: {self.reason}; its budget and port rules are left as they are."
+
+
+@dataclass(frozen=True)
 class RtState:
     mode: str
     cgroup_version: int
@@ -84,6 +97,7 @@ class RtState:
     pool_us: int
     managed: tuple[Holder, ...]
     foreign: tuple[Holder, ...]
+    skipped: tuple[Skipped, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,17 +114,28 @@ class Rebalance:
     parent_before: int = 0
     # Runtime held by groups inside the parent that no running managed container owns, by group name.
     foreign: Mapping[str, int] = field(default_factory=dict)
+    skipped: tuple[Skipped, ...] = ()
 
 
 def managed_running(engine: Engine) -> list[ContainerInfo]:
     return [c for c in engine.list_containers(all=False, label=f"{MANAGED_LABEL}=true") if c.running]
 
 
+def readable(managed: Iterable[ContainerInfo]) -> tuple[list[ContainerInfo], tuple[Skipped, ...]]:
+    """The containers whose labels can be read, and the others with the reason."""
+    ok: list[ContainerInfo] = []
+    skipped: list[Skipped] = []
+    for info in managed:
+        reason = unreadable(info.labels)
+        if reason is None:
+            ok.append(info)
+        else:
+            skipped.append(Skipped(info.id, info.name, reason))
+    return ok, tuple(skipped)
+
+
 def _weight(info: ContainerInfo) -> int:
-    try:
-        return max(1, int(info.labels.get(WEIGHT_LABEL, "1")))
-    except ValueError:
-        return 1
+    return weight_of(info.labels)
 
 
 def _scan(rt: RtHost, managed: list[ContainerInfo]) -> tuple[dict[str, int], list[Holder], int]:
@@ -151,11 +176,23 @@ def _container_id(cgroup_name: str) -> str:
 
 def read_state(rt: RtHost) -> RtState:
     host = rt.host
-    managed = managed_running(rt.engine)
+    managed, skipped = readable(managed_running(rt.engine))
     if not rt.per_group:
         holders = tuple(Holder(c.id, c.name, 0, c.cpu_rt_runtime, _weight(c), True) for c in managed)
         return RtState(
-            host.mode, host.cgroup_version, host.rt_runtime_us, host.rt_period_us, rt.parent, 0, 0, 0, 0, 0, holders, ()
+            host.mode,
+            host.cgroup_version,
+            host.rt_runtime_us,
+            host.rt_period_us,
+            rt.parent,
+            0,
+            0,
+            0,
+            0,
+            0,
+            holders,
+            (),
+            skipped,
         )
     now, foreign, siblings = _scan(rt, managed)
     root = rt.fs.read_runtime("/")
@@ -181,6 +218,7 @@ def read_state(rt: RtHost) -> RtState:
         pool,
         holders,
         tuple(foreign),
+        skipped,
     )
 
 
@@ -216,10 +254,10 @@ def rebalance_locked(
     rt: RtHost, arriving_weight: int | None = None, exclude: frozenset[str] = frozenset()
 ) -> Rebalance:
     """`rebalance` for a caller that already holds the host lock."""
-    managed = [c for c in managed_running(rt.engine) if c.id not in exclude]
+    managed, skipped = readable(c for c in managed_running(rt.engine) if c.id not in exclude)
     names = {c.id: c.name for c in managed}
     if not rt.per_group:
-        return Rebalance(0, 0, {}, (), 0, per_group=False, names=names)
+        return Rebalance(0, 0, {}, (), 0, per_group=False, names=names, skipped=skipped)
     now, foreign, siblings = _scan(rt, managed)
     # Containers whose cgroup is gone cannot hold a budget; they are not members.
     members = [budget.Member(c.id, _weight(c)) for c in managed if c.id in now]
@@ -244,6 +282,7 @@ def rebalance_locked(
         before=dict(now),
         parent_before=parent_now,
         foreign={h.id: h.runtime_us for h in foreign},
+        skipped=skipped,
     )
 
 
