@@ -361,3 +361,195 @@ def test_xms_media_ports_take_two_rules_and_a_few_milliseconds(
             f"{(ensured - began) * 1000:.0f} ms, add {(added - ensured) * 1000:.0f} ms, "
             f"remove {(removed - removing) * 1000:.0f} ms"
         )
+
+
+def _chain_rules(table: str, chain: str) -> list[str]:
+    text = subprocess.run(["iptables", "-t", table, "-S", chain], capture_output=True, text=True, check=True).stdout
+    return [line for line in text.splitlines() if line.startswith("-A ")]
+
+
+def test_an_administrators_rule_above_ours_in_docker_user_stays_above(nf: Netfilter) -> None:
+    if subprocess.run(["iptables", "-S", "DOCKER-USER"], capture_output=True).returncode != 0:
+        pytest.skip("this engine made no DOCKER-USER chain")
+    nf.ensure_chains()
+    # An address of TEST-NET-1 (RFC 5737): no packet of this host comes from it.
+    admin = ["-s", "192.0.2.77/32", "-m", "comment", "--comment", f"admin-{nf.nat_chain}", "-j", "DROP"]
+    iptables("-I", "DOCKER-USER", "1", *admin)
+    try:
+        for _ in range(3):
+            nf.ensure_chains()
+            nf.reconcile({})
+        rules = _chain_rules("filter", "DOCKER-USER")
+        ours = [i for i, line in enumerate(rules) if line.endswith(f"-j {nf.filter_chain}")]
+        mine = [i for i, line in enumerate(rules) if f"admin-{nf.nat_chain}" in line]
+        assert len(ours) == 1, rules
+        assert len(mine) == 1, rules
+        assert mine[0] < ours[0], rules
+    finally:
+        iptables("-D", "DOCKER-USER", *admin)
+
+
+def test_ours_goes_back_in_front_of_dockers_jump_once_and_below_an_administrators_rule(nf: Netfilter) -> None:
+    nf.ensure_chains()
+    jump = next(line for line in _chain_rules("nat", "PREROUTING") if line.endswith(f"-j {nf.nat_chain}"))
+    admin = ["-s", "192.0.2.78/32", "-m", "comment", "--comment", f"admin-{nf.nat_chain}", "-j", "RETURN"]
+    # As after an engine restart: Docker's jump first, ours after it; and an administrator's rule on top.
+    iptables("-t", "nat", "-D", *shlex.split(jump)[1:])
+    iptables("-t", "nat", "-A", *shlex.split(jump)[1:])
+    iptables("-t", "nat", "-I", "PREROUTING", "1", *admin)
+    try:
+        for _ in range(3):
+            nf.ensure_chains()
+        rules = _chain_rules("nat", "PREROUTING")
+        ours = [i for i, line in enumerate(rules) if line.endswith(f"-j {nf.nat_chain}")]
+        docker = [i for i, line in enumerate(rules) if line.endswith("-j DOCKER")]
+        mine = [i for i, line in enumerate(rules) if f"admin-{nf.nat_chain}" in line]
+        assert len(ours) == 1, rules
+        assert mine[0] < ours[0], rules
+        if docker:
+            assert ours[0] < docker[0], rules
+    finally:
+        iptables("-t", "nat", "-D", "PREROUTING", *admin)
+
+
+def _localnet(nf: Netfilter) -> str:
+    return Path(f"/proc/sys/net/ipv4/conf/{nf.bridge}/route_localnet").read_text().strip()
+
+
+def _other_guards(nf: Netfilter) -> list[str]:
+    return [
+        line
+        for line in _chain_rules("filter", "INPUT")
+        if "docker-xms:route_localnet:" in line and not line.endswith(f"-j {nf.input_chain}")
+    ]
+
+
+def test_route_localnet_comes_back_to_its_value_when_the_last_forward_goes(
+    nf: Netfilter, start: Callable[[], Any]
+) -> None:
+    if not Path(f"/proc/sys/net/ipv4/conf/{nf.bridge}").exists():
+        pytest.skip(f"no bridge {nf.bridge}")
+    if not _other_guards(nf):
+        # Nothing relies on it now (the fixture gives the host its value back at the end).
+        Path(f"/proc/sys/net/ipv4/conf/{nf.bridge}/route_localnet").write_text("0\n")
+    was = _localnet(nf)
+    container = start()
+    specs = [ForwardSpec("rtp", ip_of(container), "udp", HOST_BASE + 900, HOST_BASE + 909, 35000, 35009)]
+    nf.ensure_chains()
+    assert _localnet(nf) == was
+    nf.add_container(container.id, specs)
+    assert _localnet(nf) == "1"
+    jump = [line for line in _chain_rules("filter", "INPUT") if line.endswith(f"-j {nf.input_chain}")]
+    assert len(jump) == 1
+    assert f"docker-xms:route_localnet:{nf.bridge}:{was}" in jump[0]
+
+    nf.remove_container(container.id)
+    assert _localnet(nf) == was
+    assert not [line for line in _chain_rules("filter", "INPUT") if line.endswith(f"-j {nf.input_chain}")]
+
+    # The same through reconciliation, the way the agent and every command call it.
+    nf.reconcile({container.id: specs})
+    assert _localnet(nf) == "1"
+    nf.reconcile({})
+    assert _localnet(nf) == was
+    assert subprocess.run(["iptables", "-S", nf.input_chain], capture_output=True).returncode != 0
+
+
+SEND_FRAME = r"""
+import socket, struct, sys
+dst_mac, src_mac, src_ip, dst_ip, port = sys.argv[1:6]
+payload = b"martian"
+udp = struct.pack("!HHHH", 40000, int(port), 8 + len(payload), 0) + payload
+def checksum(data):
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0x4000, 64, 17, 0,
+                     socket.inet_aton(src_ip), socket.inet_aton(dst_ip))
+header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
+mac = lambda text: bytes.fromhex(text.replace(":", ""))
+frame = mac(dst_mac) + mac(src_mac) + b"\x08\x00" + header + udp
+with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+    s.bind(("eth0", 0))
+    for _ in range(3):
+        s.send(frame)
+"""
+
+
+def _send_frame(container: Any, dst_mac: str, dst_ip: str, port: int) -> None:
+    """An Ethernet frame from the container's eth0 to the host's bridge, as anyone on that network can send."""
+    network = container.attrs["NetworkSettings"]
+    subprocess.run(
+        [
+            "nsenter",
+            "-t",
+            str(container.attrs["State"]["Pid"]),
+            "-n",
+            "--",
+            sys.executable,
+            "-c",
+            SEND_FRAME,
+            dst_mac,
+            network["MacAddress"],
+            network["IPAddress"],
+            dst_ip,
+            str(port),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def _listener(address: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((address, 0))
+    sock.settimeout(1.5)
+    return sock
+
+
+def _received(sock: socket.socket) -> bytes | None:
+    try:
+        return sock.recv(2048)
+    except TimeoutError:
+        return None
+
+
+def _dropped(nf: Netfilter) -> int:
+    text = subprocess.run(
+        ["iptables", "-L", nf.input_chain, "-v", "-x", "-n"], capture_output=True, text=True, check=True
+    ).stdout
+    return sum(int(line.split()[0]) for line in text.splitlines()[2:] if line.strip())
+
+
+def test_packets_to_loopback_from_the_bridge_are_dropped_while_route_localnet_is_on(
+    nf: Netfilter, start: Callable[[], Any], echo: Callable[[Any, list[int]], None]
+) -> None:
+    bridge = Path(f"/sys/class/net/{nf.bridge}/address")
+    if not bridge.exists():
+        pytest.skip(f"no bridge {nf.bridge}")
+    bridge_mac = bridge.read_text().strip()
+    words = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "dev", nf.bridge], capture_output=True, text=True, check=True
+    ).stdout.split()
+    bridge_ip = words[words.index("inet") + 1].split("/")[0]
+    sender, target = start(), start()
+    nf.ensure_chains()
+    nf.add_container(
+        target.id, [ForwardSpec("rtp", ip_of(target), "udp", HOST_BASE + 950, HOST_BASE + 959, 36000, 36009)]
+    )
+    assert _localnet(nf) == "1"
+
+    with _listener("127.0.0.1") as loopback, _listener(bridge_ip) as on_bridge:
+        # The frame is well formed: sent to the bridge's own address, it arrives.
+        _send_frame(sender, bridge_mac, bridge_ip, on_bridge.getsockname()[1])
+        assert _received(on_bridge) == b"martian"
+
+        before = _dropped(nf)
+        _send_frame(sender, bridge_mac, "127.0.0.1", loopback.getsockname()[1])
+        assert _received(loopback) is None
+        assert _dropped(nf) >= before + 1
+
+    # 127.0.0.1:PORT still reaches the container through the DNAT.
+    echo(target, [36004])
+    assert exchange(HOST_BASE + 954) == b"36004:hello"

@@ -11,6 +11,18 @@ they can be listed and removed per container:
 - filter ``DOCKER-XMS-FORWARD`` (jumped to from DOCKER-USER, else FORWARD): ACCEPT for the forwarded
   traffic, which Docker's FORWARD policy would otherwise drop.
 
+Jumps are inserted once and left where they are: an administrator's own rules in DOCKER-USER may sit
+above ours. Only a jump of Docker's own that has come to precede ours in a nat chain (an engine
+restart puts it first) moves ours back in front of it, so that our DNAT still wins.
+
+``route_localnet`` lets the kernel route packets addressed to 127.0.0.0/8 that arrive on the bridge
+instead of dropping them as martians; alone it would let anything on that network reach the host's
+loopback services (CVE-2020-8558). So while any forward exists, filter ``DOCKER-XMS-INPUT`` (jumped to
+first from INPUT) drops packets to 127.0.0.0/8 that come from another interface and from a source
+outside 127.0.0.0/8, unless they belong to a connection that began on the host itself or came through
+a DNAT. The jump's comment keeps the value ``route_localnet`` had before docker-xms turned it on, and
+the value goes back when the last forward goes.
+
 Rules for IPv4 only: the engine's default bridge has no IPv6.
 """
 
@@ -35,6 +47,10 @@ COMMENT_PREFIX = "docker-xms"
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _ID = re.compile(r"^[0-9a-f]{12,64}$")
+# The INPUT jump's comment: the bridge and the route_localnet value to restore when the last forward goes.
+_LOCALNET = re.compile(rf"^{COMMENT_PREFIX}:route_localnet:([A-Za-z0-9_.-]+):([01])$")
+# Docker's own jumps in the built-in chains docker-xms jumps from; ours must come before them.
+_DOCKER_JUMPS = frozenset({"DOCKER", "DOCKER-USER", "DOCKER-FORWARD", "DOCKER-ISOLATION-STAGE-1"})
 _OURS = re.compile(rf"^{COMMENT_PREFIX}:([0-9a-f]{{12}}):([A-Za-z0-9_.-]+)$")
 # Longest chain name iptables accepts, minus the longest suffix used here.
 _CHAIN_MAX = 28 - len("-POSTROUTING")
@@ -97,6 +113,7 @@ class Netfilter:
         self.nat_chain = chain
         self.post_chain = f"{chain}-POSTROUTING"
         self.filter_chain = f"{chain}-FORWARD"
+        self.input_chain = f"{chain}-INPUT"
 
     # Reading
 
@@ -120,7 +137,7 @@ class Netfilter:
     # Changing
 
     def ensure_chains(self) -> None:
-        """Create the chains and jumps if missing and put the jumps first; safe to call on every start."""
+        """Create the chains and jumps if missing; safe to call on every start and reconciliation."""
         with self._locked():
             self._ensure_chains()
 
@@ -143,13 +160,18 @@ class Netfilter:
         cid = _short_id(container_id)
         rules = [rule for spec in specs for rule in self._rules(cid, spec)]
         with self._locked():
+            if rules:
+                self._localnet_on()
             self._add_all(rules)
 
     def remove_container(self, container_id: str) -> int:
         """Remove every rule of the container; returns how many there were."""
         cid = _short_id(container_id)
         with self._locked():
-            return self._remove_owner(cid)
+            count = self._remove_owner(cid)
+            if not self._owned("nat", self.nat_chain):
+                self._localnet_off()
+            return count
 
     def reconcile(self, live: Mapping[str, Sequence[ForwardSpec]]) -> Reconciled:
         """Make the rules match `live` (container id to its forwards): others' rules go, missing ones come."""
@@ -171,6 +193,8 @@ class Netfilter:
             for cid in sorted(set(counts) - set(wanted)):
                 self._remove_owner(cid)
                 removed.append(cid)
+            if any(planned.values()):
+                self._localnet_on()
             for cid, specs in wanted.items():
                 n = len(specs)
                 if have.get(cid, set()) == set(specs) and counts.get(cid, [0, 0, 0]) == [n, n, n]:
@@ -179,11 +203,14 @@ class Netfilter:
                     self._remove_owner(cid)
                 self._add_all(planned[cid])
                 added.append(cid)
+            if not any(planned.values()):
+                self._localnet_off()
         return Reconciled(tuple(removed), tuple(added))
 
     def remove_all(self) -> None:
         """Remove the jumps and the chains with all their rules."""
         with self._locked():
+            self._localnet_off()
             ours = {self.nat_chain, self.post_chain, self.filter_chain}
             for table, builtin in (
                 ("nat", "PREROUTING"),
@@ -213,7 +240,11 @@ class Netfilter:
     def _run(self, table: str, args: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
         command = [self.iptables, "-w", str(int(self.timeout)), "-t", table, *args]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout + 5, check=False)
+            # A process group of its own: a signal to ours (Ctrl-C on the terminal, kill -TERM -PGID) is
+            # for docker-xms to act on, and must not kill a rule change half-way, least of all a rollback's.
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=self.timeout + 5, check=False, process_group=0
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise XmsError(f"Could not run {shlex.join(command)}: {exc}.") from None
         if check and done.returncode != 0:
@@ -246,38 +277,130 @@ class Netfilter:
         return out
 
     def _ensure_chains(self) -> None:
+        # Chains without a guard were made by a docker-xms that turned route_localnet on whenever it
+        # ran, guard or not: the value from before it is the kernel's default.
+        legacy = self._exists("nat", self.nat_chain) and not any(
+            bridge == self.bridge for _, bridge, _, _ in self._localnet_jumps()
+        )
         for table, chain in self._chains():
             if not self._exists(table, chain):
                 self._run(table, ["-N", chain])
         local = ["-m", "addrtype", "--dst-type", "LOCAL"]
-        self._jump_first("nat", "PREROUTING", [*local, *_comment(self.nat_chain), "-j", self.nat_chain])
-        self._jump_first("nat", "OUTPUT", [*local, *_comment(self.nat_chain), "-j", self.nat_chain])
-        self._jump_first("nat", "POSTROUTING", [*_comment(self.post_chain), "-j", self.post_chain])
+        self._jump("nat", "PREROUTING", [*local, *_comment(self.nat_chain), "-j", self.nat_chain])
+        self._jump("nat", "OUTPUT", [*local, *_comment(self.nat_chain), "-j", self.nat_chain])
+        self._jump("nat", "POSTROUTING", [*_comment(self.post_chain), "-j", self.post_chain])
         forward = "DOCKER-USER" if self._exists("filter", "DOCKER-USER") else "FORWARD"
-        self._jump_first("filter", forward, [*_comment(self.filter_chain), "-j", self.filter_chain])
-        self._route_localnet()
+        self._jump("filter", forward, [*_comment(self.filter_chain), "-j", self.filter_chain])
+        if self._owned("nat", self.nat_chain):
+            # Forwards of an earlier run: the bridge may be new since (an engine restart), with the default.
+            self._localnet_on(before="0" if legacy else None)
+        elif legacy:
+            path = self._localnet_path()
+            if path.exists() and path.read_text().strip() == "1":
+                self._write_localnet(path, "0")
 
-    def _jump_first(self, table: str, builtin: str, jump: list[str]) -> None:
-        """Make `jump` the chain's first rule, so Docker's own chains cannot take the traffic before us."""
+    def _jump(self, table: str, builtin: str, jump: list[str]) -> None:
+        """Insert `jump` once; move it only when one of Docker's own jumps has come to precede it."""
         rules = self._rules_of(table, builtin)
         target = _target(jump)
-        ours = [args for args in rules if _target(args) == target]
-        if rules and rules[0] == jump and len(ours) == 1:
+        ours = [i for i, args in enumerate(rules) if _target(args) == target]
+        for i in reversed(ours[1:]):
+            self._run(table, ["-D", builtin, *rules[i]])
+        docker = next((i for i, args in enumerate(rules) if _target(args) in _DOCKER_JUMPS), None)
+        if ours and (docker is None or ours[0] < docker):
             return
-        for args in ours:
-            self._run(table, ["-D", builtin, *args])
-        self._run(table, ["-I", builtin, "1", *jump])
+        if ours:
+            self._run(table, ["-D", builtin, *rules[ours[0]]])
+        # Right above Docker's jump, so that rules an administrator put above Docker's stay above ours.
+        position = 1 if docker is None else docker + 1
+        self._run(table, ["-I", builtin, str(position), *jump])
 
-    def _route_localnet(self) -> None:
-        path = Path("/proc/sys/net/ipv4/conf") / self.bridge / "route_localnet"
+    def _localnet_jumps(self) -> list[tuple[str, str, str, list[str]]]:
+        """Every docker-xms guard jump in INPUT: (chain, bridge, value to restore, rule)."""
+        out = []
+        for args in self._rules_of("filter", "INPUT"):
+            match = _LOCALNET.match(_option(args, "--comment") or "")
+            target = _target(args)
+            if match is not None and target is not None:
+                out.append((target, match.group(1), match.group(2), args))
+        return out
+
+    def _localnet_path(self) -> Path:
+        return Path("/proc/sys/net/ipv4/conf") / self.bridge / "route_localnet"
+
+    def _localnet_on(self, before: str | None = None) -> None:
+        """The martian guard first, then route_localnet on the bridge, so the two never part."""
+        path = self._localnet_path()
         try:
-            if path.read_text().strip() != "1":
-                path.write_text("1\n")
+            now = path.read_text().strip()
         except FileNotFoundError:
             # No such bridge yet: only 127.0.0.1 would not be forwarded; outside traffic still is.
             return
         except OSError as exc:
-            raise XmsError(f"Could not turn on route_localnet in {path}: {exc.strerror}.") from None
+            raise XmsError(f"Could not read {path}: {exc.strerror}.") from None
+        jumps = [j for j in self._localnet_jumps() if j[1] == self.bridge]
+        if not any(chain == self.input_chain for chain, *_ in jumps):
+            # Another docker-xms chain set may have turned it on already: keep the value from before that.
+            if before is None:
+                before = jumps[0][2] if jumps else ("1" if now == "1" else "0")
+            if not self._exists("filter", self.input_chain):
+                self._run("filter", ["-N", self.input_chain])
+            self._run("filter", ["-F", self.input_chain])
+            self._run("filter", ["-A", self.input_chain, *self._guard()])
+            comment = _comment(f"{COMMENT_PREFIX}:route_localnet:{self.bridge}:{before}")
+            self._run("filter", ["-I", "INPUT", "1", *comment, "-j", self.input_chain])
+        elif self._rules_of("filter", self.input_chain) != [self._guard()]:
+            self._run("filter", ["-F", self.input_chain])
+            self._run("filter", ["-A", self.input_chain, *self._guard()])
+        if now != "1":
+            self._write_localnet(path, "1")
+
+    def _localnet_off(self) -> None:
+        """route_localnet back to its value from before docker-xms, then the guard goes."""
+        jumps = [j for j in self._localnet_jumps() if j[1] == self.bridge]
+        mine = [j for j in jumps if j[0] == self.input_chain]
+        if mine and len(mine) == len(jumps):
+            path = self._localnet_path()
+            try:
+                if path.read_text().strip() != mine[0][2]:
+                    self._write_localnet(path, mine[0][2])
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise XmsError(f"Could not read {path}: {exc.strerror}.") from None
+        for _, _, _, args in mine:
+            self._run("filter", ["-D", "INPUT", *args])
+        if self._exists("filter", self.input_chain):
+            self._run("filter", ["-F", self.input_chain])
+            self._run("filter", ["-X", self.input_chain])
+
+    def _write_localnet(self, path: Path, value: str) -> None:
+        try:
+            path.write_text(f"{value}\n")
+        except OSError as exc:
+            raise XmsError(f"Could not set {path} to {value}: {exc.strerror}.") from None
+
+    @staticmethod
+    def _guard() -> list[str]:
+        # As `iptables -S` prints it back, so that a changed rule can be told from ours.
+        return [
+            "-d",
+            "127.0.0.0/8",
+            "!",
+            "-i",
+            "lo",
+            "-m",
+            "conntrack",
+            "!",
+            "--ctstate",
+            "RELATED,ESTABLISHED,DNAT",
+            "-m",
+            "comment",
+            "--comment",
+            f"{COMMENT_PREFIX}: martian to 127.0.0.0/8 from outside",
+            "-j",
+            "DROP",
+        ]
 
     def _rules(self, cid: str, spec: ForwardSpec) -> list[_Rule]:
         _check_spec(spec)
