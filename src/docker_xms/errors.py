@@ -5,6 +5,8 @@ Exit codes: 2 for bad input (the user can fix the command line), 1 for a failure
 
 from __future__ import annotations
 
+import signal
+
 
 class XmsError(Exception):
     """A failure with a message meant for the user."""
@@ -28,3 +30,18 @@ class EngineUnavailable(XmsError):
 
 class NotFound(BadInput):
     """A container, image or profile the user named does not exist."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP stopped a command; `message` says what was undone."""
+
+    def __init__(self, signum: int, message: str | None = None) -> None:
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        self.message = message or f"Stopped by {self.name}."
+        super().__init__(self.message)
+
+    @property
+    def exit_code(self) -> int:
+        # The shell's convention for a process ended by a signal.
+        return 128 + self.signum

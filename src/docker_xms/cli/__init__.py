@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from docker_xms import __version__
-from docker_xms.errors import XmsError
+from docker_xms.errors import Interrupted, XmsError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "build-base": (
@@ -99,7 +99,15 @@ def main(argv: list[str] | None = None) -> Any:
         args = args[1:]
     try:
         return cli.main(args=args, prog_name="docker-xms", standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        # Click turns Ctrl-C into Abort; SIGTERM and SIGHUP arrive the same way, as `Interrupted`.
+        if isinstance(exc.__cause__, Interrupted):
+            # What there was to undo is undone; more signals would only cut the exit short.
+            from docker_xms.adapters.signals import ignore_stopping
+
+            ignore_stopping()
+            click.echo(exc.__cause__.message, err=True)
+            sys.exit(exc.__cause__.exit_code)
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.ClickException as exc:

@@ -79,15 +79,19 @@ def run(
         keep_on_failure=keep_on_failure,
         build_missing=build_missing,
     )
-    engine = context.engine()
-    if as_json:
-        from docker_xms.usecases.images import Quiet
+    from docker_xms.adapters.signals import interruptible
 
-        result = run_container(engine, request, Quiet(), context.settings())
-        print_json({**asdict(result), "share": result.share})
-        return
-    with reporting() as reporter:
-        result = run_container(engine, request, reporter, context.settings())
+    engine = context.engine()
+    # SIGTERM (a service manager, kill) and SIGHUP (a closed terminal) undo the run as Ctrl-C does.
+    with interruptible():
+        if as_json:
+            from docker_xms.usecases.images import Quiet
+
+            result = run_container(engine, request, Quiet(), context.settings())
+            print_json({**asdict(result), "share": result.share})
+            return
+        with reporting() as reporter:
+            result = run_container(engine, request, reporter, context.settings())
     _print_summary(result)
 
 

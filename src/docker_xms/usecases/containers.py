@@ -15,12 +15,13 @@ from typing import Any
 from docker_xms.adapters import hostnet
 from docker_xms.adapters.engine import ContainerInfo, Engine
 from docker_xms.adapters.netfilter import Netfilter
+from docker_xms.adapters.signals import deferred
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.labels import MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL, WEIGHT_LABEL, unreadable
 from docker_xms.domain.names import parse_ref
 from docker_xms.domain.profiles import Profile, load_profile
 from docker_xms.domain.recipes import STOP_SIGNAL, profile_files
-from docker_xms.errors import BadInput, NotFound, XmsError
+from docker_xms.errors import BadInput, Interrupted, NotFound, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases import images, readiness
 from docker_xms.usecases.images import Reporter
@@ -194,8 +195,10 @@ def run(engine: Engine, request: RunRequest, reporter: Reporter, settings: Setti
         reporter.phase(
             f"Starting {profile.name} from {image}" + (f" with {budget_us:,} us real-time" if budget_us else "")
         )
-        container_id = engine.create_container(image, **args)
-        created.append(container_id)
+        # Held together, so that a signal cannot leave a container this run does not know it created.
+        with deferred():
+            container_id = engine.create_container(image, **args)
+            created.append(container_id)
         if not any(engine.path_exists(container_id, p) for p in SYSTEMD_PATHS):
             raise BadInput(
                 f"Image {image} has no systemd ({' or '.join(SYSTEMD_PATHS)} is missing); build it on a systemd "
@@ -234,8 +237,18 @@ def run(engine: Engine, request: RunRequest, reporter: Reporter, settings: Setti
             )
         proof = verify(rt, container_id) if request.wait else None
     except BaseException as exc:
-        if created and not request.keep_on_failure:
-            _undo(engine, rt, netfilter, created[0])
+        # A second signal must not cut the rollback short: the first already asked to stop.
+        with deferred():
+            if created and not request.keep_on_failure:
+                _undo(engine, rt, netfilter, created[0])
+        if isinstance(exc, Interrupted):
+            exc.message = f"Stopped by {exc.name}: " + (
+                f"container {created[0][:12]} was kept (--keep-on-failure)."
+                if created and request.keep_on_failure
+                else "the container was removed, its real-time budget given back and its port rules removed."
+                if created
+                else "nothing had been started."
+            )
         if isinstance(exc, XmsError) and created and request.keep_on_failure:
             exc.message += f" Container {created[0][:12]} was kept for inspection (--keep-on-failure)."
         raise

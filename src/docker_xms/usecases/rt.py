@@ -16,6 +16,7 @@ from typing import TypeVar
 from docker_xms.adapters import cgroups, pmqos
 from docker_xms.adapters.engine import ContainerInfo, Engine
 from docker_xms.adapters.hostlock import host_lock
+from docker_xms.adapters.signals import deferred
 from docker_xms.domain import budget
 from docker_xms.domain.doctor import Finding, diagnose, idle_findings
 from docker_xms.domain.labels import MANAGED_LABEL, unreadable, weight_of
@@ -245,7 +246,8 @@ def rebalance(
         try:
             value = then(result.arriving_us)
         except BaseException:
-            rebalance_locked(rt, None, exclude)
+            with deferred():
+                rebalance_locked(rt, None, exclude)
             raise
         return result, value
 
@@ -328,19 +330,28 @@ def grow_parent(rt: RtHost) -> tuple[int, int] | None:
 
 
 def _apply(rt: RtHost, writes: list[budget.Write], before: Mapping[str, int], parent_before: int) -> None:
+    """Apply a plan's writes: all of them, or, when one fails, none (what was applied is rolled back).
+
+    A signal cannot stop the writes half-way: it is held until they end, and when it then stops the
+    command the plan is rolled back like any failure. Any exception rolls back, not only errors, so
+    the kernel is left with one whole plan, the new one or the one before.
+    """
     applied: list[budget.Write] = []
     try:
-        for write in writes:
-            _write(rt, write)
-            applied.append(write)
-    except XmsError as exc:
-        undo = budget.rollback(applied, before, parent_before)
-        problems = []
-        for write in undo:
-            try:
+        with deferred():
+            for write in writes:
                 _write(rt, write)
-            except XmsError as again:
-                problems.append(again.message)
+                applied.append(write)
+    except BaseException as exc:
+        with deferred():
+            problems = []
+            for write in budget.rollback(applied, before, parent_before):
+                try:
+                    _write(rt, write)
+                except XmsError as again:
+                    problems.append(again.message)
+        if not isinstance(exc, XmsError):
+            raise
         restored = (
             "rolled back to the previous budgets" if not problems else "rollback failed too: " + "; ".join(problems)
         )
