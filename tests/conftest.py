@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,10 @@ from tests import host_state
 from tests.helpers import BASE_IMAGE, RTPENGINE_IMAGE, TEST_LABEL, run_cli
 
 BUSYBOX_IMAGE = "docker-xms-test/busybox:latest"
+
+# Every docker-xms the suite starts, through run_cli or not, leaves no agent behind it; the tests of
+# `run` starting one ask for it and stop it.
+os.environ["DOCKER_XMS_START_AGENT"] = "0"
 
 
 @pytest.fixture(scope="session")

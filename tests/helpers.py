@@ -28,7 +28,8 @@ def cli_path() -> str:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600, input: str | None = None) -> Result:
-    full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
+    # No agent left running behind the suite: the tests that start one say so in `env` and stop it.
+    full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "DOCKER_XMS_START_AGENT": "0", **(env or {})}
     proc = subprocess.run(
         [cli_path(), *args], capture_output=True, text=True, env=full_env, timeout=timeout, input=input
     )

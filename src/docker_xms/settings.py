@@ -41,6 +41,7 @@ KEYS: tuple[Key, ...] = (
     Key("profile_path", "DOCKER_XMS_PROFILE_PATH", "paths", "directories of profile files, searched first"),
     Key("docker_host", "DOCKER_HOST", "str", "the engine's address, as for the docker CLI"),
     Key("start_agent", "DOCKER_XMS_START_AGENT", "bool", "whether run starts an agent when none runs"),
+    Key("agent_lock", "DOCKER_XMS_AGENT_LOCK", "path", "the lock a running agent holds; run looks at it"),
 )
 KEYS_BY_NAME = {key.name: key for key in KEYS}
 
@@ -60,6 +61,7 @@ class Settings:
     # None: the SDK's default (DOCKER_HOST, else the local socket).
     docker_host: str | None = None
     start_agent: bool = True
+    agent_lock: Path = Path("/run/docker-xms/agent.lock")
     # Where the settings were read from, so that an agent can be told to read the same.
     config_path: Path = DEFAULT_CONFIG
     # The user's profile directory ($XDG_CONFIG_HOME/docker-xms/profiles).

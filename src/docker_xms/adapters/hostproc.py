@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +38,27 @@ def run(argv: Sequence[str], timeout: float | None = None) -> Finished:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise XmsError(f"Could not run {' '.join(argv)}: {exc}.") from None
     return Finished(done.returncode, done.stdout, done.stderr)
+
+
+def spawn_detached(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> int:
+    """Start a program that outlives this one: its own session, stdin from /dev/null, output appended to `log`."""
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                env=dict(env) if env is not None else None,
+            )
+    except OSError as exc:
+        raise XmsError(f"Could not start {' '.join(argv)}: {exc.strerror or exc}.") from None
+    # Not waited for: it is meant to run on after this process ends.
+    proc.returncode = 0
+    return proc.pid
 
 
 def pids_named(comm: str, proc_root: Path = Path("/proc")) -> list[int]:

@@ -69,9 +69,18 @@ def agent(ctx: click.Context, interval: float, once: bool, timestamps: bool, cpu
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    from docker_xms.adapters import hostlock
+    from docker_xms.usecases.agent import agent_lock
+
+    # Held until the process ends: `run` looks at it to know whether an agent runs on this host.
+    lock = agent_lock(context.settings())
+    held = hostlock.try_hold(lock) is not None
     hold = CpuLatencyHold(cpu_latency_us) if cpu_latency_us is not None else nullcontext()
     with hold:
         log(f"agent started (reconciling every {interval:g} s and on container events)")
+        if not held:
+            # Two agents do no harm (both reconcile under the host lock); this one only does not hold it.
+            log(f"another docker-xms agent (pid {hostlock.holder(lock)}) holds {lock}; this one reconciles too")
         if cpu_latency_us is not None:
             log(f"holding the CPU wake-up latency limit at {cpu_latency_us} us")
         runner.run()

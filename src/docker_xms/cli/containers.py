@@ -44,6 +44,12 @@ PORT_STRATEGIES = ("auto", "publish", "dnat", "host", "macvlan", "ipvlan")
 @click.option("--timeout", type=float, default=None, help="Seconds to wait for readiness (default: the profile's).")
 @click.option("--keep-on-failure", is_flag=True, help="Keep the container if a step fails, for inspection.")
 @click.option("--build-missing", is_flag=True, help="Build the profile's image if it is missing instead of pulling.")
+@click.option(
+    "--no-agent",
+    is_flag=True,
+    help="Do not start the docker-xms agent when none runs (then rules of a container removed by hand stay "
+    "until the next docker-xms command).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def run(
     image: str | None,
@@ -57,6 +63,7 @@ def run(
     timeout: float | None,
     keep_on_failure: bool,
     build_missing: bool,
+    no_agent: bool,
     as_json: bool,
 ) -> None:
     """Start a media-server container with its real-time budget and print how to reach it."""
@@ -78,6 +85,7 @@ def run(
         timeout=timeout,
         keep_on_failure=keep_on_failure,
         build_missing=build_missing,
+        start_agent=not no_agent and context.settings().start_agent,
     )
     from docker_xms.adapters.signals import interruptible
 
@@ -122,6 +130,8 @@ def _print_summary(r: object) -> None:
         console.print(f"[yellow]note:[/] {escape(note)}")
     if r.summary:
         console.print("\n" + escape(r.summary))
+    if r.agent:
+        console.print("\n" + escape(r.agent))
     console.print(f"\nShell: {r.shell_command}\nStop:  {r.stop}")
 
 

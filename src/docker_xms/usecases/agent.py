@@ -8,6 +8,7 @@ may run together: whichever reconciles last sees the containers as they are.
 
 from __future__ import annotations
 
+import os
 import queue
 import shlex
 import sys
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from docker_xms.adapters import hostproc
+from docker_xms.adapters import hostlock, hostproc
 from docker_xms.adapters.engine import Engine
 from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.domain import budget
@@ -413,3 +414,46 @@ def install(
         if done.code != 0:
             raise XmsError(f"{' '.join(command)} failed: {done.last_line()}; {unit_path} was written.")
     return Installed(text, str(unit_path), True, alternative)
+
+
+# --- making sure one runs -------------------------------------------------------------------------
+
+AGENT_LOG = Path("/var/log/docker-xms-agent.log")
+
+
+def agent_lock(settings: Settings) -> Path:
+    """The flock a running agent holds; the agent and `run` read it from the same settings."""
+    return settings.agent_lock
+
+
+@dataclass(frozen=True)
+class AgentStart:
+    started: bool
+    pid: int
+    how: str
+
+
+def ensure_agent(settings: Settings, wait_s: float = 15.0) -> AgentStart:
+    """Start an agent unless one runs: through its systemd unit where systemd runs the host, else detached.
+
+    Without an agent, rules of a container removed by hand (`docker rm -f`) would stay until the next
+    docker-xms command, and deliver its media range to whatever container gets its address next.
+    """
+    lock = agent_lock(settings)
+    pid = hostlock.holder(lock)
+    if pid is not None:
+        return AgentStart(False, pid, "already running")
+    if systemd_running():
+        install(settings)
+        how = f"as {UNIT_NAME}"
+    else:
+        argv = [sys.executable, "-m", "docker_xms", "agent", "--timestamps"]
+        hostproc.spawn_detached(argv, AGENT_LOG, env={**os.environ, **settings.environment()})
+        how = f"in the background, logging to {AGENT_LOG}"
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        pid = hostlock.holder(lock)
+        if pid is not None:
+            return AgentStart(True, pid, how)
+        time.sleep(0.1)
+    raise XmsError(f"The docker-xms agent started {how} did not take {lock} within {wait_s:.0f} s.")

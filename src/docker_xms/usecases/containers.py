@@ -24,6 +24,7 @@ from docker_xms.domain.recipes import STOP_SIGNAL, profile_files
 from docker_xms.errors import BadInput, Interrupted, NotFound, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases import images, readiness
+from docker_xms.usecases.agent import ensure_agent
 from docker_xms.usecases.images import Reporter
 from docker_xms.usecases.reconcile import live_forwards, reconcile
 from docker_xms.usecases.rt import RtHost, open_host, rebalance, start_with_budget, verify
@@ -45,6 +46,8 @@ class RunRequest:
     timeout: float | None = None
     keep_on_failure: bool = False
     build_missing: bool = False
+    # Make sure an agent runs on the host (the command line sets it unless told not to).
+    start_agent: bool = False
 
 
 @dataclass
@@ -72,6 +75,8 @@ class RunResult:
     shell_command: str
     stop: str
     notes: list[str] = field(default_factory=list)
+    # What `run` did about the agent: "" when one already ran or it was not asked to.
+    agent: str = ""
 
     @property
     def share(self) -> float:
@@ -252,7 +257,7 @@ def run(engine: Engine, request: RunRequest, reporter: Reporter, settings: Setti
         if isinstance(exc, XmsError) and created and request.keep_on_failure:
             exc.message += f" Container {created[0][:12]} was kept for inspection (--keep-on-failure)."
         raise
-    return _result(
+    result = _result(
         engine,
         profile,
         info,
@@ -264,6 +269,23 @@ def run(engine: Engine, request: RunRequest, reporter: Reporter, settings: Setti
         state,
         proof,
     )
+    if request.start_agent:
+        result.agent = _ensure_agent(settings)
+    return result
+
+
+def _ensure_agent(settings: Settings) -> str:
+    """What was done so that an agent runs; the container stays up whatever the answer."""
+    try:
+        started = ensure_agent(settings)
+    except XmsError as exc:
+        return (
+            f"Could not start the docker-xms agent: {exc.message} Without one, the port rules of a container "
+            "removed by hand stay until the next docker-xms command; run `docker-xms agent install`."
+        )
+    if not started.started:
+        return ""
+    return f"Started the docker-xms agent {started.how} (pid {started.pid}): it keeps budgets and port rules right."
 
 
 def _plan_ports(engine: Engine, profile: Profile, request: RunRequest, mode: str, strategy: str) -> port_plans.PortPlan:
