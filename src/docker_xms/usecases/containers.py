@@ -95,14 +95,34 @@ def _mode(info: ContainerInfo) -> str:
 def _systemd_mounts(rt: RtHost, profile: Profile) -> dict[str, Any]:
     tmpfs = {"/run": "", "/run/lock": "", **dict.fromkeys(profile.tmpfs, "")}
     if rt.host.cgroup_version == 2:
-        # systemd >= 248 fails on a read-only cgroup2 mount; it needs the host's cgroup namespace.
+        # A private cgroup namespace, and no mount of ours: the engine mounts a cgroup2 file system at
+        # /sys/fs/cgroup that shows the container's own subtree only. It is writable, as systemd >= 248
+        # needs, where the engine remaps user namespaces (v2_systemd_refusal); the container's root is
+        # then no root on the host, and CAP_SYS_NICE no longer grants SCHED_FIFO: the rtprio limit does.
         return {
             "tmpfs": tmpfs,
-            "cgroupns": "host",
-            "volumes": {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
+            "cgroupns": "private",
+            "ulimits": [{"name": "rtprio", "soft": 99, "hard": 99}],
         }
     # Read-only on v1 keeps systemd from making cpu sub-cgroups, which would start with a 0 budget.
     return {"tmpfs": tmpfs, "volumes": {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"}}}
+
+
+def v2_systemd_refusal(cgroup_version: int, security_options: tuple[str, ...]) -> str | None:
+    """Why systemd could not boot in a container of this engine, or None.
+
+    On cgroup v2 the engine mounts a private cgroup namespace's /sys/fs/cgroup read-only unless the
+    container is privileged or the engine remaps user namespaces, and systemd >= 248 stops on a
+    read-only cgroup2; the only other ways (the host's tree read-write, the host's cgroup namespace)
+    let the container's root write the host's cgroups.
+    """
+    if cgroup_version != 2 or any(option.startswith("name=userns") for option in security_options):
+        return None
+    return (
+        "On cgroup v2 this engine mounts a container's /sys/fs/cgroup read-only, where systemd 248 and later "
+        "cannot start: run dockerd with --userns-remap=default, or boot the host on cgroup v1 "
+        "(systemd.unified_cgroup_hierarchy=0), which real-time budgets need as well."
+    )
 
 
 def _ensure_image(engine: Engine, profile: Profile, ref: str, build_missing: bool, reporter: Reporter) -> None:
@@ -177,6 +197,9 @@ def run(engine: Engine, request: RunRequest, reporter: Reporter, settings: Setti
     parse_ref(image)
     require_root()
     rt = open_host(engine, settings)
+    refusal = v2_systemd_refusal(rt.host.cgroup_version, engine.info().security_options)
+    if refusal is not None:
+        raise BadInput(refusal)
     mode = "container-address" if request.container_address else "one-to-one"
     if request.name and engine.find_container(request.name) is not None:
         raise BadInput(f"A container named {request.name} already exists; choose another --name or remove it.")

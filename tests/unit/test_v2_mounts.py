@@ -1,0 +1,76 @@
+"""What `run` asks the engine for on a cgroup v2 host: no write access to the host's cgroups from inside.
+
+The host is a directory tree laid out like a unified (v2) host's /sys, /proc and /boot (tests/layouts.py),
+read by the same detection `run` uses; the create arguments are those `run` passes to the engine.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from docker_xms.adapters import cgroups
+from docker_xms.domain import ports as port_plans
+from docker_xms.domain.profiles import parse_profile
+from docker_xms.usecases.containers import RunRequest, _create_args, v2_systemd_refusal
+from docker_xms.usecases.rt import RtHost
+from tests import layouts
+
+
+def _args_for(root: Path, unified: bool) -> dict[str, Any]:
+    sys, proc, boot = layouts.unified_host(root, "") if unified else layouts.hybrid_host(root)
+    host = cgroups.detect_host(sys, proc, boot)
+    assert host.cgroup_version == (2 if unified else 1)
+    # The engine is not called while the arguments are put together.
+    rt = RtHost(engine=cast(Any, None), host=host, fs=cgroups.CgroupFs(sys / "fs/cgroup"), driver="systemd", parent="")
+    text = (resources.files("docker_xms") / "profiles" / "rtpengine.toml").read_text("utf-8")
+    profile = parse_profile(text, "rtpengine.toml")
+    plan = port_plans.plan_ports(
+        profile.ports, profile.media_ranges, "container-address", "dnat", host_pool=(20000, 32767)
+    )
+    return _create_args(rt, profile, RunRequest(container_address=True), "container-address", plan)
+
+
+def _binds_of_host_cgroups(args: dict[str, Any]) -> list[str]:
+    volumes = args.get("volumes") or {}
+    mounts = args.get("mounts") or []
+    found = [f"{source}:{spec}" for source, spec in volumes.items() if str(source).startswith("/sys/fs/cgroup")]
+    found += [str(m) for m in mounts if "/sys/fs/cgroup" in str(m)]
+    return found
+
+
+def test_a_v2_host_gets_a_private_cgroup_namespace_and_no_bind_of_the_hosts_cgroup_tree(tmp_path: Path) -> None:
+    args = _args_for(tmp_path, unified=True)
+
+    assert args["cgroupns"] == "private"
+    assert _binds_of_host_cgroups(args) == []
+    assert not args.get("privileged")
+    assert {"name": "rtprio", "soft": 99, "hard": 99} in args["ulimits"]
+    assert set(args["tmpfs"]) >= {"/run", "/run/lock"}
+
+
+def test_v1_mounts_are_read_only(tmp_path: Path) -> None:
+    args = _args_for(tmp_path, unified=False)
+    assert args["volumes"] == {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"}}
+    assert "cgroupns" not in args
+
+
+@pytest.mark.parametrize(
+    ("version", "options", "refused"),
+    [
+        (2, ("name=seccomp,profile=default", "name=cgroupns"), True),
+        (2, ("name=seccomp,profile=default", "name=userns", "name=cgroupns"), False),
+        (1, ("name=seccomp,profile=default",), False),
+    ],
+)
+def test_run_refuses_a_v2_engine_whose_cgroup_mount_systemd_cannot_write(
+    version: int, options: tuple[str, ...], refused: bool
+) -> None:
+    answer = v2_systemd_refusal(version, options)
+    assert (answer is not None) == refused
+    if answer is not None:
+        assert "--userns-remap" in answer
+        assert "\n" not in answer
