@@ -13,7 +13,10 @@ from docker_xms.domain.ports import (
     LABEL_HOST_MEDIA,
     DnatForward,
     PortPlan,
+    bind_addresses,
+    bound,
     carve,
+    check_bind,
     choose_strategy,
     decide_strategy,
     ephemeral_outside,
@@ -406,3 +409,25 @@ def test_the_plan_carries_the_range_and_says_so_but_not_with_host_networking() -
     assert any("Ephemeral ports inside the container are 32768-49151" in note for note in plan.notes)
     assert planned("one-to-one", "host").container_ephemeral is None
     assert planned("container-address", "dnat", builtin("rtpengine")).container_ephemeral is None
+
+
+def test_control_ports_without_authentication_are_bound_to_loopback_unless_told() -> None:
+    ng = PortSpec("ng", "udp", 2223, 2223, "control", authenticated=False)
+    web = PortSpec("web", "tcp", 80, 81, "web")
+    sip = PortSpec("sip", "udp", 5060, 5060, "signalling")
+    assert bind_addresses([ng, web, sip], None) == {"2223/udp": "127.0.0.1"}
+    assert bind_addresses([ng, web, sip], "192.0.2.10") == {
+        "2223/udp": "192.0.2.10",
+        "80/tcp": "192.0.2.10",
+        "81/tcp": "192.0.2.10",
+    }
+    assert bound({"2223/udp": None, "5060/udp": 5060}, {"2223/udp": "127.0.0.1"}) == {
+        "2223/udp": ("127.0.0.1", None),
+        "5060/udp": 5060,
+    }
+
+
+def test_bind_must_be_an_address() -> None:
+    assert check_bind("::1") == "::1"
+    with pytest.raises(BadInput, match=r"--bind 'localhost' is not an IP address"):
+        check_bind("localhost")

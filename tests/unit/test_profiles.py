@@ -154,3 +154,11 @@ def test_a_key_is_looked_for_in_its_own_table_only() -> None:
     text = MINIMAL + MEDIA.replace('name = "rtp"\n', "")
     with pytest.raises(BadInput, match=r"line 15, field 'media\.ranges\[0\]\.name' is missing"):
         parse_profile(text, "m.toml")
+
+
+def test_only_a_control_or_management_port_can_be_marked_without_authentication() -> None:
+    ng = parse_profile(MINIMAL.replace('role = "signalling"', 'role = "control"\nauthenticated = false'), "m.toml")
+    assert ng.ports[0].authenticated is False
+    assert load_profile("rtpengine").ports[0].authenticated is False
+    with pytest.raises(BadInput, match=r"line 11, field 'ports\[0\]\.authenticated' can be false only on a control"):
+        parse_profile(MINIMAL.replace('role = "signalling"', 'role = "signalling"\nauthenticated = false'), "m.toml")

@@ -40,6 +40,14 @@ PORT_STRATEGIES = ("auto", "publish", "dnat", "host", "macvlan", "ipvlan")
     show_default=True,
     help="How media ports reach the container.",
 )
+@click.option(
+    "--bind",
+    "bind",
+    metavar="ADDR",
+    default=None,
+    help="Host address of the control and management ports (default: 127.0.0.1 for those without "
+    "authentication, such as rtpengine's ng; every address for the others).",
+)
 @click.option("--no-wait", is_flag=True, help="Do not wait for the media server to be ready.")
 @click.option("--timeout", type=float, default=None, help="Seconds to wait for readiness (default: the profile's).")
 @click.option("--keep-on-failure", is_flag=True, help="Keep the container if a step fails, for inspection.")
@@ -59,6 +67,7 @@ def run(
     media_ports: int | None,
     rt_weight: int,
     ports: str,
+    bind: str | None,
     no_wait: bool,
     timeout: float | None,
     keep_on_failure: bool,
@@ -85,6 +94,7 @@ def run(
         timeout=timeout,
         keep_on_failure=keep_on_failure,
         build_missing=build_missing,
+        bind=bind,
         start_agent=not no_agent and context.settings().start_agent,
     )
     from docker_xms.adapters.signals import interruptible
@@ -112,10 +122,11 @@ def _print_summary(r: object) -> None:
     )
     console.print(f"Container address: [bold]{r.address}[/]   host address: {r.host_address}")
     console.print(f"Media ports: {r.strategy} ({escape(r.strategy_reason)})")
-    table = Table("port", "role", "container", "host")
+    table = Table("port", "role", "container", "host", "host address")
     for row in r.ports:
         host = f"{row['host']}/{row['protocol']}" if row["host"] else "-"
-        table.add_row(row["name"], row["role"], f"{row['container']}/{row['protocol']}", host)
+        address = "every address" if row["bind"] == "0.0.0.0" else row["bind"] or "-"  # noqa: S104 - shown only
+        table.add_row(row["name"], row["role"], f"{row['container']}/{row['protocol']}", host, address)
     console.print(table)
     if r.per_group:
         console.print(
@@ -128,6 +139,8 @@ def _print_summary(r: object) -> None:
     console.print(f"Ready: {'yes' if r.ready else 'no'} ({escape(r.ready_state)})")
     for note in r.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
+    for warning in r.warnings:
+        console.print(f"[bold red]warning:[/] {escape(warning)}")
     if r.summary:
         console.print("\n" + escape(r.summary))
     if r.agent:

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from docker_xms.domain.profiles import PortSpec
+from docker_xms.domain.profiles import MANAGEMENT_ROLES, PortSpec
 from docker_xms.errors import BadInput
 
 STRATEGIES = ("publish", "dnat", "host", "macvlan", "ipvlan")
@@ -131,6 +131,52 @@ class PortPlan:
         if self.forwards:
             out[LABEL_DNAT] = ",".join(f.label() for f in self.forwards)
         return out
+
+
+# How the engine reports a port published on every address.
+ALL_ADDRESSES = "0.0.0.0"  # noqa: S104 - names the case, binds nothing
+EVERY_ADDRESS = ("", ALL_ADDRESSES, "::")
+LOOPBACK = "127.0.0.1"
+
+
+def check_bind(address: str) -> str:
+    """`run --bind`'s address, as the engine wants it."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        raise BadInput(f"--bind {address!r} is not an IP address such as 127.0.0.1 or 192.0.2.10.") from None
+
+
+def bind_addresses(profile_ports: Sequence[PortSpec], bind: str | None) -> dict[str, str]:
+    """The host address of each control and management port ("2223/udp" -> "127.0.0.1").
+
+    `bind` holds for all of them; without it, a port without authentication is published on the loopback
+    address only, and the others on every address (absent from the result), as the engine does by default.
+    """
+    out: dict[str, str] = {}
+    for spec in profile_ports:
+        if spec.role not in MANAGEMENT_ROLES:
+            continue
+        address = bind if bind is not None else (None if spec.authenticated else LOOPBACK)
+        if address is not None:
+            out.update({f"{spec.start + offset}/{spec.protocol}": address for offset in range(spec.count)})
+    return out
+
+
+def bound(publish: Mapping[str, int | None], binds: Mapping[str, str]) -> dict[str, Any]:
+    """The SDK's `ports=` with the host address of each port that has one: (address, port or None)."""
+    return {key: (binds[key], port) if key in binds else port for key, port in publish.items()}
+
+
+def open_everywhere(name: str, label: str, host_network: bool) -> str:
+    """The warning for a control port without authentication that every address of the host reaches."""
+    how = (
+        "with host networking it listens on every address of this host"
+        if host_network
+        else "it is published on every address of this host"
+    )
+    fix = "close it with a firewall" if host_network else "publish it on one address with --bind 127.0.0.1"
+    return f"{name} ({label}) has no authentication and {how}: anyone who reaches it controls the server; {fix}."
 
 
 def decide_strategy(requested: str, mode: str, media_port_count: int, netfilter_available: bool) -> StrategyChoice:

@@ -18,6 +18,8 @@ from typing import Any
 from docker_xms.errors import BadInput, NotFound
 
 PORT_ROLES = ("signalling", "media", "web", "ssh", "control", "other")
+# Ports that control or manage the server: `run --bind` chooses the host address they are published on.
+MANAGEMENT_ROLES = ("control", "web", "ssh")
 PROTOCOLS = ("tcp", "udp")
 CHECKS = ("none", "rtpengine-ng", "xms-oam")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -36,6 +38,9 @@ class PortSpec:
     role: str
     # In 1:1 mode the host port; by default the same as the container port.
     host_port: int | None = None
+    # False for a control port that obeys whoever reaches it (rtpengine's ng): published on 127.0.0.1
+    # unless `run --bind` says otherwise.
+    authenticated: bool = True
 
     @property
     def count(self) -> int:
@@ -224,7 +229,7 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 
 def _port(reader: _Reader, default_role: str | None = None) -> PortSpec:
-    reader.unknown({"name", "protocol", "port", "range", "role", "host_port"})
+    reader.unknown({"name", "protocol", "port", "range", "role", "host_port", "authenticated"})
     name = reader.get("name", str, default="")
     protocol = reader.get("protocol", str, default="udp")
     if protocol not in PROTOCOLS:
@@ -252,7 +257,10 @@ def _port(reader: _Reader, default_role: str | None = None) -> PortSpec:
         raise reader.fail("host_port", "must lie within 1-65535")
     if host_port is not None and host_port + end - start > 65535:
         raise reader.fail("host_port", f"leaves no room for the {end - start + 1} ports of the range below 65536")
-    return PortSpec(name or f"{start}/{protocol}", protocol, start, end, role, host_port)
+    authenticated = reader.get("authenticated", bool, default=True)
+    if not authenticated and role not in MANAGEMENT_ROLES:
+        raise reader.fail("authenticated", f"can be false only on a {', '.join(MANAGEMENT_ROLES)} port")
+    return PortSpec(name or f"{start}/{protocol}", protocol, start, end, role, host_port, authenticated)
 
 
 def _instance_file(reader: _Reader) -> InstanceFile:

@@ -46,6 +46,8 @@ class RunRequest:
     timeout: float | None = None
     keep_on_failure: bool = False
     build_missing: bool = False
+    # Host address of the control and management ports (None: loopback for those without authentication).
+    bind: str | None = None
     # Make sure an agent runs on the host (the command line sets it unless told not to).
     start_agent: bool = False
 
@@ -75,6 +77,7 @@ class RunResult:
     shell_command: str
     stop: str
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     # What `run` did about the agent: "" when one already ran or it was not asked to.
     agent: str = ""
 
@@ -145,11 +148,12 @@ def _ensure_image(engine: Engine, profile: Profile, ref: str, build_missing: boo
         raise NotFound(f"Image {ref} is not on this engine and could not be pulled: {reason}{hint}.") from exc
 
 
-def _port_free(protocol: str, port: int) -> bool:
+def _port_free(protocol: str, port: int, address: str = "0.0.0.0") -> bool:  # noqa: S104 - a test bind
     kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as sock:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, kind) as sock:
         try:
-            sock.bind(("0.0.0.0", port))  # noqa: S104 - testing whether the engine could bind it
+            sock.bind((address, port))
         except OSError:
             return False
     return True
@@ -162,12 +166,12 @@ def _host_pool() -> tuple[int, int]:
     return (10000, low - 1)
 
 
-def _check_host_ports(plan: port_plans.PortPlan) -> None:
+def _check_host_ports(plan: port_plans.PortPlan, binds: dict[str, str]) -> None:
     for key, host_port in plan.publish.items():
         if host_port is None:
             continue
         protocol = key.split("/")[1]
-        if not _port_free(protocol, host_port):
+        if not _port_free(protocol, host_port, binds.get(key, "0.0.0.0")):  # noqa: S104 - a test bind
             raise BadInput(f"Host port {host_port}/{protocol} is already in use; free it or run with -c.")
 
 
@@ -191,6 +195,8 @@ def run(engine: Engine, request: RunRequest, reporter: Reporter, settings: Setti
         raise BadInput(f"{request.name!r} is not a valid container name: use letters, digits, '_', '.' or '-'.")
     if request.rt_weight < 1:
         raise BadInput(f"--rt-weight must be 1 or more, not {request.rt_weight}.")
+    if request.bind is not None:
+        port_plans.check_bind(request.bind)
     if request.timeout is not None and request.timeout <= 0:
         raise BadInput(f"--timeout must be above 0 seconds, not {request.timeout}.")
     image = request.image or profile.image
@@ -342,7 +348,7 @@ def _plan_ports(engine: Engine, profile: Profile, request: RunRequest, mode: str
         host_pool=_host_pool(),
     )
     if mode == "one-to-one":
-        _check_host_ports(plan)
+        _check_host_ports(plan, port_plans.bind_addresses(profile.ports, request.bind))
     return port_plans.with_container_ephemeral(plan, profile.ports, profile.media_ranges)
 
 
@@ -367,7 +373,11 @@ def _create_args(
         "cap_add": ["SYS_NICE"],
         "stop_signal": STOP_SIGNAL,
         "environment": env,
-        "ports": dict(plan.publish) if plan.network_mode == "bridge" else None,
+        "ports": (
+            port_plans.bound(plan.publish, port_plans.bind_addresses(profile.ports, request.bind))
+            if plan.network_mode == "bridge"
+            else None
+        ),
         "network_mode": plan.network_mode if plan.network_mode != "bridge" else None,
         "healthcheck": _healthcheck(profile),
         **_systemd_mounts(rt, profile),
@@ -411,7 +421,8 @@ def _result(
         values[f"{row['name']}_host"] = address
         values[f"{row['name']}_port"] = row["container"]
         if row["host"]:
-            urls[row["name"]] = f"{host_ip}:{row['host']}"
+            at = host_ip if row["bind"] in port_plans.EVERY_ADDRESS else row["bind"]
+            urls[row["name"]] = f"{at}:{row['host']}"
     try:
         summary = profile.summary.format(**values).strip()
     except (KeyError, IndexError, ValueError):
@@ -440,6 +451,13 @@ def _result(
         shell_command=f"docker-xms shell {info.name}",
         stop=f"docker-xms stop {info.name}",
         notes=list(plan.notes),
+        warnings=[
+            port_plans.open_everywhere(
+                row["name"], f"{row['container']}/{row['protocol']}", plan.network_mode == "host"
+            )
+            for row in rows
+            if not row.get("authenticated", True) and row["host"] and row["bind"] in port_plans.EVERY_ADDRESS
+        ],
     )
 
 
@@ -453,6 +471,8 @@ def port_rows(profile: Profile, info: ContainerInfo, plan: port_plans.PortPlan) 
     for spec in profile.ports:
         bindings = info.ports.get(f"{spec.start}/{spec.protocol}") or []
         host = bindings[0]["HostPort"] if bindings else (str(spec.start) if plan.network_mode == "host" else "")
+        # The host address it is published on, as the engine reports it ("0.0.0.0": every one).
+        bind = (bindings[0]["HostIp"] if bindings else "") or (port_plans.ALL_ADDRESSES if host else "")
         rows.append(
             {
                 "name": spec.name,
@@ -460,12 +480,22 @@ def port_rows(profile: Profile, info: ContainerInfo, plan: port_plans.PortPlan) 
                 "role": spec.role,
                 "container": str(spec.start),
                 "host": host,
+                "bind": bind,
+                "authenticated": spec.authenticated,
             }
         )
     for m in plan.media:
         host = f"{m.host_start}-{m.host_end}" if plan.strategy not in ("macvlan", "ipvlan") else ""
         rows.append(
-            {"name": m.name, "protocol": m.protocol, "role": "media", "container": f"{m.start}-{m.end}", "host": host}
+            {
+                "name": m.name,
+                "protocol": m.protocol,
+                "role": "media",
+                "container": f"{m.start}-{m.end}",
+                "host": host,
+                "bind": port_plans.ALL_ADDRESSES if host else "",
+                "authenticated": True,
+            }
         )
     return rows
 
