@@ -21,7 +21,7 @@ PORT_ROLES = ("signalling", "media", "web", "ssh", "control", "other")
 # Ports that control or manage the server: `run --bind` chooses the host address they are published on.
 MANAGEMENT_ROLES = ("control", "web", "ssh")
 PROTOCOLS = ("tcp", "udp")
-CHECKS = ("none", "rtpengine-ng", "xms-oam")
+CHECKS = ("none", "rtpengine-ng", "xms-oam", "sip-options")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 # What the port-rule label (io.docker-xms.dnat) can hold as a media range's name.
 MEDIA_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -59,15 +59,19 @@ class PortSpec:
 class InstanceFile:
     """A file written into each container before it starts, rendered from a template.
 
-    Placeholders: {media_start}, {media_end}, {name}, {profile}.
+    Placeholders: {media_start}, {media_end}, {name}, {profile}, {advertise_address} (empty: the
+    container's own address), {<port name>_port} for each single port (its host port; '-' and '.' in
+    the name become '_'), and the names in the profile's [vars]. A verbatim file is written as it is,
+    for files such as scripts whose own braces are not placeholders.
     """
 
     path: str
     template: str
     mode: int = 0o644
+    verbatim: bool = False
 
     def render(self, values: dict[str, Any]) -> str:
-        return self.template.format(**values)
+        return self.template if self.verbatim else self.template.format(**values)
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class Profile:
     # Real-time priority the media server runs its workers at (used by the probe).
     rt_priority: int
     source: str
+    # Values for instance-file placeholders of the profile's own ([vars]), which a copy of it can change.
+    variables: dict[str, str] = field(default_factory=dict)
 
     @property
     def media_port_count(self) -> int:
@@ -263,8 +269,21 @@ def _port(reader: _Reader, default_role: str | None = None) -> PortSpec:
     return PortSpec(name or f"{start}/{protocol}", protocol, start, end, role, host_port, authenticated)
 
 
-def _instance_file(reader: _Reader) -> InstanceFile:
-    reader.unknown({"path", "template", "mode"})
+def port_placeholder(port: PortSpec) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", port.name) + "_port"
+
+
+def template_defaults(ports: Sequence[PortSpec], variables: dict[str, str]) -> dict[str, Any]:
+    """What an instance file's placeholders stand for when a run gives no value of its own."""
+    values: dict[str, Any] = {"media_start": 0, "media_end": 0, "name": "", "profile": "", "advertise_address": ""}
+    for port in ports:
+        if not port.is_range:
+            values[port_placeholder(port)] = port.host_port or port.start
+    return {**values, **variables}
+
+
+def _instance_file(reader: _Reader, known: dict[str, Any]) -> InstanceFile:
+    reader.unknown({"path", "template", "mode", "verbatim"})
     path = reader.get("path", str, required=True)
     if not path.startswith("/"):
         raise reader.fail("path", "must be an absolute path")
@@ -274,11 +293,13 @@ def _instance_file(reader: _Reader) -> InstanceFile:
         mode_value = int(mode, 8)
     except ValueError:
         raise reader.fail("mode", f"must be an octal string such as '0644', not {mode!r}") from None
-    try:
-        template.format(media_start=0, media_end=0, name="", profile="")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise reader.fail("template", f"has a placeholder that is not known: {exc}") from None
-    return InstanceFile(path, template, mode_value)
+    verbatim = reader.get("verbatim", bool, default=False)
+    if not verbatim:
+        try:
+            template.format(**known)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise reader.fail("template", f"has a placeholder that is not known: {exc}") from None
+    return InstanceFile(path, template, mode_value, verbatim)
 
 
 def parse_profile(text: str, source: str) -> Profile:
@@ -288,7 +309,7 @@ def parse_profile(text: str, source: str) -> Profile:
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"Profile {source} is not valid TOML: {exc}.") from None
     root = _Reader(data, source, text)
-    root.unknown({"profile", "ports", "media", "readiness", "build", "instance_files", "summary", "run"})
+    root.unknown({"profile", "ports", "media", "readiness", "build", "instance_files", "summary", "run", "vars"})
     head = root.table("profile")
     head.unknown({"name", "description", "image", "docs_url", "logins", "rt_priority"})
     name = head.get("name", str, required=True)
@@ -327,6 +348,12 @@ def parse_profile(text: str, source: str) -> Profile:
         timeout=float(timeout),
     )
 
+    variables = root.get("vars", dict, default={})
+    for key, value in variables.items():
+        if not isinstance(value, str):
+            raise _fail(source, f"vars.{key}", "must be a string", text)
+    known = template_defaults(ports, variables)
+
     build = root.table("build")
     build.unknown({"distro", "packages", "enable_units", "mask_units", "files", "env", "tag"})
     env = build.get("env", dict, default={})
@@ -335,7 +362,7 @@ def parse_profile(text: str, source: str) -> Profile:
         packages=build.strings("packages"),
         enable_units=build.strings("enable_units"),
         mask_units=build.strings("mask_units"),
-        files=tuple(_instance_file(r) for r in build.tables("files")),
+        files=tuple(_instance_file(r, known) for r in build.tables("files")),
         env={str(k): str(v) for k, v in env.items()},
         default_tag=build.get("tag", str, default=head.get("image", str, default="")),
     )
@@ -360,12 +387,13 @@ def parse_profile(text: str, source: str) -> Profile:
         env={str(k): str(v) for k, v in run_env.items()},
         readiness=readiness,
         build=build_recipe,
-        instance_files=tuple(_instance_file(r) for r in root.tables("instance_files")),
+        instance_files=tuple(_instance_file(r, known) for r in root.tables("instance_files")),
         summary=summary_text,
         logins={str(k): str(v) for k, v in logins.items()},
         media_config=media_config,
         rt_priority=rt_priority,
         source=source,
+        variables={str(k): str(v) for k, v in variables.items()},
     )
 
 

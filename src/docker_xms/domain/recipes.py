@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from docker_xms.domain.profiles import PortSpec, Profile
+from docker_xms.domain.profiles import PortSpec, Profile, template_defaults
 
 DISTROS = ("debian12", "centos7", "rocky9")
 STOP_SIGNAL = "SIGRTMIN+3"
@@ -126,14 +126,25 @@ class RenderedFile:
     mode: int
 
 
-def profile_files(profile: Profile, media_start: int | None = None, media_end: int | None = None) -> list[RenderedFile]:
-    """Build-time and per-instance files, rendered with a media range (the profile's full one by default)."""
+def profile_files(
+    profile: Profile,
+    media_start: int | None = None,
+    media_end: int | None = None,
+    values: Mapping[str, object] | None = None,
+) -> list[RenderedFile]:
+    """Build-time and per-instance files, rendered with a media range (the profile's full one by default).
+
+    `values` overrides any other placeholder (an advertised address, a host port); those it leaves
+    out keep their defaults, so a caller that knows none of them renders every file all the same.
+    """
     media = profile.media
-    values = {
+    merged = {
+        **template_defaults(profile.ports, profile.variables),
         "media_start": media_start if media_start is not None else (media.start if media else 0),
         "media_end": media_end if media_end is not None else (media.end if media else 0),
         "name": profile.name,
         "profile": profile.name,
+        **(values or {}),
     }
     files = [*profile.build.files, *profile.instance_files]
-    return [RenderedFile(f.path, f.render(values).lstrip("\n"), f.mode) for f in files]
+    return [RenderedFile(f.path, f.render(merged).lstrip("\n"), f.mode) for f in files]

@@ -22,6 +22,17 @@ OAM_GET = (
     "printf 'GET /services HTTP/1.0\\r\\nHost: 127.0.0.1\\r\\nUserName: superadmin\\r\\n\\r\\n' >&3; "
     "timeout 5 cat <&3"
 )
+# A SIP OPTIONS through bash's /dev/udp: any SIP response means the proxy reads and answers requests.
+# rport asks for the reply on the socket's own port, whatever the Via says. printf writes line by line;
+# dd gathers the lines into the one datagram a SIP message must be.
+SIP_OPTIONS = (
+    "exec 3<>/dev/udp/127.0.0.1/{port}; "
+    "printf 'OPTIONS sip:127.0.0.1:{port} SIP/2.0\\r\\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK-docker-xms-%s;rport\\r\\n"
+    "Max-Forwards: 70\\r\\nFrom: <sip:ready@127.0.0.1>;tag=docker-xms\\r\\nTo: <sip:127.0.0.1:{port}>\\r\\n"
+    "Call-ID: docker-xms-ready-%s\\r\\nCSeq: 1 OPTIONS\\r\\nContent-Length: 0\\r\\n\\r\\n' $$ $$ | dd bs=4096 count=1 iflag=fullblock status=none >&3; "
+    "timeout 2 dd bs=4096 count=1 status=none <&3"
+)
 _SERVICE_RE = re.compile(r"<service\b[^>]*>", re.IGNORECASE)
 _ATTR_RE = re.compile(r'(\w+)="([^"]*)"')
 
@@ -78,6 +89,18 @@ def rtpengine_ng(engine: Engine, container_id: str, port: int = 2223) -> Check:
     return Check(False, "waiting for rtpengine's ng ping")
 
 
+def _sip_port(profile: Profile) -> int:
+    return next((p.start for p in profile.ports if p.name == "sip" and p.protocol == "udp"), 5060)
+
+
+def sip_options(engine: Engine, container_id: str, port: int = 5060) -> Check:
+    _, out = _sh(engine, container_id, SIP_OPTIONS.format(port=port))
+    status = next((line for line in out.splitlines() if line.startswith("SIP/2.0 ")), "")
+    if status:
+        return Check(True, f"SIP OPTIONS answered {status[len('SIP/2.0 ') :].strip()}")
+    return Check(False, "waiting for a SIP answer to OPTIONS")
+
+
 def parse_oam_services(text: str) -> dict[str, str]:
     """Service name -> state from the XMS management API's /services answer."""
     services: dict[str, str] = {}
@@ -110,6 +133,8 @@ def health_script(profile: Profile) -> str:
     if profile.readiness.check == "rtpengine-ng":
         port = next((p.start for p in profile.ports if p.name == "ng"), 2223)
         parts.append("(" + NG_PING.format(port=port) + ") | grep -q ponge")
+    elif profile.readiness.check == "sip-options":
+        parts.append("(" + SIP_OPTIONS.format(port=_sip_port(profile)) + ") | grep -q '^SIP/2.0 '")
     elif profile.readiness.check == "xms-oam":
         allowed = "|".join(profile.readiness.allowed_down) or "-"
         parts.append(
@@ -136,6 +161,8 @@ def check_once(engine: Engine, container_id: str, profile: Profile) -> Check:
         return rtpengine_ng(engine, container_id, port)
     if readiness.check == "xms-oam":
         return xms_oam(engine, container_id, readiness.allowed_down)
+    if readiness.check == "sip-options":
+        return sip_options(engine, container_id, _sip_port(profile))
     return Check(True, "ready")
 
 

@@ -1,0 +1,273 @@
+"""The `sip` profile end to end: SIPp calls through the containerized Kamailio, media through its rtpengine.
+
+Caller and callee are SIPp (Debian sip-tester), each in a network namespace the test creates, joined to
+the host by a veth pair in a private /30 and routed to the container network through the host. The
+caller plays SIPp's own G.711 A-law recording; the callee echoes every RTP packet back. Packets are
+counted by netfilter counters inside each namespace, so the numbers come from neither SIPp nor rtpengine.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import secrets
+import shutil
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import docker_xms
+from tests.helpers import run_cli, wait_for
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+
+SCENARIO = Path(docker_xms.__file__).parent / "assets" / "sipp" / "uac_g711a.xml"
+PCAP = Path("/usr/share/sip-tester/g711a.pcap")
+MEDIA_PORT = 6000
+
+
+def pcap_packets(path: Path) -> int:
+    """Packets in a classic pcap file: what the caller plays, so what must come back."""
+    data = path.read_bytes()
+    endian = "<" if data[:4] == b"\xd4\xc3\xb2\xa1" else ">"
+    offset, count = 24, 0
+    while offset + 16 <= len(data):
+        (included,) = struct.unpack(endian + "I", data[offset + 8 : offset + 12])
+        offset += 16 + included
+        count += 1
+    return count
+
+
+def sh(*args: str, check: bool = True) -> str:
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A network namespace with one address, reached from the host through a veth pair."""
+
+    netns: str
+    host_if: str
+    address: str
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", self.netns, *args], capture_output=True, text=True, timeout=timeout
+        )
+
+    def count(self, chain: str) -> int:
+        """Packets the namespace's own counting rule in `chain` saw."""
+        out = self.run("iptables", "-w", "-nvxL", chain).stdout
+        rows = [line.split() for line in out.splitlines() if "udp" in line.split()]
+        assert len(rows) == 1, out
+        return int(rows[0][0])
+
+
+def _taken_networks() -> list[ipaddress.IPv4Network]:
+    found = []
+    for line in sh("ip", "-4", "-o", "addr", "show").splitlines():
+        found.append(ipaddress.ip_interface(line.split()[3]).network)
+    for line in sh("ip", "-4", "route", "show", "table", "all").splitlines():
+        first = line.split()[0]
+        if re.fullmatch(r"[\d.]+(/\d+)?", first):
+            found.append(ipaddress.ip_network(first, strict=False))
+    return found
+
+
+def pick_block(within: str) -> ipaddress.IPv4Network:
+    """A /29 inside `within` that no address or route of the host touches: two /30s for two peers."""
+    pool = ipaddress.ip_network(within)
+    taken = _taken_networks()
+    for _ in range(200):
+        base = int(pool.network_address) + secrets.randbelow(pool.num_addresses // 8) * 8
+        block = ipaddress.ip_network(f"{ipaddress.ip_address(base)}/29")
+        if not any(block.overlaps(net) for net in taken):
+            return block
+    raise AssertionError(f"no free /29 found in {within}")
+
+
+class Namespaces:
+    """Peers in namespaces the test owns, and the host-side rules that let them reach the container network."""
+
+    def __init__(self, container_subnet: str, within: str) -> None:
+        self.container_subnet = container_subnet
+        self.block = pick_block(within)
+        self.token = secrets.token_hex(3)
+        self.forward_chain = "DOCKER-USER" if self._chain_exists("DOCKER-USER") else "FORWARD"
+        self.peers: list[Peer] = []
+        self.rules: list[list[str]] = []
+
+    @staticmethod
+    def _chain_exists(chain: str) -> bool:
+        return subprocess.run(["iptables", "-w", "-nL", chain], capture_output=True).returncode == 0
+
+    def add(self, role: str) -> Peer:
+        index = len(self.peers)
+        subnet = list(self.block.subnets(new_prefix=30))[index]
+        host_addr, peer_addr = (str(a) for a in list(subnet.hosts())[:2])
+        netns = f"dxsip-{self.token}-{role}"
+        host_if, peer_if = f"dxs{self.token}{role[0]}", "eth0"
+        peer = Peer(netns, host_if, peer_addr)
+        sh("ip", "netns", "add", netns)
+        self.peers.append(peer)
+        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if, "netns", netns)
+        sh("ip", "addr", "add", f"{host_addr}/30", "dev", host_if)
+        sh("ip", "link", "set", host_if, "up")
+        sh("ip", "-n", netns, "link", "set", "lo", "up")
+        sh("ip", "-n", netns, "addr", "add", f"{peer_addr}/30", "dev", peer_if)
+        sh("ip", "-n", netns, "link", "set", peer_if, "up")
+        # The namespace's only way out: the container network, through the host.
+        sh("ip", "-n", netns, "route", "add", self.container_subnet, "via", host_addr)
+        # Docker's FORWARD policy drops what is neither published nor forwarded by a DNAT rule; media
+        # sent straight to the container's own ports is neither.
+        rule = [self.forward_chain, "-i", host_if, "-d", self.container_subnet, "-j", "ACCEPT"]
+        sh("iptables", "-w", "-I", *rule)
+        self.rules.append(rule)
+        return peer
+
+    def close(self) -> None:
+        for rule in self.rules:
+            subprocess.run(["iptables", "-w", "-D", *rule], capture_output=True)
+        for peer in self.peers:
+            subprocess.run(["ip", "netns", "del", peer.netns], capture_output=True)
+            subprocess.run(["ip", "link", "del", peer.host_if], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def sip_image(docker_client: Any) -> str:
+    result = run_cli("build", "--profile", "sip", "--if-missing", timeout=900)
+    assert result.code == 0, result.err + result.out
+    return "docker-xms/sip:latest"
+
+
+@pytest.fixture(scope="module")
+def sip_container(sip_image: str) -> Iterator[dict[str, Any]]:
+    if shutil.which("sipp") is None:
+        pytest.fail("SIPp is not installed: apt-get install sip-tester")
+    name = f"sip-test-{secrets.token_hex(3)}"
+    started = run_cli("run", "-c", "--profile", "sip", "--name", name, "--json", timeout=300)
+    assert started.code == 0, started.err
+    try:
+        yield json.loads(started.out)
+    finally:
+        run_cli("rm", "-f", name)
+
+
+def bridge_subnet(docker_client: Any) -> str:
+    config = docker_client.networks.get("bridge").attrs["IPAM"]["Config"]
+    return str(next(c["Subnet"] for c in config if ":" not in c["Subnet"]))
+
+
+def numsessions(name: str) -> int:
+    result = run_cli("shell", name, "--", "rtpengine-ctl", "list", "numsessions")
+    assert result.code == 0, result.err
+    match = re.search(r"Current sessions total: (\d+)", result.out)
+    assert match, result.out
+    return int(match.group(1))
+
+
+def sipp_stats(path: Path) -> dict[str, int]:
+    """The last row of SIPp's -trace_stat file, cumulative counters only."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    header, last = lines[0].split(";"), lines[-1].split(";")
+    return {k: int(v) for k, v in zip(header, last, strict=False) if k.endswith("(C)") and v.strip().isdigit()}
+
+
+def test_sip_profile_is_ready_and_answers_options(sip_container: dict[str, Any]) -> None:
+    assert sip_container["ready"] is True
+    assert sip_container["ready_state"].startswith("SIP OPTIONS answered 200")
+    assert sip_container["rt_verified"] is True
+    assert {
+        (p["name"], p["protocol"], p["container"]) for p in sip_container["ports"] if p["role"] == "signalling"
+    } == {
+        ("sip", "udp", "5060"),
+        ("sip-tcp", "tcp", "5060"),
+    }
+    # rtpengine's ng stays inside the container: Kamailio is its only client.
+    assert not [p for p in sip_container["ports"] if p["name"] == "ng"]
+
+
+def test_a_call_through_the_proxy_is_answered_and_its_media_relayed_by_rtpengine(
+    docker_client: Any, sip_container: dict[str, Any], tmp_path: Path
+) -> None:
+    name, proxy = sip_container["name"], sip_container["address"]
+    expected = pcap_packets(PCAP)
+    spaces = Namespaces(bridge_subnet(docker_client), "10.200.0.0/16")
+    try:
+        caller, callee = spaces.add("a"), spaces.add("b")
+        caller.run("iptables", "-w", "-A", "OUTPUT", "-p", "udp", "-d", proxy, "!", "--dport", "5060")
+        caller.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "-s", proxy, "!", "--sport", "5060")
+        callee.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", str(MEDIA_PORT))
+        callee.run("iptables", "-w", "-A", "OUTPUT", "-p", "udp", "--sport", str(MEDIA_PORT))
+
+        uas = subprocess.Popen(
+            ["ip", "netns", "exec", callee.netns, "sipp", "-sn", "uas", "-rtp_echo", "-i", callee.address,
+             "-p", "5060", "-mi", callee.address, "-mp", str(MEDIA_PORT), "-m", "1", "-nostdin",
+             "-timeout", "60s", "-trace_err", "-error_file", str(tmp_path / "uas-errors.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(0.5)
+        stats_file = tmp_path / "uac-stats.csv"
+        uac = subprocess.Popen(
+            ["ip", "netns", "exec", caller.netns, "sipp", f"{callee.address}:5060", "-rsa", f"{proxy}:5060",
+             "-sf", str(SCENARIO), "-i", caller.address, "-p", "5060", "-mi", caller.address,
+             "-mp", str(MEDIA_PORT), "-m", "1", "-nostdin", "-timeout", "60s", "-trace_stat", "-stf",
+             str(stats_file), "-trace_err", "-error_file", str(tmp_path / "uac-errors.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        # While the recording plays, rtpengine holds the call's session.
+        during = wait_for(lambda: numsessions(name), timeout=8, interval=0.5, what="an rtpengine session")
+        uac_code = uac.wait(timeout=60)
+        uas_code = uas.wait(timeout=30)
+        errors = "".join(p.read_text() for p in tmp_path.glob("*-errors.log"))
+        assert (uac_code, uas_code) == (0, 0), errors or (uac.stderr.read() if uac.stderr else "")
+        stats = sipp_stats(stats_file)
+
+        sent, echoed_back = caller.count("OUTPUT"), caller.count("INPUT")
+        reached_callee, echoed = callee.count("INPUT"), callee.count("OUTPUT")
+        wait_for(lambda: numsessions(name) == 0, timeout=10, what="no rtpengine session left")
+        print(
+            f"\nsip: calls created {stats['OutgoingCall(C)']}, successful {stats['SuccessfulCall(C)']}, "
+            f"failed {stats['FailedCall(C)']}; rtpengine sessions during the call {during}, after it 0; "
+            f"RTP packets: pcap {expected}, caller sent {sent}, callee received {reached_callee}, "
+            f"callee echoed {echoed}, caller received {echoed_back}"
+        )
+        assert (stats["OutgoingCall(C)"], stats["SuccessfulCall(C)"], stats["FailedCall(C)"]) == (1, 1, 0)
+        assert during == 1
+        assert sent == expected
+        assert reached_callee == expected
+        assert echoed == expected
+        assert echoed_back == expected
+    finally:
+        spaces.close()
+
+
+def test_a_caller_outside_the_allowed_networks_is_refused(
+    docker_client: Any, sip_container: dict[str, Any], tmp_path: Path
+) -> None:
+    name, proxy = sip_container["name"], sip_container["address"]
+    # 198.18.0.0/15 (RFC 2544, benchmarking) is in none of the profile's private ranges.
+    spaces = Namespaces(bridge_subnet(docker_client), "198.18.0.0/15")
+    try:
+        caller = spaces.add("x")
+        errors = tmp_path / "uac-errors.log"
+        result = caller.run(
+            "sipp", "192.0.2.1:5060", "-rsa", f"{proxy}:5060", "-sf", str(SCENARIO), "-i", caller.address,
+            "-p", "5060", "-mi", caller.address, "-m", "1", "-nostdin", "-timeout", "20s",
+            "-trace_err", "-error_file", str(errors),
+        )  # fmt: skip
+        assert result.returncode != 0
+        assert "SIP/2.0 403 Forbidden" in errors.read_text()
+        assert numsessions(name) == 0
+    finally:
+        spaces.close()
