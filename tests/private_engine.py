@@ -18,17 +18,23 @@ cgroup file systems from the engine and from docker-xms.
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import os
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import docker
 
+from docker_xms.adapters.config import load_settings
+from docker_xms.adapters.engine import Engine
+from docker_xms.adapters.hostlock import host_lock
+from docker_xms.errors import XmsError
+from docker_xms.usecases.rt import open_host, read_state, rebalance_locked
 from tests.helpers import Result, cli_path, run_cli
 
 NAME = "docker-xms-test-engine"
@@ -48,6 +54,26 @@ ROOM_US = 200_000
 
 class Unavailable(Exception):
     """This host cannot give the tests an engine of their own; the reason says why."""
+
+
+@contextlib.contextmanager
+def host_room(room_us: int) -> Iterator[None]:
+    """Inside: the host engine's parent /docker holds `room_us` less than the whole pool, under the host lock.
+
+    The host lock is held throughout, so an agent on the host (which knows no cap) cannot take the room
+    back before the caller has put it where it goes; the next uncapped rebalance then keeps off it.
+    """
+    settings = load_settings()
+    engine = Engine.connect(timeout=60)
+    try:
+        with host_lock(settings.lock_path):
+            pool = read_state(open_host(engine, settings)).pool_us
+            if pool < 2 * room_us:
+                raise Unavailable(f"the host's real-time pool ({pool} us) leaves no {room_us} us to spare")
+            rebalance_locked(open_host(engine, dataclasses.replace(settings, rt_pool_us=pool - room_us)))
+            yield
+    finally:
+        engine.close()
 
 
 class PrivateEngine:
@@ -190,25 +216,12 @@ class PrivateEngine:
 
     def make_room(self) -> None:
         """Move `room_us` from the host engine's parent to this engine's parent."""
-        for _ in range(3):
-            status = run_cli("rt", "status", "--json", timeout=120)
-            if status.code != 0:
-                raise Unavailable(f"docker-xms rt status failed on the host engine: {status.err.strip()}")
-            pool = int(json.loads(status.out)["pool_us"])
-            if pool < self.room_us * 2:
-                raise Unavailable(f"the host's real-time pool ({pool} us) leaves no {self.room_us} us to spare")
-            capped = run_cli("rt", "rebalance", "--json", env={"DOCKER_XMS_RT_POOL_US": str(pool - self.room_us)})
-            if capped.code != 0:
-                raise Unavailable(f"the capped rebalance of the host engine failed: {capped.err.strip()}")
-            self.parent.mkdir(exist_ok=True)
-            try:
+        try:
+            with host_room(self.room_us):
+                self.parent.mkdir(exist_ok=True)
                 (self.parent / "cpu.rt_runtime_us").write_text(f"{self.room_us}\n")
-                break
-            except OSError:
-                # Someone grew /docker again between the two steps (an agent without the cap): again.
-                continue
-        else:
-            raise Unavailable(f"the kernel refused {self.room_us} us for {self.parent} three times")
+        except (OSError, XmsError) as exc:
+            raise Unavailable(f"no {self.room_us} us of real-time room for {self.parent}: {exc}") from exc
         again = run_cli("rt", "rebalance", "--json", timeout=120)
         if again.code != 0:
             raise Unavailable(f"the host engine's rebalance beside {self.parent} failed: {again.err.strip()}")

@@ -30,7 +30,7 @@ from docker_xms.domain.labels import MANAGED_LABEL
 from tests import host_state
 from tests.helpers import TEST_LABEL, run_cli, wait_for
 from tests.integration.test_agent import AgentProcess
-from tests.private_engine import CPU_ROOT, PrivateEngine, Unavailable
+from tests.private_engine import CPU_ROOT, PrivateEngine, Unavailable, host_room
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.engine_restart]
 
@@ -68,6 +68,23 @@ def seen(client: Any, cid: str) -> Seen:
     )
 
 
+def start_realtime_bystander(client: Any, image: str, command: list[str]) -> str:
+    """A plain `docker run --cpu-rt-runtime=20000 --cap-add SYS_NICE` container on the host engine.
+
+    It needs room in /docker, which the managed containers hold all of: as an administrator would, the
+    pool is capped for one rebalance and the parent raised by hand by what that freed (under the host
+    lock, so that an agent cannot take it back first); the next rebalance counts it as foreign.
+    """
+    parent = CPU_ROOT / "docker" / "cpu.rt_runtime_us"
+    with host_room(20_000):
+        parent.write_text(f"{int(parent.read_text()) + 20_000}\n")
+        container = client.containers.run(
+            image, command, detach=True, name=BYSTANDER + "rt", labels={TEST_LABEL: "bystander"},
+            cpu_rt_runtime=20_000, cap_add=["SYS_NICE"],
+        )  # fmt: skip
+    return str(container.id)
+
+
 @pytest.fixture(scope="module")
 def bystanders(docker_client: Any, busybox_image: str, rtpengine_image: str) -> Iterator[dict[str, Seen]]:
     """Three containers on the host engine that the engine-restart tests must leave exactly as they are."""
@@ -78,21 +95,7 @@ def bystanders(docker_client: Any, busybox_image: str, rtpengine_image: str) -> 
             busybox_image, sleep, detach=True, name=BYSTANDER + "plain", labels={TEST_LABEL: "bystander"}
         )
         ids["plain"] = plain.id
-        # A plain real-time container needs room in /docker, which the managed ones hold all of: the
-        # pool is capped for one rebalance, then the uncapped one counts the newcomer as foreign.
-        pool = int(json.loads(run_cli("rt", "status", "--json").out)["pool_us"])
-        capped = run_cli("rt", "rebalance", env={"DOCKER_XMS_RT_POOL_US": str(pool - 20_000)})
-        assert capped.code == 0, capped.err
-        realtime = docker_client.containers.run(
-            busybox_image,
-            sleep,
-            detach=True,
-            name=BYSTANDER + "rt",
-            labels={TEST_LABEL: "bystander"},
-            cpu_rt_runtime=20_000,
-            cap_add=["SYS_NICE"],
-        )
-        ids["rt"] = realtime.id
+        ids["rt"] = start_realtime_bystander(docker_client, busybox_image, sleep)
         managed = run_cli(
             "run", "-c", "--no-wait", "--json", "--name", BYSTANDER + "managed", "--media-ports", "10",
             "--ports", "dnat", env={"DOCKER_XMS_START_AGENT": "0"}, timeout=120,
