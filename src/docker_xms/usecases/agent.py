@@ -164,6 +164,8 @@ class Agent:
             try:
                 rebalance(rt, arriving_weight=weight, then=start)
             except EngineUnavailable:
+                # Not tried after all: the engine went away in the middle; try again when it is back.
+                self._retried.discard(key)
                 raise
             except XmsError as exc:
                 self.log(f"could not start {name}: {exc.message}")
