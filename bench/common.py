@@ -1,14 +1,15 @@
-"""Helpers shared by the benchmark sections: timing, the CLI, cleanup, process memory."""
+"""Helpers shared by the benchmark sections: timing, the CLI, cleanup, process memory, raw results."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ RESULTS = ROOT / "bench" / "results"
 CLI = str(Path(sys.executable).parent / "docker-xms")
 IMAGE = os.environ.get("DOCKER_XMS_RTPENGINE_IMAGE", "docker-xms/rtpengine:latest")
 PREFIX = "bench-"
+# The README's demo container (`scripts/quickstart.sh demo`): a managed 1:1 server that holds a share of the pool.
+DEMO = "docker-xms-demo"
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -68,8 +71,52 @@ def proxy_processes() -> tuple[int, int]:
     return count, rss
 
 
-def save(results: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "latest.json"
-    path.write_text(json.dumps(results, indent=2, sort_keys=True))
+def results_path(started: time.struct_time, sections: list[str], directory: Path = RESULTS) -> Path:
+    """Where a run's raw results go: dated (UTC) and named after its sections, never over an earlier run's file."""
+    stamp = time.strftime("%Y-%m-%dT%H%M", started)
+    stem = f"{stamp}-{'-'.join(sections)}"
+    path = directory / f"{stem}.json"
+    again = 2
+    while path.exists():
+        path = directory / f"{stem}-{again}.json"
+        again += 1
     return path
+
+
+def save(results: dict[str, Any], path: Path) -> Path:
+    """The raw results, kept in the repository so that every figure quoted from a run can be traced to its file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+@contextlib.contextmanager
+def demo_paused() -> Iterator[dict[str, Any]]:
+    """Stop the README's demo for the run when it runs, and start it again afterwards whatever happened.
+
+    Running, it holds a share of the real-time pool and its media ports: every budget measured beside it would be
+    smaller than on a host that runs only the benchmark. `docker-xms start` gives it its share and rules back.
+    """
+    from docker_xms.domain.labels import MANAGED_LABEL
+
+    found = [
+        s
+        for s in client().api.containers(filters={"name": DEMO, "label": f"{MANAGED_LABEL}=true"})
+        if (s.get("Names") or ["/"])[0] == f"/{DEMO}"
+    ]
+    state: dict[str, Any] = {"paused": [], "restarted": True}
+    if not found:
+        yield state
+        return
+    cli("stop", DEMO)
+    state["paused"] = [DEMO]
+    print(f"stopped {DEMO} for the run; it is started again at the end")
+    try:
+        yield state
+    finally:
+        proc = cli("start", DEMO, check=False)
+        if proc.returncode != 0:
+            state["restarted"] = False
+            print(f"could not start {DEMO} again: {proc.stderr.strip()}", file=sys.stderr)
+        else:
+            print(f"started {DEMO} again")

@@ -1,16 +1,17 @@
 """Wake-up latency in docker-xms containers against the same image under plain `docker run`, idle and loaded.
 
 Managed containers get a real-time budget from docker-xms, so the probe runs at SCHED_FIFO at the priority of the
-rtpengine profile. In a plain container the kernel refuses SCHED_FIFO (no budget in its cgroup), so the probe runs
-at SCHED_OTHER: that is what an unmanaged media server gets on this host. Probes run concurrently in all N
-containers of a measurement.
+rtpengine profile. In an unmanaged plain container the kernel refuses SCHED_FIFO (no budget in its cgroup), so the
+probe runs at SCHED_OTHER: that is what an unmanaged media server gets on this host. In a hand-made one (plain
+`docker run --cpu-rt-runtime` with the same budget, the parent raised by hand; see bench.baselines) the probe runs at
+SCHED_FIFO at the same priority. Probes run concurrently in all N containers of a measurement.
 
 The same probe also runs on the host, outside any container, at the same priority: the machine's own floor. On a
 virtual machine the hypervisor can stop a vCPU for milliseconds whatever the guest's scheduling; no container can
 do better than the floor, and the report shows it next to the containers, with the steal time of each measurement.
 
-Each (N, load) measurement is split into rounds that alternate the order of floor, managed and unmanaged, so that a
-noisy minute on the machine lands on all three alike.
+Each (N, load) measurement is split into rounds that rotate the order of floor, managed, unmanaged and hand-made, so
+that a noisy minute on the machine lands on all of them alike.
 
 Loads: idle; `host` = stress-ng --cpu 8 in the host's root cgroup (other work on the machine); `inside` =
 stress-ng --cpu 8/N placed in each measured container's cpu cgroup (the server's own non-real-time work: codecs,
@@ -35,10 +36,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import IMAGE, cli, client
+from bench.baselines import (
+    HAND_MADE,
+    UNMANAGED,
+    check_like_with_like,
+    create_plain,
+    fair_share,
+    hand_made_started,
+    rotated,
+    setup_of,
+    start,
+    template,
+)
+from bench.common import cli, client
 
 LAT_PREFIX = "bench-lat-"
-KINDS = ("floor", "managed", "unmanaged")
+KINDS = ("floor", "managed", UNMANAGED, HAND_MADE)
 LOADS = ("idle", "host", "inside")
 # Log-spaced histogram bins for the plots: 0..1 us, then 10 bins per decade up to 1 s.
 BIN_EDGES = [0.0, *[10 ** (k / 10) for k in range(61)]]
@@ -99,20 +112,6 @@ def start_managed(name: str, wait: bool = False) -> str:
         cli("rm", "-f", name, check=False)
         time.sleep(1 + attempt)
     raise AssertionError("unreachable")
-
-
-def start_unmanaged(name: str) -> str:
-    """The same image under plain docker run, with the systemd mounts and SYS_NICE but no real-time budget."""
-    container = client().containers.run(
-        IMAGE,
-        name=name,
-        detach=True,
-        tmpfs={"/run": "", "/run/lock": ""},
-        volumes={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"}},
-        cap_add=["SYS_NICE"],
-        stop_signal="SIGRTMIN+3",
-    )
-    return str(container.id)
 
 
 def wait_booted(container_id: str, timeout_s: float = 120) -> None:
@@ -286,15 +285,15 @@ def _measure_load(
     rounds: int,
     hogs: int,
 ) -> list[dict[str, Any]]:
-    """Floor, managed and unmanaged under one load, in rounds of alternating order; one run per kind."""
+    """Every kind under one load, in rounds of rotating order; one run per kind."""
     slices: dict[str, list[list[dict[str, Any]]]] = {kind: [] for kind in KINDS}
     stolen = dict.fromkeys(KINDS, 0.0)
     n = len(targets["managed"])
     with contextlib.ExitStack() as stack:
         if load == "host":
-            stack.enter_context(host_load(hogs, limit_s=3 * rounds * duration_s + 120))
+            stack.enter_context(host_load(hogs, limit_s=len(KINDS) * duration_s + 120 + 5 * rounds * len(KINDS)))
         for r in range(rounds):
-            for kind in KINDS if r % 2 == 0 else tuple(reversed(KINDS)):
+            for kind in rotated(KINDS, r):
                 with contextlib.ExitStack() as inner:
                     if load == "inside":
                         # The floor's "inside" is the host's root cgroup, where the host probe runs.
@@ -313,9 +312,10 @@ def latency(
     interval_us: int = 1000,
     counts: tuple[int, ...] = (1, 2, 4),
     hogs: int = 8,
-    rounds: int = 3,
+    rounds: int = 4,
 ) -> dict[str, Any]:
-    """Wake-up lateness: host floor, managed (SCHED_FIFO + budget) and unmanaged (SCHED_OTHER), idle and loaded."""
+    """Wake-up lateness: host floor, managed (SCHED_FIFO + budget from docker-xms), unmanaged (SCHED_OTHER) and
+    hand-made (SCHED_FIFO + the same budget set by hand), idle and loaded."""
     from docker_xms.domain.profiles import load_profile
 
     priority = load_profile("rtpengine").rt_priority
@@ -331,35 +331,73 @@ def latency(
         },
         "bin_edges_us": BIN_EDGES,
         "runs": [],
+        "setups": {},
     }
-    priorities = {"floor": priority, "managed": priority, "unmanaged": 0}
+    priorities = {"floor": priority, "managed": priority, UNMANAGED: 0, HAND_MADE: priority}
     remove(LAT_PREFIX)
     try:
         for n in counts:
-            managed = [start_managed(f"{LAT_PREFIX}m{n}-{i}", wait=True) for i in range(n)]
-            unmanaged = [start_unmanaged(f"{LAT_PREFIX}u{n}-{i}") for i in range(n)]
-            cli("rt", "rebalance", check=False)
-            # Measure servers that have booted, not the boot: systemd, mounts and rtpengine's start-up
-            # (it makes a DTLS certificate) are kernel and CPU work that would land in the samples.
-            for cid in managed + unmanaged:
-                wait_booted(cid)
-            time.sleep(3)
-            if "fifo_refused" not in out:
-                out["fifo_refused"] = _fifo_refused(unmanaged[0], priority)
-            targets: dict[str, list[str | None]] = {"floor": [None], "managed": [*managed], "unmanaged": [*unmanaged]}
-            for load in LOADS:
-                for run in _measure_load(load, targets, priorities, interval_us, duration_s, rounds, hogs):
-                    run.update({"n": n, "load": load})
-                    out["runs"].append(run)
-                    p = run["pooled"]
-                    print(
-                        f"latency N={n} {load:6} {run['kind']:9} {run['containers'][0]['policy']:11}: p50 "
-                        f"{p['p50_us']:.0f} p99 {p['p99_us']:.0f} p99.9 {p['p999_us']:.0f} max {p['max_us']:.0f} us "
-                        f"({p['samples']} samples, steal {run['steal_ms']:.0f} ms)",
-                        flush=True,
-                    )
-            remove(LAT_PREFIX)
+            _measure_count(n, out, priorities, interval_us, duration_s, rounds, hogs)
     finally:
         remove(LAT_PREFIX)
         cli("rt", "rebalance", check=False)
     return out
+
+
+def _measure_count(
+    n: int,
+    out: dict[str, Any],
+    priorities: dict[str, int],
+    interval_us: int,
+    duration_s: float,
+    rounds: int,
+    hogs: int,
+) -> None:
+    """N containers of each kind, every load; removed again (and the parent given back) before the next N."""
+    try:
+        like = template(f"{LAT_PREFIX}t{n}")
+        share = fair_share(n)
+        hand_made = [create_plain(f"{LAT_PREFIX}h{n}-{i}", like, share) for i in range(n)]
+        unmanaged = [create_plain(f"{LAT_PREFIX}u{n}-{i}", like) for i in range(n)]
+        with hand_made_started(hand_made, share) as hand:
+            try:
+                start(unmanaged)
+                managed = [start_managed(f"{LAT_PREFIX}m{n}-{i}", wait=True) for i in range(n)]
+                # Measure servers that have booted, not the boot: systemd, mounts and rtpengine's start-up
+                # (it makes a DTLS certificate) are kernel and CPU work that would land in the samples.
+                for cid in managed + hand_made + unmanaged:
+                    wait_booted(cid)
+                time.sleep(3)
+                setups = {"managed": setup_of(managed[0]), UNMANAGED: setup_of(unmanaged[0])}
+                setups[HAND_MADE] = setup_of(hand_made[0])
+                check_like_with_like(setups)
+                out["setups"][str(n)] = {**setups, "parent_by_hand": hand}
+                print(
+                    f"latency N={n}: budget managed {setups['managed']['budget_us']} us, hand-made "
+                    f"{setups[HAND_MADE]['budget_us']} us, unmanaged {setups[UNMANAGED]['budget_us']}",
+                    flush=True,
+                )
+                if "fifo_refused" not in out:
+                    out["fifo_refused"] = _fifo_refused(unmanaged[0], priorities["managed"])
+                targets: dict[str, list[str | None]] = {
+                    "floor": [None],
+                    "managed": [*managed],
+                    UNMANAGED: [*unmanaged],
+                    HAND_MADE: [*hand_made],
+                }
+                for load in LOADS:
+                    for run in _measure_load(load, targets, priorities, interval_us, duration_s, rounds, hogs):
+                        run.update({"n": n, "load": load})
+                        out["runs"].append(run)
+                        p = run["pooled"]
+                        print(
+                            f"latency N={n} {load:6} {run['kind']:9} {run['containers'][0]['policy']:11}: p50 "
+                            f"{p['p50_us']:.0f} p99 {p['p99_us']:.0f} p99.9 {p['p999_us']:.0f} max "
+                            f"{p['max_us']:.0f} us ({p['samples']} samples, steal {run['steal_ms']:.0f} ms)",
+                            flush=True,
+                        )
+            finally:
+                # The hand-made containers go before the parent is given back.
+                remove(LAT_PREFIX)
+    finally:
+        remove(LAT_PREFIX)

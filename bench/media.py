@@ -1,5 +1,10 @@
 """RTP relayed by rtpengine in a docker-xms container against the same image under plain `docker run`.
 
+Three containers run side by side, set up alike apart from their real-time setup (see bench.baselines): managed
+(docker-xms), unmanaged (plain, no budget) and hand-made (plain with `--cpu-rt-runtime` of the same share, the parent
+raised by hand). Under each load they are measured in rounds whose order rotates, so that a noisy minute on the
+machine lands on every kind alike; each kind's rounds are then pooled.
+
 Two legs (A and B) on the host each send a 20 ms PCMU stream to rtpengine, which relays it to the other leg; the
 receiver computes RFC 3550 jitter, late and lost packets. Sender and receiver are Python threads of this process
 on the host, so host load hits them too: the same two streams are also sent directly over 127.0.0.1 (no relay)
@@ -17,9 +22,22 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from bench.latency import address_of, host_load, remove, start_managed, start_unmanaged
+from bench.baselines import (
+    HAND_MADE,
+    UNMANAGED,
+    check_like_with_like,
+    create_plain,
+    fair_share,
+    hand_made_started,
+    rotated,
+    setup_of,
+    start,
+    template,
+)
+from bench.latency import address_of, host_load, remove, start_managed, wait_booted
 
 MEDIA_PREFIX = "bench-media-"
+KINDS = ("managed", UNMANAGED, HAND_MADE)
 TOOL_PRIORITY = 70
 STAGGER_NS = 10_000_000  # leg B sends 10 ms after leg A, so that the two senders do not wake together
 
@@ -154,69 +172,147 @@ def rtpengine_threads(container_id: str) -> dict[str, int]:
     return counts
 
 
+def _pooled(kind: str, load: str, rounds: list[dict[str, Any]], packets: int) -> dict[str, Any]:
+    """One kind's rounds under one load and tool as one run: jitter averaged over the rounds (each round's RFC 3550
+    estimate is a running mean already), lost and late packets summed, delays at their worst round."""
+
+    def side(leg: str) -> dict[str, Any]:
+        jitters = [r[leg]["jitter_ms"] for r in rounds]
+        out = {
+            "jitter_ms": sum(jitters) / len(jitters),
+            "jitter_max_ms": max(jitters),
+            "lost": sum(r[leg]["lost"] for r in rounds),
+            "late": sum(r[leg]["late"] for r in rounds),
+            "sent": 2 * packets * len(rounds),
+        }
+        for key in ("delay_p99_ms", "delay_max_ms"):
+            values = [r[leg][d][key] for r in rounds for d in ("a_to_b", "b_to_a") if r[leg][d][key] is not None]
+            out[key] = max(values) if values else None
+        return out
+
+    relay, direct = side("relay"), side("direct")
+    return {
+        "kind": kind,
+        "load": load,
+        "tool": rounds[0]["tool"],
+        "relay": relay,
+        "direct": direct,
+        "added_jitter_ms": relay["jitter_ms"] - direct["jitter_ms"],
+        "rounds": rounds,
+    }
+
+
 def media(
-    packets: int = 750, hogs: int = 8, tools: tuple[str, ...] = ("fifo",), other_tool_when_loaded: bool = True
+    packets: int = 750,
+    hogs: int = 8,
+    tools: tuple[str, ...] = ("fifo",),
+    other_tool_when_loaded: bool = True,
+    rounds: int = 3,
 ) -> dict[str, Any]:
-    """Jitter, loss and lateness of RTP relayed by rtpengine, managed against unmanaged, idle and loaded.
+    """Jitter, loss and lateness of RTP relayed by rtpengine: managed, unmanaged and hand-made, idle and loaded.
 
-    Loads: `host` = stress-ng in the host's root cgroup; `inside` = stress-ng in the container's own cpu cgroup,
-    which is where a media server's own non-real-time work (codecs, recording, logs) competes with its relay.
+    Loads: `host` = stress-ng in the host's root cgroup; `inside` = stress-ng in the measured container's own cpu
+    cgroup, which is where a media server's own non-real-time work (codecs, recording, logs) competes with its relay.
+    `packets` per kind, load and tool are sent in `rounds` parts.
     """
-    from bench.latency import LOADS, cpu_cgroups, rt_budget
+    from bench.latency import LOADS
 
+    per_round = max(50, packets // rounds)
     out: dict[str, Any] = {
-        "packets": packets,
+        "packets": per_round * rounds,
+        "packets_per_round": per_round,
+        "rounds": rounds,
         "ptime_ms": 20,
         "loads": {
             "idle": "nothing else running",
             "host": f"stress-ng --cpu {hogs} in the host's root cgroup",
-            "inside": f"stress-ng --cpu {hogs} in the container's cpu cgroup",
+            "inside": f"stress-ng --cpu {hogs} in the measured container's cpu cgroup",
         },
         "runs": [],
         "containers": {},
     }
     remove(MEDIA_PREFIX)
     try:
-        for kind in ("managed", "unmanaged"):
-            name = f"{MEDIA_PREFIX}{kind}"
-            cid = start_managed(name, wait=True) if kind == "managed" else start_unmanaged(name)
-            address = address_of(cid)
-            _wait_for_ng(address)
-            time.sleep(1)
-            out["containers"][kind] = {
-                "budget_us": rt_budget(cid),
-                "rtpengine_threads": rtpengine_threads(cid),
-            }
-            print(f"media {kind}: budget {rt_budget(cid)} us, rtpengine threads {rtpengine_threads(cid)}")
-            for load in LOADS:
-                policies = list(tools)
-                if load != "idle" and other_tool_when_loaded and "other" not in policies:
-                    policies.append("other")
-                with contextlib.ExitStack() as stack:
-                    if load != "idle":
-                        groups = cpu_cgroups([cid]) if load == "inside" else ()
-                        limit = len(policies) * packets * 0.05 + 120
-                        stack.enter_context(host_load(hogs, limit_s=limit, cgroups=groups))
-                    for policy in policies:
-                        with tool_policy(policy) as got:
-                            relay = _relayed(address, packets)
-                            direct = _direct(packets)
-                        run = {
-                            "kind": kind,
-                            "load": load,
-                            "tool": got,
-                            "relay": relay,
-                            "direct": direct,
-                            "added_jitter_ms": relay["jitter_ms"] - direct["jitter_ms"],
-                        }
-                        out["runs"].append(run)
-                        print(
-                            f"media {kind:9} {load:6} tool {got}: relay jitter {relay['jitter_ms']:.3f} ms, direct "
-                            f"{direct['jitter_ms']:.3f} ms, added {run['added_jitter_ms']:+.3f} ms; lost "
-                            f"{relay['lost']}, late {relay['late']} of {2 * packets}",
-                            flush=True,
-                        )
-            remove(name)
+        like = template(f"{MEDIA_PREFIX}template")
+        share = fair_share(1)
+        plain = {
+            UNMANAGED: create_plain(f"{MEDIA_PREFIX}unmanaged", like),
+            HAND_MADE: create_plain(f"{MEDIA_PREFIX}hand-made", like, share),
+        }
+        with hand_made_started([plain[HAND_MADE]], share) as hand:
+            try:
+                start([plain[UNMANAGED]])
+                ids = {"managed": start_managed(f"{MEDIA_PREFIX}managed", wait=True), **plain}
+                out["parent_by_hand"] = hand
+                _measure(out, ids, LOADS, tools, other_tool_when_loaded, per_round, rounds, hogs)
+            finally:
+                # The hand-made container goes before the parent is given back.
+                remove(MEDIA_PREFIX)
     finally:
         remove(MEDIA_PREFIX)
     return out
+
+
+def _measure(
+    out: dict[str, Any],
+    ids: dict[str, str],
+    loads: tuple[str, ...],
+    tools: tuple[str, ...],
+    other_tool_when_loaded: bool,
+    packets: int,
+    rounds: int,
+    hogs: int,
+) -> None:
+    from bench.latency import cpu_cgroups
+
+    addresses = {}
+    for kind, cid in ids.items():
+        wait_booted(cid)
+        addresses[kind] = address_of(cid)
+        _wait_for_ng(addresses[kind])
+    time.sleep(1)
+    setups = {kind: setup_of(cid) for kind, cid in ids.items()}
+    check_like_with_like(setups)
+    for kind, cid in ids.items():
+        threads = rtpengine_threads(cid)
+        out["containers"][kind] = {"budget_us": setups[kind]["budget_us"], "rtpengine_threads": threads}
+        out["containers"][kind]["setup"] = setups[kind]
+        print(f"media {kind}: budget {setups[kind]['budget_us']} us, rtpengine threads {threads}")
+    groups = dict(zip(ids, cpu_cgroups(list(ids.values())), strict=True))
+    for load in loads:
+        policies = list(tools)
+        if load != "idle" and other_tool_when_loaded and "other" not in policies:
+            policies.append("other")
+        done: dict[tuple[str, str], list[dict[str, Any]]] = {(k, p): [] for k in ids for p in policies}
+        with contextlib.ExitStack() as stack:
+            if load == "host":
+                limit = len(ids) * len(policies) * rounds * (2 * packets * 0.02 + 10) + 120
+                stack.enter_context(host_load(hogs, limit_s=limit))
+            for r in range(rounds):
+                for position, kind in enumerate(rotated(list(ids), r)):
+                    with contextlib.ExitStack() as inner:
+                        if load == "inside":
+                            limit = len(policies) * (2 * packets * 0.02 + 10) + 60
+                            inner.enter_context(host_load(hogs, limit_s=limit, cgroups=(groups[kind],)))
+                        for policy in policies:
+                            with tool_policy(policy) as got:
+                                relay = _relayed(addresses[kind], packets)
+                                direct = _direct(packets)
+                            done[(kind, policy)].append(
+                                {"round": r, "position": position, "tool": got, "relay": relay, "direct": direct}
+                            )
+                            print(
+                                f"media {load:6} round {r + 1} {kind:9} tool {got}: relay jitter "
+                                f"{relay['jitter_ms']:.3f} ms, direct {direct['jitter_ms']:.3f} ms; lost "
+                                f"{relay['lost']}, late {relay['late']} of {2 * packets}",
+                                flush=True,
+                            )
+        for (kind, _), measured in done.items():
+            run = _pooled(kind, load, measured, packets)
+            out["runs"].append(run)
+            print(
+                f"media {kind:9} {load:6} tool {run['tool']}: relay jitter {run['relay']['jitter_ms']:.3f} ms, direct "
+                f"{run['direct']['jitter_ms']:.3f} ms, added {run['added_jitter_ms']:+.3f} ms; lost "
+                f"{run['relay']['lost']}, late {run['relay']['late']} of {run['relay']['sent']} ({rounds} rounds)",
+                flush=True,
+            )

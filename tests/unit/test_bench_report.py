@@ -82,3 +82,34 @@ def test_media_verdict_on_added_jitter_and_the_ratio() -> None:
     (ratio,) = [line for line in lines if "unmanaged / managed" in line]
     assert "load inside" in ratio
     assert "40.0x" in ratio
+
+
+def test_latency_headline_names_the_hand_made_baseline_beside_managed() -> None:
+    lat = _lat(
+        [
+            _lat_run(1, "host", "managed", 80),
+            _lat_run(1, "host", "unmanaged", 2000),
+            _lat_run(1, "host", "hand-made", 88),
+        ]
+    )
+    (line,) = latency_headlines(lat)
+    assert "managed 80 us vs unmanaged 2000 us = 25.0x" in line
+    assert "hand-made (plain docker run, same budget) 88 us = 1.10x managed" in line
+
+
+def test_media_ratio_line_includes_the_hand_made_baseline() -> None:
+    media = {
+        "loads": {"inside": ""},
+        "runs": [
+            _media_run("managed", "inside", 0.05, 0.01),
+            _media_run("unmanaged", "inside", 2.0, 0.01),
+            _media_run("hand-made", "inside", 0.06, 0.01),
+        ],
+    }
+    lines = media_headlines(media)
+    (hand,) = [line for line in lines if "load inside, hand-made" in line]
+    assert "+0.050 ms" in hand
+    assert "target" not in hand
+    (ratio,) = [line for line in lines if "/ managed" in line]
+    assert "unmanaged / managed = 40.0x" in ratio
+    assert "hand-made / managed = 1.2x" in ratio
