@@ -271,14 +271,12 @@ def test_churn_never_overcommits_and_ends_exact(docker_client: Any, agent: Agent
             args = ["run", "-c", "--no-wait", "--json", "--name", name, "--media-ports", "10"]
             args += ["--ports", "dnat"] if rng.random() < 0.3 else []
             result = run_cli(*args, timeout=300)
-            # Parallel runs can pick the same host media range (it is planned before the host lock is
-            # taken); the engine refuses the second. Such a run must leave nothing behind; try again.
-            for _ in range(3):
-                if result.code == 0 or "port is already allocated" not in result.err:
-                    break
-                collisions.append(name)
+            # Host media ranges are planned under the host lock, beside the labels of every container
+            # started before: two parallel runs never get the same one. Counted, never retried.
+            if result.code != 0 and "port is already allocated" in result.err:
+                collisions.append(f"run {name}: {result.err.strip()}")
                 assert docker_client.containers.list(all=True, filters={"name": name}) == [], name
-                result = run_cli(*args, timeout=300)
+                continue
             if result.code != 0 and "rolled back to the previous budgets" in result.err:
                 # Refused by the kernel and undone: other processes on this host may start real-time
                 # containers outside the host lock. Counted and bounded below, not hidden.
@@ -313,12 +311,13 @@ def test_churn_never_overcommits_and_ends_exact(docker_client: Any, agent: Agent
     print(
         f"churn: {done} operations by {workers} workers in {elapsed:.1f} s; "
         f"{samples['taken']} consistent samples ({samples['torn']} torn), {samples['over']} over the parent; "
-        f"{len(failures)} failed commands; {len(collisions)} runs retried after a host port collision; {len(refused)} runs refused and rolled back"
+        f"{len(failures)} failed commands; {len(collisions)} runs refused for a host port collision; {len(refused)} runs refused and rolled back"
     )
     print("\n".join(refused))
     assert samples["over"] == 0, worst[:5]
     assert samples["taken"] > 100
     assert not failures, failures[:5]
+    assert not collisions, collisions[:5]
     assert len(refused) <= operations // 50, refused
     assert done + 2 * len(refused) == operations
     assert not [c for c in docker_client.containers.list(all=True) if c.name.startswith(f"{PREFIX}churn-")]
