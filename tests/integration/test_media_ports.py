@@ -36,6 +36,7 @@ from docker_xms.adapters.rtp import (
     open_call,
     udp_socket,
 )
+from docker_xms.domain import ports as port_plans
 from docker_xms.domain.media import StreamStats, stream_stats
 from tests.helpers import TEST_LABEL, run_cli, wait_for
 from tests.host_state import one_to_one_holder
@@ -228,10 +229,43 @@ def test_rtp_through_forwarded_bridge_ports(
     check_relayed(f"{strategy}{'' if one_to_one else ' -c'}", relayed)
 
 
-def test_rtp_through_host_networking(rtpengine_image: str, container_name: list[str]) -> None:
+def _held_host_ranges() -> list[tuple[int, int]]:
+    """The host media ranges the engine's managed containers hold, running or stopped."""
+    client = docker.from_env()
+    try:
+        return [
+            r
+            for c in client.containers.list(all=True, filters={"label": "io.docker-xms.managed=true"})
+            for r in port_plans.host_ranges_from_labels(c.labels)
+        ]
+    finally:
+        client.close()
+
+
+def _profile_clear_of_held_ranges(folder: Path) -> str:
+    """The rtpengine profile with a media range that no container on this host holds.
+
+    Host networking gives each -c container a slice of the profile's range; a server the suite did not
+    start (the demo, stopped for the run, keeps its 1:1 range) may hold all of it.
+    """
+    held = _held_host_ranges()
+    start = next(
+        base for base in range(31000, 10000, -1000) if not any(base <= high and low <= base + 999 for low, high in held)
+    )
+    text = (Path(port_plans.__file__).parent.parent / "profiles/rtpengine.toml").read_text()
+    assert 'range = "30000-30999"' in text
+    text = text.replace('range = "30000-30999"', f'range = "{start}-{start + 999}"')
+    text = text.replace('name = "rtpengine"', 'name = "rtpengine-host-test"', 1)
+    path = folder / "rtpengine-host-test.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_rtp_through_host_networking(rtpengine_image: str, container_name: list[str], tmp_path: Path) -> None:
     name = _name("host")
     container_name.append(name)
-    summary = run_json("-c", "--ports", "host", "--media-ports", "100", "--name", name)
+    profile = _profile_clear_of_held_ranges(tmp_path)
+    summary = run_json("-c", "--ports", "host", "--media-ports", "100", "--name", name, "--profile", profile)
     assert summary["strategy"] == "host"
     assert [m["host_start"] - m["start"] for m in summary["media"]] == [0] * len(summary["media"])
     assert sum(m["end"] - m["start"] + 1 for m in summary["media"]) == 100
