@@ -49,10 +49,16 @@ def _children(group: Path) -> dict[str, int]:
 
 
 def running_managed(client: Any) -> dict[str, int]:
-    """Running managed containers and their weights (the label, 1 when absent)."""
+    """Running managed containers and their weights (the label, 1 when absent).
+
+    One whose weight label is not a whole number of 1 or more is no member: docker-xms leaves its
+    budget as it is, like any other holder's.
+    """
     found = {}
     for c in client.containers.list(filters={"label": f"{MANAGED}=true"}):
-        found[c.id] = int(c.labels.get(WEIGHT, "1"))
+        text = c.labels.get(WEIGHT, "1")
+        if text.isdigit() and int(text) >= 1:
+            found[c.id] = int(text)
     return found
 
 
