@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from docker_xms.domain.labels import unreadable
+
 CPU_ROOT = Path("/sys/fs/cgroup/cpu")
 PARENT = CPU_ROOT / "docker"
 PERIOD_US = 1_000_000
@@ -51,13 +53,13 @@ def _children(group: Path) -> dict[str, int]:
 def running_managed(client: Any) -> dict[str, int]:
     """Running managed containers and their weights (the label, 1 when absent).
 
-    One whose weight label is not a whole number of 1 or more is no member: docker-xms leaves its
-    budget as it is, like any other holder's.
+    One whose weight label is not a whole number of 1 or more, or whose other labels cannot be read,
+    is no member: docker-xms leaves its budget as it is, like any other holder's.
     """
     found = {}
     for c in client.containers.list(filters={"label": f"{MANAGED}=true"}):
         text = c.labels.get(WEIGHT, "1")
-        if text.isdigit() and int(text) >= 1:
+        if text.isdigit() and int(text) >= 1 and unreadable(c.labels) is None:
             found[c.id] = int(text)
     return found
 
