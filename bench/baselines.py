@@ -210,7 +210,7 @@ def hand_made_started(container_ids: Sequence[str], share_us: int) -> Iterator[d
     Under docker-xms's host lock: its containers give up N x share (a rebalance with the pool capped), then the
     administrator's step, `echo <enough> > <parent>/cpu.rt_runtime_us` (what the parent's children hold plus the
     hand-made budgets), then `docker start`. The parent's value from before the hand-made step is written back when
-    the block ends (the hand-made containers must be gone by then) and docker-xms rebalances without the cap.
+    the block ends (the hand-made containers must be gone by then), and docker-xms rebalances without the cap.
     """
     from docker_xms.adapters.hostlock import host_lock
     from docker_xms.domain.budget import to_period
@@ -220,7 +220,8 @@ def hand_made_started(container_ids: Sequence[str], share_us: int) -> Iterator[d
     need = len(container_ids) * share_us
     try:
         with host_lock(rt.lock_path):
-            pool = read_state(rt).pool_us
+            state = read_state(rt)
+            pool = state.pool_us
             rebalance_locked(dataclasses.replace(rt, cap_us=pool - need))
             before = rt.fs.read_runtime(rt.parent)
             held = sum(to_period(c.runtime_us, c.period_us) for c in rt.fs.children(rt.parent))
@@ -232,16 +233,19 @@ def hand_made_started(container_ids: Sequence[str], share_us: int) -> Iterator[d
             yield {
                 "parent": rt.parent,
                 "pool_us": pool,
+                # Managed containers that are not the benchmark's, running beside it: they share the pool too.
+                "other_managed": sorted(h.name for h in state.managed),
                 "before_us": before,
                 "children_held_us": held,
                 "set_us": after,
                 "share_us": share_us,
             }
         finally:
-            try:
+            # Given back only if docker-xms has not already taken the room back for its own containers (it rebalances
+            # when one of them is removed); the rebalance below leaves the parent as docker-xms keeps it either way.
+            held_now = sum(to_period(c.runtime_us, c.period_us) for c in rt.fs.children(rt.parent))
+            if held_now <= before:
                 rt.fs.write_runtime(rt.parent, before)
-            except Exception as exc:
-                print(f"hand-made: could not give {rt.parent} back its {before} us: {exc}")
             # docker-xms's containers take the room back now, not at the next event.
             cli("rt", "rebalance", check=False)
     finally:

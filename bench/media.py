@@ -123,7 +123,9 @@ def _relayed(address: str, packets: int) -> dict[str, Any]:
             return _two_streams(leg_a, leg_b, a_sends_to, b_sends_to, packets)
         finally:
             with contextlib.suppress(Exception):
-                ng.delete(call.call_id, call.from_tag)
+                # At once: rtpengine keeps a deleted call's ports for 30 s by default, and the rounds come back
+                # to the same container sooner than that.
+                ng.delete(call.call_id, call.from_tag, **{"delete-delay": 0})
 
 
 def _direct(packets: int) -> dict[str, Any]:

@@ -300,10 +300,11 @@ def _setups_md(section: dict[str, Any]) -> list[str]:
     if not any(HAND in kinds for kinds in per_n.values()):
         return []
     lines = [
-        "The N hand-made containers (each with half the free pool split N ways) started first, then docker-xms's N; "
-        "docker-xms counted the hand-made ones as other holders and gave its own the other half, the same budget "
-        "each. Every kind was checked to have the same published ports, healthcheck, mounts, capabilities, sysctls, "
-        "stop signal, image and server configuration before it was measured.",
+        "The N hand-made containers started first, each with pool / (W + 2N) (W = weight of other managed containers "
+        "running beside the benchmark), in room docker-xms gave up for them; then docker-xms's N, which counted the "
+        "hand-made ones as other holders and gave its own the same budget each. Every kind was checked to have the "
+        "same published ports, healthcheck, mounts, capabilities, sysctls, stop signal, image and server "
+        "configuration before it was measured.",
         "",
     ]
     rows = []
@@ -329,6 +330,11 @@ def _setups_md(section: dict[str, Any]) -> list[str]:
         lines.append(
             f"- by hand: `{hand['parent']}` cpu.rt_runtime_us {hand['before_us']:,} -> {hand['set_us']:,} us, "
             "given back afterwards"
+            + (
+                f"; other managed containers running beside: {', '.join(hand['other_managed'])}"
+                if hand.get("other_managed")
+                else ""
+            )
         )
     return [*lines, ""] if hands else lines
 
