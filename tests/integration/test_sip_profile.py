@@ -203,6 +203,7 @@ def test_a_call_through_the_proxy_is_answered_and_its_media_relayed_by_rtpengine
     name, proxy = sip_container["name"], sip_container["address"]
     expected = pcap_packets(PCAP)
     spaces = Namespaces(bridge_subnet(docker_client), "10.200.0.0/16")
+    sipps: list[subprocess.Popen[str]] = []
     try:
         caller, callee = spaces.add("a"), spaces.add("b")
         caller.run("iptables", "-w", "-A", "OUTPUT", "-p", "udp", "-d", proxy, "!", "--dport", "5060")
@@ -216,6 +217,7 @@ def test_a_call_through_the_proxy_is_answered_and_its_media_relayed_by_rtpengine
              "-timeout", "60s", "-trace_err", "-error_file", str(tmp_path / "uas-errors.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
+        sipps.append(uas)
         time.sleep(0.5)
         stats_file = tmp_path / "uac-stats.csv"
         uac = subprocess.Popen(
@@ -225,6 +227,7 @@ def test_a_call_through_the_proxy_is_answered_and_its_media_relayed_by_rtpengine
              str(stats_file), "-trace_err", "-error_file", str(tmp_path / "uac-errors.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
+        sipps.append(uac)
         # While the recording plays, rtpengine holds the call's session.
         during = wait_for(lambda: numsessions(name), timeout=8, interval=0.5, what="an rtpengine session")
         uac_code = uac.wait(timeout=60)
@@ -249,6 +252,9 @@ def test_a_call_through_the_proxy_is_answered_and_its_media_relayed_by_rtpengine
         assert echoed == expected
         assert echoed_back == expected
     finally:
+        for sipp in sipps:
+            sipp.kill()
+            sipp.wait()
         spaces.close()
 
 
