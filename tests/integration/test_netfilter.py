@@ -24,10 +24,11 @@ from typing import Any
 
 import pytest
 
-from docker_xms.adapters.netfilter import ForwardSpec, Netfilter
+from docker_xms.adapters.netfilter import ForwardSpec
 from docker_xms.domain.ports import plan_ports
 from docker_xms.domain.profiles import parse_profile
 from docker_xms.errors import XmsError
+from tests.netfilter_helpers import ScratchNetfilter as Netfilter
 
 pytestmark = pytest.mark.engine
 

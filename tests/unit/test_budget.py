@@ -11,8 +11,6 @@ from docker_xms.domain.budget import (
     MIN_RUNTIME_US,
     PARENT,
     BudgetImpossible,
-    KernelModel,
-    KernelRefusal,
     Member,
     Write,
     capacity,
@@ -23,6 +21,7 @@ from docker_xms.domain.budget import (
     to_period,
 )
 from docker_xms.errors import BadInput, XmsError
+from tests.kernel_model import KernelModel, KernelRefusal
 
 GLOBAL = 950_000
 

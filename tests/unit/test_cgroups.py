@@ -207,11 +207,6 @@ def test_children_list_runtime_and_period(tmp_path: Path) -> None:
     ]
 
 
-def test_tasks_lists_thread_ids(tmp_path: Path) -> None:
-    v1_group(tmp_path / "cpu/docker/aaa", 475_000, tasks="101\n102\n")
-    assert CgroupFs(tmp_path / "cpu").tasks("/docker/aaa") == [101, 102]
-
-
 def test_siblings_of_the_systemd_parent_reduce_its_capacity(tmp_path: Path) -> None:
     root = tmp_path / "cpu"
     v1_group(root, 950_000)

@@ -17,20 +17,18 @@ from docker_xms.domain.ports import (
     bound,
     carve,
     check_bind,
-    choose_strategy,
     decide_strategy,
     ephemeral_outside,
-    ephemeral_range,
     forwards_from_labels,
     host_ranges_from_labels,
-    network_definition,
     plan_ports,
     with_container_ephemeral,
 )
 from docker_xms.domain.profiles import PortSpec, Profile, parse_profile
 from docker_xms.errors import BadInput
 
-EPHEMERAL = (32768, 60999)
+# Below the kernel's ephemeral range (32768-60999), as `run` keeps its pool.
+POOL = (20000, 32767)
 
 
 def builtin(name: str) -> Profile:
@@ -48,6 +46,7 @@ RTPENGINE = replace(
 
 
 def plan(profile: Profile, mode: str, strategy: str, **kwargs: Any) -> PortPlan:
+    kwargs.setdefault("host_pool", POOL)
     return plan_ports(profile.ports, profile.media_ranges, mode, strategy, **kwargs)
 
 
@@ -72,13 +71,13 @@ def test_auto_publishes_when_iptables_is_not_usable_and_says_so() -> None:
 
 
 def test_auto_publishes_a_few_media_ports() -> None:
-    assert choose_strategy("auto", "one-to-one", 20, netfilter_available=True) == "publish"
-    assert choose_strategy("auto", "one-to-one", 21, netfilter_available=True) == "dnat"
+    assert decide_strategy("auto", "one-to-one", 20, netfilter_available=True).strategy == "publish"
+    assert decide_strategy("auto", "one-to-one", 21, netfilter_available=True).strategy == "dnat"
 
 
 def test_an_explicit_strategy_is_kept() -> None:
-    assert choose_strategy("host", "container-address", 4498, netfilter_available=True) == "host"
-    assert choose_strategy("publish", "one-to-one", 4498, netfilter_available=True) == "publish"
+    assert decide_strategy("host", "container-address", 4498, netfilter_available=True).strategy == "host"
+    assert decide_strategy("publish", "one-to-one", 4498, netfilter_available=True).strategy == "publish"
 
 
 @pytest.mark.parametrize(
@@ -86,6 +85,7 @@ def test_an_explicit_strategy_is_kept() -> None:
     [
         ("dnat", "one-to-one", False, "needs a usable iptables"),
         ("nat", "one-to-one", True, "Unknown port strategy 'nat'"),
+        ("macvlan", "container-address", True, "Unknown port strategy 'macvlan'"),
         ("auto", "bridge", True, "Unknown port mode 'bridge'"),
     ],
 )
@@ -93,7 +93,7 @@ def test_bad_strategy_requests_are_refused_in_one_sentence(
     requested: str, mode: str, available: bool, message: str
 ) -> None:
     with pytest.raises(BadInput, match=message) as caught:
-        choose_strategy(requested, mode, 4498, available)
+        decide_strategy(requested, mode, 4498, available)
     assert caught.value.message.count(". ") == 0
 
 
@@ -149,7 +149,7 @@ def test_three_xms_containers_get_disjoint_host_ranges_from_their_neighbours_lab
     used: list[tuple[int, int]] = []
     plans = []
     for _ in range(3):
-        p = plan(XMS, "container-address", "dnat", used_host_ranges=list(used))
+        p = plan(XMS, "container-address", "dnat", used_host_ranges=list(used), host_pool=(20000, 34999))
         used.extend(host_ranges_from_labels(p.labels()))
         plans.append(p)
     assert [p.host_media_ranges for p in plans] == [
@@ -166,27 +166,19 @@ def test_three_xms_containers_get_disjoint_host_ranges_from_their_neighbours_lab
         assert p.publish["22/tcp"] is None
 
 
-def test_slots_spread_containers_started_together() -> None:
-    ranges = [
-        plan(RTPENGINE, "container-address", "dnat", slot=i, media_ports=1000).host_media_ranges for i in range(3)
-    ]
-    assert ranges == [((20000, 20999),), ((21000, 21999),), ((22000, 22999),)]
-
-
-def test_a_taken_slot_moves_to_the_next_free_block() -> None:
-    p = plan(RTPENGINE, "container-address", "dnat", slot=0, media_ports=1000, used_host_ranges=[(20000, 20999)])
+def test_a_taken_block_moves_to_the_next_free_block() -> None:
+    p = plan(RTPENGINE, "container-address", "dnat", media_ports=1000, used_host_ranges=[(20000, 20999)])
     assert p.host_media_ranges == ((21000, 21999),)
 
 
-def test_the_engines_pick_range_is_kept_out_and_exhaustion_is_one_sentence() -> None:
-    reserved = [EPHEMERAL]
+def test_ranges_stay_in_the_pool_and_exhaustion_is_one_sentence() -> None:
     used: list[tuple[int, int]] = []
     for _ in range(2):
-        p = plan(XMS, "container-address", "dnat", used_host_ranges=list(used), reserved_host_ranges=reserved)
+        p = plan(XMS, "container-address", "dnat", used_host_ranges=list(used))
         used.extend(p.host_media_ranges)
     assert used == [(20000, 24497), (24498, 28995)]
     with pytest.raises(BadInput, match="no free block of 4498 ports") as caught:
-        plan(XMS, "container-address", "dnat", used_host_ranges=used, reserved_host_ranges=reserved)
+        plan(XMS, "container-address", "dnat", used_host_ranges=used)
     assert "--media-ports" in caught.value.message
 
 
@@ -236,7 +228,10 @@ def test_plan_ports_wants_a_chosen_strategy() -> None:
 
 
 def test_host_networking_gives_each_container_its_own_slice() -> None:
-    plans = [plan(RTPENGINE, "container-address", "host", slot=i, media_ports=1000) for i in range(3)]
+    plans: list[PortPlan] = []
+    for _ in range(3):
+        used = [r for p in plans for r in p.host_media_ranges]
+        plans.append(plan(RTPENGINE, "container-address", "host", media_ports=1000, used_host_ranges=used))
     assert [p.media_range for p in plans] == [(30000, 30999), (31000, 31999), (32000, 32999)]
     for p in plans:
         assert (p.network_mode, dict(p.publish), p.forwards) == ("host", {}, ())
@@ -245,7 +240,7 @@ def test_host_networking_gives_each_container_its_own_slice() -> None:
 
 
 def test_host_slices_skip_those_other_containers_hold() -> None:
-    p = plan(RTPENGINE, "container-address", "host", slot=0, media_ports=1000, used_host_ranges=[(30000, 30999)])
+    p = plan(RTPENGINE, "container-address", "host", media_ports=1000, used_host_ranges=[(30000, 30999)])
     assert p.media_range == (31000, 31999)
     full = [(30000 + 1000 * k, 30999 + 1000 * k) for k in range(10)]
     with pytest.raises(BadInput, match="All 10 slices of 1000 media ports are taken"):
@@ -253,64 +248,18 @@ def test_host_slices_skip_those_other_containers_hold() -> None:
 
 
 def test_a_host_slice_may_span_two_of_the_profiles_ranges() -> None:
-    p = plan(XMS, "container-address", "host", slot=1, media_ports=2249)
+    p = plan(XMS, "container-address", "host", media_ports=2249, used_host_ranges=[(49152, 51400)])
     assert [(m.name, m.start, m.end) for m in p.media] == [("rtp", 51401, 53152), ("udp-57344", 57344, 57840)]
     assert p.media_port_count == 2249
-
-
-# LAN addresses
-
-
-@pytest.mark.parametrize("kind", ["macvlan", "ipvlan"])
-def test_lan_address_plans_translate_nothing(kind: str) -> None:
-    p = plan(XMS, "container-address", kind, network="lan0")
-    assert (p.network_mode, dict(p.publish), p.forwards) == ("lan0", {}, ())
-    assert p.media_range == (49152, 53152)
-    assert LABEL_HOST_MEDIA not in p.labels()
-    assert plan(XMS, "one-to-one", kind).network_mode == f"docker-xms-{kind}"
-
-
-def test_ipvlan_network_definition() -> None:
-    assert network_definition("ipvlan", "eth0", "192.168.1.0/24", "192.168.1.1", "192.168.1.192/27") == {
-        "driver": "ipvlan",
-        "options": {"parent": "eth0", "ipvlan_mode": "l2"},
-        "ipam": {
-            "Driver": "default",
-            "Config": [{"Subnet": "192.168.1.0/24", "Gateway": "192.168.1.1", "IPRange": "192.168.1.192/27"}],
-            "Options": {},
-        },
-        "enable_ipv6": False,
-    }
-
-
-def test_macvlan_network_definition_bridges_containers_on_a_vlan_parent() -> None:
-    definition = network_definition("macvlan", "eth0.100", "10.0.100.0/24", "10.0.100.254")
-    assert definition["options"] == {"parent": "eth0.100", "macvlan_mode": "bridge"}
-    assert definition["ipam"]["Config"] == [{"Subnet": "10.0.100.0/24", "Gateway": "10.0.100.254"}]
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (("bridge", "eth0", "192.168.1.0/24", "192.168.1.1"), "macvlan or ipvlan"),
-        (("ipvlan", "eth0; rm", "192.168.1.0/24", "192.168.1.1"), "not a network interface name"),
-        (("ipvlan", "eth0", "192.168.1.1/24", "192.168.1.1"), "host bits must be zero"),
-        (("ipvlan", "eth0", "192.168.1.0/24", "192.168.2.1"), "not a host address of the subnet"),
-        (("ipvlan", "eth0", "192.168.1.0/24", "192.168.1.1", "192.168.2.0/27"), "does not lie within"),
-    ],
-)
-def test_bad_network_definitions_are_refused(args: tuple[str, ...], message: str) -> None:
-    with pytest.raises(BadInput, match=message):
-        network_definition(*args)
 
 
 # Labels
 
 
 def test_labels_give_back_the_plan() -> None:
-    p = plan(XMS, "container-address", "dnat", slot=2)
+    p = plan(XMS, "container-address", "dnat", used_host_ranges=[(20000, 20999)])
     labels = p.labels()
-    assert labels[LABEL_HOST_MEDIA] == "28996-33493"
+    assert labels[LABEL_HOST_MEDIA] == "21000-25497"
     assert forwards_from_labels(labels) == p.forwards
     assert host_ranges_from_labels({}) == []
     assert forwards_from_labels({}) == ()
@@ -332,19 +281,13 @@ def test_malformed_dnat_labels_are_refused() -> None:
         forwards_from_labels({LABEL_DNAT: "rtp/sctp:1-2>3-4"})
 
 
-def test_ephemeral_range_reads_the_sysctl_file() -> None:
-    assert ephemeral_range("32768\t60999\n") == EPHEMERAL
-    with pytest.raises(BadInput):
-        ephemeral_range("")
-
-
-@given(st.lists(st.tuples(st.integers(0, 5), st.integers(1, 4498)), min_size=1, max_size=12))
-def test_container_address_host_ranges_never_overlap_and_stay_in_the_pool(requests: list[tuple[int, int]]) -> None:
-    pool = (20000, 59999)
+@given(st.lists(st.integers(1, 4498), min_size=1, max_size=12))
+def test_container_address_host_ranges_never_overlap_and_stay_in_the_pool(requests: list[int]) -> None:
+    pool = POOL
     used: list[tuple[int, int]] = []
-    for slot, count in requests:
+    for count in requests:
         try:
-            p = plan(XMS, "container-address", "dnat", slot=slot, media_ports=count, used_host_ranges=list(used))
+            p = plan(XMS, "container-address", "dnat", media_ports=count, used_host_ranges=list(used))
         except BadInput:
             assert max(gaps(pool, used)) < count
             continue
@@ -401,7 +344,7 @@ def test_the_plan_carries_the_range_and_says_so_but_not_with_host_networking() -
     xms = builtin("xms")
 
     def planned(mode: str, strategy: str, profile: Profile = xms) -> PortPlan:
-        plan = plan_ports(profile.ports, profile.media_ranges, mode, strategy)
+        plan = plan_ports(profile.ports, profile.media_ranges, mode, strategy, host_pool=POOL)
         return with_container_ephemeral(plan, profile.ports, profile.media_ranges)
 
     plan = planned("one-to-one", "dnat")

@@ -254,12 +254,6 @@ class CgroupFs:
                         raise
         return found
 
-    def tasks(self, rel: str) -> list[int]:
-        base = self.path(rel)
-        # v1 lists a group's threads in `tasks`; v2 in `cgroup.threads`.
-        path = base / "tasks" if (base / "tasks").exists() else base / "cgroup.threads"
-        return [int(line) for line in path.read_text().split()]
-
     def sibling_runtime(self, rel: str) -> int:
         """Runtime held by the other children of rel's parent, per PERIOD_US: it limits what rel can hold."""
         parts = [p for p in rel.split("/") if p]

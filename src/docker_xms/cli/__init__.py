@@ -77,12 +77,11 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="docker-xms")
 @click.option("--debug", is_flag=True, envvar="DOCKER_XMS_DEBUG", help="Show tracebacks on errors.")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(debug: bool) -> None:
     """docker-xms runs real-time media servers in containers: real-time CPU budgets granted by the
     host and split among all media containers, media port ranges without a proxy per port, and proof
     that real-time scheduling works inside each container."""
-    ctx.obj = {"debug": debug}
+    # --debug is read by main(), which shows a traceback instead of the one-sentence error.
 
 
 def main(argv: list[str] | None = None) -> Any:

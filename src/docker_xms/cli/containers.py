@@ -11,7 +11,7 @@ from rich.table import Table
 from docker_xms.cli.images import reporting
 from docker_xms.cli.render import console, print_json
 
-PORT_STRATEGIES = ("auto", "publish", "dnat", "host", "macvlan", "ipvlan")
+PORT_STRATEGIES = ("auto", "publish", "dnat", "host")
 
 
 @click.command("run")

@@ -8,8 +8,8 @@ therefore a sequence of writes, each of which must leave the kernel in a state i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from docker_xms.errors import BadInput, XmsError
 
@@ -21,10 +21,6 @@ UNLIMITED = -1
 
 class BudgetImpossible(XmsError):
     """The real-time budget cannot be shared out so that every container gets a usable share."""
-
-
-class KernelRefusal(XmsError):
-    """A write that the kernel would refuse (what cpu.rt_runtime_us answers with EINVAL or EBUSY)."""
 
 
 @dataclass(frozen=True)
@@ -133,52 +129,3 @@ def rollback(applied: Sequence[Write], before: Mapping[str, int], parent_before:
             undo.append(Write(write.target, values[write.target]))
         values[write.target] = write.value
     return list(reversed(undo))
-
-
-@dataclass
-class KernelModel:
-    """The checks the kernel makes on cpu.rt_runtime_us writes inside one parent cgroup.
-
-    `capacity` is what the parent itself may hold (its parent's runtime minus its siblings);
-    `foreign` is runtime held by children that are not managed here.
-    """
-
-    capacity: int
-    parent: int = 0
-    children: dict[str, int] = field(default_factory=dict)
-    foreign: int = 0
-    holding_rt: set[str] = field(default_factory=set)
-    period: int = PERIOD_US
-    # Containers start their real-time threads as soon as they run, so new children hold RT tasks.
-    new_children_hold_rt: bool = True
-
-    def write(self, write: Write) -> None:
-        if not 0 <= write.value <= self.period:
-            raise KernelRefusal(f"{write.value} us is outside 0..{self.period} for {write.target}.")
-        if write.target == PARENT:
-            if write.value > self.capacity:
-                raise KernelRefusal(f"The parent cannot hold {write.value} us: only {self.capacity} us fit.")
-            if self.used() > write.value:
-                raise KernelRefusal(f"The parent cannot shrink to {write.value} us: children hold {self.used()}.")
-            self.parent = write.value
-            return
-        if write.value == 0 and write.target in self.holding_rt:
-            raise KernelRefusal(f"{write.target} holds real-time threads and cannot be set to 0.")
-        used = self.used() - self.children.get(write.target, 0) + write.value
-        if used > self.parent:
-            raise KernelRefusal(f"{write.target} cannot get {write.value} us: children would hold {used}.")
-        if write.target not in self.children and self.new_children_hold_rt:
-            self.holding_rt.add(write.target)
-        self.children[write.target] = write.value
-
-    def apply(self, writes: Iterable[Write]) -> None:
-        for write in writes:
-            self.write(write)
-
-    def vanish(self, key: str) -> None:
-        """The container's cgroup is removed with it, freeing its runtime."""
-        self.children.pop(key, None)
-        self.holding_rt.discard(key)
-
-    def used(self) -> int:
-        return sum(self.children.values()) + self.foreign

@@ -9,7 +9,6 @@ so a media server's thousands of RTP ports are better reached another way:
   one netfilter DNAT rule (see `docker_xms.adapters.netfilter`).
 - ``host``: host networking; with ``container-address`` mode each container gets its own slice of the
   profile's media ports.
-- ``macvlan`` / ``ipvlan``: each container has its own address on the LAN; nothing is translated.
 
 Modes: ``one-to-one`` (host port = container port, one such container per host) and
 ``container-address`` (the engine picks host ports for signalling; each container gets its own
@@ -27,14 +26,10 @@ from typing import Any
 from docker_xms.domain.profiles import MANAGEMENT_ROLES, PortSpec
 from docker_xms.errors import BadInput
 
-STRATEGIES = ("publish", "dnat", "host", "macvlan", "ipvlan")
+STRATEGIES = ("publish", "dnat", "host")
 MODES = ("one-to-one", "container-address")
 # Above this many media ports, docker-proxy processes cost more (memory, start time) than one rule.
 DNAT_THRESHOLD = 20
-# Host ports handed out to containers in container-address mode. The engine picks ports for published
-# signalling ports from the kernel's ip_local_port_range (32768-60999 by default), and a DNAT rule
-# would capture such a port first: callers pass that range in `reserved_host_ranges`.
-DEFAULT_HOST_POOL = (20000, 59999)
 # Linux's default net.ipv4.ip_local_port_range in a new network namespace.
 KERNEL_EPHEMERAL = (32768, 60999)
 
@@ -46,7 +41,6 @@ LABEL_DNAT = "io.docker-xms.dnat"
 
 _SPAN = re.compile(r"^(\d+)-(\d+)$")
 _FORWARD = re.compile(r"^([A-Za-z0-9_.-]+)/(tcp|udp):(\d+)-(\d+)>(\d+)-(\d+)$")
-_IFACE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 
 
 @dataclass(frozen=True)
@@ -96,7 +90,7 @@ class DnatForward:
 class PortPlan:
     strategy: str
     mode: str
-    # "bridge", "host" or the name of a macvlan/ipvlan network.
+    # "bridge" or "host".
     network_mode: str
     # The docker SDK's `ports=` form: {"5060/udp": 5060}, or None for a port the engine picks.
     publish: Mapping[str, int | None]
@@ -125,8 +119,7 @@ class PortPlan:
 
     def labels(self) -> dict[str, str]:
         out = {LABEL_STRATEGY: self.strategy}
-        # Containers on their own addresses hold no host ports.
-        if self.strategy not in ("macvlan", "ipvlan") and self.media:
+        if self.media:
             out[LABEL_HOST_MEDIA] = ",".join(f"{a}-{b}" for a, b in self.host_media_ranges)
         if self.forwards:
             out[LABEL_DNAT] = ",".join(f.label() for f in self.forwards)
@@ -202,10 +195,6 @@ def decide_strategy(requested: str, mode: str, media_port_count: int, netfilter_
     )
 
 
-def choose_strategy(requested: str, mode: str, media_port_count: int, netfilter_available: bool) -> str:
-    return decide_strategy(requested, mode, media_port_count, netfilter_available).strategy
-
-
 def with_container_ephemeral(
     plan: PortPlan, profile_ports: Sequence[PortSpec], media_ranges: Sequence[PortSpec]
 ) -> PortPlan:
@@ -259,25 +248,20 @@ def plan_ports(
     media_ranges: Sequence[PortSpec],
     mode: str,
     strategy: str,
-    slot: int = 0,
     media_ports: int | None = None,
     used_host_ranges: Iterable[tuple[int, int]] = (),
     *,
-    host_pool: tuple[int, int] = DEFAULT_HOST_POOL,
-    reserved_host_ranges: Iterable[tuple[int, int]] = (),
-    network: str = "",
+    host_pool: tuple[int, int],
 ) -> PortPlan:
     """Plan one container's ports.
 
-    `slot` is the container's index among those started together: it spreads their host ranges without
-    waiting for each other's labels. `used_host_ranges` are the host media ranges other containers hold
-    (from their `LABEL_HOST_MEDIA` labels); `reserved_host_ranges` are host ports no container may get.
+    `used_host_ranges` are the host media ranges other containers hold (from their `LABEL_HOST_MEDIA`
+    labels); `host_pool` is where container-address mode finds host media ranges, kept below the
+    kernel's ephemeral range from which the engine picks the host ports it publishes.
     """
     _check_mode(mode)
     if strategy not in STRATEGIES:
         raise BadInput(f"Unknown port strategy {strategy!r}: use {', '.join(STRATEGIES)}.")
-    if slot < 0:
-        raise BadInput(f"The container slot must be 0 or more, not {slot}.")
     available = sum(r.count for r in media_ranges)
     if media_ports is not None:
         if media_ports < 1:
@@ -288,19 +272,12 @@ def plan_ports(
     used = list(used_host_ranges)
     one_to_one = mode == "one-to-one"
 
-    if strategy in ("macvlan", "ipvlan"):
-        media = tuple(_identity(p) for p in _first(media_ranges, count))
-        lan_note = (
-            f"Each container has its own {strategy} address; the host itself cannot reach it over the parent interface."
-        )
-        return PortPlan(strategy, mode, network or f"docker-xms-{strategy}", {}, (), media, (lan_note,))
-
     if strategy == "host":
         if one_to_one:
             media = tuple(_identity(p) for p in _first(media_ranges, count))
             _check_free(media, used)
             return PortPlan(strategy, mode, "host", {}, (), media)
-        media = _host_slice(media_ranges, count, slot, used + list(reserved_host_ranges))
+        media = _host_slice(media_ranges, count, used)
         shared = ", ".join(p.label() for p in profile_ports)
         notes = (f"With host networking only one container can listen on {shared}.",) if shared else ()
         return PortPlan(strategy, mode, "host", {}, (), media, notes)
@@ -311,7 +288,7 @@ def plan_ports(
         media = tuple(_identity(p) for p in pieces)
         _check_free(media, used)
     else:
-        base = _allocate(count, slot, host_pool, used + list(reserved_host_ranges))
+        base = _allocate(count, host_pool, used)
         media = _shift(pieces, base)
     if strategy == "publish":
         for m in media:
@@ -373,52 +350,6 @@ def _piece(forward: DnatForward, host_start: int, host_end: int) -> DnatForward:
     return DnatForward(forward.name, forward.protocol, host_start, host_end, host_start + shift, host_end + shift)
 
 
-def ephemeral_range(text: str) -> tuple[int, int]:
-    """The range in /proc/sys/net/ipv4/ip_local_port_range, from which the engine picks host ports."""
-    parts = text.split()
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise BadInput(f"ip_local_port_range reads {text.strip()!r}, not two port numbers.")
-    return (int(parts[0]), int(parts[1]))
-
-
-def network_definition(
-    kind: str, parent_iface: str, subnet: str, gateway: str, ip_range: str | None = None
-) -> dict[str, Any]:
-    """Arguments for the engine's network create (`client.networks.create(name, **definition)`)."""
-    if kind not in ("macvlan", "ipvlan"):
-        raise BadInput(f"A LAN network is macvlan or ipvlan, not {kind!r}.")
-    if not _IFACE.match(parent_iface) or parent_iface in (".", ".."):
-        raise BadInput(f"{parent_iface!r} is not a network interface name (1-15 letters, digits, '.', '-', '_').")
-    try:
-        net = ipaddress.ip_network(subnet, strict=True)
-    except ValueError:
-        raise BadInput(f"Subnet {subnet!r} is not a network such as 192.168.1.0/24 (host bits must be zero).") from None
-    try:
-        gw = ipaddress.ip_address(gateway)
-    except ValueError:
-        raise BadInput(f"Gateway {gateway!r} is not an IP address.") from None
-    if gw not in net or gw in (net.network_address, net.broadcast_address):
-        raise BadInput(f"Gateway {gateway} is not a host address of the subnet {subnet}.")
-    pool: dict[str, str] = {"Subnet": str(net), "Gateway": str(gw)}
-    if ip_range:
-        try:
-            part = ipaddress.ip_network(ip_range, strict=True)
-        except ValueError:
-            raise BadInput(f"Address range {ip_range!r} is not a network such as 192.168.1.192/27.") from None
-        if part.version != net.version or not part.subnet_of(net):  # type: ignore[arg-type]
-            raise BadInput(f"Address range {ip_range} does not lie within the subnet {subnet}.")
-        pool["IPRange"] = str(part)
-    options = {"parent": parent_iface}
-    # l2 lets containers and LAN peers reach each other directly, as on a switch.
-    options.update({"ipvlan_mode": "l2"} if kind == "ipvlan" else {"macvlan_mode": "bridge"})
-    return {
-        "driver": kind,
-        "options": options,
-        "ipam": {"Driver": "default", "Config": [pool], "Options": {}},
-        "enable_ipv6": net.version == 6,
-    }
-
-
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise BadInput(f"Unknown port mode {mode!r}: use {' or '.join(MODES)}.")
@@ -477,34 +408,28 @@ def _check_free(media: Sequence[MediaRange], used: Sequence[tuple[int, int]]) ->
                 )
 
 
-def _allocate(size: int, slot: int, pool: tuple[int, int], taken: Sequence[tuple[int, int]]) -> int:
-    """The start of the first free block of `size` host ports, looking from the slot's own block onwards."""
+def _allocate(size: int, pool: tuple[int, int], taken: Sequence[tuple[int, int]]) -> int:
+    """The start of the first free block of `size` host ports in the pool."""
     low, high = pool
     if not 1 <= low <= high <= 65535:
         raise BadInput(f"The host port pool {low}-{high} must lie within 1-65535, low to high.")
-    spans = sorted(taken)
-    preferred = low + slot * size
-    for first in (preferred, low) if preferred + size - 1 <= high else (low,):
-        at = first
-        while at + size - 1 <= high:
-            clash = [t for t in spans if _overlap((at, at + size - 1), t)]
-            if not clash:
-                return at
-            at = max(t[1] for t in clash) + 1
+    at = low
+    while at + size - 1 <= high:
+        clash = [t for t in taken if _overlap((at, at + size - 1), t)]
+        if not clash:
+            return at
+        at = max(t[1] for t in clash) + 1
     raise BadInput(
         f"The host port pool {low}-{high} has no free block of {size} ports left for another container; "
         "remove one, give fewer with --media-ports, or widen the pool."
     )
 
 
-def _host_slice(
-    ranges: Sequence[PortSpec], size: int, slot: int, taken: Sequence[tuple[int, int]]
-) -> tuple[MediaRange, ...]:
-    """Slice number `slot` (or the next free one) of the profile's media ports, `size` ports long."""
+def _host_slice(ranges: Sequence[PortSpec], size: int, taken: Sequence[tuple[int, int]]) -> tuple[MediaRange, ...]:
+    """The first free slice of the profile's media ports, `size` ports long."""
     ports = [(spec, p) for spec in ranges for p in range(spec.start, spec.end + 1)]
     slices = len(ports) // size
-    order = [*range(slot, slices), *range(min(slot, slices))]
-    for k in order:
+    for k in range(slices):
         chosen = ports[k * size : (k + 1) * size]
         media = _runs(chosen)
         if not any(_overlap((m.start, m.end), t) for m in media for t in taken):

@@ -342,7 +342,6 @@ def _plan_ports(engine: Engine, profile: Profile, request: RunRequest, mode: str
         profile.media_ranges,
         mode,
         strategy,
-        slot=0,
         media_ports=request.media_ports,
         used_host_ranges=used,
         host_pool=_host_pool(),
@@ -485,7 +484,7 @@ def port_rows(profile: Profile, info: ContainerInfo, plan: port_plans.PortPlan) 
             }
         )
     for m in plan.media:
-        host = f"{m.host_start}-{m.host_end}" if plan.strategy not in ("macvlan", "ipvlan") else ""
+        host = f"{m.host_start}-{m.host_end}"
         rows.append(
             {
                 "name": m.name,
@@ -493,7 +492,7 @@ def port_rows(profile: Profile, info: ContainerInfo, plan: port_plans.PortPlan) 
                 "role": "media",
                 "container": f"{m.start}-{m.end}",
                 "host": host,
-                "bind": port_plans.ALL_ADDRESSES if host else "",
+                "bind": port_plans.ALL_ADDRESSES,
                 "authenticated": True,
             }
         )
