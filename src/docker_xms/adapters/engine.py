@@ -23,6 +23,7 @@ import docker.errors
 import requests.exceptions
 import urllib3.exceptions
 
+from docker_xms.adapters.engine_list import ContainerSummary, summary_of
 from docker_xms.domain.labels import LABEL_PREFIX, MANAGED_LABEL
 from docker_xms.errors import BadInput, EngineUnavailable, NotFound, XmsError
 
@@ -381,22 +382,10 @@ class Engine:
         except NotFound:
             return None
 
-    def list_containers(self, all: bool = True, label: str | None = None) -> list[ContainerInfo]:
-        """Inspect data of containers, optionally only those carrying `label`."""
+    def list_containers(self, all: bool = True, label: str | None = None) -> list[ContainerSummary]:
+        """The engine's list view, optionally only containers carrying `label`: one request, no inspect."""
         filters = {"label": label} if label else {}
-        summaries = self._call(self.api.containers, all=all, filters=filters)
-        result = []
-        for summary in summaries:
-            info = self.find_container(summary["Id"])
-            if info is not None:
-                result.append(info)
-        return result
-
-    def list_container_summaries(self, all: bool = True, label: str | None = None) -> list[dict[str, Any]]:
-        """The engine's list view: cheap, one request, no per-container inspect."""
-        filters = {"label": label} if label else {}
-        summaries: list[dict[str, Any]] = self._call(self.api.containers, all=all, filters=filters)
-        return summaries
+        return [summary_of(raw) for raw in self._call(self.api.containers, all=all, filters=filters)]
 
     def update_rt_runtime(self, container_id: str, runtime_us: int) -> None:
         """Set a container's real-time runtime through the engine, so its stored config matches.

@@ -1,33 +1,103 @@
-"""The engine's container list over its unix socket with the standard library alone.
+"""The engine's container list: one request, typed as `ContainerSummary`, with the standard library alone.
 
-`docker-xms ps` is run often and interactively; importing the Docker SDK (requests, urllib3) costs
-more than the whole request. This read-only path serves the list view only; everything else, and any
-engine not on a local unix socket, goes through the SDK facade in `engine.py`.
+`docker-xms ps` is run often and interactively, and rebalance and reconcile run on every change: one
+list request carries what they need (labels, state, published ports, addresses), so no container is
+inspected one by one. Importing the Docker SDK (requests, urllib3), or even `http.client` (email, ssl),
+costs more than the request itself, so the local unix socket is read here with a plain HTTP/1.0 GET.
+Any engine not on a local unix socket is listed through the SDK facade in `engine.py`, which builds the
+same `ContainerSummary` from the same JSON.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from docker_xms.domain.labels import LABEL_PREFIX, MANAGED_LABEL
 from docker_xms.errors import EngineUnavailable, XmsError
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+@dataclass(frozen=True)
+class PublishedPort:
+    protocol: str
+    container_port: int
+    # 0 when the port is exposed but not published on the host.
+    host_port: int = 0
+    host_ip: str = ""
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
+
+@dataclass(frozen=True)
+class ContainerSummary:
+    """A container as the engine's list view shows it (GET /containers/json).
+
+    What the list view lacks (the stored real-time budget, the restart policy, why a start failed) is
+    in the inspect view (`Engine.get_container`), read only where it is needed.
+    """
+
+    id: str
+    name: str
+    image: str
+    # The engine's state word: created, running, restarting, paused, exited, dead.
+    state: str
+    # The engine's human status ("Up 3 minutes (healthy)"): the only place the list view gives health.
+    status: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ip_address: str = ""
+    ports: tuple[PublishedPort, ...] = ()
+    network_mode: str = ""
+
+    @property
+    def managed(self) -> bool:
+        return self.labels.get(MANAGED_LABEL) == "true"
+
+    @property
+    def running(self) -> bool:
+        # A restarting container has no process (the engine sets its pid to 0 between attempts).
+        return self.state == "running"
+
+    @property
+    def health(self) -> str:
+        if "(healthy)" in self.status:
+            return "healthy"
+        if "(unhealthy)" in self.status:
+            return "unhealthy"
+        return "starting" if "health: starting" in self.status else "-"
+
+    def label(self, key: str, default: str = "") -> str:
+        return self.labels.get(f"{LABEL_PREFIX}.{key}", default)
+
+
+def summary_of(raw: Mapping[str, Any]) -> ContainerSummary:
+    """The typed view of one entry of the engine's list JSON."""
+    networks = (raw.get("NetworkSettings") or {}).get("Networks") or {}
+    # The default bridge first, as the inspect view's top-level IPAddress is that network's.
+    ordered = sorted(networks.items(), key=lambda item: item[0] != "bridge")
+    address = next((str(n.get("IPAddress")) for _, n in ordered if (n or {}).get("IPAddress")), "")
+    return ContainerSummary(
+        id=str(raw["Id"]),
+        name=str((raw.get("Names") or [""])[0]).lstrip("/"),
+        image=str(raw.get("Image", "")),
+        state=str(raw.get("State", "")),
+        status=str(raw.get("Status", "")),
+        labels=dict(raw.get("Labels") or {}),
+        ip_address=address,
+        ports=tuple(
+            PublishedPort(
+                str(p.get("Type", "tcp")),
+                int(p.get("PrivatePort") or 0),
+                int(p.get("PublicPort") or 0),
+                str(p.get("IP") or ""),
+            )
+            for p in raw.get("Ports") or []
+        ),
+        network_mode=str((raw.get("HostConfig") or {}).get("NetworkMode", "")),
+    )
 
 
 def local_socket(host: str | None) -> str | None:
@@ -39,27 +109,75 @@ def local_socket(host: str | None) -> str | None:
     return None
 
 
-def list_containers(path: str, label: str | None = None, all: bool = True, timeout: float = 30) -> list[dict[str, Any]]:
+def list_query(label: str | None, all: bool) -> str:
     query: dict[str, str] = {"all": "1" if all else "0"}
     if label:
         query["filters"] = json.dumps({"label": [label]})
-    conn = _UnixConnection(path, timeout)
-    try:
-        conn.request("GET", "/containers/json?" + urllib.parse.urlencode(query))
-        response = conn.getresponse()
-        body = response.read()
-    # OSError: nothing listens, or the socket was cut; HTTPException: the answer broke off (IncompleteRead).
-    except (OSError, http.client.HTTPException) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise EngineUnavailable(
-            f"No Docker engine answered at {path}: start dockerd and try again ({reason})."
-        ) from exc
-    finally:
-        conn.close()
-    if response.status != 200:
-        raise XmsError(f"The engine refused to list containers (HTTP {response.status}): {body[:200]!r}.")
+    return "/containers/json?" + urllib.parse.urlencode(query)
+
+
+def list_containers(
+    path: str, label: str | None = None, all: bool = True, timeout: float = 30
+) -> list[ContainerSummary]:
+    status, body = _get(path, list_query(label, all), timeout)
+    if status != 200:
+        raise XmsError(f"The engine refused to list containers (HTTP {status}): {body[:200]!r}.")
     try:
         data = json.loads(body)
     except ValueError as exc:
         raise XmsError(f"The engine's container list at {path} is not JSON ({exc}).") from exc
-    return data if isinstance(data, list) else []
+    return [summary_of(raw) for raw in data] if isinstance(data, list) else []
+
+
+def _get(path: str, target: str, timeout: float) -> tuple[int, bytes]:
+    """An HTTP/1.0 GET over a unix socket: the engine answers and closes, so the body ends at EOF."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    received: list[bytes] = []
+    try:
+        sock.connect(path)
+        sock.sendall(f"GET {target} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+        while chunk := sock.recv(1 << 16):
+            received.append(chunk)
+    # OSError: nothing listens, the socket was cut, or the engine did not answer in time.
+    except OSError as exc:
+        raise _unavailable(path, getattr(exc, "strerror", None) or str(exc) or type(exc).__name__) from exc
+    finally:
+        sock.close()
+    head, blank, body = b"".join(received).partition(b"\r\n\r\n")
+    status_line, *header_lines = head.split(b"\r\n")
+    parts = status_line.split(b" ", 2)
+    if not blank or len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        raise _unavailable(path, "the answer broke off")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+        body = _dechunked(path, body)
+    elif b"content-length" in headers:
+        length = int(headers[b"content-length"]) if headers[b"content-length"].isdigit() else -1
+        if length < 0 or len(body) < length:
+            raise _unavailable(path, "the answer broke off")
+        body = body[:length]
+    return int(parts[1]), body
+
+
+def _dechunked(path: str, body: bytes) -> bytes:
+    out: list[bytes] = []
+    while True:
+        size_line, crlf, rest = body.partition(b"\r\n")
+        try:
+            size = int(size_line.split(b";")[0], 16)
+        except ValueError:
+            size = -1
+        if not crlf or size < 0 or len(rest) < size:
+            raise _unavailable(path, "the answer broke off")
+        if size == 0:
+            return b"".join(out)
+        out.append(rest[:size])
+        body = rest[size + 2 :]
+
+
+def _unavailable(path: str, reason: str) -> EngineUnavailable:
+    return EngineUnavailable(f"No Docker engine answered at {path}: start dockerd and try again ({reason}).")

@@ -134,12 +134,13 @@ class Agent:
     def _restart_failed(self, rt: RtHost) -> bool:
         engine = rt.engine
         started = False
-        for summary in engine.list_container_summaries(all=True, label=f"{MANAGED_LABEL}=true"):
-            if summary.get("State") not in ("exited", "created"):
+        for summary in engine.list_containers(all=True, label=f"{MANAGED_LABEL}=true"):
+            if summary.state not in ("exited", "created"):
                 continue
-            cid = str(summary["Id"])
+            cid = summary.id
+            # Inspected, as only the inspect view has them: State.Error tells a failed start from a
+            # container someone stopped on purpose, and the restart policy whether the engine would start it.
             info = engine.find_container(cid)
-            # State.Error tells a failed start from a container someone stopped on purpose.
             if info is None or info.restart_policy not in RESTART_POLICIES or not info.error or info.running:
                 continue
             error = info.error

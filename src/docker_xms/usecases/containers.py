@@ -14,6 +14,7 @@ from typing import Any
 
 from docker_xms.adapters import hostnet
 from docker_xms.adapters.engine import ContainerInfo, Engine
+from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.adapters.signals import deferred
 from docker_xms.domain import ports as port_plans
@@ -91,7 +92,7 @@ def require_root() -> None:
         raise BadInput("docker-xms must run as root: it writes real-time budgets into the host's cgroups.")
 
 
-def _mode(info: ContainerInfo) -> str:
+def _mode(info: ContainerInfo | ContainerSummary) -> str:
     return info.label("mode", "container-address")
 
 

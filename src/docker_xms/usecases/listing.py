@@ -8,22 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from docker_xms.adapters import cgroups, engine_list
+from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.labels import MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL
 from docker_xms.settings import Settings
 
 
-def managed_summaries(settings: Settings) -> list[dict[str, Any]]:
+def managed_summaries(settings: Settings) -> list[ContainerSummary]:
     """The engine's list view of managed containers: over the local socket, else through the SDK."""
     path = engine_list.local_socket(settings.docker_host)
     if path is not None:
         return engine_list.list_containers(path, label=f"{MANAGED_LABEL}=true")
     from docker_xms.adapters.engine import Engine  # noqa: PLC0415 - only for engines not on a local socket
 
-    return Engine.connect(host=settings.docker_host).list_container_summaries(all=True, label=f"{MANAGED_LABEL}=true")
+    return Engine.connect(host=settings.docker_host).list_containers(all=True, label=f"{MANAGED_LABEL}=true")
 
 
 @dataclass(frozen=True)
@@ -40,39 +40,24 @@ class PsRow:
     budget_us: int | None
 
 
-def ps(summaries: list[dict[str, Any]], budget_of: Callable[[str], int | None]) -> list[PsRow]:
+def ps(summaries: list[ContainerSummary], budget_of: Callable[[str], int | None]) -> list[PsRow]:
     """One request to the engine (its list view), plus a cgroup file read per running container."""
     rows = []
     for s in summaries:
-        labels = s.get("Labels") or {}
-        networks = (s.get("NetworkSettings") or {}).get("Networks") or {}
-        address = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), "")
-        status = str(s.get("Status", ""))
-        health = (
-            "healthy"
-            if "(healthy)" in status
-            else "unhealthy"
-            if "(unhealthy)" in status
-            else ("starting" if "health: starting" in status else "-")
-        )
-        published = sorted(
-            {f"{p['PublicPort']}->{p['PrivatePort']}/{p['Type']}" for p in s.get("Ports") or [] if p.get("PublicPort")}
-        )
-        host_media = labels.get(port_plans.LABEL_HOST_MEDIA, "")
-        ports_text = ", ".join(published + ([f"{host_media}/media"] if host_media else []))
-        running = s.get("State") == "running"
+        published = sorted({f"{p.host_port}->{p.container_port}/{p.protocol}" for p in s.ports if p.host_port})
+        host_media = s.labels.get(port_plans.LABEL_HOST_MEDIA, "")
         rows.append(
             PsRow(
-                id=str(s["Id"])[:12],
-                name=str((s.get("Names") or ["?"])[0]).lstrip("/"),
-                profile=labels.get(PROFILE_LABEL, "?"),
-                mode=labels.get(MODE_LABEL, "?"),
-                status=str(s.get("State", "")),
-                health=health,
-                address=address,
-                strategy=labels.get(port_plans.LABEL_STRATEGY, ""),
-                ports=ports_text,
-                budget_us=budget_of(str(s["Id"])) if running else None,
+                id=s.id[:12],
+                name=s.name or "?",
+                profile=s.labels.get(PROFILE_LABEL, "?"),
+                mode=s.labels.get(MODE_LABEL, "?"),
+                status=s.state,
+                health=s.health,
+                address=s.ip_address,
+                strategy=s.labels.get(port_plans.LABEL_STRATEGY, ""),
+                ports=", ".join(published + ([f"{host_media}/media"] if host_media else [])),
+                budget_us=budget_of(s.id) if s.running else None,
             )
         )
     return rows

@@ -6,15 +6,15 @@ happened on the host (a crash, a `docker rm -f` by hand, an engine restart) the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from docker_xms.adapters.engine import Engine
+from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.adapters.netfilter import ForwardSpec, Netfilter, Reconciled
 from docker_xms.domain import ports as port_plans
-from docker_xms.domain.labels import MANAGED_LABEL, unreadable
+from docker_xms.domain.labels import unreadable
 from docker_xms.usecases.rt import Rebalance, RtHost, rebalance_locked
 
 
@@ -24,14 +24,13 @@ class Reconciliation:
     rules: Reconciled | None
 
 
-def published_ports(summaries: Iterable[Mapping[str, Any]]) -> dict[str, set[tuple[str, int]]]:
+def published_ports(summaries: Iterable[ContainerSummary]) -> dict[str, set[tuple[str, int]]]:
     """(protocol, host port) pairs the engine publishes, per container id, from its list view."""
     out: dict[str, set[tuple[str, int]]] = {}
     for summary in summaries:
-        for port in summary.get("Ports") or []:
-            public = port.get("PublicPort")
-            if public:
-                out.setdefault(str(summary["Id"]), set()).add((str(port.get("Type", "tcp")), int(public)))
+        for port in summary.ports:
+            if port.host_port:
+                out.setdefault(summary.id, set()).add((port.protocol, port.host_port))
     return out
 
 
@@ -40,11 +39,13 @@ def live_forwards(engine: Engine, netfilter: Netfilter | None = None) -> dict[st
 
     Host ports that the engine publishes for any other container are cut out of the ranges (`carve`).
     A container whose labels cannot be read keeps the forwards `netfilter` holds for it (`rt.Skipped`).
+    One list request gives both: every running container's published ports and the managed ones.
     """
-    published = published_ports(engine.list_container_summaries(all=False))
+    running = engine.list_containers(all=False)
+    published = published_ports(running)
     live: dict[str, list[ForwardSpec]] = {}
     held = None
-    for info in engine.list_containers(all=False, label=f"{MANAGED_LABEL}=true"):
+    for info in (c for c in running if c.managed):
         if unreadable(info.labels) is not None:
             if netfilter is not None:
                 held = netfilter.list_forwards() if held is None else held

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from docker_xms.adapters import cgroups, pmqos
 from docker_xms.adapters.engine import ContainerInfo, Engine
+from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.adapters.signals import deferred
 from docker_xms.domain import budget
@@ -118,13 +119,14 @@ class Rebalance:
     skipped: tuple[Skipped, ...] = ()
 
 
-def managed_running(engine: Engine) -> list[ContainerInfo]:
+def managed_running(engine: Engine) -> list[ContainerSummary]:
+    """The running managed containers, from one list request: no container is inspected one by one."""
     return [c for c in engine.list_containers(all=False, label=f"{MANAGED_LABEL}=true") if c.running]
 
 
-def readable(managed: Iterable[ContainerInfo]) -> tuple[list[ContainerInfo], tuple[Skipped, ...]]:
+def readable(managed: Iterable[ContainerSummary]) -> tuple[list[ContainerSummary], tuple[Skipped, ...]]:
     """The containers whose labels can be read, and the others with the reason."""
-    ok: list[ContainerInfo] = []
+    ok: list[ContainerSummary] = []
     skipped: list[Skipped] = []
     for info in managed:
         reason = unreadable(info.labels)
@@ -135,11 +137,17 @@ def readable(managed: Iterable[ContainerInfo]) -> tuple[list[ContainerInfo], tup
     return ok, tuple(skipped)
 
 
-def _weight(info: ContainerInfo) -> int:
+def _weight(info: ContainerSummary) -> int:
     return weight_of(info.labels)
 
 
-def _scan(rt: RtHost, managed: list[ContainerInfo]) -> tuple[dict[str, int], list[Holder], int]:
+def _stored_budget(engine: Engine, container_id: str) -> int:
+    """The budget the engine stores for a container (and re-applies on a restart): in the inspect view only."""
+    info = engine.find_container(container_id)
+    return info.cpu_rt_runtime if info is not None else 0
+
+
+def _scan(rt: RtHost, managed: list[ContainerSummary]) -> tuple[dict[str, int], list[Holder], int]:
     """Kernel runtime of each managed container, the foreign holders, and the parent's siblings."""
     rt.fs.ensure(rt.parent)
     by_cgroup = {rt.cgroup_of(c.id).rsplit("/", 1)[-1]: c for c in managed}
@@ -179,7 +187,7 @@ def read_state(rt: RtHost) -> RtState:
     host = rt.host
     managed, skipped = readable(managed_running(rt.engine))
     if not rt.per_group:
-        holders = tuple(Holder(c.id, c.name, 0, c.cpu_rt_runtime, _weight(c), True) for c in managed)
+        holders = tuple(Holder(c.id, c.name, 0, _stored_budget(rt.engine, c.id), _weight(c), True) for c in managed)
         return RtState(
             host.mode,
             host.cgroup_version,
@@ -200,9 +208,16 @@ def read_state(rt: RtHost) -> RtState:
     capacity = budget.capacity(root, siblings)
     foreign_us = sum(h.runtime_us for h in foreign)
     pool = budget.compute_pool(capacity, foreign_us, rt.cap_us)
+    # `rt status` shows the stored budget beside the kernel's: one inspect per managed container, here only.
     holders = tuple(
         Holder(
-            c.id, c.name, now.get(c.id, 0), c.cpu_rt_runtime, _weight(c), True, now.get(c.id, 0) / pool if pool else 0.0
+            c.id,
+            c.name,
+            now.get(c.id, 0),
+            _stored_budget(rt.engine, c.id),
+            _weight(c),
+            True,
+            now.get(c.id, 0) / pool if pool else 0.0,
         )
         for c in managed
     )
