@@ -54,7 +54,7 @@ def _healthcheck(check: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _server_files() -> list[str]:
     """The files docker-xms writes into each container of the profile (rtpengine.conf with its media range)."""
-    from docker_xms.domain.profiles import load_profile
+    from docker_xms.adapters.profile_store import load_profile
 
     return [f.path for f in load_profile("rtpengine").instance_files]
 

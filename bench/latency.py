@@ -117,7 +117,7 @@ def start_managed(name: str, wait: bool = False) -> str:
 def wait_booted(container_id: str, timeout_s: float = 120) -> None:
     """Until the server is ready as `docker-xms run` waits for it (systemd up, rtpengine's unit, ng ping)."""
     from docker_xms.adapters.engine import Engine
-    from docker_xms.domain.profiles import load_profile
+    from docker_xms.adapters.profile_store import load_profile
     from docker_xms.usecases.readiness import wait_ready
 
     engine = Engine.connect()
@@ -179,7 +179,7 @@ def _probe_samples(container_id: str | None, priority: int, interval_us: int, du
 
 
 def _stats(samples: list[float]) -> dict[str, Any]:
-    from docker_xms.domain.media import percentiles
+    from docker_xms.domain.stats import percentiles
 
     p = percentiles(samples)
     return {"samples": p.count, "p50_us": p.p50, "p99_us": p.p99, "p999_us": p.p999, "max_us": p.max}
@@ -316,7 +316,7 @@ def latency(
 ) -> dict[str, Any]:
     """Wake-up lateness: host floor, managed (SCHED_FIFO + budget from docker-xms), unmanaged (SCHED_OTHER) and
     hand-made (SCHED_FIFO + the same budget set by hand), idle and loaded."""
-    from docker_xms.domain.profiles import load_profile
+    from docker_xms.adapters.profile_store import load_profile
 
     priority = load_profile("rtpengine").rt_priority
     out: dict[str, Any] = {

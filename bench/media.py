@@ -65,7 +65,8 @@ def tool_policy(policy: str) -> Iterator[str]:
 
 
 def _running_jitter(arrivals: list[Any]) -> list[float]:
-    from docker_xms.domain.media import PCMU_CLOCK_RATE, JitterMeter
+    from bench.rtpstats import JitterMeter
+    from docker_xms.adapters.rtp_wire import PCMU_CLOCK_RATE
 
     meter = JitterMeter(PCMU_CLOCK_RATE)
     series = []
@@ -79,8 +80,9 @@ def _two_streams(
     leg_a: Any, leg_b: Any, a_sends_to: tuple[str, int], b_sends_to: tuple[str, int], packets: int
 ) -> dict[str, Any]:
     """Send A->B and B->A at once; stats of what each leg received."""
+    from bench.rtpstats import stream_stats
     from docker_xms.adapters.rtp import exchange
-    from docker_xms.domain.media import percentiles, stream_stats
+    from docker_xms.domain.stats import percentiles
 
     done = exchange(leg_a, leg_b, a_sends_to, b_sends_to, packets, time.perf_counter_ns() + 50_000_000, STAGGER_NS)
     arrivals = {"a_to_b": done.at_b, "b_to_a": done.at_a}

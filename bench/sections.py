@@ -93,7 +93,7 @@ def _plain_publish(ports: int) -> dict[str, Any]:
 
 def ports() -> dict[str, Any]:
     """Start time and extra processes for XMS's full port set: docker-xms (dnat, host) against `docker run -p`."""
-    from docker_xms.domain.profiles import load_profile
+    from docker_xms.adapters.profile_store import load_profile
 
     full = load_profile("xms").media_port_count + len(load_profile("xms").ports)
     remove_bench_containers()

@@ -27,6 +27,7 @@ from typing import Any
 
 import docker
 import pytest
+from bench.rtpstats import StreamStats, stream_stats
 
 from docker_xms.adapters.hostproc import pids_named
 from docker_xms.adapters.rtp import (
@@ -37,7 +38,6 @@ from docker_xms.adapters.rtp import (
     udp_socket,
 )
 from docker_xms.domain import ports as port_plans
-from docker_xms.domain.media import StreamStats, stream_stats
 from tests.helpers import TEST_LABEL, run_cli, wait_for
 from tests.host_state import one_to_one_holder
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import docker
 import pytest
+from bench.rtpstats import stream_stats
 
 from docker_xms.adapters.rtp import (
     NgClient,
@@ -20,7 +21,7 @@ from docker_xms.adapters.rtp import (
     send_stream,
     udp_socket,
 )
-from docker_xms.domain.media import percentiles, stream_stats
+from docker_xms.domain.stats import percentiles
 from tests.helpers import RTPENGINE_IMAGE, systemd_run_kwargs, wait_for
 
 PACKETS = 150  # 3 s of 20 ms packets

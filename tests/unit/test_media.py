@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 import pytest
+from bench.rtpstats import JitterMeter, interarrival_jitter_ms, stream_stats
 from hypothesis import given
 from hypothesis import strategies as st
 
-from docker_xms.domain.media import (
+from docker_xms.adapters.rtp_wire import (
     PCMU_SILENCE,
     Arrival,
-    JitterMeter,
     MalformedMessage,
     RtpPacket,
     as_text,
@@ -15,17 +15,13 @@ from docker_xms.domain.media import (
     bencode,
     build_ng,
     build_rtp,
-    histogram_percentiles,
-    interarrival_jitter_ms,
-    nearest_rank,
     parse_ng,
     parse_rtp,
     pcmu_packet,
-    percentiles,
     sdp_audio_address,
     sdp_offer,
-    stream_stats,
 )
+from docker_xms.domain.stats import histogram_percentiles, nearest_rank, percentiles
 
 MS = 1_000_000
 

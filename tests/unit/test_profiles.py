@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from docker_xms.domain.profiles import list_profiles, load_profile, parse_profile
+from docker_xms.adapters.profile_store import list_profiles, load_profile
+from docker_xms.domain.profiles import parse_profile
 from docker_xms.errors import BadInput, NotFound
 
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
+from docker_xms.adapters.profile_store import load_profile
 from docker_xms.domain import recipes
-from docker_xms.domain.profiles import load_profile
 
 
 def test_finish_dockerfile_sets_systemd_essentials() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from docker_xms.domain.profiles import load_profile, parse_profile
+from docker_xms.adapters.profile_store import load_profile
+from docker_xms.domain.profiles import parse_profile
 from docker_xms.domain.recipes import RenderedFile, profile_files
 from docker_xms.errors import BadInput
 from docker_xms.usecases.readiness import SIP_OPTIONS, health_script

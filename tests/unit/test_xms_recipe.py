@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from docker_xms.adapters.profile_store import load_profile
 from docker_xms.domain import xms_recipe
-from docker_xms.domain.profiles import load_profile
 from docker_xms.errors import BadInput
 
 INSTALLER = xms_recipe.Installer("dialogic_xms_5.0", "xms_install.sh")

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from docker_xms.domain.media import (
+from docker_xms.adapters.rtp_wire import (
     PTIME_MS,
     Arrival,
     Bencodable,

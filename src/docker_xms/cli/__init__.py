@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> Any:
         # Click turns Ctrl-C into Abort; SIGTERM and SIGHUP arrive the same way, as `Interrupted`.
         if isinstance(exc.__cause__, Interrupted):
             # What there was to undo is undone; more signals would only cut the exit short.
-            from docker_xms.adapters.signals import ignore_stopping
+            from docker_xms.cli import context
 
-            ignore_stopping()
+            context.ignore_stopping()
             click.echo(exc.__cause__.message, err=True)
             sys.exit(exc.__cause__.exit_code)
         click.echo("Aborted.", err=True)

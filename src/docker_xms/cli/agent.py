@@ -42,7 +42,6 @@ def agent(ctx: click.Context, interval: float, once: bool, timestamps: bool, cpu
         return
     from contextlib import nullcontext
 
-    from docker_xms.adapters.pmqos import CpuLatencyHold
     from docker_xms.errors import BadInput
     from docker_xms.usecases.agent import Agent
     from docker_xms.usecases.containers import require_root
@@ -69,18 +68,17 @@ def agent(ctx: click.Context, interval: float, once: bool, timestamps: bool, cpu
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    from docker_xms.adapters import hostlock
     from docker_xms.usecases.agent import agent_lock
 
     # Held until the process ends: `run` looks at it to know whether an agent runs on this host.
     lock = agent_lock(context.settings())
-    held = hostlock.try_hold(lock) is not None
-    hold = CpuLatencyHold(cpu_latency_us) if cpu_latency_us is not None else nullcontext()
+    held = context.hold_lock(lock) is not None
+    hold = context.cpu_latency_hold(cpu_latency_us) if cpu_latency_us is not None else nullcontext()
     with hold:
         log(f"agent started (reconciling every {interval:g} s and on container events)")
         if not held:
             # Two agents do no harm (both reconcile under the host lock); this one only does not hold it.
-            log(f"another docker-xms agent (pid {hostlock.holder(lock)}) holds {lock}; this one reconciles too")
+            log(f"another docker-xms agent (pid {context.lock_holder(lock)}) holds {lock}; this one reconciles too")
         if cpu_latency_us is not None:
             log(f"holding the CPU wake-up latency limit at {cpu_latency_us} us")
         runner.run()

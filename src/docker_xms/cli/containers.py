@@ -97,11 +97,9 @@ def run(
         bind=bind,
         start_agent=not no_agent and context.settings().start_agent,
     )
-    from docker_xms.adapters.signals import interruptible
-
     engine = context.engine()
     # SIGTERM (a service manager, kill) and SIGHUP (a closed terminal) undo the run as Ctrl-C does.
-    with interruptible():
+    with context.interruptible():
         if as_json:
             from docker_xms.usecases.images import Quiet
 
@@ -156,14 +154,13 @@ def shell(container: str, command: tuple[str, ...]) -> None:
 
     Give the command after `--`: docker-xms shell media1 -- systemctl status
     """
-    from docker_xms.adapters import nsenter
     from docker_xms.cli import context
     from docker_xms.usecases.containers import resolve
 
     info = resolve(context.engine(), (container,))[0]
     if not info.running:
         raise click.UsageError(f"Container {info.name} is not running.")
-    nsenter.enter(nsenter.shell_argv(info.pid, info.id, command))
+    context.enter_shell(info.pid, info.id, command)
 
 
 @click.command("start")
@@ -232,9 +229,8 @@ def route(as_json: bool) -> None:
 def profiles(as_json: bool) -> None:
     """List the media-server profiles (built in, and yours in ~/.config/docker-xms/profiles)."""
     from docker_xms.cli import context
-    from docker_xms.domain.profiles import list_profiles
 
-    found = list_profiles(context.settings().profile_dirs)
+    found = context.profiles()
     if as_json:
         print_json(
             [

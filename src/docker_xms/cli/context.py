@@ -1,7 +1,12 @@
-"""What every command shares: the settings, read once per invocation, and the engine they name."""
+"""What every command shares: the settings, read once per invocation, the engine they name and the
+profiles they find. The composition root: the only CLI module that reaches the adapters; adapters are
+imported where they are first needed so that `docker-xms --help` starts fast.
+"""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -10,6 +15,7 @@ from docker_xms.settings import Settings
 
 if TYPE_CHECKING:
     from docker_xms.adapters.engine import Engine
+    from docker_xms.domain.profiles import Profile
 
 _KEY = "docker_xms.settings"
 
@@ -32,3 +38,54 @@ def engine(timeout: int = 120) -> Engine:
     from docker_xms.adapters.engine import Engine
 
     return Engine.connect(timeout=timeout, host=settings().docker_host)
+
+
+def profile(name_or_path: str) -> Profile:
+    from docker_xms.adapters.profile_store import load_profile
+
+    return load_profile(name_or_path, settings().profile_dirs)
+
+
+def profiles() -> list[Profile]:
+    from docker_xms.adapters.profile_store import list_profiles
+
+    return list_profiles(settings().profile_dirs)
+
+
+def interruptible() -> AbstractContextManager[None]:
+    """SIGTERM and SIGHUP undo the work under way as Ctrl-C does."""
+    from docker_xms.adapters.signals import interruptible as signals_interruptible
+
+    return signals_interruptible()
+
+
+def ignore_stopping() -> None:
+    from docker_xms.adapters.signals import ignore_stopping as signals_ignore_stopping
+
+    signals_ignore_stopping()
+
+
+def enter_shell(pid: int, container_id: str, command: tuple[str, ...]) -> None:
+    """Replace this process with a shell (or `command`) in the container's namespaces."""
+    from docker_xms.adapters import nsenter
+
+    nsenter.enter(nsenter.shell_argv(pid, container_id, command))
+
+
+def cpu_latency_hold(limit_us: int) -> AbstractContextManager[object]:
+    from docker_xms.adapters.pmqos import CpuLatencyHold
+
+    return CpuLatencyHold(limit_us)
+
+
+def hold_lock(path: Path) -> int | None:
+    """Take `path`'s lock for the rest of this process; None when another process holds it."""
+    from docker_xms.adapters import hostlock
+
+    return hostlock.try_hold(path)
+
+
+def lock_holder(path: Path) -> int | None:
+    from docker_xms.adapters import hostlock
+
+    return hostlock.holder(path)

@@ -103,11 +103,10 @@ def build(
 
     from docker_xms.cli import context
     from docker_xms.domain.names import parse_ref
-    from docker_xms.domain.profiles import load_profile
     from docker_xms.errors import BadInput
     from docker_xms.usecases.images import build_profile_image
 
-    profile = load_profile(profile_name or ("xms" if installer else "rtpengine"), context.settings().profile_dirs)
+    profile = context.profile(profile_name or ("xms" if installer else "rtpengine"))
     if tag is not None:
         parse_ref(tag, allow_digest=False)
     if installer is None:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from docker_xms.adapters.cgroups import HostRt
+from typing import Literal, Protocol
 
 Level = Literal["ok", "warn", "fail"]
 
@@ -16,6 +13,21 @@ _SYSCTL_FIX = (
     "and in /etc/sysctl.d/ to keep it after a reboot)."
 )
 _CAP_FIX = "Give the container CAP_SYS_NICE (--cap-add SYS_NICE); docker-xms adds it to the containers it runs."
+
+
+class HostRt(Protocol):
+    """What the host offers for real-time scheduling, as the cgroup adapter reads it."""
+
+    @property
+    def cgroup_version(self) -> int: ...
+    @property
+    def rt_group_sched(self) -> bool | None: ...
+    @property
+    def rt_runtime_us(self) -> int: ...
+    @property
+    def rt_period_us(self) -> int: ...
+    @property
+    def mode(self) -> str: ...
 
 
 @dataclass(frozen=True)

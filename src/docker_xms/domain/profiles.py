@@ -1,8 +1,7 @@
 """Media-server profiles: data that tells docker-xms how to build, start, check and describe a server.
 
-A profile is a TOML file. The shipped ones live in `docker_xms/profiles/`; users add their own in
-`~/.config/docker-xms/profiles/` or in a directory named by DOCKER_XMS_PROFILE_PATH (colon-separated).
-A malformed file is refused with its path, the line and the field at fault.
+A profile is a TOML file (found and read by `docker_xms.adapters.profile_store`). A malformed file is
+refused with its path, the line and the field at fault.
 """
 
 from __future__ import annotations
@@ -11,11 +10,9 @@ import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
-from docker_xms.errors import BadInput, NotFound
+from docker_xms.errors import BadInput
 
 PORT_ROLES = ("signalling", "media", "web", "ssh", "control", "other")
 # Ports that control or manage the server: `run --bind` chooses the host address they are published on.
@@ -406,51 +403,3 @@ def _check_overlaps(specs: tuple[PortSpec, ...], root: _Reader) -> None:
                     f"Profile {root.source}: ports {spec.label()} ({spec.name}) overlap {other.label()} ({other.name})."
                 )
         taken.append(spec)
-
-
-def _builtin_texts() -> dict[str, tuple[str, str]]:
-    out: dict[str, tuple[str, str]] = {}
-    folder = resources.files("docker_xms") / "profiles"
-    for entry in folder.iterdir():
-        if entry.name.endswith(".toml"):
-            out[entry.name[: -len(".toml")]] = (entry.read_text("utf-8"), f"(built-in) {entry.name}")
-    return out
-
-
-def _user_files(search: Sequence[Path]) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for directory in reversed(search):
-        if directory.is_dir():
-            for path in sorted(directory.glob("*.toml")):
-                out[path.stem] = path
-    return out
-
-
-def load_profile(name_or_path: str, search: Sequence[Path] = ()) -> Profile:
-    """A profile by name or by the path of a TOML file.
-
-    Names are looked up in the `search` directories (the settings' profile_dirs), first match first,
-    then among the built-in profiles, which files of the same name shadow.
-    """
-    if name_or_path.endswith(".toml") or "/" in name_or_path:
-        path = Path(name_or_path)
-        try:
-            text = path.read_text("utf-8")
-        except OSError as exc:
-            raise BadInput(f"Cannot read profile file {path}: {exc.strerror}.") from None
-        return parse_profile(text, str(path))
-    user = _user_files(search)
-    if name_or_path in user:
-        path = user[name_or_path]
-        return parse_profile(path.read_text("utf-8"), str(path))
-    builtin = _builtin_texts()
-    if name_or_path in builtin:
-        text, source = builtin[name_or_path]
-        return parse_profile(text, source)
-    known = ", ".join(sorted(set(builtin) | set(user)))
-    raise NotFound(f"There is no profile named {name_or_path!r}; known profiles: {known}.")
-
-
-def list_profiles(search: Sequence[Path] = ()) -> list[Profile]:
-    names = sorted(set(_builtin_texts()) | set(_user_files(search)))
-    return [load_profile(name, search) for name in names]

@@ -16,11 +16,12 @@ from docker_xms.adapters import hostnet
 from docker_xms.adapters.engine import ContainerInfo, Engine
 from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.netfilter import Netfilter
+from docker_xms.adapters.profile_store import load_profile
 from docker_xms.adapters.signals import deferred
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.labels import MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL, WEIGHT_LABEL, unreadable
 from docker_xms.domain.names import parse_ref
-from docker_xms.domain.profiles import Profile, load_profile
+from docker_xms.domain.profiles import Profile
 from docker_xms.domain.recipes import STOP_SIGNAL, profile_files
 from docker_xms.errors import BadInput, Interrupted, NotFound, XmsError
 from docker_xms.settings import Settings

@@ -20,8 +20,8 @@ from pathlib import Path
 from docker_xms.adapters import hostproc
 from docker_xms.adapters.cgroups import cpu_steal_ms
 from docker_xms.adapters.engine import Engine
-from docker_xms.domain.media import Percentiles, histogram_percentiles, percentiles
-from docker_xms.domain.profiles import load_profile
+from docker_xms.adapters.profile_store import load_profile
+from docker_xms.domain.stats import Percentiles, histogram_percentiles, percentiles
 from docker_xms.errors import BadInput, NotFound, XmsError
 
 PROBE_EXIT_REFUSED = 3

@@ -1,16 +1,13 @@
-"""Media measurements and wire formats: RTP, interarrival jitter, loss, lateness, percentiles, bencode, ng, SDP.
-
-Pure: no sockets, no clocks. Times are integers in nanoseconds from whatever monotonic clock the caller uses,
-so that a sender and a receiver on the same host can be compared without conversions.
+"""The wire formats adapters/rtp.py speaks: RTP packets, bencode and rtpengine's ng messages, and the SDP of a
+two-leg test call. Pure: no sockets, no clocks. Times are integers in nanoseconds of the caller's monotonic clock.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import re
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -27,82 +24,10 @@ RTP_VERSION = 2
 RTP_HEADER_LEN = 12
 _SEQ_MOD = 1 << 16
 _TS_MOD = 1 << 32
-_NS_PER_MS = 1_000_000
 
 
 class MalformedMessage(XmsError, ValueError):
     """Bytes from the network that are not the RTP, bencode, ng or SDP they claim to be."""
-
-
-# --- percentiles -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Percentiles:
-    """Nearest-rank percentiles of a set of samples, in the samples' own unit."""
-
-    count: int
-    p50: float
-    p99: float
-    p999: float
-    max: float
-
-
-def nearest_rank(ordered: Sequence[float], percent: float) -> float:
-    """The nearest-rank percentile of already sorted samples: the smallest value with `percent`% at or below it.
-
-    Nearest rank always returns a value that was measured, so p99.9 of 1,000 samples is the maximum rather than
-    an interpolation nobody observed.
-    """
-    if not ordered:
-        raise ValueError("a percentile of no samples is undefined")
-    if not 0 <= percent <= 100:
-        raise ValueError(f"percent must be within 0..100, not {percent}")
-    return float(ordered[_rank(percent, len(ordered)) - 1])
-
-
-def _rank(percent: float, count: int) -> int:
-    # Rounded before the ceiling because 99.9 / 100 * 1000 is 999.0000000000001 in binary floating point.
-    return max(1, math.ceil(round(percent * count / 100, 9)))
-
-
-def percentiles(samples: Iterable[float]) -> Percentiles:
-    ordered = sorted(samples)
-    if not ordered:
-        raise ValueError("percentiles of no samples are undefined")
-    return Percentiles(
-        count=len(ordered),
-        p50=nearest_rank(ordered, 50),
-        p99=nearest_rank(ordered, 99),
-        p999=nearest_rank(ordered, 99.9),
-        max=float(ordered[-1]),
-    )
-
-
-def histogram_percentiles(buckets: Mapping[int, int], overflow: int = 0, overflow_value: float = 0.0) -> Percentiles:
-    """Nearest-rank percentiles from a histogram of integer values (value -> count), e.g. cyclictest's.
-
-    Samples beyond the histogram's range are only known to be at most the reported maximum, so they are counted
-    at `overflow_value`; that overstates high percentiles rather than hiding them.
-    """
-    pairs = sorted((value, count) for value, count in buckets.items() if count > 0)
-    if overflow > 0:
-        pairs.append((math.ceil(overflow_value), overflow))
-    total = sum(count for _, count in pairs)
-    if total == 0:
-        raise ValueError("percentiles of an empty histogram are undefined")
-
-    def at(percent: float) -> float:
-        rank = _rank(percent, total)
-        seen = 0
-        for value, count in pairs:
-            seen += count
-            if seen >= rank:
-                return float(value)
-        return float(pairs[-1][0])
-
-    top = max(float(pairs[-1][0]), overflow_value if overflow else 0.0)
-    return Percentiles(count=total, p50=at(50), p99=at(99), p999=at(99.9), max=top)
 
 
 # --- RTP ---------------------------------------------------------------------------------------------
@@ -177,9 +102,6 @@ def pcmu_packet(index: int, ssrc: int, first_seq: int = 0, first_timestamp: int 
     )
 
 
-# --- jitter, loss, lateness --------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Arrival:
     """One received RTP packet: its sequence number, RTP timestamp and local arrival time."""
@@ -187,129 +109,6 @@ class Arrival:
     seq: int
     timestamp: int
     arrival_ns: int
-
-
-def _wrapped(delta: int, modulus: int) -> int:
-    """A difference of two wrapping counters, as the signed value nearest zero."""
-    delta %= modulus
-    return delta - modulus if delta >= modulus // 2 else delta
-
-
-class JitterMeter:
-    """RFC 3550 6.4.1 interarrival jitter, fed packet by packet in the order they arrive."""
-
-    def __init__(self, clock_rate: int) -> None:
-        if clock_rate <= 0:
-            raise ValueError("the RTP clock rate must be positive")
-        self.clock_rate = clock_rate
-        self._jitter = 0.0  # in timestamp units, as the RFC keeps it
-        self._last: tuple[int, int] | None = None
-
-    def add(self, timestamp: int, arrival_ns: int) -> None:
-        if self._last is not None:
-            last_ts, last_arrival = self._last
-            # D in timestamp units: the change in transit time between this packet and the one before.
-            arrival_units = (arrival_ns - last_arrival) * self.clock_rate / 1e9
-            d = arrival_units - _wrapped(timestamp - last_ts, _TS_MOD)
-            self._jitter += (abs(d) - self._jitter) / 16
-        self._last = (timestamp, arrival_ns)
-
-    @property
-    def jitter_ms(self) -> float:
-        return self._jitter * 1000 / self.clock_rate
-
-
-def interarrival_jitter_ms(arrivals: Iterable[Arrival], clock_rate: int = PCMU_CLOCK_RATE) -> float:
-    meter = JitterMeter(clock_rate)
-    for arrival in arrivals:
-        meter.add(arrival.timestamp, arrival.arrival_ns)
-    return meter.jitter_ms
-
-
-@dataclass(frozen=True)
-class StreamStats:
-    """What a receiver saw of one RTP stream.
-
-    `expected` follows RFC 3550 A.3 (highest extended sequence number minus the first, plus one), so packets lost
-    at the very end of a stream are only counted when the caller says how many were sent.
-    `delay_ms` holds each unique packet's arrival minus its scheduled time; its origin is the `origin` given to
-    `stream_stats`, so with sender and receiver on one clock these are one-way delays.
-    """
-
-    expected: int
-    received: int
-    lost: int
-    duplicates: int
-    reordered: int
-    late: int
-    late_after_ms: float
-    jitter_ms: float
-    delay_ms: tuple[float, ...]
-
-    @property
-    def loss_ratio(self) -> float:
-        return self.lost / self.expected if self.expected else 0.0
-
-    def delay_percentiles(self) -> Percentiles:
-        return percentiles(self.delay_ms)
-
-
-def stream_stats(
-    arrivals: Sequence[Arrival],
-    clock_rate: int = PCMU_CLOCK_RATE,
-    late_after_ms: float = 40.0,
-    origin: tuple[int, int] | None = None,
-    sent: int | None = None,
-) -> StreamStats:
-    """Loss, duplicates, reordering, late packets and jitter of one stream, from arrivals in the order received.
-
-    A packet's scheduled time is `origin_ns + (timestamp - origin_timestamp) / clock_rate`; `origin` is
-    (origin_ns, origin_timestamp), by default the first arrival, which then makes lateness relative to it.
-    A packet is late when it arrives more than `late_after_ms` after its scheduled time, the way a playout buffer
-    of that depth would discard it.
-    """
-    if not arrivals:
-        lost = sent or 0
-        return StreamStats(lost, 0, lost, 0, 0, 0, late_after_ms, 0.0, ())
-    if origin is None:
-        origin = (arrivals[0].arrival_ns, arrivals[0].timestamp)
-    origin_ns, origin_ts = origin
-    base_seq = arrivals[0].seq
-    seen: set[int] = set()
-    highest: int | None = None
-    duplicates = reordered = late = 0
-    delays: list[float] = []
-    meter = JitterMeter(clock_rate)
-    for arrival in arrivals:
-        # Extended sequence numbers, relative to the first packet, so that a 16-bit wrap is not 65,535 losses.
-        extended = 0 if highest is None else highest + _wrapped(arrival.seq - base_seq - highest, _SEQ_MOD)
-        if extended in seen:
-            duplicates += 1
-            continue
-        if highest is not None and extended < highest:
-            reordered += 1
-        seen.add(extended)
-        highest = extended if highest is None else max(highest, extended)
-        meter.add(arrival.timestamp, arrival.arrival_ns)
-        scheduled_ns = origin_ns + _wrapped(arrival.timestamp - origin_ts, _TS_MOD) * 1e9 / clock_rate
-        delay = (arrival.arrival_ns - scheduled_ns) / _NS_PER_MS
-        delays.append(delay)
-        if delay > late_after_ms:
-            late += 1
-    expected = max(seen) - min(seen) + 1
-    if sent is not None:
-        expected = max(expected, sent)
-    return StreamStats(
-        expected=expected,
-        received=len(seen),
-        lost=max(0, expected - len(seen)),
-        duplicates=duplicates,
-        reordered=reordered,
-        late=late,
-        late_after_ms=late_after_ms,
-        jitter_ms=meter.jitter_ms,
-        delay_ms=tuple(delays),
-    )
 
 
 # --- bencode -----------------------------------------------------------------------------------------
