@@ -18,7 +18,7 @@ import docker
 import pytest
 
 from docker_xms.adapters import engine_list
-from docker_xms.adapters.engine import Engine
+from docker_xms.adapters.engine import CreateSpec, Engine
 from docker_xms.errors import EngineUnavailable
 
 ID = "0" * 64
@@ -134,7 +134,7 @@ CALLS: dict[str, Callable[[Engine, Path], Any]] = {
     "pull": lambda e, _: e.pull("x/y", "1"),
     "push": lambda e, _: e.push("localhost:5000/x/y", "1"),
     "export_container": lambda e, _: b"".join(e.export_container(ID)),
-    "create_container": lambda e, _: e.create_container("busybox:latest", name="x", detach=True),
+    "create_container": lambda e, _: e.create_container(CreateSpec("busybox:latest", name="x")),
     "start": lambda e, _: e.start(ID),
     "put_file": lambda e, _: e.put_file(ID, "/etc/x.conf", b"x"),
     "path_exists": lambda e, _: e.path_exists(ID, "/etc/x.conf"),

@@ -1,7 +1,7 @@
 """What `run` asks the engine for on a cgroup v2 host: no write access to the host's cgroups from inside.
 
 The host is a directory tree laid out like a unified (v2) host's /sys, /proc and /boot (tests/layouts.py),
-read by the same detection `run` uses; the create arguments are those `run` passes to the engine.
+read by the same detection `run` uses; the create arguments are those `run` has the engine pass to the SDK.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from docker_xms.adapters import cgroups
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.profiles import parse_profile
-from docker_xms.usecases.containers import RunRequest, _create_args, v2_systemd_refusal
+from docker_xms.usecases.containers import RunRequest, _create_spec, v2_systemd_refusal
 from docker_xms.usecases.rt import RtHost
 from tests import layouts
 
@@ -31,7 +31,8 @@ def _args_for(root: Path, unified: bool) -> dict[str, Any]:
     plan = port_plans.plan_ports(
         profile.ports, profile.media_ranges, "container-address", "dnat", host_pool=(20000, 32767)
     )
-    return _create_args(rt, profile, RunRequest(container_address=True), "container-address", plan)
+    spec = _create_spec(rt, profile, RunRequest(container_address=True), "container-address", plan, profile.image)
+    return spec.sdk_arguments()
 
 
 def _binds_of_host_cgroups(args: dict[str, Any]) -> list[str]:

@@ -13,7 +13,7 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +77,74 @@ class ContainerInfo:
 
     def label(self, key: str, default: str = "") -> str:
         return self.labels.get(f"{LABEL_PREFIX}.{key}", default)
+
+
+@dataclass(frozen=True)
+class Healthcheck:
+    """The engine's own health check: a command run in the container, times in seconds."""
+
+    test: tuple[str, ...]
+    interval_s: int
+    timeout_s: int
+    retries: int
+    start_period_s: int
+
+
+@dataclass(frozen=True)
+class CreateSpec:
+    """Everything docker-xms asks of the engine when it creates a container (always detached)."""
+
+    image: str
+    name: str | None = None
+    command: tuple[str, ...] | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    environment: Mapping[str, str] = field(default_factory=dict)
+    cap_add: tuple[str, ...] = ()
+    stop_signal: str | None = None
+    # Container port ("5060/udp") -> host port, (host address, host port), or None for any free port.
+    ports: Mapping[str, Any] | None = None
+    network_mode: str | None = None
+    healthcheck: Healthcheck | None = None
+    tmpfs: Mapping[str, str] = field(default_factory=dict)
+    # Host paths mounted read-only at the same path in the container.
+    read_only_mounts: tuple[str, ...] = ()
+    cgroupns: str | None = None
+    # The RLIMIT_RTPRIO soft and hard limit, when the engine's default (0) is not enough.
+    rtprio: int | None = None
+    sysctls: Mapping[str, str] = field(default_factory=dict)
+    cpu_rt_runtime: int = 0
+
+    def sdk_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of the SDK's `containers.create` for this spec."""
+        second = 1_000_000_000
+        args: dict[str, Any] = {"detach": True, "name": self.name, "labels": dict(self.labels)}
+        if self.command is not None:
+            args["command"] = list(self.command)
+        optional: dict[str, Any] = {
+            "environment": dict(self.environment),
+            "cap_add": list(self.cap_add),
+            "stop_signal": self.stop_signal,
+            "ports": self.ports,
+            "network_mode": self.network_mode,
+            "tmpfs": dict(self.tmpfs),
+            "volumes": {path: {"bind": path, "mode": "ro"} for path in self.read_only_mounts},
+            "cgroupns": self.cgroupns,
+            "sysctls": dict(self.sysctls),
+            "cpu_rt_runtime": self.cpu_rt_runtime,
+        }
+        if self.healthcheck is not None:
+            check = self.healthcheck
+            optional["healthcheck"] = {
+                "test": list(check.test),
+                "interval": check.interval_s * second,
+                "timeout": check.timeout_s * second,
+                "retries": check.retries,
+                "start_period": check.start_period_s * second,
+            }
+        if self.rtprio is not None:
+            optional["ulimits"] = [{"name": "rtprio", "soft": self.rtprio, "hard": self.rtprio}]
+        args.update({key: value for key, value in optional.items() if value})
+        return args
 
 
 def _container_info(attrs: dict[str, Any]) -> ContainerInfo:
@@ -328,11 +396,12 @@ class Engine:
 
     # --- containers -------------------------------------------------------------------------------
 
-    def create_container(self, image: str, **kwargs: Any) -> str:
-        """Create (not start) a container; returns its ID. kwargs are those of `containers.create`."""
+    def create_container(self, spec: CreateSpec) -> str:
+        """Create (not start) a container; returns its ID."""
+        image = spec.image
         with _translated("The engine could not create the container", f"There is no image {image} on this engine."):
             try:
-                container = self._client.containers.create(image, **kwargs)
+                container = self._client.containers.create(image, **spec.sdk_arguments())
             except docker.errors.APIError as exc:
                 if exc.status_code == 409:
                     raise BadInput(f"A container with that name already exists ({_explanation(exc)}).") from exc

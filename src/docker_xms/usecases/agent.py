@@ -27,7 +27,7 @@ from docker_xms.domain.labels import MANAGED_LABEL, unreadable, weight_of
 from docker_xms.errors import BadInput, EngineUnavailable, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases.reconcile import Reconciliation, reconcile
-from docker_xms.usecases.rt import NEW, RtHost, grow_parent, open_host, rebalance
+from docker_xms.usecases.rt import NEW, RtHost, grow_parent, open_host, reserve, start_stored
 
 EVENTS = ("start", "die", "destroy", "update")
 # Policies under which the engine itself would have (re)started the container when it came up.
@@ -156,14 +156,9 @@ class Agent:
             weight = weight_of(info.labels)
             self.log(f"starting {name} again: the engine could not start it ({_first_line(error)})")
 
-            def start(budget_us: int, cid: str = cid) -> None:
-                # The engine re-applies the stored budget on start; store the share that fits now.
-                if budget_us > 0:
-                    engine.update_rt_runtime(cid, budget_us)
-                engine.start(cid)
-
             try:
-                rebalance(rt, arriving_weight=weight, then=start)
+                with reserve(rt, weight) as share:
+                    start_stored(engine, cid, share.arriving_us)
             except EngineUnavailable:
                 # Not tried after all: the engine went away in the middle; try again when it is back.
                 self._retried.discard(key)

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from docker_xms.adapters import hostnet
-from docker_xms.adapters.engine import ContainerInfo, Engine
+from docker_xms.adapters.engine import ContainerInfo, CreateSpec, Engine, Healthcheck
 from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.adapters.signals import deferred
 from docker_xms.domain import ports as port_plans
-from docker_xms.domain.labels import MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL, WEIGHT_LABEL, unreadable
+from docker_xms.domain.labels import MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL, WEIGHT_LABEL, unreadable, weight_of
 from docker_xms.domain.names import parse_ref
 from docker_xms.domain.profiles import Profile
 from docker_xms.domain.recipes import STOP_SIGNAL, profile_files
@@ -27,9 +27,10 @@ from docker_xms.errors import BadInput, Interrupted, NotFound, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases import images, readiness
 from docker_xms.usecases.agent import ensure_agent
+from docker_xms.usecases.boundaries import EngineApi, NetfilterApi
 from docker_xms.usecases.images import Reporter
 from docker_xms.usecases.reconcile import live_forwards, reconcile
-from docker_xms.usecases.rt import RtHost, open_host, rebalance, start_with_budget, verify
+from docker_xms.usecases.rt import RtHost, open_host, reserve, start_with_budget, verify
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 SYSTEMD_PATHS = ("/lib/systemd/systemd", "/usr/lib/systemd/systemd")
@@ -98,19 +99,16 @@ def _mode(info: ContainerInfo | ContainerSummary) -> str:
 
 
 def _systemd_mounts(rt: RtHost, profile: Profile) -> dict[str, Any]:
+    """The `CreateSpec` fields systemd needs to boot in the container."""
     tmpfs = {"/run": "", "/run/lock": "", **dict.fromkeys(profile.tmpfs, "")}
     if rt.host.cgroup_version == 2:
         # A private cgroup namespace, and no mount of ours: the engine mounts a cgroup2 file system at
         # /sys/fs/cgroup that shows the container's own subtree only. It is writable, as systemd >= 248
         # needs, where the engine remaps user namespaces (v2_systemd_refusal); the container's root is
         # then no root on the host, and CAP_SYS_NICE no longer grants SCHED_FIFO: the rtprio limit does.
-        return {
-            "tmpfs": tmpfs,
-            "cgroupns": "private",
-            "ulimits": [{"name": "rtprio", "soft": 99, "hard": 99}],
-        }
+        return {"tmpfs": tmpfs, "cgroupns": "private", "rtprio": 99}
     # Read-only on v1 keeps systemd from making cpu sub-cgroups, which would start with a 0 budget.
-    return {"tmpfs": tmpfs, "volumes": {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"}}}
+    return {"tmpfs": tmpfs, "read_only_mounts": ("/sys/fs/cgroup",)}
 
 
 def v2_systemd_refusal(cgroup_version: int, security_options: tuple[str, ...]) -> str | None:
@@ -130,10 +128,13 @@ def v2_systemd_refusal(cgroup_version: int, security_options: tuple[str, ...]) -
     )
 
 
-def _ensure_image(engine: Engine, profile: Profile, ref: str, build_missing: bool, reporter: Reporter) -> None:
+def _ensure_image(engine: EngineApi, profile: Profile, ref: str, build_missing: bool, reporter: Reporter) -> None:
     if engine.image_exists(ref):
         return
     if build_missing and profile.build.packages:
+        # Building needs the whole engine (its builder), which only the real one has.
+        if not isinstance(engine, Engine):
+            raise XmsError(f"Image {ref} is missing and this engine cannot build it.")
         images.build_profile_image(engine, profile, ref, reporter)
         return
     parsed = parse_ref(ref)
@@ -177,21 +178,25 @@ def _check_host_ports(plan: port_plans.PortPlan, binds: dict[str, str]) -> None:
             raise BadInput(f"Host port {host_port}/{protocol} is already in use; free it or run with -c.")
 
 
-def _healthcheck(profile: Profile) -> dict[str, Any] | None:
+def _healthcheck(profile: Profile) -> Healthcheck | None:
     script = readiness.health_script(profile)
     if not script:
         return None
-    second = 1_000_000_000
-    return {
-        "test": ["CMD", "/bin/bash", "-c", script],
-        "interval": 5 * second,
-        "timeout": 4 * second,
-        "retries": 3,
-        "start_period": int(profile.readiness.timeout) * second,
-    }
+    return Healthcheck(("CMD", "/bin/bash", "-c", script), 5, 4, 3, int(profile.readiness.timeout))
 
 
-def run(engine: Engine, request: RunRequest, reporter: Reporter, settings: Settings) -> RunResult:
+def run(
+    engine: EngineApi,
+    request: RunRequest,
+    reporter: Reporter,
+    settings: Settings,
+    rt: RtHost | None = None,
+    netfilter: NetfilterApi | None = None,
+) -> RunResult:
+    """Start a media server with its share of the real-time pool and its ports; undo all of it on failure.
+
+    `rt` and `netfilter` are the host's own unless given (the unit tests give in-memory ones).
+    """
     profile = load_profile(request.profile, settings.profile_dirs)
     if request.name is not None and not NAME_RE.match(request.name):
         raise BadInput(f"{request.name!r} is not a valid container name: use letters, digits, '_', '.' or '-'.")
@@ -204,14 +209,14 @@ def run(engine: Engine, request: RunRequest, reporter: Reporter, settings: Setti
     image = request.image or profile.image
     parse_ref(image)
     require_root()
-    rt = open_host(engine, settings)
+    rt = rt or open_host(engine, settings)
     refusal = v2_systemd_refusal(rt.host.cgroup_version, engine.info().security_options)
     if refusal is not None:
         raise BadInput(refusal)
     mode = "container-address" if request.container_address else "one-to-one"
     if request.name and engine.find_container(request.name) is not None:
         raise BadInput(f"A container named {request.name} already exists; choose another --name or remove it.")
-    netfilter = Netfilter()
+    netfilter = netfilter or Netfilter()
     choice = port_plans.decide_strategy(
         request.ports, mode, request.media_ports or profile.media_port_count, netfilter.available()
     )
@@ -219,47 +224,11 @@ def run(engine: Engine, request: RunRequest, reporter: Reporter, settings: Setti
     # no other docker-xms process can take the same host ports or start a 1:1 container meanwhile.
     _plan_ports(engine, profile, request, mode, choice.strategy)
     _ensure_image(engine, profile, image, request.build_missing, reporter)
-    created: list[str] = []
-    plans: list[port_plans.PortPlan] = []
-
-    def start(budget_us: int) -> str:
-        plan = _plan_ports(engine, profile, request, mode, choice.strategy)
-        plans.append(plan)
-        args = _create_args(rt, profile, request, mode, plan)
-        if budget_us > 0:
-            args["cpu_rt_runtime"] = budget_us
-        reporter.phase(
-            f"Starting {profile.name} from {image}" + (f" with {budget_us:,} us real-time" if budget_us else "")
-        )
-        # Held together, so that a signal cannot leave a container this run does not know it created.
-        with deferred():
-            container_id = engine.create_container(image, **args)
-            created.append(container_id)
-        if not any(engine.path_exists(container_id, p) for p in SYSTEMD_PATHS):
-            raise BadInput(
-                f"Image {image} has no systemd ({' or '.join(SYSTEMD_PATHS)} is missing); build it on a systemd "
-                "base image (docker-xms build-base)."
-            )
-        media = plan.media_range
-        if media and profile.media_config == "instance-file":
-            for rendered in profile_files(profile, media[0], media[1]):
-                if any(rendered.path == f.path for f in profile.instance_files):
-                    engine.put_file(container_id, rendered.path, rendered.content.encode(), rendered.mode)
-        engine.start(container_id)
-        if plan.forwards:
-            reporter.phase(f"Forwarding {plan.media_port_count} media ports with {len(plan.forwards)} DNAT rule(s)")
-            if not engine.get_container(container_id).ip_address:
-                raise XmsError("The container has no address to forward media ports to.")
-        if plan.forwards or (plan.publish and netfilter.available()):
-            # This container's rules, and every media range carved around the host ports the engine has
-            # just published for it (they may lie inside another container's 1:1 range).
-            netfilter.ensure_chains()
-            netfilter.reconcile(live_forwards(engine, netfilter))
-        return container_id
-
+    launch = _Launch(engine, rt, netfilter, profile, request, mode, choice.strategy, image, reporter)
+    created = launch.created
     try:
-        balance, container_id = rebalance(rt, arriving_weight=request.rt_weight, then=start)
-        assert container_id is not None
+        with reserve(rt, request.rt_weight) as balance:
+            container_id = launch.start(balance.arriving_us)
         info = engine.get_container(container_id)
         state = readiness.Check(False, "not waited for")
         if request.wait:
@@ -292,7 +261,7 @@ def run(engine: Engine, request: RunRequest, reporter: Reporter, settings: Setti
         engine,
         profile,
         info,
-        plans[-1],
+        launch.plan,
         choice,
         balance.arriving_us,
         balance.pool_us,
@@ -303,6 +272,64 @@ def run(engine: Engine, request: RunRequest, reporter: Reporter, settings: Setti
     if request.start_agent:
         result.agent = _ensure_agent(settings)
     return result
+
+
+@dataclass
+class _Launch:
+    """Creating and starting the new container of a `run` inside its reservation; what it created is kept
+    in `created` at once, so that a failure at any later step (or a signal) can remove it."""
+
+    engine: EngineApi
+    rt: RtHost
+    netfilter: NetfilterApi
+    profile: Profile
+    request: RunRequest
+    mode: str
+    strategy: str
+    image: str
+    reporter: Reporter
+    created: list[str] = field(default_factory=list)
+    plans: list[port_plans.PortPlan] = field(default_factory=list)
+
+    @property
+    def plan(self) -> port_plans.PortPlan:
+        return self.plans[-1]
+
+    def start(self, budget_us: int) -> str:
+        engine, profile, image, netfilter = self.engine, self.profile, self.image, self.netfilter
+        plan = _plan_ports(engine, profile, self.request, self.mode, self.strategy)
+        self.plans.append(plan)
+        spec = _create_spec(self.rt, profile, self.request, self.mode, plan, image, budget_us)
+        self.reporter.phase(
+            f"Starting {profile.name} from {image}" + (f" with {budget_us:,} us real-time" if budget_us else "")
+        )
+        # Held together, so that a signal cannot leave a container this run does not know it created.
+        with deferred():
+            container_id = engine.create_container(spec)
+            self.created.append(container_id)
+        if not any(engine.path_exists(container_id, p) for p in SYSTEMD_PATHS):
+            raise BadInput(
+                f"Image {image} has no systemd ({' or '.join(SYSTEMD_PATHS)} is missing); build it on a systemd "
+                "base image (docker-xms build-base)."
+            )
+        media = plan.media_range
+        if media and profile.media_config == "instance-file":
+            for rendered in profile_files(profile, media[0], media[1]):
+                if any(rendered.path == f.path for f in profile.instance_files):
+                    engine.put_file(container_id, rendered.path, rendered.content.encode(), rendered.mode)
+        engine.start(container_id)
+        if plan.forwards:
+            self.reporter.phase(
+                f"Forwarding {plan.media_port_count} media ports with {len(plan.forwards)} DNAT rule(s)"
+            )
+            if not engine.get_container(container_id).ip_address:
+                raise XmsError("The container has no address to forward media ports to.")
+        if plan.forwards or (plan.publish and netfilter.available()):
+            # This container's rules, and every media range carved around the host ports the engine has
+            # just published for it (they may lie inside another container's 1:1 range).
+            netfilter.ensure_chains()
+            netfilter.reconcile(live_forwards(engine, netfilter))
+        return container_id
 
 
 def _ensure_agent(settings: Settings) -> str:
@@ -319,7 +346,9 @@ def _ensure_agent(settings: Settings) -> str:
     return f"Started the docker-xms agent {started.how} (pid {started.pid}): it keeps budgets and port rules right."
 
 
-def _plan_ports(engine: Engine, profile: Profile, request: RunRequest, mode: str, strategy: str) -> port_plans.PortPlan:
+def _plan_ports(
+    engine: EngineApi, profile: Profile, request: RunRequest, mode: str, strategy: str
+) -> port_plans.PortPlan:
     """The port plan for a new container, refusing a second 1:1 container and host ports in use."""
     managed = engine.list_containers(all=True, label=f"{MANAGED_LABEL}=true")
     if mode == "one-to-one":
@@ -353,9 +382,15 @@ def _plan_ports(engine: Engine, profile: Profile, request: RunRequest, mode: str
     return port_plans.with_container_ephemeral(plan, profile.ports, profile.media_ranges)
 
 
-def _create_args(
-    rt: RtHost, profile: Profile, request: RunRequest, mode: str, plan: port_plans.PortPlan
-) -> dict[str, Any]:
+def _create_spec(
+    rt: RtHost,
+    profile: Profile,
+    request: RunRequest,
+    mode: str,
+    plan: port_plans.PortPlan,
+    image: str,
+    budget_us: int = 0,
+) -> CreateSpec:
     labels = {
         MANAGED_LABEL: "true",
         PROFILE_LABEL: profile.name,
@@ -367,40 +402,41 @@ def _create_args(
     media = plan.media_range
     if media and profile.media_config == "env":
         env.update({"DOCKER_XMS_MEDIA_START": str(media[0]), "DOCKER_XMS_MEDIA_END": str(media[1])})
-    return {
-        "name": request.name,
-        "detach": True,
-        "labels": labels,
-        "cap_add": ["SYS_NICE"],
-        "stop_signal": STOP_SIGNAL,
-        "environment": env,
-        "ports": (
+    return CreateSpec(
+        image,
+        name=request.name,
+        labels=labels,
+        environment=env,
+        cap_add=("SYS_NICE",),
+        stop_signal=STOP_SIGNAL,
+        ports=(
             port_plans.bound(plan.publish, port_plans.bind_addresses(profile.ports, request.bind))
             if plan.network_mode == "bridge"
             else None
         ),
-        "network_mode": plan.network_mode if plan.network_mode != "bridge" else None,
-        "healthcheck": _healthcheck(profile),
+        network_mode=plan.network_mode if plan.network_mode != "bridge" else None,
+        healthcheck=_healthcheck(profile),
+        sysctls=_ephemeral_sysctl(plan),
+        cpu_rt_runtime=budget_us,
         **_systemd_mounts(rt, profile),
-        **_ephemeral_sysctl(plan),
-    }
+    )
 
 
-def _ephemeral_sysctl(plan: port_plans.PortPlan) -> dict[str, Any]:
+def _ephemeral_sysctl(plan: port_plans.PortPlan) -> dict[str, str]:
     if plan.container_ephemeral is None:
         return {}
     low, high = plan.container_ephemeral
-    return {"sysctls": {"net.ipv4.ip_local_port_range": f"{low} {high}"}}
+    return {"net.ipv4.ip_local_port_range": f"{low} {high}"}
 
 
-def _undo(engine: Engine, rt: RtHost, netfilter: Netfilter, container_id: str) -> None:
+def _undo(engine: EngineApi, rt: RtHost, netfilter: NetfilterApi, container_id: str) -> None:
     """Remove what a failed run created and give its budget back to the others."""
     engine.remove(container_id, force=True)
     reconcile(rt, netfilter)
 
 
 def _result(
-    engine: Engine,
+    engine: EngineApi,
     profile: Profile,
     info: ContainerInfo,
     plan: port_plans.PortPlan,
@@ -504,7 +540,7 @@ def port_rows(profile: Profile, info: ContainerInfo, plan: port_plans.PortPlan) 
 # --- ps, stop, rm, route --------------------------------------------------------------------------
 
 
-def resolve(engine: Engine, refs: tuple[str, ...]) -> list[ContainerInfo]:
+def resolve(engine: EngineApi, refs: tuple[str, ...]) -> list[ContainerInfo]:
     """Containers by name or ID prefix; refuses all of them if any is unknown, before touching one."""
     found = []
     missing = []
@@ -565,14 +601,13 @@ def start(engine: Engine, refs: tuple[str, ...], settings: Settings) -> list[Sta
 
 
 def _label_weight(info: ContainerInfo) -> int:
-    text = info.labels.get(WEIGHT_LABEL, "1")
     try:
-        weight = int(text)
-    except ValueError:
-        weight = 0
-    if weight < 1:
-        raise BadInput(f"Container {info.name} has the weight label {WEIGHT_LABEL}={text!r}; it must be 1 or more.")
-    return weight
+        return weight_of(info.labels)
+    except BadInput as exc:
+        text = info.labels.get(WEIGHT_LABEL, "1")
+        raise BadInput(
+            f"Container {info.name} has the weight label {WEIGHT_LABEL}={text!r}; it must be 1 or more."
+        ) from exc
 
 
 def stop(engine: Engine, refs: tuple[str, ...], settings: Settings, timeout: int = 10) -> list[str]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from docker_xms.adapters.engine import Engine, StreamError
+from docker_xms.adapters.engine import CreateSpec, Engine, StreamError
 from docker_xms.domain import flatten as plan
 from docker_xms.domain import recipes, xms_recipe
 from docker_xms.domain.labels import LABEL_PREFIX
@@ -71,10 +71,12 @@ def flatten(engine: Engine, source: str, target: str, reporter: Reporter) -> Fla
     now, later = plan.split_changes(changes, refused)
 
     container_id = engine.create_container(
-        source,
-        # The container only lends its file system: an image without a command still needs one here.
-        command=None if (config.get("Cmd") or config.get("Entrypoint")) else ["/"],
-        labels={FLATTEN_LABEL: source},
+        CreateSpec(
+            source,
+            # The container only lends its file system: an image without a command still needs one here.
+            command=None if (config.get("Cmd") or config.get("Entrypoint")) else ("/",),
+            labels={FLATTEN_LABEL: source},
+        )
     )
     temp_repo = f"docker-xms-flatten/{secrets.token_hex(6)}"
     import_repo, import_tag = (temp_repo, "rootfs") if later else (ref.repository, ref.tag)

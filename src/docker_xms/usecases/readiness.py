@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from docker_xms.adapters.engine import Engine
 from docker_xms.domain.profiles import Profile
 from docker_xms.errors import XmsError
+from docker_xms.usecases.boundaries import EngineApi
 
 # A bencoded ng ping through bash's /dev/udp, so the image needs no client of its own.
 NG_PING = (
@@ -44,11 +44,11 @@ class Check:
     detail: str = ""
 
 
-def _sh(engine: Engine, container_id: str, script: str) -> tuple[int, str]:
+def _sh(engine: EngineApi, container_id: str, script: str) -> tuple[int, str]:
     return engine.exec(container_id, ["/bin/bash", "-c", script])
 
 
-def systemd_state(engine: Engine, container_id: str, allowed_down: tuple[str, ...]) -> Check:
+def systemd_state(engine: EngineApi, container_id: str, allowed_down: tuple[str, ...]) -> Check:
     _code, out = engine.exec(container_id, ["systemctl", "is-system-running"])
     state = out.strip().splitlines()[-1] if out.strip() else "unknown"
     if state == "running":
@@ -62,7 +62,7 @@ def systemd_state(engine: Engine, container_id: str, allowed_down: tuple[str, ..
     return Check(False, f"systemd {state}")
 
 
-def failed_units(engine: Engine, container_id: str) -> list[str]:
+def failed_units(engine: EngineApi, container_id: str) -> list[str]:
     _, out = engine.exec(container_id, ["systemctl", "--failed", "--plain", "--no-legend", "--no-pager"])
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
@@ -71,7 +71,7 @@ def _unit_base(unit: str) -> str:
     return unit.rsplit(".", 1)[0] if unit.endswith(".service") else unit
 
 
-def units_active(engine: Engine, container_id: str, units: tuple[str, ...]) -> Check:
+def units_active(engine: EngineApi, container_id: str, units: tuple[str, ...]) -> Check:
     if not units:
         return Check(True, "")
     _, out = engine.exec(container_id, ["systemctl", "is-active", *units])
@@ -82,7 +82,7 @@ def units_active(engine: Engine, container_id: str, units: tuple[str, ...]) -> C
     return Check(True, "units active")
 
 
-def rtpengine_ng(engine: Engine, container_id: str, port: int = 2223) -> Check:
+def rtpengine_ng(engine: EngineApi, container_id: str, port: int = 2223) -> Check:
     _, out = _sh(engine, container_id, NG_PING.format(port=port))
     if "d6:result4:ponge" in out:
         return Check(True, "ng ping answered pong")
@@ -93,7 +93,7 @@ def _sip_port(profile: Profile) -> int:
     return next((p.start for p in profile.ports if p.name == "sip" and p.protocol == "udp"), 5060)
 
 
-def sip_options(engine: Engine, container_id: str, port: int = 5060) -> Check:
+def sip_options(engine: EngineApi, container_id: str, port: int = 5060) -> Check:
     _, out = _sh(engine, container_id, SIP_OPTIONS.format(port=port))
     status = next((line for line in out.splitlines() if line.startswith("SIP/2.0 ")), "")
     if status:
@@ -112,7 +112,7 @@ def parse_oam_services(text: str) -> dict[str, str]:
     return services
 
 
-def xms_oam(engine: Engine, container_id: str, allowed_down: tuple[str, ...]) -> Check:
+def xms_oam(engine: EngineApi, container_id: str, allowed_down: tuple[str, ...]) -> Check:
     _, out = _sh(engine, container_id, OAM_GET)
     services = parse_oam_services(out)
     if not services:
@@ -144,7 +144,7 @@ def health_script(profile: Profile) -> str:
     return " && ".join(parts)
 
 
-def check_once(engine: Engine, container_id: str, profile: Profile) -> Check:
+def check_once(engine: EngineApi, container_id: str, profile: Profile) -> Check:
     info = engine.get_container(container_id)
     if not info.running:
         raise XmsError(f"Container {info.name} stopped while starting (status {info.status}, exit {info.exit_code}).")
@@ -167,7 +167,7 @@ def check_once(engine: Engine, container_id: str, profile: Profile) -> Check:
 
 
 def wait_ready(
-    engine: Engine,
+    engine: EngineApi,
     container_id: str,
     profile: Profile,
     timeout: float,

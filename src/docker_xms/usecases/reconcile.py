@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from docker_xms.adapters.engine import Engine
 from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.adapters.netfilter import ForwardSpec, Netfilter, Reconciled
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.labels import unreadable
+from docker_xms.usecases.boundaries import EngineApi, NetfilterApi
 from docker_xms.usecases.rt import Rebalance, RtHost, rebalance_locked
 
 
@@ -34,7 +34,7 @@ def published_ports(summaries: Iterable[ContainerSummary]) -> dict[str, set[tupl
     return out
 
 
-def live_forwards(engine: Engine, netfilter: Netfilter | None = None) -> dict[str, list[ForwardSpec]]:
+def live_forwards(engine: EngineApi, netfilter: NetfilterApi | None = None) -> dict[str, list[ForwardSpec]]:
     """The DNAT forwards every running managed container should have, from its labels and address.
 
     Host ports that the engine publishes for any other container are cut out of the ranges (`carve`).
@@ -67,7 +67,7 @@ def live_forwards(engine: Engine, netfilter: Netfilter | None = None) -> dict[st
     return live
 
 
-def reconcile(rt: RtHost, netfilter: Netfilter | None = None) -> Reconciliation:
+def reconcile(rt: RtHost, netfilter: NetfilterApi | None = None) -> Reconciliation:
     # One lock around reading the engine and writing rules: `run` adds a new container's rules under
     # it too, so a reconcile can neither miss them with a stale view nor add them a second time.
     netfilter = netfilter or Netfilter()

@@ -8,13 +8,13 @@ holds now. Every change runs under the host lock, so commands and the agent neve
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 from docker_xms.adapters import cgroups, pmqos
-from docker_xms.adapters.engine import ContainerInfo, Engine
+from docker_xms.adapters.engine import ContainerInfo
 from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.adapters.signals import deferred
@@ -23,15 +23,14 @@ from docker_xms.domain.doctor import Finding, diagnose, idle_findings
 from docker_xms.domain.labels import MANAGED_LABEL, unreadable, weight_of
 from docker_xms.errors import BadInput, EngineUnavailable, XmsError
 from docker_xms.settings import Settings
-
-T = TypeVar("T")
+from docker_xms.usecases.boundaries import CgroupFsApi, EngineApi
 
 
 @dataclass(frozen=True)
 class RtHost:
-    engine: Engine
+    engine: EngineApi
     host: cgroups.HostRt
-    fs: cgroups.CgroupFs
+    fs: CgroupFsApi
     driver: str
     parent: str
     # An upper bound on the pool, set by the user (rt_pool_us, DOCKER_XMS_RT_POOL_US).
@@ -50,7 +49,7 @@ class RtHost:
         return cgroups.container_cgroup(self.parent, self.driver, container_id)
 
 
-def open_host(engine: Engine, settings: Settings) -> RtHost:
+def open_host(engine: EngineApi, settings: Settings) -> RtHost:
     host = cgroups.detect_host(*settings.roots)
     info = engine.info()
     # The engine's parent cannot be read from the engine; the settings name it when it is not the default.
@@ -119,7 +118,7 @@ class Rebalance:
     skipped: tuple[Skipped, ...] = ()
 
 
-def managed_running(engine: Engine) -> list[ContainerSummary]:
+def managed_running(engine: EngineApi) -> list[ContainerSummary]:
     """The running managed containers, from one list request: no container is inspected one by one."""
     return [c for c in engine.list_containers(all=False, label=f"{MANAGED_LABEL}=true") if c.running]
 
@@ -141,7 +140,7 @@ def _weight(info: ContainerSummary) -> int:
     return weight_of(info.labels)
 
 
-def _stored_budget(engine: Engine, container_id: str) -> int:
+def _stored_budget(engine: EngineApi, container_id: str) -> int:
     """The budget the engine stores for a container (and re-applies on a restart): in the inspect view only."""
     info = engine.find_container(container_id)
     return info.cpu_rt_runtime if info is not None else 0
@@ -241,30 +240,32 @@ def read_state(rt: RtHost) -> RtState:
 NEW = "(new container)"
 
 
-def rebalance(
-    rt: RtHost,
-    arriving_weight: int | None = None,
-    then: Callable[[int], T] | None = None,
-    exclude: frozenset[str] = frozenset(),
-) -> tuple[Rebalance, T | None]:
-    """Share the pool among the running managed containers (plus one arriving, if its weight is given).
+def rebalance(rt: RtHost, exclude: frozenset[str] = frozenset()) -> Rebalance:
+    """Share the pool among the running managed containers, under the host lock.
 
-    Under the host lock: shrink donors, move the parent, grow receivers, each write checked by the
-    kernel; a failed write rolls back what was applied. `then(budget_us)` runs while the lock is still
-    held (it creates and starts the arriving container with that budget), so no other process can take
-    the room made for it. If it fails, the others get their share back.
+    Shrink donors, move the parent, grow receivers, each write checked by the kernel; a failed write
+    rolls back what was applied.
     """
     with host_lock(rt.lock_path):
-        result = rebalance_locked(rt, arriving_weight, exclude)
-        if then is None:
-            return result, None
+        return rebalance_locked(rt, None, exclude)
+
+
+@contextmanager
+def reserve(rt: RtHost, weight: int, exclude: frozenset[str] = frozenset()) -> Iterator[Rebalance]:
+    """Make room for one arriving container of `weight`; its share is the plan's `arriving_us`.
+
+    The block runs while the host lock is still held (it creates or starts the container with that
+    share), so no other process can take the room made for it. If the block raises, the others get
+    their share back before the exception goes on.
+    """
+    with host_lock(rt.lock_path):
+        share = rebalance_locked(rt, weight, exclude)
         try:
-            value = then(result.arriving_us)
+            yield share
         except BaseException:
             with deferred():
                 rebalance_locked(rt, None, exclude)
             raise
-        return result, value
 
 
 def rebalance_locked(
@@ -311,14 +312,16 @@ def start_with_budget(rt: RtHost, container_id: str, weight: int) -> int:
     the share that fits now is stored first, under the host lock, with room made for it.
     """
 
-    def start(budget_us: int) -> int:
-        if budget_us > 0:
-            rt.engine.update_rt_runtime(container_id, budget_us)
-        rt.engine.start(container_id)
-        return budget_us
+    with reserve(rt, weight) as share:
+        start_stored(rt.engine, container_id, share.arriving_us)
+    return share.arriving_us
 
-    _, budget_us = rebalance(rt, arriving_weight=weight, then=start)
-    return budget_us or 0
+
+def start_stored(engine: EngineApi, container_id: str, budget_us: int) -> None:
+    """Store the share that fits now as the container's budget, then start it (the engine re-applies it)."""
+    if budget_us > 0:
+        engine.update_rt_runtime(container_id, budget_us)
+    engine.start(container_id)
 
 
 def grow_parent(rt: RtHost) -> tuple[int, int] | None:
