@@ -22,7 +22,7 @@ import docker
 import pytest
 
 from tests.helpers import cli_path, run_cli, wait_for
-from tests.host_state import PARENT, fair_shares, rule_lines
+from tests.host_state import PARENT, fair_shares, rule_lines, running_managed
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -156,3 +156,66 @@ def test_a_second_signal_does_not_cut_the_rollback_short(docker_client: Any, rtp
     assert name not in {c.name for c in docker_client.containers.list(all=True)}
     assert chain_lines(short) == []
     assert budgets(docker_client) == fair_shares(docker_client) == before
+
+
+def test_a_signal_during_the_budget_writes_leaves_one_whole_plan(
+    docker_client: Any, rtpengine_image: str, other: str
+) -> None:
+    # Six managed containers: every rebalance below moves six budgets, each through the engine's
+    # update API and the cgroup file, which leaves time to signal it between two writes.
+    for i in range(5):
+        args = ["run", "-c", "--no-wait", "--json", "--name", f"{PREFIX}w{i}", "--media-ports", "10"]
+        result = run_cli(*args, timeout=120)
+        assert result.code == 0, result.err + result.out
+    settled = run_cli("rt", "rebalance", "--json")
+    assert settled.code == 0, settled.err
+    weights = running_managed(docker_client)
+    files = {cid: PARENT / cid / "cpu.rt_runtime_us" for cid in weights}
+
+    def now() -> dict[str, int]:
+        return {cid: int(f.read_text()) for cid, f in files.items()}
+
+    mid_plan = 0
+    for attempt in range(8):
+        # Read and changed under the host lock, so that an agent (`run` may have started one) is not
+        # half-way through a pass of its own: every budget halved, which the kernel always accepts.
+        with host_lock():
+            target = fair_shares(docker_client)
+            for cid, f in files.items():
+                f.write_text(str(target[cid] // 2))
+            before = now()
+        assert before != target
+        proc = subprocess.Popen(
+            [cli_path(), "rt", "rebalance", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        seen = before
+        deadline = time.monotonic() + 30
+        while seen == before and proc.poll() is None and time.monotonic() < deadline:
+            seen = now()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        with host_lock():
+            after = now()
+        order = sorted(weights)
+        states = [[state[c] for c in order] for state in (before, seen, after, target)]
+        assert after in (before, target), (attempt, [weights[c] for c in order], states, proc.returncode)
+        if seen not in (before, target):
+            mid_plan += 1
+            # Held until the plan's last write, then acted on: the process ends by SIGTERM.
+            assert proc.returncode == -signal.SIGTERM
+            assert after == target
+    print(f"SIGTERM landed between two writes in {mid_plan} of 8 attempts")
+    assert mid_plan >= 1, "no SIGTERM landed between two writes of a plan in 8 attempts"
+
+
+@contextlib.contextmanager
+def host_lock() -> Iterator[None]:
+    """docker-xms's host-wide lock (the default path), as every docker-xms process takes it."""
+    import fcntl
+
+    fd = os.open("/run/docker-xms/host.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
