@@ -1,0 +1,133 @@
+"""`run` undoes itself whichever step fails: no container left, the others' budgets as before, no rules.
+
+The host is made of the in-memory fakes (tests/fakes.py): the cgroup files refuse what the kernel
+refuses, the engine starts a container into its cgroup with its stored budget, netfilter keeps one set
+of forwards per container. A neighbour runs beside with its budget and its forwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from docker_xms.errors import BadInput, XmsError
+from docker_xms.usecases.containers import RunRequest, run
+from docker_xms.usecases.images import Quiet
+from tests.unit.usecase_host import IMAGE, NO_SYSTEMD, Host, make_host
+
+NEIGHBOUR_DNAT = "rtp/udp:30000-30099>30000-30099"
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Host:
+    host = make_host(tmp_path)
+    host.managed("neighbour", weight="1", dnat=NEIGHBOUR_DNAT)
+    host.settle()
+    return host
+
+
+def _run(host: Host, **request: object) -> str:
+    fields: dict[str, object] = {"image": IMAGE, "container_address": True, "name": "new", "wait": False}
+    fields.update(request)
+    result = run(host.engine, RunRequest(**fields), Quiet(), host.rt.settings, rt=host.rt, netfilter=host.netfilter)
+    return result.id
+
+
+def _as_before(host: Host, before: dict[str, object]) -> None:
+    assert [c.name for c in host.engine.containers.values()] == ["neighbour"]
+    assert _state(host) == before
+
+
+def _state(host: Host) -> dict[str, object]:
+    neighbour = next(iter(host.engine.containers.values()))
+    return {
+        "parent": host.fs.read_runtime("/docker"),
+        "neighbour": host.runtime(neighbour),
+        "groups": sorted(host.fs.groups),
+        "forwards": {cid: sorted(map(repr, specs)) for cid, specs in host.netfilter.forwards.items()},
+    }
+
+
+def test_a_run_that_succeeds_shares_the_pool_and_adds_its_rules(host: Host) -> None:
+    neighbour = next(iter(host.engine.containers.values()))
+    assert host.runtime(neighbour) == 950_000
+
+    cid = _run(host)
+
+    assert host.runtime(neighbour) == 475_000
+    assert host.runtime(cid) == 475_000
+    assert host.engine.containers[cid].cpu_rt_runtime == 475_000
+    assert set(host.netfilter.forwards) == {neighbour.id[:12], cid[:12]}
+
+
+def _fail_on(method: str) -> Callable[[Host], None]:
+    def inject(host: Host) -> None:
+        host.engine.fail[method] = XmsError(f"The engine refused {method}.")
+
+    return inject
+
+
+def _rules_fail(host: Host) -> None:
+    host.netfilter.fail["reconcile"] = XmsError("iptables refused the rule.")
+
+
+def _never_ready(host: Host) -> None:
+    host.engine.answer = lambda cmd: (1, "starting\n") if cmd[0] == "systemctl" else (0, "")
+
+
+def _verify_fails(host: Host) -> None:
+    booted = host.engine.answer
+
+    def answer(cmd: list[str]) -> tuple[int, str]:
+        if cmd[0] == "chrt":
+            raise XmsError("Running chrt in the container failed: the engine went away.")
+        return booted(cmd)
+
+    host.engine.answer = answer
+
+
+STEPS: dict[str, tuple[Callable[[Host], None], dict[str, object], type[Exception], str]] = {
+    "create": (_fail_on("create_container"), {}, XmsError, "refused create_container"),
+    "systemd check": (lambda host: None, {"image": NO_SYSTEMD}, BadInput, "has no systemd"),
+    "put_file": (_fail_on("put_file"), {}, XmsError, "refused put_file"),
+    "start": (_fail_on("start"), {}, XmsError, "refused start"),
+    "rules": (_rules_fail, {}, XmsError, "iptables refused"),
+    "readiness": (_never_ready, {"wait": True, "timeout": 0.01}, XmsError, "Not ready after"),
+    "verify": (_verify_fails, {"wait": True}, XmsError, "chrt"),
+}
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+def test_a_failing_step_leaves_no_container_the_budgets_as_before_and_no_rules(host: Host, step: str) -> None:
+    inject, request, kind, words = STEPS[step]
+    before = _state(host)
+    inject(host)
+
+    with pytest.raises(kind, match=words):
+        _run(host, **request)
+
+    _as_before(host, before)
+
+
+def test_the_budget_was_taken_before_the_failing_step_and_given_back(host: Host) -> None:
+    neighbour = next(iter(host.engine.containers.values()))
+    host.engine.fail["start"] = XmsError("The engine refused start.")
+
+    with pytest.raises(XmsError):
+        _run(host)
+
+    # The neighbour was shrunk to make room, then grown back.
+    written = [value for group, value in host.fs.writes if group == host.engine.cgroup_of(neighbour.id)]
+    assert written[-2:] == [475_000, 950_000]
+
+
+def test_keep_on_failure_keeps_the_container_and_says_so(host: Host) -> None:
+    _never_ready(host)
+
+    with pytest.raises(XmsError) as failed:
+        _run(host, wait=True, timeout=0.01, keep_on_failure=True)
+
+    assert "was kept for inspection (--keep-on-failure)" in failed.value.message
+    assert sorted(c.name for c in host.engine.containers.values()) == ["neighbour", "new"]

@@ -1,0 +1,57 @@
+"""A host made of the in-memory fakes, for use-case tests: cgroups, engine, netfilter and an RtHost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from docker_xms.adapters.cgroups import HostRt
+from docker_xms.domain.labels import MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL, WEIGHT_LABEL
+from docker_xms.domain.ports import LABEL_DNAT
+from docker_xms.settings import Settings
+from docker_xms.usecases.reconcile import reconcile
+from docker_xms.usecases.rt import RtHost
+from tests.fakes import FakeCgroupFs, FakeContainer, FakeEngine, FakeNetfilter
+
+IMAGE = "test/rtpengine:1"
+NO_SYSTEMD = "test/plain:1"
+PARENT = "/docker"
+
+
+@dataclass
+class Host:
+    fs: FakeCgroupFs
+    engine: FakeEngine
+    netfilter: FakeNetfilter
+    rt: RtHost
+
+    def runtime(self, container: FakeContainer | str) -> int:
+        cid = container if isinstance(container, str) else container.id
+        return self.fs.read_runtime(self.engine.cgroup_of(cid))
+
+    def managed(
+        self, name: str, weight: str = "1", dnat: str | None = None, running: bool = True, runtime: int = 0
+    ) -> FakeContainer:
+        labels = {
+            MANAGED_LABEL: "true",
+            PROFILE_LABEL: "rtpengine",
+            MODE_LABEL: "container-address",
+            WEIGHT_LABEL: weight,
+        }
+        if dnat is not None:
+            labels[LABEL_DNAT] = dnat
+        return self.engine.add(name, labels, running=running, cpu_rt_runtime=runtime)
+
+    def settle(self) -> None:
+        """What every docker-xms command ends with: budgets and rules made to match what runs."""
+        reconcile(self.rt, self.netfilter)
+
+
+def make_host(tmp: Path) -> Host:
+    fs = FakeCgroupFs(root_runtime=950_000)
+    fs.ensure(PARENT)
+    engine = FakeEngine(fs, PARENT, images={IMAGE: ["/lib/systemd/systemd"], NO_SYSTEMD: ["/bin/sh"]})
+    host = HostRt(1, True, 950_000, 1_000_000, "per-group", tmp / "cpu")
+    settings = Settings(lock_path=tmp / "host.lock")
+    rt = RtHost(engine, host, fs, "cgroupfs", PARENT, None, settings)
+    return Host(fs, engine, FakeNetfilter(), rt)
