@@ -24,8 +24,9 @@ from typing import Any
 from docker_xms.adapters.cgroups import CgroupWriteError, GroupRuntime, container_cgroup
 from docker_xms.adapters.engine import ContainerInfo, CreateSpec, EngineInfo
 from docker_xms.adapters.engine_list import ContainerSummary, PublishedPort
-from docker_xms.adapters.netfilter import Forward, ForwardSpec, Reconciled
+from docker_xms.adapters.netfilter import Forward, Reconciled
 from docker_xms.domain.budget import PERIOD_US, to_period
+from docker_xms.domain.forwards import DnatForward
 from docker_xms.errors import BadInput, NotFound, XmsError
 
 # The kernel compares bandwidths as runtime/period in this fixed point (kernel/sched/core.c, to_ratio).
@@ -459,7 +460,7 @@ class FakeNetfilter:
 
     is_available: bool = True
     chains: bool = False
-    forwards: dict[str, list[ForwardSpec]] = field(default_factory=dict)
+    forwards: dict[str, list[DnatForward]] = field(default_factory=dict)
     fail: dict[str, BaseException] = field(default_factory=dict)
 
     def available(self) -> bool:
@@ -474,7 +475,7 @@ class FakeNetfilter:
     def list_forwards(self) -> list[Forward]:
         return [Forward(cid, spec) for cid, specs in self.forwards.items() for spec in specs]
 
-    def reconcile(self, live: Mapping[str, Sequence[ForwardSpec]]) -> Reconciled:
+    def reconcile(self, live: Mapping[str, Sequence[DnatForward]]) -> Reconciled:
         fault = self.fail.pop("reconcile", None)
         if fault is not None:
             raise fault

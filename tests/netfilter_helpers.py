@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from docker_xms.adapters.netfilter import ForwardSpec, Netfilter, _short_id, _target
+from docker_xms.adapters.netfilter import Netfilter, _short_id, _target
+from docker_xms.domain.forwards import DnatForward
 
 
 class ScratchNetfilter(Netfilter):
@@ -21,10 +22,10 @@ class ScratchNetfilter(Netfilter):
         dest_end: int,
         name: str = "media",
     ) -> None:
-        spec = ForwardSpec(name, container_ip, protocol, host_start, host_end, dest_start, dest_end)
+        spec = DnatForward(name, protocol, host_start, host_end, dest_start, dest_end, container_ip)
         self.add_container(container_id, [spec])
 
-    def add_container(self, container_id: str, specs: Sequence[ForwardSpec]) -> None:
+    def add_container(self, container_id: str, specs: Sequence[DnatForward]) -> None:
         """Add all of a container's forwards, or none: a failure removes the rules added before it."""
         cid = _short_id(container_id)
         rules = [rule for spec in specs for rule in self._rules(cid, spec)]

@@ -27,8 +27,7 @@ import pytest
 
 from docker_xms.adapters.config import load_settings
 from docker_xms.adapters.pmqos import read_idle_state
-from docker_xms.domain import ports as port_plans
-from docker_xms.domain.labels import MANAGED_LABEL
+from docker_xms.domain.labels import MANAGED_LABEL, forwards_from_labels
 from docker_xms.usecases.agent import unit_text
 from tests.helpers import run_cli, wait_for
 from tests.host_state import fair_shares, foreign_runtime, kernel_pool
@@ -151,7 +150,7 @@ def rules_right(client: Any) -> bool:
     out = subprocess.run(["iptables", "-t", "nat", "-S", "DOCKER-XMS"], capture_output=True, text=True).stdout
     owners = set(re.findall(r"docker-xms:([0-9a-f]{12}):", out))
     running = client.containers.list(filters={"label": f"{MANAGED_LABEL}=true"})
-    wanted = {c.id[:12] for c in running if port_plans.forwards_from_labels(c.labels)}
+    wanted = {c.id[:12] for c in running if forwards_from_labels(c.labels)}
     return owners == wanted
 
 

@@ -25,8 +25,7 @@ from typing import Any
 import docker
 import pytest
 
-from docker_xms.domain import ports as port_plans
-from docker_xms.domain.labels import MANAGED_LABEL
+from docker_xms.domain.labels import MANAGED_LABEL, forwards_from_labels
 from tests import host_state
 from tests.helpers import TEST_LABEL, run_cli, wait_for
 from tests.integration.test_agent import AgentProcess
@@ -183,7 +182,7 @@ def mismatch(engine: PrivateEngine, client: Any) -> str | None:
 def rules_right(engine: PrivateEngine, client: Any) -> bool:
     """DNAT rules in the engine's namespace exactly for its running managed containers that ask for them."""
     owners = set(re.findall(r"docker-xms:([0-9a-f]{12}):", engine.iptables("-t", "nat", "-S", "DOCKER-XMS")))
-    wanted = {c.id[:12] for c in running_managed(client) if port_plans.forwards_from_labels(c.labels)}
+    wanted = {c.id[:12] for c in running_managed(client) if forwards_from_labels(c.labels)}
     return owners == wanted
 
 

@@ -38,6 +38,7 @@ from docker_xms.adapters.rtp import (
     udp_socket,
 )
 from docker_xms.domain import ports as port_plans
+from docker_xms.domain.labels import host_ranges_from_labels
 from tests.helpers import TEST_LABEL, run_cli, wait_for
 from tests.host_state import one_to_one_holder
 
@@ -236,7 +237,7 @@ def _held_host_ranges() -> list[tuple[int, int]]:
         return [
             r
             for c in client.containers.list(all=True, filters={"label": "io.docker-xms.managed=true"})
-            for r in port_plans.host_ranges_from_labels(c.labels)
+            for r in host_ranges_from_labels(c.labels)
         ]
     finally:
         client.close()

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from docker_xms.adapters.netfilter import ForwardSpec
+from docker_xms.domain.forwards import DnatForward
 from docker_xms.domain.ports import plan_ports
 from docker_xms.domain.profiles import parse_profile
 from docker_xms.errors import XmsError
@@ -199,7 +199,7 @@ def test_a_datagram_to_loopback_reaches_the_container_port_for_port_and_its_echo
     container = start()
     nf.ensure_chains()
     nf.add_container(
-        container.id, [ForwardSpec("rtp", ip_of(container), "udp", HOST_BASE, HOST_BASE + 99, 30000, 30099)]
+        container.id, [DnatForward("rtp", "udp", HOST_BASE, HOST_BASE + 99, 30000, 30099, ip_of(container))]
     )
     echo(container, [30000, 30042, 30099])
 
@@ -229,9 +229,9 @@ def test_reconcile_removes_rules_of_gone_containers_and_restores_missing_ones(
     nf: Netfilter, start: Callable[[], Any], echo: Callable[[Any, list[int]], None]
 ) -> None:
     gone, kept = start(), start()
-    kept_specs = [ForwardSpec("rtp", ip_of(kept), "udp", HOST_BASE + 300, HOST_BASE + 309, 31000, 31009)]
+    kept_specs = [DnatForward("rtp", "udp", HOST_BASE + 300, HOST_BASE + 309, 31000, 31009, ip_of(kept))]
     nf.ensure_chains()
-    nf.add_container(gone.id, [ForwardSpec("rtp", ip_of(gone), "udp", HOST_BASE + 200, HOST_BASE + 209, 31000, 31009)])
+    nf.add_container(gone.id, [DnatForward("rtp", "udp", HOST_BASE + 200, HOST_BASE + 209, 31000, 31009, ip_of(gone))])
     nf.add_container(kept.id, kept_specs)
     gone.remove(force=True)
 
@@ -261,8 +261,8 @@ def test_a_failing_rule_takes_back_the_containers_earlier_rules(nf: Netfilter, s
             iptables("-D", *shlex.split(line)[1:])
     iptables("-X", nf.filter_chain)
     specs = [
-        ForwardSpec("rtp", ip_of(container), "udp", HOST_BASE + 400, HOST_BASE + 409, 32000, 32009),
-        ForwardSpec("rtcp", ip_of(container), "udp", HOST_BASE + 410, HOST_BASE + 419, 32010, 32019),
+        DnatForward("rtp", "udp", HOST_BASE + 400, HOST_BASE + 409, 32000, 32009, ip_of(container)),
+        DnatForward("rtcp", "udp", HOST_BASE + 410, HOST_BASE + 419, 32010, 32019, ip_of(container)),
     ]
     with pytest.raises(XmsError, match=rf"iptables refused '-t filter -A {nf.filter_chain} .*ACCEPT'") as caught:
         nf.add_container(container.id, specs)
@@ -279,8 +279,8 @@ def test_a_hundred_add_remove_cycles_leave_the_tables_as_they_were(nf: Netfilter
     nf.ensure_chains()
     before = snapshot(nf)
     specs = [
-        ForwardSpec("rtp", ip_of(container), "udp", HOST_BASE + 500, HOST_BASE + 599, 49152, 49251),
-        ForwardSpec("udp-57344", ip_of(container), "udp", HOST_BASE + 600, HOST_BASE + 609, 57344, 57353),
+        DnatForward("rtp", "udp", HOST_BASE + 500, HOST_BASE + 599, 49152, 49251, ip_of(container)),
+        DnatForward("udp-57344", "udp", HOST_BASE + 600, HOST_BASE + 609, 57344, 57353, ip_of(container)),
     ]
     began = time.perf_counter()
     for _ in range(100):
@@ -338,10 +338,7 @@ def test_xms_media_ports_take_two_rules_and_a_few_milliseconds(
     plan = plan_ports(xms.ports, xms.media_ranges, "container-address", "dnat", host_pool=(24000, 32767))
     assert plan.media_port_count == 4498
     container = start()
-    specs = [
-        ForwardSpec(f.name, ip_of(container), f.protocol, f.host_start, f.host_end, f.container_start, f.container_end)
-        for f in plan.forwards
-    ]
+    specs = [f.to(ip_of(container)) for f in plan.forwards]
     began = time.perf_counter()
     nf.ensure_chains()
     ensured = time.perf_counter()
@@ -439,7 +436,7 @@ def test_route_localnet_comes_back_to_its_value_when_the_last_forward_goes(
     match = re.search(r"route_localnet:[^:]+:([01])", others[0]) if others else None
     before = match.group(1) if match else was
     container = start()
-    specs = [ForwardSpec("rtp", ip_of(container), "udp", HOST_BASE + 900, HOST_BASE + 909, 35000, 35009)]
+    specs = [DnatForward("rtp", "udp", HOST_BASE + 900, HOST_BASE + 909, 35000, 35009, ip_of(container))]
     nf.ensure_chains()
     assert _localnet(nf) == was
     nf.add_container(container.id, specs)
@@ -542,7 +539,7 @@ def test_packets_to_loopback_from_the_bridge_are_dropped_while_route_localnet_is
     sender, target = start(), start()
     nf.ensure_chains()
     nf.add_container(
-        target.id, [ForwardSpec("rtp", ip_of(target), "udp", HOST_BASE + 950, HOST_BASE + 959, 36000, 36009)]
+        target.id, [DnatForward("rtp", "udp", HOST_BASE + 950, HOST_BASE + 959, 36000, 36009, ip_of(target))]
     )
     assert _localnet(nf) == "1"
 

@@ -8,10 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from docker_xms.domain.forwards import DnatForward
+from docker_xms.domain.labels import LABEL_DNAT, LABEL_HOST_MEDIA, forwards_from_labels, host_ranges_from_labels
 from docker_xms.domain.ports import (
-    LABEL_DNAT,
-    LABEL_HOST_MEDIA,
-    DnatForward,
     PortPlan,
     bind_addresses,
     bound,
@@ -19,8 +18,6 @@ from docker_xms.domain.ports import (
     check_bind,
     decide_strategy,
     ephemeral_outside,
-    forwards_from_labels,
-    host_ranges_from_labels,
     plan_ports,
     with_container_ephemeral,
 )

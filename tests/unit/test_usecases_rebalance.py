@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from docker_xms.adapters.netfilter import ForwardSpec
+from docker_xms.domain.forwards import DnatForward
 from docker_xms.errors import XmsError
 from docker_xms.usecases.reconcile import reconcile
 from docker_xms.usecases.rt import rebalance
@@ -99,7 +99,7 @@ def test_reconcile_skips_and_reports_containers_whose_labels_cannot_be_read_and_
 ) -> None:
     bad_weight = host.managed("bad-weight", weight="zero", runtime=100_000)
     bad_dnat = host.managed("bad-dnat", dnat="rtp/udp:nonsense", runtime=50_000)
-    held = ForwardSpec("rtp", bad_dnat.ip_address, "udp", 31000, 31009, 31000, 31009)
+    held = DnatForward("rtp", "udp", 31000, 31009, 31000, 31009, bad_dnat.ip_address)
     host.netfilter.forwards[bad_dnat.id[:12]] = [held]
     good = host.managed("good", weight="2", dnat="rtp/udp:30000-30009>30000-30009")
     other = host.managed("other", weight="1")

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from docker_xms.adapters.cgroups import HostRt
-from docker_xms.domain.labels import MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL, WEIGHT_LABEL
-from docker_xms.domain.ports import LABEL_DNAT
+from docker_xms.domain.labels import LABEL_DNAT, MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL, WEIGHT_LABEL
 from docker_xms.settings import Settings
 from docker_xms.usecases.reconcile import reconcile
 from docker_xms.usecases.rt import RtHost

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from docker_xms.adapters.hostlock import host_lock
+from docker_xms.domain.forwards import DnatForward
 from docker_xms.errors import BadInput, XmsError
 
 DEFAULT_LOCK = Path("/run/docker-xms/netfilter.lock")
@@ -57,24 +58,11 @@ _CHAIN_MAX = 28 - len("-POSTROUTING")
 
 
 @dataclass(frozen=True)
-class ForwardSpec:
-    """Host ports host_start-host_end to container_ip's dest_start-dest_end, port for port."""
-
-    name: str
-    container_ip: str
-    protocol: str
-    host_start: int
-    host_end: int
-    dest_start: int
-    dest_end: int
-
-
-@dataclass(frozen=True)
 class Forward:
     """A forward as netfilter holds it, with the container that owns it."""
 
     container_id: str
-    spec: ForwardSpec
+    spec: DnatForward
 
 
 @dataclass(frozen=True)
@@ -141,7 +129,7 @@ class Netfilter:
         with self._locked():
             self._ensure_chains()
 
-    def reconcile(self, live: Mapping[str, Sequence[ForwardSpec]]) -> Reconciled:
+    def reconcile(self, live: Mapping[str, Sequence[DnatForward]]) -> Reconciled:
         """Make the rules match `live` (container id to its forwards): others' rules go, missing ones come."""
         wanted = {_short_id(cid): list(specs) for cid, specs in live.items()}
         planned = {cid: [rule for spec in specs for rule in self._rules(cid, spec)] for cid, specs in wanted.items()}
@@ -153,7 +141,7 @@ class Netfilter:
             for i, (table, chain) in enumerate(self._chains()):
                 for (cid, _), _args in self._owned(table, chain):
                     counts.setdefault(cid, [0, 0, 0])[i] += 1
-            have: dict[str, set[ForwardSpec]] = {}
+            have: dict[str, set[DnatForward]] = {}
             for (cid, name), args in self._owned("nat", self.nat_chain):
                 spec = _parse_dnat(name, args)
                 if spec is not None:
@@ -350,14 +338,14 @@ class Netfilter:
             "DROP",
         ]
 
-    def _rules(self, cid: str, spec: ForwardSpec) -> list[_Rule]:
+    def _rules(self, cid: str, spec: DnatForward) -> list[_Rule]:
         _check_spec(spec)
         comment = _comment(f"{COMMENT_PREFIX}:{cid}:{spec.name}")
         proto = ["-p", spec.protocol, "-m", spec.protocol]
         host = _span(spec.host_start, spec.host_end, ":")
-        dest = _span(spec.dest_start, spec.dest_end, ":")
-        to = f"{spec.container_ip}:{_span(spec.dest_start, spec.dest_end, '-')}"
-        if spec.dest_start != spec.dest_end:
+        dest = _span(spec.container_start, spec.container_end, ":")
+        to = f"{spec.container_ip}:{_span(spec.container_start, spec.container_end, '-')}"
+        if spec.container_start != spec.container_end:
             to += f"/{spec.host_start}"
         ip = f"{spec.container_ip}/32"
         return [
@@ -402,7 +390,7 @@ def _short_id(container_id: str) -> str:
     return container_id[:12]
 
 
-def _check_spec(spec: ForwardSpec) -> None:
+def _check_spec(spec: DnatForward) -> None:
     where = f"forward {spec.name} {spec.host_start}-{spec.host_end}/{spec.protocol}"
     if not _NAME.match(spec.name):
         raise BadInput(f"The name of {where} must be letters, digits, '.', '_' or '-'.")
@@ -414,10 +402,10 @@ def _check_spec(spec: ForwardSpec) -> None:
         raise BadInput(f"The container address {spec.container_ip!r} of {where} is not an IP address.") from None
     if ip.version != 4:
         raise BadInput(f"The container address {ip} of {where} is not IPv4; only IPv4 is forwarded.")
-    for low, high in ((spec.host_start, spec.host_end), (spec.dest_start, spec.dest_end)):
+    for low, high in ((spec.host_start, spec.host_end), (spec.container_start, spec.container_end)):
         if not 1 <= low <= high <= 65535:
             raise BadInput(f"Ports {low}-{high} of {where} must lie within 1-65535, low to high.")
-    if spec.host_end - spec.host_start != spec.dest_end - spec.dest_start:
+    if spec.host_end - spec.host_start != spec.container_end - spec.container_start:
         raise BadInput(f"The host and container ranges of {where} differ in size.")
 
 
@@ -440,7 +428,7 @@ def _target(args: Sequence[str]) -> str | None:
     return _option(args, "-j")
 
 
-def _parse_dnat(name: str, args: Sequence[str]) -> ForwardSpec | None:
+def _parse_dnat(name: str, args: Sequence[str]) -> DnatForward | None:
     """A forward from a DNAT rule as `iptables -S` prints it; None for a rule of another shape."""
     protocol, dport, to = _option(args, "-p"), _option(args, "--dport"), _option(args, "--to-destination")
     if _target(args) != "DNAT" or protocol is None or dport is None or to is None:
@@ -450,12 +438,6 @@ def _parse_dnat(name: str, args: Sequence[str]) -> ForwardSpec | None:
         return None
     low, _, high = dport.partition(":")
     dest_start = int(match.group(2))
-    return ForwardSpec(
-        name,
-        match.group(1),
-        protocol,
-        int(low),
-        int(high or low),
-        dest_start,
-        int(match.group(3) or dest_start),
+    return DnatForward(
+        name, protocol, int(low), int(high or low), dest_start, int(match.group(3) or dest_start), match.group(1)
     )

@@ -10,8 +10,7 @@ from rich.table import Table
 
 from docker_xms.cli.images import reporting
 from docker_xms.cli.render import console, print_json
-
-PORT_STRATEGIES = ("auto", "publish", "dnat", "host")
+from docker_xms.domain.labels import PORT_CHOICES
 
 
 @click.command("run")
@@ -35,7 +34,7 @@ PORT_STRATEGIES = ("auto", "publish", "dnat", "host")
 @click.option(
     "--ports",
     "ports",
-    type=click.Choice(PORT_STRATEGIES),
+    type=click.Choice(PORT_CHOICES),
     default="auto",
     show_default=True,
     help="How media ports reach the container.",

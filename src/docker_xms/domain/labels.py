@@ -1,10 +1,16 @@
-"""The container labels that hold docker-xms's state in the engine."""
+"""The vocabulary of docker-xms's state in the engine: every container label, its values and its parser.
+
+Labels are the only state docker-xms keeps: a container's profile, port mode, weight and port plan are
+read back from them by every command and by the agent.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from typing import Literal, get_args
 
-from docker_xms.domain import ports
+from docker_xms.domain.forwards import DnatForward
 from docker_xms.errors import BadInput
 
 LABEL_PREFIX = "io.docker-xms"
@@ -12,6 +18,18 @@ MANAGED_LABEL = f"{LABEL_PREFIX}.managed"
 PROFILE_LABEL = f"{LABEL_PREFIX}.profile"
 MODE_LABEL = f"{LABEL_PREFIX}.mode"
 WEIGHT_LABEL = f"{LABEL_PREFIX}.rt-weight"
+# A container's port plan, so that other containers' plans and `reconcile` come from the engine alone.
+LABEL_STRATEGY = f"{LABEL_PREFIX}.port-strategy"
+LABEL_HOST_MEDIA = f"{LABEL_PREFIX}.host-media-ports"
+LABEL_DNAT = f"{LABEL_PREFIX}.dnat"
+
+# How media ports reach a container (see domain/ports.py); `run --ports` also takes "auto".
+Strategy = Literal["publish", "dnat", "host"]
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+PORT_CHOICES = ("auto", *STRATEGIES)
+
+_SPAN = re.compile(r"^(\d+)-(\d+)$")
+_FORWARD = re.compile(r"^([A-Za-z0-9_.-]+)/(tcp|udp):(\d+)-(\d+)>(\d+)-(\d+)$")
 
 
 def weight_of(labels: Mapping[str, str]) -> int:
@@ -26,6 +44,34 @@ def weight_of(labels: Mapping[str, str]) -> int:
     return weight
 
 
+def host_ranges_from_labels(labels: Mapping[str, str]) -> list[tuple[int, int]]:
+    """The host media ranges a container holds, from its labels (none if it holds none)."""
+    value = labels.get(LABEL_HOST_MEDIA, "")
+    out: list[tuple[int, int]] = []
+    for part in filter(None, value.split(",")):
+        match = _SPAN.match(part)
+        if match is None or int(match.group(1)) > int(match.group(2)):
+            raise BadInput(f"Label {LABEL_HOST_MEDIA}={value!r} is malformed; expected ranges such as 20000-24497.")
+        out.append((int(match.group(1)), int(match.group(2))))
+    return out
+
+
+def forwards_from_labels(labels: Mapping[str, str]) -> tuple[DnatForward, ...]:
+    """The DNAT forwards a container's plan asked for, from its labels."""
+    value = labels.get(LABEL_DNAT, "")
+    out: list[DnatForward] = []
+    for part in filter(None, value.split(",")):
+        match = _FORWARD.match(part)
+        if match is None:
+            raise BadInput(f"Label {LABEL_DNAT}={value!r} is malformed; expected rtp/udp:20000-24000>49152-53152.")
+        name, protocol = match.group(1), match.group(2)
+        hs, he, cs, ce = (int(match.group(i)) for i in range(3, 7))
+        if hs > he or cs > ce or he - hs != ce - cs:
+            raise BadInput(f"Label {LABEL_DNAT}={value!r} maps ranges of different sizes.")
+        out.append(DnatForward(name, protocol, hs, he, cs, ce))
+    return tuple(out)
+
+
 def unreadable(labels: Mapping[str, str]) -> str | None:
     """Why docker-xms cannot read a managed container's labels, or None when it can.
 
@@ -34,8 +80,8 @@ def unreadable(labels: Mapping[str, str]) -> str | None:
     """
     try:
         weight_of(labels)
-        ports.host_ranges_from_labels(labels)
-        ports.forwards_from_labels(labels)
+        host_ranges_from_labels(labels)
+        forwards_from_labels(labels)
     except BadInput as exc:
         return exc.message[0].lower() + exc.message[1:].rstrip(".")
     return None

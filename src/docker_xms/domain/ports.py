@@ -18,34 +18,25 @@ host media range, which is shown to the user).
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
+from docker_xms.domain.forwards import DnatForward
+from docker_xms.domain.labels import LABEL_DNAT, LABEL_HOST_MEDIA, LABEL_STRATEGY, STRATEGIES, Strategy
 from docker_xms.domain.profiles import MANAGEMENT_ROLES, PortSpec
 from docker_xms.errors import BadInput
 
-STRATEGIES = ("publish", "dnat", "host")
 MODES = ("one-to-one", "container-address")
 # Above this many media ports, docker-proxy processes cost more (memory, start time) than one rule.
 DNAT_THRESHOLD = 20
 # Linux's default net.ipv4.ip_local_port_range in a new network namespace.
 KERNEL_EPHEMERAL = (32768, 60999)
 
-# Container labels that record a plan, so other containers' plans and `reconcile` can be computed from
-# the engine's state alone. The prefix is the one every docker-xms label carries.
-LABEL_STRATEGY = "io.docker-xms.port-strategy"
-LABEL_HOST_MEDIA = "io.docker-xms.host-media-ports"
-LABEL_DNAT = "io.docker-xms.dnat"
-
-_SPAN = re.compile(r"^(\d+)-(\d+)$")
-_FORWARD = re.compile(r"^([A-Za-z0-9_.-]+)/(tcp|udp):(\d+)-(\d+)>(\d+)-(\d+)$")
-
 
 @dataclass(frozen=True)
 class StrategyChoice:
-    strategy: str
+    strategy: Strategy
     reason: str
 
 
@@ -63,27 +54,6 @@ class MediaRange:
     @property
     def count(self) -> int:
         return self.end - self.start + 1
-
-
-@dataclass(frozen=True)
-class DnatForward:
-    """One netfilter rule: host ports host_start-host_end to the same offsets of the container's range."""
-
-    name: str
-    protocol: str
-    host_start: int
-    host_end: int
-    container_start: int
-    container_end: int
-
-    @property
-    def count(self) -> int:
-        return self.host_end - self.host_start + 1
-
-    def label(self) -> str:
-        return (
-            f"{self.name}/{self.protocol}:{self.host_start}-{self.host_end}>{self.container_start}-{self.container_end}"
-        )
 
 
 @dataclass(frozen=True)
@@ -182,7 +152,8 @@ def decide_strategy(requested: str, mode: str, media_port_count: int, netfilter_
             "The dnat port strategy needs a usable iptables command run as root; install iptables or choose --ports publish."
         )
     if requested != "auto":
-        return StrategyChoice(requested, f"{requested} was asked for")
+        # One of STRATEGIES, as checked above.
+        return StrategyChoice(cast(Strategy, requested), f"{requested} was asked for")
     if media_port_count <= DNAT_THRESHOLD:
         return StrategyChoice("publish", f"{media_port_count} media ports are few enough for the engine to publish")
     if netfilter_available:
@@ -299,34 +270,6 @@ def plan_ports(
     return PortPlan(strategy, mode, "bridge", publish, forwards, media)
 
 
-def host_ranges_from_labels(labels: Mapping[str, str]) -> list[tuple[int, int]]:
-    """The host media ranges a container holds, from its labels (none if it holds none)."""
-    value = labels.get(LABEL_HOST_MEDIA, "")
-    out: list[tuple[int, int]] = []
-    for part in filter(None, value.split(",")):
-        match = _SPAN.match(part)
-        if match is None or int(match.group(1)) > int(match.group(2)):
-            raise BadInput(f"Label {LABEL_HOST_MEDIA}={value!r} is malformed; expected ranges such as 20000-24497.")
-        out.append((int(match.group(1)), int(match.group(2))))
-    return out
-
-
-def forwards_from_labels(labels: Mapping[str, str]) -> tuple[DnatForward, ...]:
-    """The DNAT forwards a container's plan asked for, from its labels."""
-    value = labels.get(LABEL_DNAT, "")
-    out: list[DnatForward] = []
-    for part in filter(None, value.split(",")):
-        match = _FORWARD.match(part)
-        if match is None:
-            raise BadInput(f"Label {LABEL_DNAT}={value!r} is malformed; expected rtp/udp:20000-24000>49152-53152.")
-        name, protocol = match.group(1), match.group(2)
-        hs, he, cs, ce = (int(match.group(i)) for i in range(3, 7))
-        if hs > he or cs > ce or he - hs != ce - cs:
-            raise BadInput(f"Label {LABEL_DNAT}={value!r} maps ranges of different sizes.")
-        out.append(DnatForward(name, protocol, hs, he, cs, ce))
-    return tuple(out)
-
-
 def carve(forward: DnatForward, holes: Iterable[int]) -> tuple[DnatForward, ...]:
     """The forward without the host ports in `holes`: the pieces around them, each keeping its offsets.
 
@@ -347,7 +290,13 @@ def carve(forward: DnatForward, holes: Iterable[int]) -> tuple[DnatForward, ...]
 
 def _piece(forward: DnatForward, host_start: int, host_end: int) -> DnatForward:
     shift = forward.container_start - forward.host_start
-    return DnatForward(forward.name, forward.protocol, host_start, host_end, host_start + shift, host_end + shift)
+    return replace(
+        forward,
+        host_start=host_start,
+        host_end=host_end,
+        container_start=host_start + shift,
+        container_end=host_end + shift,
+    )
 
 
 def _check_mode(mode: str) -> None:

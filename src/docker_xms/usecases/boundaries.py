@@ -14,7 +14,8 @@ from typing import Protocol
 from docker_xms.adapters.cgroups import GroupRuntime
 from docker_xms.adapters.engine import ContainerInfo, CreateSpec, EngineInfo, Progress
 from docker_xms.adapters.engine_list import ContainerSummary
-from docker_xms.adapters.netfilter import Forward, ForwardSpec, Reconciled
+from docker_xms.adapters.netfilter import Forward, Reconciled
+from docker_xms.domain.forwards import DnatForward
 
 
 class EngineApi(Protocol):
@@ -82,4 +83,4 @@ class NetfilterApi(Protocol):
 
     def list_forwards(self) -> list[Forward]: ...
 
-    def reconcile(self, live: Mapping[str, Sequence[ForwardSpec]]) -> Reconciled: ...
+    def reconcile(self, live: Mapping[str, Sequence[DnatForward]]) -> Reconciled: ...

@@ -19,7 +19,15 @@ from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.adapters.signals import deferred
 from docker_xms.domain import ports as port_plans
-from docker_xms.domain.labels import MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL, WEIGHT_LABEL, unreadable, weight_of
+from docker_xms.domain.labels import (
+    MANAGED_LABEL,
+    MODE_LABEL,
+    PROFILE_LABEL,
+    WEIGHT_LABEL,
+    host_ranges_from_labels,
+    unreadable,
+    weight_of,
+)
 from docker_xms.domain.names import parse_ref
 from docker_xms.domain.profiles import Profile
 from docker_xms.domain.recipes import STOP_SIGNAL, profile_files
@@ -366,7 +374,7 @@ def _plan_ports(
         if not (mode == "one-to-one" and _mode(c) == "one-to-one")
         # One whose labels cannot be read is reported by reconcile; the engine refuses a port it holds.
         if unreadable(c.labels) is None
-        for r in port_plans.host_ranges_from_labels(c.labels)
+        for r in host_ranges_from_labels(c.labels)
     ]
     plan = port_plans.plan_ports(
         profile.ports,

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 from docker_xms.adapters import cgroups, engine_list
 from docker_xms.adapters.engine_list import ContainerSummary
-from docker_xms.domain import ports as port_plans
-from docker_xms.domain.labels import MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL
+from docker_xms.domain.labels import LABEL_HOST_MEDIA, LABEL_STRATEGY, MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL
 from docker_xms.settings import Settings
 
 
@@ -45,7 +44,7 @@ def ps(summaries: list[ContainerSummary], budget_of: Callable[[str], int | None]
     rows = []
     for s in summaries:
         published = sorted({f"{p.host_port}->{p.container_port}/{p.protocol}" for p in s.ports if p.host_port})
-        host_media = s.labels.get(port_plans.LABEL_HOST_MEDIA, "")
+        host_media = s.labels.get(LABEL_HOST_MEDIA, "")
         rows.append(
             PsRow(
                 id=s.id[:12],
@@ -55,7 +54,7 @@ def ps(summaries: list[ContainerSummary], budget_of: Callable[[str], int | None]
                 status=s.state,
                 health=s.health,
                 address=s.ip_address,
-                strategy=s.labels.get(port_plans.LABEL_STRATEGY, ""),
+                strategy=s.labels.get(LABEL_STRATEGY, ""),
                 ports=", ".join(published + ([f"{host_media}/media"] if host_media else [])),
                 budget_us=budget_of(s.id) if s.running else None,
             )

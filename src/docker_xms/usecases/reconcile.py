@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.hostlock import host_lock
-from docker_xms.adapters.netfilter import ForwardSpec, Netfilter, Reconciled
+from docker_xms.adapters.netfilter import Netfilter, Reconciled
 from docker_xms.domain import ports as port_plans
-from docker_xms.domain.labels import unreadable
+from docker_xms.domain.forwards import DnatForward
+from docker_xms.domain.labels import forwards_from_labels, unreadable
 from docker_xms.usecases.boundaries import EngineApi, NetfilterApi
 from docker_xms.usecases.rt import Rebalance, RtHost, rebalance_locked
 
@@ -34,7 +35,7 @@ def published_ports(summaries: Iterable[ContainerSummary]) -> dict[str, set[tupl
     return out
 
 
-def live_forwards(engine: EngineApi, netfilter: NetfilterApi | None = None) -> dict[str, list[ForwardSpec]]:
+def live_forwards(engine: EngineApi, netfilter: NetfilterApi | None = None) -> dict[str, list[DnatForward]]:
     """The DNAT forwards every running managed container should have, from its labels and address.
 
     Host ports that the engine publishes for any other container are cut out of the ranges (`carve`).
@@ -43,7 +44,7 @@ def live_forwards(engine: EngineApi, netfilter: NetfilterApi | None = None) -> d
     """
     running = engine.list_containers(all=False)
     published = published_ports(running)
-    live: dict[str, list[ForwardSpec]] = {}
+    live: dict[str, list[DnatForward]] = {}
     held = None
     for info in (c for c in running if c.managed):
         if unreadable(info.labels) is not None:
@@ -53,14 +54,12 @@ def live_forwards(engine: EngineApi, netfilter: NetfilterApi | None = None) -> d
                 if kept:
                     live[info.id] = kept
             continue
-        forwards = port_plans.forwards_from_labels(info.labels)
+        forwards = forwards_from_labels(info.labels)
         if not (info.running and forwards and info.ip_address):
             continue
         taken = [pair for cid, pairs in published.items() if cid != info.id for pair in pairs]
         live[info.id] = [
-            ForwardSpec(
-                f.name, info.ip_address, f.protocol, f.host_start, f.host_end, f.container_start, f.container_end
-            )
+            f.to(info.ip_address)
             for forward in forwards
             for f in port_plans.carve(forward, (port for protocol, port in taken if protocol == forward.protocol))
         ]
