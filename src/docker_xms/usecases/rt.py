@@ -136,10 +136,6 @@ def readable(managed: Iterable[ContainerSummary]) -> tuple[list[ContainerSummary
     return ok, tuple(skipped)
 
 
-def _weight(info: ContainerSummary) -> int:
-    return weight_of(info.labels)
-
-
 def _stored_budget(engine: EngineApi, container_id: str) -> int:
     """The budget the engine stores for a container (and re-applies on a restart): in the inspect view only."""
     info = engine.find_container(container_id)
@@ -186,7 +182,9 @@ def read_state(rt: RtHost) -> RtState:
     host = rt.host
     managed, skipped = readable(managed_running(rt.engine))
     if not rt.per_group:
-        holders = tuple(Holder(c.id, c.name, 0, _stored_budget(rt.engine, c.id), _weight(c), True) for c in managed)
+        holders = tuple(
+            Holder(c.id, c.name, 0, _stored_budget(rt.engine, c.id), weight_of(c.labels), True) for c in managed
+        )
         return RtState(
             host.mode,
             host.cgroup_version,
@@ -214,7 +212,7 @@ def read_state(rt: RtHost) -> RtState:
             c.name,
             now.get(c.id, 0),
             _stored_budget(rt.engine, c.id),
-            _weight(c),
+            weight_of(c.labels),
             True,
             now.get(c.id, 0) / pool if pool else 0.0,
         )
@@ -278,7 +276,7 @@ def rebalance_locked(
         return Rebalance(0, 0, {}, (), 0, per_group=False, names=names, skipped=skipped)
     now, foreign, siblings = _scan(rt, managed)
     # Containers whose cgroup is gone cannot hold a budget; they are not members.
-    members = [budget.Member(c.id, _weight(c)) for c in managed if c.id in now]
+    members = [budget.Member(c.id, weight_of(c.labels)) for c in managed if c.id in now]
     if arriving_weight is not None:
         members.append(budget.Member(NEW, arriving_weight))
     capacity = budget.capacity(rt.fs.read_runtime("/"), siblings)
