@@ -22,6 +22,7 @@ from typing import Any
 
 from bench import sections
 from bench.common import demo_paused, results_path, save
+from bench.house import house
 from bench.latency import latency
 from bench.media import media
 from bench.report import headlines, write_report
@@ -33,6 +34,7 @@ SECTIONS = {
     "ports": sections.ports,
     "latency": latency,
     "media": media,
+    "house": house,
 }
 
 
