@@ -88,6 +88,10 @@ class FakeCgroupFs:
     def exists(self, rel: str) -> bool:
         return self._key(rel) in self.groups
 
+    def procs_under(self, rel: str) -> set[int]:
+        # No process runs in a fake group: callers fall back to the engine's list, as for a group that is gone.
+        return set()
+
     def ensure(self, rel: str) -> None:
         key = self._key(rel)
         parts = [p for p in key.split("/") if p]

@@ -264,3 +264,11 @@ def test_steal_is_the_eighth_number_of_the_cpu_line_in_ticks() -> None:
 def test_a_kernel_without_a_steal_column_has_stolen_nothing() -> None:
     assert parse_steal_ms("cpu  1 2 3 4 5 6 7\n", 100) == 0.0
     assert parse_steal_ms("intr 1\n", 100) == 0.0
+
+
+def test_procs_under_a_group_include_its_sub_groups_and_none_when_it_is_gone(tmp_path: Path) -> None:
+    put(tmp_path / "cpu/docker/aaa/cgroup.procs", "101\n102\n")
+    put(tmp_path / "cpu/docker/aaa/system.slice/media.service/cgroup.procs", "201\n")
+    fs = CgroupFs(tmp_path / "cpu")
+    assert fs.procs_under("/docker/aaa") == {101, 102, 201}
+    assert fs.procs_under("/docker/gone") == set()

@@ -24,14 +24,11 @@ RAW_IO_ATTRIBUTES = {"environ", "getenv", "read_text", "write_text", "read_bytes
 KNOWN = {
     ("docker_xms.usecases.agent", "uses .environ"),
     ("docker_xms.usecases.agent", "uses .write_text"),
-    ("docker_xms.usecases.containers", "imports socket"),
-    ("docker_xms.usecases.containers", "uses .geteuid"),
     ("docker_xms.usecases.images", "uses .write_text"),
     ("docker_xms.usecases.pipeline", "uses .read_bytes"),
     ("docker_xms.usecases.probe", "uses .environ"),
     ("docker_xms.usecases.probe", "uses .read_bytes"),
     ("docker_xms.usecases.probe", "uses .write_bytes"),
-    ("docker_xms.usecases.rt", "uses .read_text"),
 }
 
 

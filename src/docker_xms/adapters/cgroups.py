@@ -216,6 +216,13 @@ class CgroupFs:
     def exists(self, rel: str) -> bool:
         return self.path(rel).is_dir()
 
+    def procs_under(self, rel: str) -> set[int]:
+        """Every process in the group and its sub-groups (systemd's inside a container); none if it is gone."""
+        base = self.path(rel)
+        if not base.is_dir():
+            return set()
+        return {int(p) for procs in base.rglob("cgroup.procs") for p in procs.read_text().split()}
+
     def ensure(self, rel: str) -> None:
         """Create a missing group (a v1 engine creates /docker only with its first container)."""
         try:

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 import subprocess
 from pathlib import Path
 
 from docker_xms.errors import BadInput
+
+
+def port_free(protocol: str, port: int, address: str = "0.0.0.0") -> bool:  # noqa: S104 - a test bind
+    """Whether a socket could bind the port now: the engine's own publishing fails later, less clearly."""
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, kind) as sock:
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
 
 
 def _ip_json(*args: str) -> list[dict[str, object]]:

@@ -6,6 +6,7 @@ timeout, and the failure turned into one sentence.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,10 @@ class Finished:
         """The last line of what the program said (stderr first), for an error sentence."""
         lines = (self.err or self.out).strip().splitlines()
         return lines[-1] if lines else f"exit {self.code}"
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
 
 
 def which(program: str) -> str | None:

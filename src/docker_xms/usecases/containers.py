@@ -6,13 +6,11 @@ the port plan are read back from there by `ps`, `stop`, `rm` and the agent.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from docker_xms.adapters import hostnet
+from docker_xms.adapters import hostnet, hostproc
 from docker_xms.adapters.engine import ContainerInfo, CreateSpec, Engine, Healthcheck
 from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.netfilter import Netfilter
@@ -98,7 +96,7 @@ class RunResult:
 
 
 def require_root() -> None:
-    if os.geteuid() != 0:
+    if not hostproc.is_root():
         raise BadInput("docker-xms must run as root: it writes real-time budgets into the host's cgroups.")
 
 
@@ -159,17 +157,6 @@ def _ensure_image(engine: EngineApi, profile: Profile, ref: str, build_missing: 
         raise NotFound(f"Image {ref} is not on this engine and could not be pulled: {reason}{hint}.") from exc
 
 
-def _port_free(protocol: str, port: int, address: str = "0.0.0.0") -> bool:  # noqa: S104 - a test bind
-    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, kind) as sock:
-        try:
-            sock.bind((address, port))
-        except OSError:
-            return False
-    return True
-
-
 def _host_pool() -> tuple[int, int]:
     # Below the ports the engine picks for -c publishing (the kernel's ephemeral range), so that a
     # DNAT range never takes packets meant for a port the engine published.
@@ -182,7 +169,7 @@ def _check_host_ports(plan: port_plans.PortPlan, binds: dict[str, str]) -> None:
         if host_port is None:
             continue
         protocol = key.split("/")[1]
-        if not _port_free(protocol, host_port, binds.get(key, "0.0.0.0")):  # noqa: S104 - a test bind
+        if not hostnet.port_free(protocol, host_port, binds.get(key, "0.0.0.0")):  # noqa: S104 - a test bind
             raise BadInput(f"Host port {host_port}/{protocol} is already in use; free it or run with -c.")
 
 

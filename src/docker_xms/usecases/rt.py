@@ -482,11 +482,7 @@ def _rt_threads(rt: RtHost, info: ContainerInfo) -> tuple[list[RtThread], int, s
 
 def _container_pids(rt: RtHost, info: ContainerInfo) -> list[int]:
     """Every process of the container: the cgroup's procs, including systemd's sub-cgroups."""
-    pids: set[int] = set()
-    base = rt.fs.path(rt.cgroup_of(info.id)) if rt.per_group else None
-    if base is not None and base.is_dir():
-        for procs in base.rglob("cgroup.procs"):
-            pids.update(int(p) for p in procs.read_text().split())
+    pids = rt.fs.procs_under(rt.cgroup_of(info.id)) if rt.per_group else set()
     if not pids:
         pids = set(rt.engine.container_pids(info.id))
     return sorted(pids)
