@@ -1,5 +1,5 @@
-"""Rebalance while others change the host between its scan and its writes; reconcile beside containers whose
-labels cannot be read. In-memory fakes (tests/fakes.py) refuse what the kernel refuses."""
+"""Rebalance and the reservation of a share while others change the host between the scan and the writes.
+In-memory fakes (tests/fakes.py) refuse what the kernel refuses."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from docker_xms.domain.forwards import DnatForward
 from docker_xms.errors import XmsError
-from docker_xms.usecases.reconcile import reconcile
-from docker_xms.usecases.rt import rebalance
+from docker_xms.usecases.rt import rebalance, reserve
 from tests.fakes import FakeEngine
 from tests.unit.usecase_host import Host, make_host
 
@@ -94,25 +92,29 @@ def test_room_taken_by_another_holder_mid_plan_fails_in_one_sentence_and_the_nex
     assert (host.runtime(a), host.runtime(b), host.runtime(other[0])) == (237_500, 237_500, 475_000)
 
 
-def test_reconcile_skips_and_reports_containers_whose_labels_cannot_be_read_and_sets_the_others_right(
-    host: Host,
-) -> None:
-    bad_weight = host.managed("bad-weight", weight="zero", runtime=100_000)
-    bad_dnat = host.managed("bad-dnat", dnat="rtp/udp:nonsense", runtime=50_000)
-    held = DnatForward("rtp", "udp", 31000, 31009, 31000, 31009, bad_dnat.ip_address)
-    host.netfilter.forwards[bad_dnat.id[:12]] = [held]
-    good = host.managed("good", weight="2", dnat="rtp/udp:30000-30009>30000-30009")
-    other = host.managed("other", weight="1")
+def test_a_reservation_gives_the_others_their_share_back_when_its_block_raises(host: Host) -> None:
+    a = host.managed("a", runtime=950_000)
 
-    result = reconcile(host.rt, host.netfilter)
+    held: list[int] = []
 
-    assert sorted(s.name for s in result.budgets.skipped) == ["bad-dnat", "bad-weight"]
-    reasons = {s.name: s.reason for s in result.budgets.skipped}
-    assert "rt-weight='zero'" in reasons["bad-weight"]
-    assert "nonsense" in reasons["bad-dnat"]
-    # They keep what they hold, counted like another holder's; the others share the rest by weight.
-    assert (host.runtime(bad_weight), host.runtime(bad_dnat)) == (100_000, 50_000)
-    assert (host.runtime(good), host.runtime(other)) == (533_333, 266_666)
-    assert host.netfilter.forwards[bad_dnat.id[:12]] == [held]
-    assert [f.host_start for f in host.netfilter.forwards[good.id[:12]]] == [30000]
-    assert bad_weight.id[:12] not in host.netfilter.forwards
+    def start_that_fails() -> None:
+        with reserve(host.rt, 1) as share:
+            held.extend((share.arriving_us, host.runtime(a)))
+            raise RuntimeError("the start failed")
+
+    with pytest.raises(RuntimeError, match="the start failed"):
+        start_that_fails()
+
+    assert held == [475_000, 475_000]
+    assert host.runtime(a) == 950_000
+
+
+def test_a_reservation_keeps_the_room_made_when_its_block_succeeds(host: Host) -> None:
+    a = host.managed("a", runtime=950_000)
+    b = host.managed("b", running=False)
+
+    with reserve(host.rt, 1) as share:
+        host.engine.update_rt_runtime(b.id, share.arriving_us)
+        host.engine.start(b.id)
+
+    assert (host.runtime(a), host.runtime(b)) == (475_000, 475_000)
