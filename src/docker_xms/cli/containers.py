@@ -8,8 +8,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from docker_xms.cli.images import reporting
-from docker_xms.cli.render import console, print_json
+from docker_xms.cli.render import console, print_json, reporting
 from docker_xms.domain.labels import PORT_CHOICES
 
 

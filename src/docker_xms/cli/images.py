@@ -2,46 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import click
 from rich.markup import escape
-from rich.status import Status
 
-from docker_xms.cli.render import console, human_size
+from docker_xms.cli.render import console, human_size, reporting
 from docker_xms.domain.recipes import DISTROS
-
-
-class StatusReporter:
-    """Shows the current phase with a spinner and the latest line of detail under it."""
-
-    def __init__(self, status: Status) -> None:
-        self._status = status
-        self._phase = ""
-
-    def phase(self, text: str) -> None:
-        if self._phase:
-            console.print(f"[green]✓[/] {escape(self._phase)}")
-        self._phase = text
-        self._status.update(escape(text))
-
-    def detail(self, text: str) -> None:
-        line = text.strip().splitlines()[-1] if text.strip() else ""
-        self._status.update(f"{escape(self._phase)}\n  [dim]{escape(line[:120])}[/]")
-
-    def done(self) -> None:
-        if self._phase:
-            console.print(f"[green]✓[/] {escape(self._phase)}")
-            self._phase = ""
-
-
-@contextmanager
-def reporting() -> Iterator[StatusReporter]:
-    with console.status("Starting") as status:
-        reporter = StatusReporter(status)
-        yield reporter
-        reporter.done()
 
 
 @click.command("build-base")

@@ -1,11 +1,15 @@
-"""Output helpers shared by the commands: one console, errors on stderr, JSON when asked."""
+"""Output helpers shared by the commands: one console, errors on stderr, JSON when asked, progress of long work."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
+from rich.status import Status
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -26,3 +30,34 @@ def human_size(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     return f"{size} B"
+
+
+class StatusReporter:
+    """Shows the current phase with a spinner and the latest line of detail under it."""
+
+    def __init__(self, status: Status) -> None:
+        self._status = status
+        self._phase = ""
+
+    def phase(self, text: str) -> None:
+        if self._phase:
+            console.print(f"[green]✓[/] {escape(self._phase)}")
+        self._phase = text
+        self._status.update(escape(text))
+
+    def detail(self, text: str) -> None:
+        line = text.strip().splitlines()[-1] if text.strip() else ""
+        self._status.update(f"{escape(self._phase)}\n  [dim]{escape(line[:120])}[/]")
+
+    def done(self) -> None:
+        if self._phase:
+            console.print(f"[green]✓[/] {escape(self._phase)}")
+            self._phase = ""
+
+
+@contextmanager
+def reporting() -> Iterator[StatusReporter]:
+    with console.status("Starting") as status:
+        reporter = StatusReporter(status)
+        yield reporter
+        reporter.done()

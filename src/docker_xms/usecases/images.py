@@ -60,7 +60,7 @@ def context_tar(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def _build_progress(reporter: Reporter) -> Callable[[dict[str, Any]], None]:
+def build_progress(reporter: Reporter) -> Callable[[dict[str, Any]], None]:
     def show(chunk: dict[str, Any]) -> None:
         text = str(chunk.get("stream") or chunk.get("status") or "").strip()
         if text:
@@ -99,7 +99,7 @@ def _import_and_finish(
         reporter.phase(f"Finishing {ref}")
         context = context_tar({"Dockerfile": dockerfile(image_id).encode()})
         try:
-            engine.build(context, str(ref), progress=_build_progress(reporter))
+            engine.build(context, str(ref), progress=build_progress(reporter))
         except StreamError as exc:
             raise XmsError(f"Finishing {ref} failed: {exc.message}\n{exc.log}") from exc
     finally:
@@ -121,7 +121,7 @@ def build_base(engine: Engine, tag: str, distro: str, offline: bool, reporter: R
     reporter.phase(f"Pulling {base}")
     repository, _, base_tag = base.partition(":")
     try:
-        engine.pull(repository, base_tag, progress=_build_progress(reporter))
+        engine.pull(repository, base_tag, progress=build_progress(reporter))
     except XmsError as exc:
         if distro != "debian12":
             raise XmsError(
@@ -133,7 +133,7 @@ def build_base(engine: Engine, tag: str, distro: str, offline: bool, reporter: R
     reporter.phase(f"Building {ref} from {base}")
     dockerfile = recipes.registry_base_dockerfile(distro)
     try:
-        engine.build(context_tar({"Dockerfile": dockerfile.encode()}), str(ref), _build_progress(reporter))
+        engine.build(context_tar({"Dockerfile": dockerfile.encode()}), str(ref), build_progress(reporter))
     except StreamError as exc:
         raise XmsError(f"Building {ref} failed: {exc.message}\n{exc.log}") from exc
     return _image_result(engine, ref, f"{base} + systemd")

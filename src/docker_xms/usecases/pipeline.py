@@ -18,7 +18,7 @@ from docker_xms.domain.labels import LABEL_PREFIX
 from docker_xms.domain.names import parse_ref
 from docker_xms.domain.profiles import Profile
 from docker_xms.errors import BadInput, NotFound, XmsError
-from docker_xms.usecases.images import Reporter, _build_progress, context_tar
+from docker_xms.usecases.images import Reporter, build_progress, context_tar
 
 FLATTEN_LABEL = f"{LABEL_PREFIX}.flatten-source"
 _LAYER_ID = re.compile(r"^[0-9a-f]{12}$")
@@ -90,7 +90,7 @@ def flatten(engine: Engine, source: str, target: str, reporter: Reporter) -> Fla
             imported = str(engine.inspect_image(f"{temp_repo}:rootfs")["Id"])
             dockerfile = plan.metadata_dockerfile(imported, later)
             try:
-                engine.build(context_tar({"Dockerfile": dockerfile.encode()}), str(ref), _build_progress(reporter))
+                engine.build(context_tar({"Dockerfile": dockerfile.encode()}), str(ref), build_progress(reporter))
             except StreamError as exc:
                 raise XmsError(f"Finishing {ref} failed: {exc.message}\n{exc.log}") from exc
     finally:
