@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import secrets
 import socket
 import subprocess
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from docker_xms.errors import BadInput
+from docker_xms.errors import BadInput, XmsError
 
 
 def port_free(protocol: str, port: int, address: str = "0.0.0.0") -> bool:  # noqa: S104 - a test bind
@@ -21,6 +23,21 @@ def port_free(protocol: str, port: int, address: str = "0.0.0.0") -> bool:  # no
         except OSError:
             return False
     return True
+
+
+def pick_port(protocols: Sequence[str], low: int, high: int, avoid: Collection[int] = ()) -> int:
+    """A port in low-high that every protocol could bind now on every address, from a random start.
+
+    For a port the engine would otherwise pick at start, chosen before the container exists so that its
+    files can name it; the engine still refuses the port if another process takes it meanwhile.
+    """
+    span = high - low + 1
+    first = secrets.randbelow(span)
+    for step in range(span):
+        port = low + (first + step) % span
+        if port not in avoid and all(port_free(protocol, port) for protocol in protocols):
+            return port
+    raise XmsError(f"No host port in {low}-{high} is free for {'/'.join(protocols)}.")
 
 
 def _ip_json(*args: str) -> list[dict[str, object]]:

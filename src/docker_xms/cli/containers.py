@@ -46,6 +46,16 @@ from docker_xms.domain.labels import PORT_CHOICES
     help="Host address of the control and management ports (default: 127.0.0.1 for those without "
     "authentication, such as rtpengine's ng; every address for the others).",
 )
+@click.option(
+    "--advertise",
+    "advertise",
+    metavar="host|container|ADDR",
+    default="host",
+    show_default=True,
+    help="The address the media server puts in its SDP (a SIP proxy in its headers): the host's default-route "
+    "address, the container's own (reached by a static route, see `docker-xms route`), or ADDR, a public "
+    "IPv4 address in front of the host.",
+)
 @click.option("--no-wait", is_flag=True, help="Do not wait for the media server to be ready.")
 @click.option("--timeout", type=float, default=None, help="Seconds to wait for readiness (default: the profile's).")
 @click.option("--keep-on-failure", is_flag=True, help="Keep the container if a step fails, for inspection.")
@@ -66,6 +76,7 @@ def run(
     rt_weight: int,
     ports: str,
     bind: str | None,
+    advertise: str,
     no_wait: bool,
     timeout: float | None,
     keep_on_failure: bool,
@@ -93,6 +104,7 @@ def run(
         keep_on_failure=keep_on_failure,
         build_missing=build_missing,
         bind=bind,
+        advertise=advertise,
         start_agent=not no_agent and context.settings().start_agent,
     )
     engine = context.engine()
@@ -117,6 +129,7 @@ def _print_summary(r: object) -> None:
         f"\n[bold]{escape(r.name)}[/] ({r.id[:12]}) runs {escape(r.image)} [dim](profile {r.profile}, {r.mode})[/]"
     )
     console.print(f"Container address: [bold]{r.address}[/]   host address: {r.host_address}")
+    console.print(f"Advertised address: [bold]{r.advertise}[/] ({r.advertise_choice}: in SDP, and SIP headers)")
     console.print(f"Media ports: {r.strategy} ({escape(r.strategy_reason)})")
     table = Table("port", "role", "container", "host", "host address")
     for row in r.ports:

@@ -22,6 +22,8 @@ WEIGHT_LABEL = f"{LABEL_PREFIX}.rt-weight"
 LABEL_STRATEGY = f"{LABEL_PREFIX}.port-strategy"
 LABEL_HOST_MEDIA = f"{LABEL_PREFIX}.host-media-ports"
 LABEL_DNAT = f"{LABEL_PREFIX}.dnat"
+# The address the media server puts in its SDP (and a SIP proxy in its headers), or "container": its own.
+ADVERTISE_LABEL = f"{LABEL_PREFIX}.advertise"
 
 # How media ports reach a container (see domain/ports.py); `run --ports` also takes "auto".
 Strategy = Literal["publish", "dnat", "host"]

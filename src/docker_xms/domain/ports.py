@@ -223,12 +223,15 @@ def plan_ports(
     used_host_ranges: Iterable[tuple[int, int]] = (),
     *,
     host_pool: tuple[int, int],
+    same_ports: bool = False,
 ) -> PortPlan:
     """Plan one container's ports.
 
     `used_host_ranges` are the host media ranges other containers hold (from their `LABEL_HOST_MEDIA`
     labels); `host_pool` is where container-address mode finds host media ranges, kept below the
-    kernel's ephemeral range from which the engine picks the host ports it publishes.
+    kernel's ephemeral range from which the engine picks the host ports it publishes. With `same_ports`
+    the server is told its host range in container-address mode, so that forwarding changes only the
+    address of a media port, never its number: the port in an SDP is then right on both sides.
     """
     _check_mode(mode)
     if strategy not in STRATEGIES:
@@ -261,6 +264,8 @@ def plan_ports(
     else:
         base = _allocate(count, host_pool, used)
         media = _shift(pieces, base)
+        if same_ports:
+            media = tuple(replace(m, start=m.host_start, end=m.host_end) for m in media)
     if strategy == "publish":
         for m in media:
             for offset in range(m.count):
@@ -268,6 +273,26 @@ def plan_ports(
         return PortPlan(strategy, mode, "bridge", publish, (), media)
     forwards = tuple(DnatForward(m.name, m.protocol, m.host_start, m.host_end, m.start, m.end) for m in media)
     return PortPlan(strategy, mode, "bridge", publish, forwards, media)
+
+
+ADVERTISE_CHOICES = ("host", "container")
+
+
+def check_advertise(value: str) -> str:
+    """`run --advertise`'s value: host, container, or the IPv4 address peers reach the host at."""
+    if value in ADVERTISE_CHOICES:
+        return value
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise BadInput(
+            f"--advertise {value!r} is not host, container or an IPv4 address such as 203.0.113.10."
+        ) from None
+
+
+def with_host_ports(plan: PortPlan, chosen: Mapping[str, int]) -> PortPlan:
+    """The plan with host ports chosen ahead for ports the engine would pick ("5060/udp" -> 32801)."""
+    return replace(plan, publish={**plan.publish, **{k: v for k, v in chosen.items() if k in plan.publish}})
 
 
 def carve(forward: DnatForward, holes: Iterable[int]) -> tuple[DnatForward, ...]:

@@ -57,9 +57,11 @@ class InstanceFile:
     """A file written into each container before it starts, rendered from a template.
 
     Placeholders: {media_start}, {media_end}, {name}, {profile}, {advertise_address} (empty: the
-    container's own address), {<port name>_port} for each single port (its host port; '-' and '.' in
-    the name become '_'), and the names in the profile's [vars]. A verbatim file is written as it is,
-    for files such as scripts whose own braces are not placeholders.
+    container's own address), {advertised} (the profile's [media] advertise form with the address in
+    it, such as rtpengine's "!203.0.113.10"; empty when none is advertised), {<port name>_port} for each
+    single port (its host port; '-' and '.' in the name become '_'), and the names in the profile's
+    [vars]. A verbatim file is written as it is, for files such as scripts whose own braces are not
+    placeholders.
     """
 
     path: str
@@ -118,9 +120,36 @@ class Profile:
     # Values for instance-file placeholders of the profile's own ([vars]), which a copy of it can change.
     variables: dict[str, str] = field(default_factory=dict)
 
+    # How {advertised} writes an advertised address into an instance file ([media] advertise, "{address}"
+    # in it); empty: the profile has no such place.
+    advertise_form: str = ""
+
     @property
     def media_port_count(self) -> int:
         return sum(r.count for r in self.media_ranges)
+
+    @property
+    def takes_advertise(self) -> bool:
+        """Whether the server can be told the address it advertises (an instance file or its environment)."""
+        if self.media_config == "env":
+            return True
+        return any(
+            not f.verbatim and ("{advertise_address}" in f.template or "{advertised}" in f.template)
+            for f in self.instance_files
+        )
+
+    def host_port_placeholders(self) -> tuple[PortSpec, ...]:
+        """The single ports whose host port an instance file names, so a run must know it before start."""
+        return tuple(
+            p
+            for p in self.ports
+            if not p.is_range
+            and any(not f.verbatim and "{" + port_placeholder(p) + "}" in f.template for f in self.instance_files)
+        )
+
+    def advertised(self, address: str) -> str:
+        """The {advertised} placeholder's text for an address ("" when none is advertised)."""
+        return self.advertise_form.format(address=address) if address and self.advertise_form else ""
 
 
 def _fail(source: str, where: str, message: str, text: str | None = None) -> BadInput:
@@ -272,7 +301,14 @@ def port_placeholder(port: PortSpec) -> str:
 
 def template_defaults(ports: Sequence[PortSpec], variables: dict[str, str]) -> dict[str, Any]:
     """What an instance file's placeholders stand for when a run gives no value of its own."""
-    values: dict[str, Any] = {"media_start": 0, "media_end": 0, "name": "", "profile": "", "advertise_address": ""}
+    values: dict[str, Any] = {
+        "media_start": 0,
+        "media_end": 0,
+        "name": "",
+        "profile": "",
+        "advertise_address": "",
+        "advertised": "",
+    }
     for port in ports:
         if not port.is_range:
             values[port_placeholder(port)] = port.host_port or port.start
@@ -322,11 +358,17 @@ def parse_profile(text: str, source: str) -> Profile:
 
     ports = tuple(_port(r) for r in root.tables("ports"))
     media_reader = root.table("media")
-    media_reader.unknown({"ranges", "config"})
+    media_reader.unknown({"ranges", "config", "advertise"})
     media_ranges = tuple(_port(r, "media") for r in media_reader.tables("ranges"))
     media_config = media_reader.get("config", str, default="none")
     if media_config not in ("instance-file", "env", "none"):
         raise media_reader.fail("config", f"must be instance-file, env or none, not {media_config!r}")
+    advertise_form = media_reader.get("advertise", str, default="")
+    if advertise_form:
+        try:
+            advertise_form.format(address="192.0.2.1")
+        except (KeyError, IndexError, ValueError):
+            raise media_reader.fail("advertise", "may hold only the placeholder {address}") from None
     _check_overlaps(ports + media_ranges, root)
 
     ready = root.table("readiness")
@@ -391,6 +433,7 @@ def parse_profile(text: str, source: str) -> Profile:
         rt_priority=rt_priority,
         source=source,
         variables={str(k): str(v) for k, v in variables.items()},
+        advertise_form=advertise_form,
     )
 
 

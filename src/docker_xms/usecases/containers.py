@@ -18,6 +18,7 @@ from docker_xms.adapters.profile_store import load_profile
 from docker_xms.adapters.signals import deferred
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.labels import (
+    ADVERTISE_LABEL,
     MANAGED_LABEL,
     MODE_LABEL,
     PROFILE_LABEL,
@@ -27,7 +28,7 @@ from docker_xms.domain.labels import (
     weight_of,
 )
 from docker_xms.domain.names import parse_ref
-from docker_xms.domain.profiles import Profile
+from docker_xms.domain.profiles import Profile, port_placeholder
 from docker_xms.domain.recipes import STOP_SIGNAL, profile_files
 from docker_xms.errors import BadInput, Interrupted, NotFound, XmsError
 from docker_xms.settings import Settings
@@ -59,6 +60,9 @@ class RunRequest:
     bind: str | None = None
     # Make sure an agent runs on the host (the command line sets it unless told not to).
     start_agent: bool = False
+    # The address the media server advertises: "host" (the default-route interface's), "container" (its
+    # own, reached by a static route), or an IPv4 address in front of the host.
+    advertise: str = "host"
 
 
 @dataclass
@@ -89,6 +93,10 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
     # What `run` did about the agent: "" when one already ran or it was not asked to.
     agent: str = ""
+    # The address the media server puts in its SDP (a SIP proxy in its Via and Record-Route), and how it
+    # was chosen: host, container or address.
+    advertise: str = ""
+    advertise_choice: str = ""
 
     @property
     def share(self) -> float:
@@ -201,6 +209,7 @@ def run(
         port_plans.check_bind(request.bind)
     if request.timeout is not None and request.timeout <= 0:
         raise BadInput(f"--timeout must be above 0 seconds, not {request.timeout}.")
+    port_plans.check_advertise(request.advertise)
     image = request.image or profile.image
     parse_ref(image)
     require_root()
@@ -269,6 +278,25 @@ def run(
     return result
 
 
+def advertise_address(choice: str) -> str:
+    """The address a `run --advertise` choice stands for; "" for the container's own."""
+    choice = port_plans.check_advertise(choice)
+    if choice == "host":
+        return hostnet.host_address()
+    return "" if choice == "container" else choice
+
+
+def _instance_values(profile: Profile, plan: port_plans.PortPlan, advertised: str) -> dict[str, object]:
+    """What a run tells the server's instance files beyond its media range: where peers reach it."""
+    values: dict[str, object] = {"advertise_address": advertised, "advertised": profile.advertised(advertised)}
+    for spec in profile.ports:
+        if spec.is_range:
+            continue
+        host = plan.publish.get(f"{spec.start}/{spec.protocol}")
+        values[port_placeholder(spec)] = spec.start if plan.network_mode == "host" or host is None else host
+    return values
+
+
 @dataclass
 class _Launch:
     """Creating and starting the new container of a `run` inside its reservation; what it created is kept
@@ -309,7 +337,8 @@ class _Launch:
             )
         media = plan.media_range
         if media and profile.media_config == "instance-file":
-            for rendered in profile_files(profile, media[0], media[1]):
+            values = _instance_values(profile, plan, advertise_address(self.request.advertise))
+            for rendered in profile_files(profile, media[0], media[1], values):
                 if any(rendered.path == f.path for f in profile.instance_files):
                     engine.put_file(container_id, rendered.path, rendered.content.encode(), rendered.mode)
         engine.start(container_id)
@@ -371,10 +400,31 @@ def _plan_ports(
         media_ports=request.media_ports,
         used_host_ranges=used,
         host_pool=_host_pool(),
+        # The server learns its range from its files: give it the host's numbers (one range only, as
+        # its templates know only the first).
+        same_ports=profile.media_config != "none" and len(profile.media_ranges) == 1,
     )
     if mode == "one-to-one":
         _check_host_ports(plan, port_plans.bind_addresses(profile.ports, request.bind))
+    elif plan.network_mode == "bridge":
+        plan = port_plans.with_host_ports(plan, _pick_host_ports(profile, plan))
     return port_plans.with_container_ephemeral(plan, profile.ports, profile.media_ranges)
+
+
+def _pick_host_ports(profile: Profile, plan: port_plans.PortPlan) -> dict[str, int]:
+    """Host ports for the ports the server's files name (the SIP port in its Via), which the engine would
+    otherwise pick only at start: one number for a port's udp and tcp alike, from the engine's range."""
+    low, high = hostnet.ephemeral_ports()
+    taken = {p for p in plan.publish.values() if p is not None}
+    chosen: dict[str, int] = {}
+    for spec in profile.host_port_placeholders():
+        if f"{spec.start}/{spec.protocol}" in chosen:
+            continue
+        keys = [f"{p.start}/{p.protocol}" for p in profile.ports if not p.is_range and p.start == spec.start]
+        port = hostnet.pick_port(sorted({k.split("/")[1] for k in keys}), low, high, taken)
+        taken.add(port)
+        chosen.update(dict.fromkeys(keys, port))
+    return chosen
 
 
 def _create_spec(
@@ -391,12 +441,14 @@ def _create_spec(
         PROFILE_LABEL: profile.name,
         MODE_LABEL: mode,
         WEIGHT_LABEL: str(request.rt_weight),
+        ADVERTISE_LABEL: advertise_address(request.advertise) or "container",
         **plan.labels(),
     }
     env = dict(profile.env)
     media = plan.media_range
     if media and profile.media_config == "env":
         env.update({"DOCKER_XMS_MEDIA_START": str(media[0]), "DOCKER_XMS_MEDIA_END": str(media[1])})
+        env["DOCKER_XMS_ADVERTISE_ADDRESS"] = labels[ADVERTISE_LABEL].replace("container", "")
     return CreateSpec(
         image,
         name=request.name,
@@ -459,6 +511,13 @@ def _result(
         summary = profile.summary.format(**values).strip()
     except (KeyError, IndexError, ValueError):
         summary = profile.summary.strip()
+    advertised = info.labels.get(ADVERTISE_LABEL, "container")
+    notes = list(plan.notes)
+    if advertised != "container" and not profile.takes_advertise:
+        notes.append(
+            f"The {profile.name} profile cannot tell the media server the address it advertises: configure it "
+            f"as behind NAT with {advertised} as its public address (XMS: System > Network > Behind NAT)."
+        )
     return RunResult(
         id=info.id,
         name=info.name,
@@ -482,7 +541,9 @@ def _result(
         urls=urls,
         shell_command=f"docker-xms shell {info.name}",
         stop=f"docker-xms stop {info.name}",
-        notes=list(plan.notes),
+        notes=notes,
+        advertise=address if advertised == "container" else advertised,
+        advertise_choice="container" if advertised == "container" else ("host" if advertised == host_ip else "address"),
         warnings=[
             port_plans.open_everywhere(
                 row["name"], f"{row['container']}/{row['protocol']}", plan.network_mode == "host"

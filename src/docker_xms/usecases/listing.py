@@ -11,7 +11,14 @@ from dataclasses import dataclass
 
 from docker_xms.adapters import cgroups, engine_list
 from docker_xms.adapters.engine_list import ContainerSummary
-from docker_xms.domain.labels import LABEL_HOST_MEDIA, LABEL_STRATEGY, MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL
+from docker_xms.domain.labels import (
+    ADVERTISE_LABEL,
+    LABEL_HOST_MEDIA,
+    LABEL_STRATEGY,
+    MANAGED_LABEL,
+    MODE_LABEL,
+    PROFILE_LABEL,
+)
 from docker_xms.settings import Settings
 
 
@@ -37,6 +44,8 @@ class PsRow:
     strategy: str
     ports: str
     budget_us: int | None
+    # The address the media server advertises ("" for a container started before docker-xms set one).
+    advertise: str = ""
 
 
 def ps(summaries: list[ContainerSummary], budget_of: Callable[[str], int | None]) -> list[PsRow]:
@@ -57,6 +66,9 @@ def ps(summaries: list[ContainerSummary], budget_of: Callable[[str], int | None]
                 strategy=s.labels.get(LABEL_STRATEGY, ""),
                 ports=", ".join(published + ([f"{host_media}/media"] if host_media else [])),
                 budget_us=budget_of(s.id) if s.running else None,
+                advertise=s.ip_address
+                if s.labels.get(ADVERTISE_LABEL) == "container"
+                else s.labels.get(ADVERTISE_LABEL, ""),
             )
         )
     return rows
