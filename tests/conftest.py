@@ -76,6 +76,14 @@ def rtpengine_image(docker_client: Any) -> str:
 
 
 @pytest.fixture(scope="session")
+def sip_image(docker_client: Any) -> str:
+    """The sip profile's image (Kamailio + rtpengine), built through the CLI unless one from the same recipe exists."""
+    result = run_cli("build", "--profile", "sip", "--if-missing", timeout=900)
+    assert result.code == 0, result.err + result.out
+    return "docker-xms/sip:latest"
+
+
+@pytest.fixture(scope="session")
 def busybox_image(docker_client: Any) -> str:
     """An image holding nothing but a static busybox, imported from the host's busybox-static package."""
     try:

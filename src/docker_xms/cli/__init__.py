@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profiles": ("docker_xms.cli.containers", "profiles"),
     "rt": ("docker_xms.cli.rt", "rt"),
     "agent": ("docker_xms.cli.agent", "agent"),
+    "test-call": ("docker_xms.cli.testcall", "test_call"),
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -53,6 +54,7 @@ SHORT_HELP: dict[str, str] = {
     "profiles": "List the media-server profiles.",
     "rt": "Real-time CPU budgets: status, rebalance, verify, doctor, probe.",
     "agent": "Keep budgets and port rules right as containers come and go.",
+    "test-call": "Place a short test call through a container: answered, packets, jitter.",
 }
 
 

@@ -19,6 +19,8 @@ PORT_ROLES = ("signalling", "media", "web", "ssh", "control", "other")
 MANAGEMENT_ROLES = ("control", "web", "ssh")
 PROTOCOLS = ("tcp", "udp")
 CHECKS = ("none", "rtpengine-ng", "xms-oam", "sip-options")
+# The clients `docker-xms test-call` places a call with: ng offer/answer + RTP, or SIPp through the proxy.
+TEST_CALL_CLIENTS = ("rtpengine-ng", "sipp")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 # What the port-rule label (io.docker-xms.dnat) can hold as a media range's name.
 MEDIA_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -119,6 +121,8 @@ class Profile:
     source: str
     # Values for instance-file placeholders of the profile's own ([vars]), which a copy of it can change.
     variables: dict[str, str] = field(default_factory=dict)
+    # The client of `docker-xms test-call` ([test_call] client); empty when the profile names none.
+    test_call: str = ""
 
     # How {advertised} writes an advertised address into an instance file ([media] advertise, "{address}"
     # in it); empty: the profile has no such place.
@@ -342,7 +346,9 @@ def parse_profile(text: str, source: str) -> Profile:
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"Profile {source} is not valid TOML: {exc}.") from None
     root = _Reader(data, source, text)
-    root.unknown({"profile", "ports", "media", "readiness", "build", "instance_files", "summary", "run", "vars"})
+    root.unknown(
+        {"profile", "ports", "media", "readiness", "build", "instance_files", "summary", "run", "vars", "test_call"}
+    )
     head = root.table("profile")
     head.unknown({"name", "description", "image", "docs_url", "logins", "rt_priority"})
     name = head.get("name", str, required=True)
@@ -409,6 +415,8 @@ def parse_profile(text: str, source: str) -> Profile:
     run.unknown({"tmpfs", "env"})
     run_env = run.get("env", dict, default={})
 
+    test_call = _test_call(root.table("test_call"), ports)
+
     summary = root.get("summary", dict, default={})
     summary_text = summary.get("text", "")
     if not isinstance(summary_text, str):
@@ -434,7 +442,20 @@ def parse_profile(text: str, source: str) -> Profile:
         source=source,
         variables={str(k): str(v) for k, v in variables.items()},
         advertise_form=advertise_form,
+        test_call=test_call,
     )
+
+
+def _test_call(reader: _Reader, ports: tuple[PortSpec, ...]) -> str:
+    """The test-call client, refused at load when the profile lacks the port that client talks to."""
+    reader.unknown({"client"})
+    client: str = reader.get("client", str, default="")
+    if client and client not in TEST_CALL_CLIENTS:
+        raise reader.fail("client", f"must be one of {', '.join(TEST_CALL_CLIENTS)}, not {client!r}")
+    role = {"rtpengine-ng": "control", "sipp": "signalling"}.get(client)
+    if role and not any(p.role == role and p.protocol == "udp" and not p.is_range for p in ports):
+        raise reader.fail("client", f"{client} needs a single udp port with role {role!r} in [[ports]]")
+    return client
 
 
 def _check_overlaps(specs: tuple[PortSpec, ...], root: _Reader) -> None:

@@ -73,3 +73,23 @@ def histogram_percentiles(buckets: Mapping[int, int], overflow: int = 0, overflo
 
     top = max(float(pairs[-1][0]), overflow_value if overflow else 0.0)
     return Percentiles(count=total, p50=at(50), p99=at(99), p999=at(99.9), max=top)
+
+
+def interarrival_jitter_ms(packets: Iterable[tuple[int, int]], clock_rate: int) -> float:
+    """RFC 3550 6.4.1 interarrival jitter of (RTP timestamp, arrival ns) pairs in the order they arrived, in ms.
+
+    The running estimate J += (|D| - J) / 16, where D is the change in transit time from one packet to the next
+    in timestamp units; timestamps wrap at 2^32, so their difference is taken as the signed value nearest zero.
+    """
+    if clock_rate <= 0:
+        raise ValueError("the RTP clock rate must be positive")
+    jitter = 0.0
+    last: tuple[int, int] | None = None
+    for timestamp, arrival_ns in packets:
+        if last is not None:
+            step = (timestamp - last[0]) % (1 << 32)
+            step = step - (1 << 32) if step >= 1 << 31 else step
+            d = (arrival_ns - last[1]) * clock_rate / 1e9 - step
+            jitter += (abs(d) - jitter) / 16
+        last = (timestamp, arrival_ns)
+    return jitter * 1000 / clock_rate

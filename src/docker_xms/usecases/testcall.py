@@ -1,0 +1,245 @@
+"""A short test call against a running managed container, with the client its profile names.
+
+rtpengine-ng: an ng offer/answer for two local UDP legs, then 20 ms PCMU packets both ways through the addresses
+and ports of the SDP rtpengine answers. sipp: SIPp as caller and echoing callee, both on this host, through the
+profile's SIP proxy. Either way media flows when each direction receives at least 90% of what was sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from docker_xms.adapters import rtp, sipp
+from docker_xms.adapters.engine import ContainerInfo
+from docker_xms.adapters.rtp_wire import Arrival
+from docker_xms.domain.labels import PROFILE_LABEL, forwards_from_labels
+from docker_xms.domain.profiles import PortSpec, Profile
+from docker_xms.domain.stats import interarrival_jitter_ms
+from docker_xms.errors import BadInput, NotFound, XmsError
+from docker_xms.usecases.boundaries import EngineApi
+
+# Below this share of the packets sent, a direction counts as media that does not flow.
+MIN_RECEIVED = 0.9
+PCMU_CLOCK_RATE = 8000
+PACKET_MS = 20
+_EVERY_ADDRESS = ("", "0.0.0.0", "::")  # noqa: S104 - read from the engine's bindings, not bound
+
+
+class CallFailed(XmsError):
+    """The call was not answered or its media did not flow."""
+
+
+@dataclass(frozen=True)
+class TestCallRequest:
+    name: str
+    from_address: str | None = None
+    seconds: float = 3.0
+
+
+@dataclass(frozen=True)
+class Direction:
+    """One direction of the call's media: what its sender sent and its receiver received."""
+
+    name: str
+    sent: int
+    received: int
+    jitter_ms: float | None
+
+    @property
+    def flows(self) -> bool:
+        return self.sent > 0 and self.received >= MIN_RECEIVED * self.sent
+
+
+@dataclass(frozen=True)
+class TestCallResult:
+    name: str
+    profile: str
+    client: str
+    # Where the call was set up (the ng or SIP address) and the local address both legs used.
+    server: str
+    local: str
+    answered: bool
+    directions: tuple[Direction, ...]
+    # How the packets were counted, in a user's words.
+    measured: str
+    setup_ms: float | None = None
+    failed_reason: str = ""
+
+    @property
+    def media_flows(self) -> bool:
+        return bool(self.directions) and all(d.flows for d in self.directions)
+
+    @property
+    def ok(self) -> bool:
+        return self.answered and self.media_flows
+
+    def problem(self) -> str:
+        """One sentence saying why the call failed; empty when it did not."""
+        if not self.answered:
+            why = f": {self.failed_reason}" if self.failed_reason else ""
+            return f"The test call through {self.name} was not answered{why}."
+        short = [d for d in self.directions if not d.flows]
+        if short:
+            parts = ", ".join(f"{d.name} received {d.received} of {d.sent}" for d in short)
+            return f"Media did not flow through {self.name}: {parts} packets (at least 90% must arrive)."
+        return ""
+
+
+def _container(engine: EngineApi, name: str) -> ContainerInfo:
+    info = engine.find_container(name)
+    if info is None:
+        raise NotFound(f"There is no container {name}.")
+    if not info.managed:
+        raise BadInput(f"Container {name} is not managed by docker-xms: test-call places calls only to its own.")
+    if not info.running:
+        raise BadInput(f"Container {name} is not running: start it with `docker-xms start {name}`.")
+    return info
+
+
+def _single_port(profile: Profile, role: str) -> PortSpec:
+    return next(p for p in profile.ports if p.role == role and p.protocol == "udp" and not p.is_range)
+
+
+def published_endpoint(info: ContainerInfo, port: PortSpec) -> tuple[str, int]:
+    """Where this host reaches a container port: its published host port (127.0.0.1 for every address), else the
+    container's own address, else (host networking) 127.0.0.1 and the port itself."""
+    bindings = info.ports.get(f"{port.start}/{port.protocol}") or []
+    if bindings and bindings[0].get("HostPort"):
+        host = bindings[0].get("HostIp", "")
+        return ("127.0.0.1" if host in _EVERY_ADDRESS else host), int(bindings[0]["HostPort"])
+    if info.ip_address:
+        return info.ip_address, port.start
+    return "127.0.0.1", port.start
+
+
+def direct_target(info: ContainerInfo, target: tuple[str, int], local_target: bool) -> tuple[str, int]:
+    """Where this host sends media the server told it to send to `target`.
+
+    A remote peer sends to the advertised host address and port; the host's DNAT forward (or the engine's
+    published port) carries it to the container, and the container's replies go back through the same
+    connection-tracking entry. From the host itself that path breaks: the server's first packet to a local leg is
+    not source-translated, and its tracking entry then clashes with the leg's own packets to the host port. So
+    for a host address, the test call sends to the container's address and the port the host port maps to.
+    """
+    port = target[1]
+    if not local_target or not info.ip_address:
+        return target
+    for forward in forwards_from_labels(info.labels):
+        if forward.protocol == "udp" and forward.host_start <= port <= forward.host_end:
+            return info.ip_address, forward.container_start + port - forward.host_start
+    for key, bindings in info.ports.items():
+        number, _, protocol = key.partition("/")
+        if protocol == "udp" and any(b.get("HostPort") == str(port) for b in bindings or []):
+            return info.ip_address, int(number)
+    return target
+
+
+def test_call(engine: EngineApi, load_profile: Callable[[str], Profile], request: TestCallRequest) -> TestCallResult:
+    if request.seconds <= 0 or request.seconds > 600:
+        raise BadInput(f"--seconds must lie within 0-600, not {request.seconds:g}.")
+    info = _container(engine, request.name)
+    profile_name = info.labels.get(PROFILE_LABEL, "")
+    if not profile_name:
+        raise BadInput(f"Container {request.name} has no profile label: test-call does not know how to call it.")
+    profile = load_profile(profile_name)
+    if profile.test_call == "rtpengine-ng":
+        return _rtpengine(info, profile, request)
+    if profile.test_call == "sipp":
+        return _sipp(info, profile, request)
+    raise BadInput(
+        f'Profile {profile.name} names no test-call client: add [test_call] client = "rtpengine-ng" or "sipp".'
+    )
+
+
+def _rtpengine(info: ContainerInfo, profile: Profile, request: TestCallRequest) -> TestCallResult:
+    ng_host, ng_port = published_endpoint(info, _single_port(profile, "control"))
+    count = max(1, round(request.seconds * 1000 / PACKET_MS))
+    with rtp.NgClient(ng_host, ng_port, timeout=1.0) as ng:
+        local = request.from_address or rtp.local_address_towards(info.ip_address or ng_host)
+        legs = rtp.udp_socket(local), rtp.udp_socket(local)
+        try:
+            call = rtp.open_call(ng, *legs)
+            media_host = call.a_sends_to[0]
+            better = rtp.local_address_towards(media_host)
+            if request.from_address is None and better != local:
+                # The server advertises an address this host reaches from another of its addresses: call again
+                # from that one, so that each leg's SDP names where it really sends from.
+                ng.delete(call.call_id, call.from_tag)
+                for leg in legs:
+                    leg.close()
+                local = better
+                legs = rtp.udp_socket(local), rtp.udp_socket(local)
+                call = rtp.open_call(ng, *legs)
+            targets = [
+                direct_target(info, t, rtp.local_address_towards(t[0]) == t[0])
+                for t in (call.a_sends_to, call.b_sends_to)
+            ]
+            try:
+                done = rtp.exchange(legs[0], legs[1], targets[0], targets[1], count)
+            finally:
+                ng.delete(call.call_id, call.from_tag)
+        finally:
+            for leg in legs:
+                leg.close()
+
+    def direction(name: str, sent: int, arrivals: list[Arrival]) -> Direction:
+        pairs = [(a.timestamp, a.arrival_ns) for a in arrivals]
+        jitter = interarrival_jitter_ms(pairs, PCMU_CLOCK_RATE) if len(pairs) > 1 else None
+        return Direction(name, sent, len(arrivals), jitter)
+
+    return TestCallResult(
+        name=info.name,
+        profile=profile.name,
+        client=profile.test_call,
+        server=f"{ng_host}:{ng_port}",
+        local=local,
+        answered=True,
+        directions=(
+            direction("a -> b", done.sent_by_a.sent, done.at_b),
+            direction("b -> a", done.sent_by_b.sent, done.at_a),
+        ),
+        measured=_relay_text(call.a_sends_to, call.b_sends_to, targets),
+    )
+
+
+def _relay_text(a_to: tuple[str, int], b_to: tuple[str, int], targets: list[tuple[str, int]]) -> str:
+    said = f"{a_to[0]}:{a_to[1]} and {b_to[0]}:{b_to[1]}"
+    text = f"packets sent by each leg and received by the other; rtpengine's SDP named {said}"
+    if targets != [a_to, b_to]:
+        sent = " and ".join(f"{h}:{p}" for h, p in targets)
+        text += f", which from this host itself are reached at {sent}"
+    return text
+
+
+def _sipp(info: ContainerInfo, profile: Profile, request: TestCallRequest) -> TestCallResult:
+    signalling = _single_port(profile, "signalling")
+    # The proxy at the container's own address when this host routes to it (every bridge mode), else where its
+    # signalling is published.
+    proxy = (info.ip_address, signalling.start) if info.ip_address else published_endpoint(info, signalling)
+    local = request.from_address or rtp.local_address_towards(proxy[0])
+    interface = sipp.route_device(info.ip_address or proxy[0])
+    call = sipp.call_through_proxy(proxy, local, interface)
+
+    def direction(name: str, sent: int, received: list[tuple[int, int]]) -> Direction:
+        jitter = interarrival_jitter_ms(received, PCMU_CLOCK_RATE) if len(received) > 1 else None
+        return Direction(name, sent, len(received), jitter)
+
+    return TestCallResult(
+        name=info.name,
+        profile=profile.name,
+        client=profile.test_call,
+        server=f"{proxy[0]}:{proxy[1]}",
+        local=local,
+        answered=call.answered,
+        directions=(
+            direction("caller -> callee", call.caller.sent, call.callee.received),
+            direction("callee echo -> caller", call.callee.sent, call.caller.received),
+        ),
+        measured=(
+            f"RTP packets counted on {call.interface} as they left and reached the SIPp legs' media ports "
+            "(SIPp plays a 7 s G.711 recording; the callee echoes what reaches it)"
+        ),
+        setup_ms=call.setup_ms,
+        failed_reason=call.failed_reason,
+    )
