@@ -89,3 +89,12 @@ def test_the_verdict_needs_an_answer_and_nine_tenths_of_the_packets_each_way() -
     )
     assert not result(True, (0, 0), (0, 0)).ok
     assert result(False, (100, 100), (100, 100)).problem() == "The test call through c was not answered: 503."
+
+
+def test_a_missing_sipp_names_its_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    from docker_xms.adapters import sipp
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(sipp.SippMissing, match="install the Debian package sip-tester") as raised:
+        sipp.sipp_path()
+    assert raised.value.exit_code == 1
