@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -93,3 +94,15 @@ def ng_ping(host: str, port: int, timeout: float = 2.0) -> bytes:
 
 def managed_names(client) -> set[str]:  # type: ignore[no-untyped-def]
     return {c.name for c in client.containers.list(all=True, filters={"label": "io.docker-xms.managed=true"})}
+
+
+def running_agents() -> list[str]:
+    """Command lines of `docker-xms agent` processes already running on this host (not --once)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            words = cmdline.read_bytes().decode(errors="replace").split("\0")
+            text = " ".join(words)
+            if ("docker_xms agent" in text or "docker-xms agent" in text) and "--once" not in words:
+                found.append(text.strip())
+    return found

@@ -29,7 +29,7 @@ from docker_xms.adapters.config import load_settings
 from docker_xms.adapters.pmqos import read_idle_state
 from docker_xms.domain.labels import MANAGED_LABEL, forwards_from_labels
 from docker_xms.usecases.agent import unit_text
-from tests.helpers import run_cli, wait_for
+from tests.helpers import run_cli, running_agents, wait_for
 from tests.host_state import fair_shares, foreign_runtime, kernel_pool
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -350,9 +350,19 @@ def test_agent_install_without_systemd_says_so_and_prints_the_unit() -> None:
 def test_once_reconciles_and_exits(docker_client: Any, rtpengine_image: str, cleanup: None) -> None:
     ids = [start("o1"), start("o2")]
     docker_client.api.remove_container(ids[0], force=True)
+    # A budget knocked down by hand raises no engine event: an agent already running on the host (the
+    # one `run` starts) sees it only at its next periodic pass, so this pass is the one that mends it.
+    wrong = 10_000
+    (PARENT / ids[1] / "cpu.rt_runtime_us").write_text(f"{wrong}\n")
+    others = running_agents()
     result = run_cli("agent", "--once")
     assert result.code == 0, result.err
-    assert f"budget {PREFIX}o2 " in result.out
+    if others:
+        # An agent already running on the host (the one `run` starts) may mend it first: then the end
+        # state is what this pass must leave, whoever made it.
+        print(f"another agent runs on the host ({others[0]}): only the end state is checked")
+    else:
+        assert f"budget {PREFIX}o2 {wrong} -> " in result.out
     assert budgets_right()
 
 

@@ -24,7 +24,7 @@ import docker
 import pytest
 
 from docker_xms.adapters.config import load_settings
-from tests.helpers import run_cli, wait_for
+from tests.helpers import run_cli, running_agents, wait_for
 from tests.host_state import PARENT, kernel_pool, running_managed
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -151,18 +151,6 @@ def ours(docker_client: Any, rtpengine_image: str) -> Iterator[list[str]]:
                 container.remove(force=True)
     # The pool back to what it is without the cap, for every test after this one.
     run_cli("rt", "rebalance", "--json")
-
-
-def running_agents() -> list[str]:
-    """Command lines of `docker-xms agent` processes already running on this host (not --once)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            words = cmdline.read_bytes().decode(errors="replace").split("\0")
-            text = " ".join(words)
-            if ("docker_xms agent" in text or "docker-xms agent" in text) and "--once" not in words:
-                found.append(text.strip())
-    return found
 
 
 def test_an_agent_from_the_unit_keeps_the_budgets_a_capped_rebalance_set(
