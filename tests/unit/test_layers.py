@@ -21,15 +21,7 @@ HOST_MODULES = {"os", "subprocess", "socket", "pathlib", "importlib", "shutil", 
 RAW_IO_ATTRIBUTES = {"environ", "getenv", "read_text", "write_text", "read_bytes", "write_bytes", "geteuid"}
 
 # Raw I/O still done in use cases, each to move into an adapter; the list may only shrink.
-KNOWN = {
-    ("docker_xms.usecases.agent", "uses .environ"),
-    ("docker_xms.usecases.agent", "uses .write_text"),
-    ("docker_xms.usecases.images", "uses .write_text"),
-    ("docker_xms.usecases.pipeline", "uses .read_bytes"),
-    ("docker_xms.usecases.probe", "uses .environ"),
-    ("docker_xms.usecases.probe", "uses .read_bytes"),
-    ("docker_xms.usecases.probe", "uses .write_bytes"),
-}
+KNOWN: set[tuple[str, str]] = set()
 
 
 def module_name(path: Path) -> str:

@@ -45,7 +45,7 @@ def run(argv: Sequence[str], timeout: float | None = None) -> Finished:
     return Finished(done.returncode, done.stdout, done.stderr)
 
 
-def spawn_detached(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> int:
+def spawn_detached(argv: Sequence[str], log: Path, extra_env: Mapping[str, str] | None = None) -> int:
     """Start a program that outlives this one: its own session, stdin from /dev/null, output appended to `log`."""
     try:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,7 @@ def spawn_detached(argv: Sequence[str], log: Path, env: Mapping[str, str] | None
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
-                env=dict(env) if env is not None else None,
+                env={**os.environ, **extra_env} if extra_env else None,
             )
     except OSError as exc:
         raise XmsError(f"Could not start {' '.join(argv)}: {exc.strerror or exc}.") from None

@@ -8,7 +8,6 @@ may run together: whichever reconciles last sees the containers as they are.
 
 from __future__ import annotations
 
-import os
 import queue
 import shlex
 import sys
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from docker_xms.adapters import hostlock, hostproc
+from docker_xms.adapters import hostfiles, hostlock, hostproc
 from docker_xms.adapters.engine import Engine
 from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.domain import budget
@@ -402,11 +401,7 @@ def install(
     alternative = f"nohup env {assignments} {agent_command(exe, cpu_latency_us)} >/var/log/docker-xms-agent.log 2>&1 &"
     if not write or not systemd_running():
         return Installed(text, str(unit_path), False, alternative)
-    try:
-        unit_path.parent.mkdir(parents=True, exist_ok=True)
-        unit_path.write_text(text)
-    except OSError as exc:
-        raise XmsError(f"Could not write {unit_path}: {exc.strerror}; run as root.") from None
+    hostfiles.save_text(unit_path, text)
     for command in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", UNIT_NAME]):
         done = hostproc.run(command, timeout=60)
         if done.code != 0:
@@ -446,7 +441,7 @@ def ensure_agent(settings: Settings, wait_s: float = 15.0) -> AgentStart:
         how = f"as {UNIT_NAME}"
     else:
         argv = [sys.executable, "-m", "docker_xms", "agent", "--timestamps"]
-        hostproc.spawn_detached(argv, AGENT_LOG, env={**os.environ, **settings.environment()})
+        hostproc.spawn_detached(argv, AGENT_LOG, extra_env=settings.environment())
         how = f"in the background, logging to {AGENT_LOG}"
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from docker_xms.adapters import rootfs
+from docker_xms.adapters import hostfiles, rootfs
 from docker_xms.adapters.engine import Engine, StreamError
 from docker_xms.domain import recipes
 from docker_xms.domain.names import ImageRef, parse_ref
@@ -195,8 +195,7 @@ def build_profile_image(
         uploads = []
         for i, rendered in enumerate(files):
             local = tmp / f"file-{i}"
-            local.write_text(rendered.content)
-            local.chmod(rendered.mode)
+            hostfiles.save_text(local, rendered.content, rendered.mode)
             uploads.append((local, rendered.path))
         spec = rootfs.RootfsSpec(
             suite=rootfs.suite_for(profile.build.distro),

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from docker_xms.adapters import hostfiles
 from docker_xms.adapters.engine import CreateSpec, Engine, StreamError
 from docker_xms.domain import flatten as plan
 from docker_xms.domain import recipes, xms_recipe
@@ -294,9 +295,9 @@ def build_xms(engine: Engine, plan: XmsBuildPlan, reporter: Reporter) -> XmsBuil
     distro = base_distro(engine, plan.base)
     dockerfile = plan.dockerfile(distro)
     installer_name, jre_name = plan.context_names
-    files = {"Dockerfile": dockerfile.encode(), installer_name: plan.installer_path.read_bytes()}
+    files = {"Dockerfile": dockerfile.encode(), installer_name: hostfiles.load_bytes(plan.installer_path)}
     if plan.jre_path is not None and jre_name:
-        files[jre_name] = plan.jre_path.read_bytes()
+        files[jre_name] = hostfiles.load_bytes(plan.jre_path)
     log: list[str] = []
 
     def progress(chunk: dict[str, Any]) -> None:

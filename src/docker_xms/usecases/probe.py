@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from importlib import resources
 from pathlib import Path
 
-from docker_xms.adapters import hostproc
+from docker_xms.adapters import hostfiles, hostproc
 from docker_xms.adapters.cgroups import cpu_steal_ms
 from docker_xms.adapters.engine import Engine
 from docker_xms.adapters.profile_store import load_profile
@@ -63,12 +61,11 @@ class ProbeResult:
 
 
 def probe_source() -> bytes:
-    return resources.files("docker_xms").joinpath("assets/probe/probe.c").read_bytes()
+    return hostfiles.package_asset("assets/probe/probe.c")
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "docker-xms"
+    return hostfiles.user_cache_dir()
 
 
 def build_probe(cache_dir: Path | None = None, compiler: str = "cc") -> Path:
@@ -87,7 +84,7 @@ def build_probe(cache_dir: Path | None = None, compiler: str = "cc") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as work:
         src = Path(work) / "probe.c"
-        src.write_bytes(source)
+        hostfiles.save_bytes(src, source)
         out = Path(work) / "probe"
         proc = hostproc.run([cc, *CFLAGS, "-o", str(out), str(src)], timeout=300)
         if proc.code != 0:
@@ -174,7 +171,7 @@ def static_probe_samples(
     engine: Engine, container_id: str, priority: int, interval_us: int, count: int, cache_dir: Path | None = None
 ) -> tuple[dict[str, object], list[float]]:
     """Run the static probe in the container: its summary line and every wake-up's lateness in us."""
-    path = _put_probe(engine, container_id, build_probe(cache_dir).read_bytes())
+    path = _put_probe(engine, container_id, hostfiles.load_bytes(build_probe(cache_dir)))
     cmd = [path, "-u", "-r", "-p", str(priority), "-i", str(interval_us), "-n", str(count)]
     code, out = engine.exec(container_id, cmd)
     if code == PROBE_EXIT_REFUSED:

@@ -1,0 +1,46 @@
+"""Files on the host that use cases read or write: installers, rendered files, the agent's unit, the
+probe's cache. One place for the I/O and for turning an OSError into one sentence."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+from docker_xms.errors import BadInput, XmsError
+
+
+def load_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise BadInput(f"Cannot read {path}: {exc.strerror or exc}.") from None
+
+
+def save_text(path: Path, text: str, mode: int | None = None) -> None:
+    """Write a file, creating its directory; `mode` sets its permission bits."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        if mode is not None:
+            path.chmod(mode)
+    except OSError as exc:
+        raise XmsError(f"Could not write {path}: {exc.strerror or exc}; run as root.") from None
+
+
+def save_bytes(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise XmsError(f"Could not write {path}: {exc.strerror or exc}.") from None
+
+
+def package_asset(relative: str) -> bytes:
+    """A file shipped inside the package (src/docker_xms/<relative>)."""
+    return resources.files("docker_xms").joinpath(relative).read_bytes()
+
+
+def user_cache_dir() -> Path:
+    """docker-xms's folder in the user's cache ($XDG_CACHE_HOME, else ~/.cache)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "docker-xms"
