@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from bench.common import CLI, cli, client, timed
@@ -71,6 +72,12 @@ def house(ps_containers: int = 20, rebalance_containers: int = 32) -> dict[str, 
     floor = _paired({"python -c pass": [python, "-c", "pass"], "import docker": [python, "-c", "import docker"]})
     help_ms = _paired({"docker-xms --help": [CLI, "--help"], "docker --help": ["docker", "--help"]})
     remove_bench_containers()
+    inotify = Path("/proc/sys/fs/inotify/max_user_instances")
+    instances = int(inotify.read_text())
+    # Each systemd container takes a few inotify instances of root's 128 by default: past about 20
+    # containers the next ones cannot boot. Raised for the run, given back after.
+    if instances < 1024:
+        inotify.write_text("1024\n")
     try:
         _start_managed(ps_containers)
         ps = _paired(
@@ -80,6 +87,7 @@ def house(ps_containers: int = 20, rebalance_containers: int = 32) -> dict[str, 
         mend, noop = _rebalance_ms(rebalance_containers)
     finally:
         remove_bench_containers()
+        inotify.write_text(f"{instances}\n")
     rows = [
         ("python -c pass (floor)", floor["python -c pass"], ""),
         ("python -c 'import docker'", floor["import docker"], ""),

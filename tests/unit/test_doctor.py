@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from docker_xms.adapters.cgroups import HostRt, detect_host, engine_parent
-from docker_xms.domain.doctor import Finding, diagnose, idle_findings, verdict
+from docker_xms.domain.doctor import Finding, diagnose, idle_findings, inotify_findings, verdict
 from tests.unit.test_cgroups import hybrid_host, kernel, unified_host
 
 
@@ -145,3 +145,12 @@ def test_a_held_limit_is_ok_and_no_idle_driver_says_nothing() -> None:
     assert idle_findings("", NO_LIMIT, NO_LIMIT) == []
     assert idle_findings("none", NO_LIMIT, NO_LIMIT) == []
     assert idle_findings("acpi_idle", None, NO_LIMIT) == []
+
+
+def test_a_low_inotify_limit_is_a_warning_with_the_sysctl_to_raise_it() -> None:
+    (finding,) = inotify_findings(128)
+    assert finding.level == "warn"
+    assert "only about 21 systemd containers" in finding.message
+    assert "fs.inotify.max_user_instances=1024" in finding.fix
+    assert [f.level for f in inotify_findings(1024)] == ["ok"]
+    assert inotify_findings(None) == []

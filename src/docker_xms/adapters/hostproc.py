@@ -78,3 +78,11 @@ def pids_named(comm: str, proc_root: Path = Path("/proc")) -> list[int]:
         except OSError:
             continue
     return sorted(pids)
+
+
+def inotify_max_user_instances(proc_root: Path = Path("/proc")) -> int | None:
+    """The host's per-user limit of inotify instances, or None if it cannot be read."""
+    try:
+        return int((proc_root / "sys/fs/inotify/max_user_instances").read_text())
+    except (OSError, ValueError):
+        return None

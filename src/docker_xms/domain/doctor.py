@@ -88,6 +88,33 @@ def idle_findings(driver: str, limit_us: int | None, no_limit_us: int) -> list[F
     ]
 
 
+# A systemd container takes a few inotify instances of the host's per-user limit (root's, as the
+# containers' root is the host's): at the kernel's default of 128 the 20-odd-th container cannot boot.
+INOTIFY_INSTANCES_PER_CONTAINER = 6
+
+
+def inotify_findings(max_user_instances: int | None, wanted_containers: int = 64) -> list[Finding]:
+    """Whether the host lets as many systemd containers boot as a media host runs."""
+    if max_user_instances is None:
+        return []
+    room = max_user_instances // INOTIFY_INSTANCES_PER_CONTAINER
+    if room >= wanted_containers:
+        return [
+            Finding(
+                "ok",
+                f"fs.inotify.max_user_instances is {max_user_instances}: room for about {room} systemd containers.",
+            )
+        ]
+    return [
+        Finding(
+            "warn",
+            f"fs.inotify.max_user_instances is {max_user_instances}: systemd in a container needs a few, so "
+            f"only about {room} systemd containers can boot on this host; the next ones exit at start.",
+            "sysctl -w fs.inotify.max_user_instances=1024 (and put it in /etc/sysctl.d/ to keep it).",
+        )
+    ]
+
+
 def verdict(findings: Sequence[Finding]) -> bool:
     """Whether containers can run real-time threads on this host."""
     return all(f.level != "fail" for f in findings)

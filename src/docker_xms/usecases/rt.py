@@ -13,13 +13,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from docker_xms.adapters import cgroups, pmqos
+from docker_xms.adapters import cgroups, hostproc, pmqos
 from docker_xms.adapters.engine import ContainerInfo
 from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.adapters.signals import deferred
 from docker_xms.domain import budget
-from docker_xms.domain.doctor import Finding, diagnose, idle_findings
+from docker_xms.domain.doctor import Finding, diagnose, idle_findings, inotify_findings
 from docker_xms.domain.labels import MANAGED_LABEL, unreadable, weight_of
 from docker_xms.errors import BadInput, EngineUnavailable, XmsError
 from docker_xms.settings import Settings
@@ -500,4 +500,5 @@ def doctor(rt: RtHost) -> list[Finding]:
     if real_host:
         idle = pmqos.read_idle_state()
         findings += idle_findings(idle.driver, idle.limit_us, pmqos.NO_LIMIT_US)
+        findings += inotify_findings(hostproc.inotify_max_user_instances())
     return findings
