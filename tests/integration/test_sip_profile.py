@@ -155,7 +155,10 @@ def sip_container(sip_image: str) -> Iterator[dict[str, Any]]:
     if shutil.which("sipp") is None:
         pytest.fail("SIPp is not installed: apt-get install sip-tester")
     name = f"sip-test-{secrets.token_hex(3)}"
-    started = run_cli("run", "-c", "--profile", "sip", "--name", name, "--json", timeout=300)
+    # The tech note's way: peers with a route to the container network, told the container's own address.
+    started = run_cli(
+        "run", "-c", "--profile", "sip", "--advertise", "container", "--name", name, "--json", timeout=300
+    )
     assert started.code == 0, started.err
     try:
         yield json.loads(started.out)

@@ -1,0 +1,372 @@
+"""Calls from outside: peers that reach only the host's own address, as a remote machine does.
+
+Each peer is a network namespace the test creates, joined by a veth pair to a bridge of the host's that
+holds one host address on a private /29 (the peers' LAN): its default route goes to that address, and the
+container network is unreachable from it (an `unreachable` route), so whatever reaches the media server
+went to the host's address and through the host's forwarding (DNAT in PREROUTING, as for a packet from
+another machine). The media server advertises that address (`run --advertise ADDR`).
+
+One host address for both peers, as a remote peer sees one: with a /30 per peer, the host masquerades the
+server's media towards each peer from that peer's own link address, which is then not the advertised one,
+and the peer's answering stream, sent to the advertised address, is a second flow that conntrack moves
+to the next port (measured: the callee's RTP arrived on the RTCP port, 0 of 50 relayed).
+
+The clients are rtpengine's own ng client (Debian rtpengine-utils) and SIPp (Debian sip-tester); RTP is
+counted by netfilter counters inside each namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from docker_xms.adapters import hostnet
+from tests.helpers import run_cli, wait_for
+from tests.integration.test_media_ports import port_row, remove, run_json
+from tests.integration.test_sip_profile import (
+    MEDIA_PORT,
+    PCAP,
+    SCENARIO,
+    bridge_subnet,
+    numsessions,
+    pcap_packets,
+    pick_block,
+    sh,
+    sipp_stats,
+)
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+
+PACKETS = 50
+
+# Run inside a namespace: bind the port the SDP names, send PACKETS RTP packets (PCMU, 20 ms apart) to
+# the address and port the media server gave, and count what arrives until 2 s after the last one.
+SENDER = r"""
+import json, socket, struct, sys, time
+bind, port, target, tport, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((bind, port))
+s.setblocking(False)
+# Both peers listen before either sends.
+time.sleep(max(0.0, float(sys.argv[6]) - time.time()))
+ssrc, got, sent = int(time.time() * 1000) & 0xFFFFFFFF, 0, 0
+end = None
+while True:
+    now = time.monotonic()
+    if sent < count:
+        s.sendto(struct.pack("!BBHII", 0x80, 0, sent, sent * 160, ssrc) + bytes(160), (target, tport))
+        sent += 1
+        if sent == count:
+            end = now + 2.0
+    stop = time.monotonic() + 0.02
+    while time.monotonic() < stop:
+        try:
+            s.recvfrom(2048)
+            got += 1
+        except BlockingIOError:
+            time.sleep(0.001)
+    if end is not None and (time.monotonic() > end or got >= count):
+        break
+print(json.dumps({"sent": sent, "received": got}))
+"""
+
+
+@dataclass(frozen=True)
+class OutsidePeer:
+    netns: str
+    host_if: str
+    address: str
+    # The host's address on the peers' LAN: the only host address the peer is given a route to.
+    host_end: str
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", self.netns, *args], capture_output=True, text=True, timeout=timeout
+        )
+
+    def popen(self, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen(["ip", "netns", "exec", self.netns, *args], text=True, **kwargs)
+
+    def count(self, chain: str) -> int:
+        out = self.run("iptables", "-w", "-nvxL", chain).stdout
+        rows = [line.split() for line in out.splitlines() if "udp" in line.split()]
+        assert len(rows) == 1, out
+        return int(rows[0][0])
+
+
+class Outside:
+    """Peers whose only way out is the host's own address on their veth pair."""
+
+    def __init__(self, container_subnet: str, within: str = "10.201.0.0/16") -> None:
+        self.container_subnet = container_subnet
+        self.block = pick_block(within)
+        self.token = secrets.token_hex(3)
+        self.peers: list[OutsidePeer] = []
+        self.bridge = f"dxob{self.token}"
+        self.hosts = [str(a) for a in self.block.hosts()]
+        self.host_address = self.hosts[0]
+        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        sh("ip", "addr", "add", f"{self.host_address}/{self.block.prefixlen}", "dev", self.bridge)
+        sh("ip", "link", "set", self.bridge, "up")
+
+    def add(self, role: str) -> OutsidePeer:
+        address = self.hosts[1 + len(self.peers)]
+        host_end = self.host_address
+        netns, host_if = f"dxout-{self.token}-{role}", f"dxo{self.token}{role[0]}"
+        peer = OutsidePeer(netns, host_if, address, host_end)
+        sh("ip", "netns", "add", netns)
+        self.peers.append(peer)
+        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        sh("ip", "link", "set", host_if, "master", self.bridge)
+        sh("ip", "link", "set", host_if, "up")
+        sh("ip", "-n", netns, "link", "set", "lo", "up")
+        sh("ip", "-n", netns, "addr", "add", f"{address}/{self.block.prefixlen}", "dev", "eth0")
+        sh("ip", "-n", netns, "link", "set", "eth0", "up")
+        sh("ip", "-n", netns, "route", "add", "default", "via", host_end)
+        # As from another machine: the container network is not reachable, only the host's address.
+        sh("ip", "-n", netns, "route", "add", "unreachable", self.container_subnet)
+        # RTP in and out of the namespace, counted by the kernel.
+        peer.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", str(MEDIA_PORT))
+        peer.run("iptables", "-w", "-A", "OUTPUT", "-p", "udp", "--sport", str(MEDIA_PORT))
+        return peer
+
+    def close(self) -> None:
+        for peer in self.peers:
+            subprocess.run(["ip", "netns", "del", peer.netns], capture_output=True)
+            subprocess.run(["ip", "link", "del", peer.host_if], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+
+@pytest.fixture
+def outside(docker_client: Any) -> Iterator[Outside]:
+    spaces = Outside(bridge_subnet(docker_client))
+    try:
+        yield spaces
+    finally:
+        spaces.close()
+
+
+@pytest.fixture
+def names() -> Iterator[list[str]]:
+    started: list[str] = []
+    yield started
+    for name in started:
+        remove(name)
+
+
+def _name(kind: str) -> str:
+    # "rtp-": a prefix the suite knows as its own when it looks for a 1:1 container it did not start.
+    return f"rtp-out-{kind}-{secrets.token_hex(3)}"
+
+
+# --- rtpengine: ng offer/answer from the host, RTP between the namespaces ---------------------------------
+
+
+def ng_client(ng_port: int, command: str, *args: str) -> str:
+    """rtpengine-ng-client's command against the ng port published on 127.0.0.1; the SDP it gives back."""
+    result = subprocess.run(
+        ["rtpengine-ng-client", "--proxy-address", "127.0.0.1", "--proxy-port", str(ng_port), command, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    return result.stdout.split("New SDP:", 1)[-1]
+
+
+def sdp_for(address: str) -> str:
+    return f"v=0\no=- 1 1 IN IP4 {address}\ns=-\nc=IN IP4 {address}\nt=0 0\nm=audio {MEDIA_PORT} RTP/AVP 0\n"
+
+
+def media_of(sdp: str) -> tuple[str, int]:
+    connection = re.search(r"^c=IN IP4 (\S+)", sdp, re.M)
+    media = re.search(r"^m=audio (\d+) ", sdp, re.M)
+    assert connection, sdp
+    assert media, sdp
+    return connection.group(1), int(media.group(1))
+
+
+@dataclass(frozen=True)
+class NgCall:
+    caller_sends_to: tuple[str, int]
+    callee_sends_to: tuple[str, int]
+
+
+def ng_call(ng_port: int, call_id: str, caller: OutsidePeer, callee: OutsidePeer) -> NgCall:
+    offered = ng_client(
+        ng_port, "offer", f"--call-id={call_id}", "--from-tag=caller", f"--sdp={sdp_for(caller.address)}"
+    )
+    answered = ng_client(
+        ng_port,
+        "answer",
+        f"--call-id={call_id}",
+        "--from-tag=caller",
+        "--to-tag=callee",
+        f"--sdp={sdp_for(callee.address)}",
+    )
+    return NgCall(caller_sends_to=media_of(answered), callee_sends_to=media_of(offered))
+
+
+def rtp_both_ways(caller: OutsidePeer, callee: OutsidePeer, call: NgCall) -> tuple[dict[str, int], dict[str, int]]:
+    at = time.time() + 1.0
+
+    def start(peer: OutsidePeer, to: tuple[str, int]) -> subprocess.Popen[str]:
+        args = (peer.address, str(MEDIA_PORT), to[0], str(to[1]), str(PACKETS), str(at))
+        return peer.popen(sys.executable, "-c", SENDER, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    a, b = start(caller, call.caller_sends_to), start(callee, call.callee_sends_to)
+    out_a, err_a = a.communicate(timeout=30)
+    out_b, err_b = b.communicate(timeout=30)
+    assert a.returncode == b.returncode == 0, err_a + err_b
+    return json.loads(out_a), json.loads(out_b)
+
+
+@pytest.mark.parametrize("mode", ["1:1", "-c"])
+def test_rtpengine_relays_between_peers_that_reach_only_the_host(
+    rtpengine_image: str, outside: Outside, names: list[str], mode: str
+) -> None:
+    if shutil.which("rtpengine-ng-client") is None:
+        pytest.fail("rtpengine-ng-client is not installed: apt-get install rtpengine-utils")
+    caller, callee = outside.add("a"), outside.add("b")
+    advertised = caller.host_end
+    name = _name("ng")
+    names.append(name)
+    args = ("-c",) if mode == "-c" else ()
+    summary = run_json(
+        *args, "--ports", "dnat", "--advertise", advertised, "--name", name, wait_one_to_one=180 if not args else 0
+    )
+    assert (summary["advertise"], summary["advertise_choice"]) == (advertised, "address")
+    (media,) = summary["media"]
+    # The server uses its host range: the forward changes the address only.
+    assert (media["start"], media["end"]) == (media["host_start"], media["host_end"])
+    ng_port = int(port_row(summary, "ng")["host"])
+
+    call_id = f"out-{secrets.token_hex(4)}"
+    call = ng_call(ng_port, call_id, caller, callee)
+    try:
+        for address, port in (call.caller_sends_to, call.callee_sends_to):
+            assert address == advertised
+            assert media["host_start"] <= port <= media["host_end"]
+        at_caller, at_callee = rtp_both_ways(caller, callee, call)
+        sent, echoed_in = caller.count("OUTPUT"), caller.count("INPUT")
+        print(
+            f"\nrtpengine {mode} dnat, advertised {advertised}: caller sent {at_caller['sent']} to "
+            f"{call.caller_sends_to}, callee received {at_callee['received']}; callee sent {at_callee['sent']} to "
+            f"{call.callee_sends_to}, caller received {at_caller['received']} (caller's counters: out {sent}, "
+            f"in {echoed_in}; callee's: in {callee.count('INPUT')}, out {callee.count('OUTPUT')})"
+        )
+        assert (at_caller["sent"], at_callee["sent"]) == (PACKETS, PACKETS)
+        assert (at_callee["received"], at_caller["received"]) == (PACKETS, PACKETS)
+        assert (callee.count("INPUT"), caller.count("INPUT")) == (PACKETS, PACKETS)
+    finally:
+        ng_client(ng_port, "delete", f"--call-id={call_id}", "--from-tag=caller")
+
+
+def test_advertise_host_is_the_default_route_address_in_the_summary_and_the_sdp(
+    rtpengine_image: str, names: list[str]
+) -> None:
+    name = _name("host")
+    names.append(name)
+    summary = run_json("-c", "--ports", "dnat", "--name", name)
+    assert (summary["advertise"], summary["advertise_choice"]) == (hostnet.host_address(), "host")
+    ng_port = int(port_row(summary, "ng")["host"])
+    call_id = f"out-{secrets.token_hex(4)}"
+    offered = ng_client(ng_port, "offer", f"--call-id={call_id}", "--from-tag=a", f"--sdp={sdp_for('192.0.2.7')}")
+    ng_client(ng_port, "delete", f"--call-id={call_id}", "--from-tag=a")
+    assert media_of(offered)[0] == hostnet.host_address()
+    listed = run_cli("ps", "--json")
+    assert listed.code == 0, listed.err
+    assert {row["name"]: row["advertise"] for row in json.loads(listed.out)}[name] == hostnet.host_address()
+
+
+# --- sip: SIPp caller and echoing callee through the proxy at the host's address --------------------------
+
+
+def sip_call(
+    name: str, proxy: tuple[str, int], caller: OutsidePeer, callee: OutsidePeer, tmp_path: Path, what: str
+) -> None:
+    """One SIPp call through the proxy: answered, its media echoed back, torn down, no session left."""
+    expected = pcap_packets(PCAP)
+    sipps: list[subprocess.Popen[str]] = []
+    try:
+        uas = callee.popen(
+            "sipp", "-sn", "uas", "-rtp_echo", "-i", callee.address, "-p", "5060", "-mi", callee.address,
+            "-mp", str(MEDIA_PORT), "-m", "1", "-nostdin", "-timeout", "60s", "-trace_err", "-error_file",
+            str(tmp_path / "uas-errors.log"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        sipps.append(uas)
+        time.sleep(0.5)
+        stats_file = tmp_path / "uac-stats.csv"
+        uac = caller.popen(
+            "sipp", f"{callee.address}:5060", "-rsa", f"{proxy[0]}:{proxy[1]}", "-sf", str(SCENARIO),
+            "-i", caller.address, "-p", "5060", "-mi", caller.address, "-mp", str(MEDIA_PORT), "-m", "1",
+            "-nostdin", "-timeout", "60s", "-trace_stat", "-stf", str(stats_file), "-trace_err",
+            "-error_file", str(tmp_path / "uac-errors.log"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        sipps.append(uac)
+        during = wait_for(lambda: numsessions(name), timeout=8, interval=0.5, what="an rtpengine session")
+        uac_code, uas_code = uac.wait(timeout=60), uas.wait(timeout=30)
+        errors = "".join(p.read_text() for p in tmp_path.glob("*-errors.log"))
+        assert (uac_code, uas_code) == (0, 0), errors or (uac.stderr.read() if uac.stderr else "")
+        stats = sipp_stats(stats_file)
+        sent, echoed_back = caller.count("OUTPUT"), caller.count("INPUT")
+        reached_callee, echoed = callee.count("INPUT"), callee.count("OUTPUT")
+        wait_for(lambda: numsessions(name) == 0, timeout=10, what="no rtpengine session left")
+        print(
+            f"\nsip {what}: calls {stats['OutgoingCall(C)']}, successful {stats['SuccessfulCall(C)']}, "
+            f"failed {stats['FailedCall(C)']}; rtpengine sessions during {during}, after 0; RTP packets: pcap "
+            f"{expected}, caller sent {sent}, callee received {reached_callee}, callee echoed {echoed}, "
+            f"caller received {echoed_back}"
+        )
+        assert (stats["OutgoingCall(C)"], stats["SuccessfulCall(C)"], stats["FailedCall(C)"]) == (1, 1, 0)
+        assert during == 1
+        assert (sent, reached_callee, echoed, echoed_back) == (expected, expected, expected, expected)
+    finally:
+        for sipp in sipps:
+            sipp.kill()
+            sipp.wait()
+
+
+@pytest.mark.parametrize("mode", ["1:1", "-c"])
+def test_a_sip_call_from_outside_through_the_host_address(
+    outside: Outside, names: list[str], tmp_path: Path, mode: str
+) -> None:
+    if shutil.which("sipp") is None:
+        pytest.fail("SIPp is not installed: apt-get install sip-tester")
+    build = run_cli("build", "--profile", "sip", "--if-missing", timeout=900)
+    assert build.code == 0, build.err + build.out
+    caller, callee = outside.add("a"), outside.add("b")
+    advertised = caller.host_end
+    name = _name("sip")
+    names.append(name)
+    args = ("-c",) if mode == "-c" else ()
+    summary = run_json(
+        *args,
+        "--profile",
+        "sip",
+        "--ports",
+        "dnat",
+        "--advertise",
+        advertised,
+        "--name",
+        name,
+        wait_one_to_one=180 if not args else 0,
+    )
+    assert summary["ready"] is True, summary["ready_state"]
+    assert summary["advertise"] == advertised
+    sip_port = int(port_row(summary, "sip")["host"])
+    assert int(port_row(summary, "sip-tcp")["host"]) == sip_port
+    if not args:
+        assert sip_port == 5060
+    sip_call(name, (advertised, sip_port), caller, callee, tmp_path, f"{mode}, advertised {advertised}:{sip_port}")
