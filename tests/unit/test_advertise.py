@@ -136,3 +136,10 @@ def test_files_rendered_without_a_run_keep_the_servers_own_address() -> None:
     profile = load_profile("rtpengine", ())
     conf = next(f for f in profile_files(profile) if f.path == RTPENGINE_CONF)
     assert "interface = pub/any;lo/127.0.0.1\n" in conf.content
+
+
+def test_only_the_profiles_whose_files_take_it_are_told_the_address() -> None:
+    assert load_profile("rtpengine", ()).takes_advertise
+    assert load_profile("sip", ()).takes_advertise
+    # XMS learns its media range from the environment but keeps its "Behind NAT" setting to itself.
+    assert not load_profile("xms", ()).takes_advertise

@@ -134,9 +134,11 @@ class Profile:
 
     @property
     def takes_advertise(self) -> bool:
-        """Whether the server can be told the address it advertises (an instance file or its environment)."""
-        if self.media_config == "env":
-            return True
+        """Whether an instance file tells the server the address it advertises.
+
+        Environment variables are no such way: a server such as XMS is given DOCKER_XMS_ADVERTISE_ADDRESS
+        but reads its own settings, so its summary says what to set by hand.
+        """
         return any(
             not f.verbatim and ("{advertise_address}" in f.template or "{advertised}" in f.template)
             for f in self.instance_files
