@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import sections
+from bench.calls import calls
 from bench.common import demo_paused, results_path, save
 from bench.house import house
 from bench.latency import latency
@@ -35,6 +36,7 @@ SECTIONS = {
     "latency": latency,
     "media": media,
     "house": house,
+    "calls": calls,
 }
 
 

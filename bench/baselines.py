@@ -52,18 +52,18 @@ def _healthcheck(check: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def _server_files() -> list[str]:
+def _server_files(profile: str = "rtpengine") -> list[str]:
     """The files docker-xms writes into each container of the profile (rtpengine.conf with its media range)."""
     from docker_xms.adapters.profile_store import load_profile
 
-    return [f.path for f in load_profile("rtpengine").instance_files]
+    return [f.path for f in load_profile(profile).instance_files]
 
 
-def snapshot(container_id: str) -> dict[str, Any]:
+def snapshot(container_id: str, profile: str = "rtpengine") -> dict[str, Any]:
     """A managed container's configuration and server files, to create plain containers from after it is gone."""
     api = client().api
     files = {}
-    for path in _server_files():
+    for path in _server_files(profile):
         bits, _ = api.get_archive(container_id, path)
         files[path] = b"".join(bits)
     return {"attrs": api.inspect_container(container_id), "files": files}
@@ -103,7 +103,7 @@ def create_plain(name: str, like: dict[str, Any], rt_runtime_us: int | None = No
     return container_id
 
 
-def setup_of(container_id: str) -> dict[str, Any]:
+def setup_of(container_id: str, profile: str = "rtpengine") -> dict[str, Any]:
     """What a container was given, as the engine and the kernel hold it: the record that shows like with like."""
     from bench.latency import rt_budget
 
@@ -112,7 +112,7 @@ def setup_of(container_id: str) -> dict[str, Any]:
     config, host = attrs["Config"], attrs["HostConfig"]
     check = config.get("Healthcheck") or {}
     files = {}
-    for path in _server_files():
+    for path in _server_files(profile):
         code_out = api.exec_create(container_id, ["cat", path])
         files[path] = api.exec_start(code_out["Id"]).decode(errors="replace")
     return {
