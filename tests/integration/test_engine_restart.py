@@ -314,8 +314,12 @@ def test_the_agent_outlives_the_engine_stopping_during_a_burst_and_mends_within_
             pool.submit(os.kill, client.api.inspect_container(ids[1])["State"]["Pid"], signal.SIGKILL)
             pool.submit(run_new, "n0")
             pool.submit(run_new, "n1")
-            # ... and the engine stopped while the agent reconciles it.
-            wait_for(lambda: len(agent.lines) > lines_before, 5, 0.005, "the agent to start on the burst")
+            # ... and the engine stopped while the agent reconciles it. The agent logs only what it changes:
+            # when the runs' own rebalances have already made the budgets right it has nothing to say, and
+            # the engine is stopped after 5 s all the same, with the agent following its events.
+            deadline = time.monotonic() + 5
+            while len(agent.lines) <= lines_before and time.monotonic() < deadline:
+                time.sleep(0.005)
             stop_engine(private, agent)
         assert agent.proc.poll() is None, agent.log()
         down_s = 1.0
