@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import socket
 import struct
@@ -40,7 +39,7 @@ from typing import Any
 
 from bench.baselines import UNMANAGED, check_like_with_like, create_plain, rotated, setup_of, snapshot, start
 from bench.common import cli
-from bench.latency import address_of, cpu_cgroups, host_load, remove
+from bench.latency import address_of, cpu_cgroups, host_load, remove, start_managed, wait_booted
 
 CALLS_PREFIX = "bench-calls-"
 PROFILE = "sip"
@@ -350,33 +349,6 @@ def place_calls(proxy: str, local: str, plan: CallsPlan, work: Path) -> dict[str
     }
 
 
-def _start_managed(name: str) -> str:
-    """The sip profile under docker-xms, in -c mode, announcing its own address (the benchmark's traffic stays on
-    docker0)."""
-    args = ["run", "-c", "--profile", PROFILE, "--advertise", "container", "--name", name, "--json"]
-    for attempt in range(5):
-        proc = cli(*args, check=False)
-        if proc.returncode == 0:
-            return str(json.loads(proc.stdout)["id"])
-        if "already allocated" not in proc.stderr or attempt == 4:
-            raise RuntimeError(f"docker-xms {' '.join(args)} failed: {proc.stderr.strip()}")
-        cli("rm", "-f", name, check=False)
-        time.sleep(1 + attempt)
-    raise AssertionError("unreachable")
-
-
-def _wait_ready(container_id: str, timeout_s: float = 120) -> None:
-    from docker_xms.adapters.engine import Engine
-    from docker_xms.adapters.profile_store import load_profile
-    from docker_xms.usecases.readiness import wait_ready
-
-    engine = Engine.connect()
-    try:
-        wait_ready(engine, container_id, load_profile(PROFILE), timeout_s)
-    finally:
-        engine.close()
-
-
 def _rtpengine_sessions(container_id: str) -> str:
     out = subprocess.run(
         ["docker", "exec", container_id, "rtpengine-ctl", "list", "numsessions"],
@@ -409,13 +381,15 @@ def calls(plan: CallsPlan | None = None, hogs: int = 8) -> dict[str, Any]:
     _ensure_image()
     remove(CALLS_PREFIX)
     try:
-        managed = _start_managed(f"{CALLS_PREFIX}managed")
+        managed = start_managed(
+            f"{CALLS_PREFIX}managed", wait=True, extra=("--profile", PROFILE, "--advertise", "container")
+        )
         like = snapshot(managed, PROFILE)
         plain = create_plain(f"{CALLS_PREFIX}unmanaged", like)
         start([plain])
         ids = {"managed": managed, UNMANAGED: plain}
         for cid in ids.values():
-            _wait_ready(cid)
+            wait_booted(cid, profile=PROFILE)
         setups = {kind: setup_of(cid, PROFILE) for kind, cid in ids.items()}
         check_like_with_like(setups)
         addresses = {kind: address_of(cid) for kind, cid in ids.items()}

@@ -97,9 +97,9 @@ def host_load(cpus: int = 8, limit_s: float = 600, cgroups: tuple[Path, ...] = (
                 proc.wait()
 
 
-def start_managed(name: str, wait: bool = False) -> str:
+def start_managed(name: str, wait: bool = False, extra: tuple[str, ...] = ("--media-ports", "10")) -> str:
     """A docker-xms container with a real-time budget; returns its id."""
-    args = ["run", "-c", "--media-ports", "10", "--name", name, "--json"]
+    args = ["run", "-c", *extra, "--name", name, "--json"]
     if not wait:
         args.insert(2, "--no-wait")
     for attempt in range(5):
@@ -114,7 +114,7 @@ def start_managed(name: str, wait: bool = False) -> str:
     raise AssertionError("unreachable")
 
 
-def wait_booted(container_id: str, timeout_s: float = 120) -> None:
+def wait_booted(container_id: str, timeout_s: float = 120, profile: str = "rtpengine") -> None:
     """Until the server is ready as `docker-xms run` waits for it (systemd up, rtpengine's unit, ng ping)."""
     from docker_xms.adapters.engine import Engine
     from docker_xms.adapters.profile_store import load_profile
@@ -122,7 +122,7 @@ def wait_booted(container_id: str, timeout_s: float = 120) -> None:
 
     engine = Engine.connect()
     try:
-        wait_ready(engine, container_id, load_profile("rtpengine"), timeout_s)
+        wait_ready(engine, container_id, load_profile(profile), timeout_s)
     finally:
         engine.close()
 

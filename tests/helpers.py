@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,3 +109,47 @@ def running_agents() -> list[str]:
             if ("docker_xms agent" in text or "docker-xms agent" in text) and "--once" not in words:
                 found.append(text.strip())
     return found
+
+
+class LoggedAgent:
+    """A `docker-xms agent` process, its log lines collected as they come, started once it says so."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: str | None = None) -> None:
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        wait_for(lambda: any("agent started" in line for line in self.lines), 15, what="the agent to start")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def terminate(self) -> int:
+        """SIGTERM (after SIGCONT, in case a test stopped it); its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+
+@contextlib.contextmanager
+def agent_for_a_test(process: LoggedAgent) -> Iterator[LoggedAgent]:
+    """Yield the agent; afterwards stop it, print its log, and require a clean exit without a traceback."""
+    try:
+        yield process
+    finally:
+        code = process.terminate()
+        print("agent log:\n" + process.log())
+    assert code == 0, process.log()
+    assert "agent stopped" in process.log()
+    assert "Traceback" not in process.log()

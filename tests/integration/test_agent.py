@@ -29,7 +29,7 @@ from docker_xms.adapters.config import load_settings
 from docker_xms.adapters.pmqos import read_idle_state
 from docker_xms.domain.labels import MANAGED_LABEL, forwards_from_labels
 from docker_xms.usecases.agent import unit_text
-from tests.helpers import run_cli, running_agents, wait_for
+from tests.helpers import LoggedAgent, agent_for_a_test, run_cli, running_agents, wait_for
 from tests.host_state import fair_shares, foreign_runtime, kernel_pool
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -50,53 +50,21 @@ def budget_of(container_id: str) -> int | None:
         return None
 
 
-class AgentProcess:
-    """`docker-xms agent` as a service runs it, its log lines collected as they come."""
+class AgentProcess(LoggedAgent):
+    """`docker-xms agent` as a service runs it."""
 
     def __init__(
         self, interval: int = 5, *extra: str, wrap: list[str] | None = None, env: dict[str, str] | None = None
     ) -> None:
         """`wrap` goes before the command (e.g. nsenter into a network namespace), `env` over os.environ."""
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [*(wrap or []), sys.executable, "-m", "docker_xms", "agent", "--interval", str(interval), *extra],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-        wait_for(lambda: any("agent started" in line for line in self.lines), 15, what="the agent to start")
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def terminate(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
+        argv = [*(wrap or []), sys.executable, "-m", "docker_xms", "agent", "--interval", str(interval), *extra]
+        super().__init__(argv, {**os.environ, **(env or {})})
 
 
 @pytest.fixture
 def agent(docker_client: Any, rtpengine_image: str) -> Iterator[AgentProcess]:
-    process = AgentProcess()
-    try:
+    with agent_for_a_test(AgentProcess()) as process:
         yield process
-    finally:
-        code = process.terminate()
-        print("agent log:\n" + process.log())
-    assert code == 0, process.log()
-    assert "agent stopped" in process.log()
 
 
 @pytest.fixture

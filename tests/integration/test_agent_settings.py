@@ -12,9 +12,7 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,7 @@ import docker
 import pytest
 
 from docker_xms.adapters.config import load_settings
-from tests.helpers import run_cli, running_agents, wait_for
+from tests.helpers import LoggedAgent, run_cli, running_agents, wait_for
 from tests.host_state import PARENT, kernel_pool, running_managed
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -99,27 +97,12 @@ def test_the_alternative_without_systemd_carries_the_settings_too(tmp_path: Path
     assert 'Environment="DOCKER_XMS_RT_POOL_US=400000"' in result.out
 
 
-class ServiceAgent:
+class ServiceAgent(LoggedAgent):
     """The agent as systemd would start it from the unit: its ExecStart, its environment and nothing else."""
 
     def __init__(self, unit: str, *extra: str) -> None:
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **unit_environment(unit)}
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [*exec_start(unit), *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd="/"
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-        wait_for(lambda: any("agent started" in line for line in self.lines), 15, what="the agent to start")
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
+        super().__init__([*exec_start(unit), *extra], env, cwd="/")
 
 
 def budgets() -> dict[str, int]:
@@ -184,7 +167,7 @@ def test_an_agent_from_the_unit_keeps_the_budgets_a_capped_rebalance_set(
         time.sleep(3.5)  # three periodic passes at --interval 1
         assert budgets() == shares(cap), agent.lines
     finally:
-        code = agent.stop()
+        code = agent.terminate()
     assert code == 0, agent.lines
     assert not [line for line in agent.lines if "reconcile failed" in line], agent.lines
 

@@ -27,7 +27,7 @@ import pytest
 
 from docker_xms.domain.labels import MANAGED_LABEL, forwards_from_labels
 from tests import host_state
-from tests.helpers import TEST_LABEL, run_cli, wait_for
+from tests.helpers import TEST_LABEL, agent_for_a_test, run_cli, wait_for
 from tests.integration.test_agent import AgentProcess
 from tests.private_engine import CPU_ROOT, PrivateEngine, Unavailable, host_room
 
@@ -217,15 +217,8 @@ def client(private: PrivateEngine) -> Iterator[Any]:
 
 @pytest.fixture
 def agent(private: PrivateEngine) -> Iterator[AgentProcess]:
-    process = AgentProcess(5, wrap=private.in_netns([]), env=private.env())
-    try:
+    with agent_for_a_test(AgentProcess(5, wrap=private.in_netns([]), env=private.env())) as process:
         yield process
-    finally:
-        code = process.terminate()
-        print("agent log:\n" + process.log())
-    assert code == 0, process.log()
-    assert "agent stopped" in process.log()
-    assert "Traceback" not in process.log()
 
 
 def stop_engine(private: PrivateEngine, agent: AgentProcess) -> None:

@@ -32,18 +32,15 @@ from typing import Any
 import pytest
 
 from docker_xms.adapters import hostnet
-from tests.helpers import run_cli, wait_for
+from tests.helpers import run_cli
 from tests.integration.test_media_ports import port_row, remove, run_json
 from tests.integration.test_sip_profile import (
     MEDIA_PORT,
-    PCAP,
-    SCENARIO,
+    Peer,
     bridge_subnet,
-    numsessions,
-    pcap_packets,
     pick_block,
     sh,
-    sipp_stats,
+    sip_call,
 )
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -83,26 +80,9 @@ print(json.dumps({"sent": sent, "received": got}))
 
 
 @dataclass(frozen=True)
-class OutsidePeer:
-    netns: str
-    host_if: str
-    address: str
+class OutsidePeer(Peer):
     # The host's address on the peers' LAN: the only host address the peer is given a route to.
     host_end: str
-
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ip", "netns", "exec", self.netns, *args], capture_output=True, text=True, timeout=timeout
-        )
-
-    def popen(self, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
-        return subprocess.Popen(["ip", "netns", "exec", self.netns, *args], text=True, **kwargs)
-
-    def count(self, chain: str) -> int:
-        out = self.run("iptables", "-w", "-nvxL", chain).stdout
-        rows = [line.split() for line in out.splitlines() if "udp" in line.split()]
-        assert len(rows) == 1, out
-        return int(rows[0][0])
 
 
 class Outside:
@@ -291,51 +271,6 @@ def test_advertise_host_is_the_default_route_address_in_the_summary_and_the_sdp(
 
 
 # --- sip: SIPp caller and echoing callee through the proxy at the host's address --------------------------
-
-
-def sip_call(
-    name: str, proxy: tuple[str, int], caller: OutsidePeer, callee: OutsidePeer, tmp_path: Path, what: str
-) -> None:
-    """One SIPp call through the proxy: answered, its media echoed back, torn down, no session left."""
-    expected = pcap_packets(PCAP)
-    sipps: list[subprocess.Popen[str]] = []
-    try:
-        uas = callee.popen(
-            "sipp", "-sn", "uas", "-rtp_echo", "-i", callee.address, "-p", "5060", "-mi", callee.address,
-            "-mp", str(MEDIA_PORT), "-m", "1", "-nostdin", "-timeout", "60s", "-trace_err", "-error_file",
-            str(tmp_path / "uas-errors.log"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        sipps.append(uas)
-        time.sleep(0.5)
-        stats_file = tmp_path / "uac-stats.csv"
-        uac = caller.popen(
-            "sipp", f"{callee.address}:5060", "-rsa", f"{proxy[0]}:{proxy[1]}", "-sf", str(SCENARIO),
-            "-i", caller.address, "-p", "5060", "-mi", caller.address, "-mp", str(MEDIA_PORT), "-m", "1",
-            "-nostdin", "-timeout", "60s", "-trace_stat", "-stf", str(stats_file), "-trace_err",
-            "-error_file", str(tmp_path / "uac-errors.log"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        sipps.append(uac)
-        during = wait_for(lambda: numsessions(name), timeout=8, interval=0.5, what="an rtpengine session")
-        uac_code, uas_code = uac.wait(timeout=60), uas.wait(timeout=30)
-        errors = "".join(p.read_text() for p in tmp_path.glob("*-errors.log"))
-        assert (uac_code, uas_code) == (0, 0), errors or (uac.stderr.read() if uac.stderr else "")
-        stats = sipp_stats(stats_file)
-        sent, echoed_back = caller.count("OUTPUT"), caller.count("INPUT")
-        reached_callee, echoed = callee.count("INPUT"), callee.count("OUTPUT")
-        wait_for(lambda: numsessions(name) == 0, timeout=10, what="no rtpengine session left")
-        print(
-            f"\nsip {what}: calls {stats['OutgoingCall(C)']}, successful {stats['SuccessfulCall(C)']}, "
-            f"failed {stats['FailedCall(C)']}; rtpengine sessions during {during}, after 0; RTP packets: pcap "
-            f"{expected}, caller sent {sent}, callee received {reached_callee}, callee echoed {echoed}, "
-            f"caller received {echoed_back}"
-        )
-        assert (stats["OutgoingCall(C)"], stats["SuccessfulCall(C)"], stats["FailedCall(C)"]) == (1, 1, 0)
-        assert during == 1
-        assert (sent, reached_callee, echoed, echoed_back) == (expected, expected, expected, expected)
-    finally:
-        for sipp in sipps:
-            sipp.kill()
-            sipp.wait()
 
 
 @pytest.mark.parametrize("mode", ["1:1", "-c"])

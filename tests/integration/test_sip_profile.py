@@ -65,6 +65,9 @@ class Peer:
             ["ip", "netns", "exec", self.netns, *args], capture_output=True, text=True, timeout=timeout
         )
 
+    def popen(self, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen(["ip", "netns", "exec", self.netns, *args], text=True, **kwargs)
+
     def count(self, chain: str) -> int:
         """Packets the namespace's own counting rule in `chain` saw."""
         out = self.run("iptables", "-w", "-nvxL", chain).stdout
@@ -200,13 +203,54 @@ def test_sip_profile_is_ready_and_answers_options(sip_container: dict[str, Any])
     assert not [p for p in sip_container["ports"] if p["name"] == "ng"]
 
 
+def sip_call(name: str, proxy: tuple[str, int], caller: Peer, callee: Peer, tmp_path: Path, what: str) -> None:
+    """One SIPp call through the proxy: answered, its media echoed back, torn down, no session left."""
+    expected = pcap_packets(PCAP)
+    sipps: list[subprocess.Popen[str]] = []
+    try:
+        uas = callee.popen(
+            "sipp", "-sn", "uas", "-rtp_echo", "-i", callee.address, "-p", "5060", "-mi", callee.address,
+            "-mp", str(MEDIA_PORT), "-m", "1", "-nostdin", "-timeout", "60s", "-trace_err", "-error_file",
+            str(tmp_path / "uas-errors.log"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        sipps.append(uas)
+        time.sleep(0.5)
+        stats_file = tmp_path / "uac-stats.csv"
+        uac = caller.popen(
+            "sipp", f"{callee.address}:5060", "-rsa", f"{proxy[0]}:{proxy[1]}", "-sf", str(SCENARIO),
+            "-i", caller.address, "-p", "5060", "-mi", caller.address, "-mp", str(MEDIA_PORT), "-m", "1",
+            "-nostdin", "-timeout", "60s", "-trace_stat", "-stf", str(stats_file), "-trace_err",
+            "-error_file", str(tmp_path / "uac-errors.log"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        sipps.append(uac)
+        during = wait_for(lambda: numsessions(name), timeout=8, interval=0.5, what="an rtpengine session")
+        uac_code, uas_code = uac.wait(timeout=60), uas.wait(timeout=30)
+        errors = "".join(p.read_text() for p in tmp_path.glob("*-errors.log"))
+        assert (uac_code, uas_code) == (0, 0), errors or (uac.stderr.read() if uac.stderr else "")
+        stats = sipp_stats(stats_file)
+        sent, echoed_back = caller.count("OUTPUT"), caller.count("INPUT")
+        reached_callee, echoed = callee.count("INPUT"), callee.count("OUTPUT")
+        wait_for(lambda: numsessions(name) == 0, timeout=10, what="no rtpengine session left")
+        print(
+            f"\nsip {what}: calls {stats['OutgoingCall(C)']}, successful {stats['SuccessfulCall(C)']}, "
+            f"failed {stats['FailedCall(C)']}; rtpengine sessions during {during}, after 0; RTP packets: pcap "
+            f"{expected}, caller sent {sent}, callee received {reached_callee}, callee echoed {echoed}, "
+            f"caller received {echoed_back}"
+        )
+        assert (stats["OutgoingCall(C)"], stats["SuccessfulCall(C)"], stats["FailedCall(C)"]) == (1, 1, 0)
+        assert during == 1
+        assert (sent, reached_callee, echoed, echoed_back) == (expected, expected, expected, expected)
+    finally:
+        for sipp in sipps:
+            sipp.kill()
+            sipp.wait()
+
+
 def test_a_call_through_the_proxy_is_answered_and_its_media_relayed_by_rtpengine(
     docker_client: Any, sip_container: dict[str, Any], tmp_path: Path
 ) -> None:
     name, proxy = sip_container["name"], sip_container["address"]
-    expected = pcap_packets(PCAP)
     spaces = Namespaces(bridge_subnet(docker_client), "10.200.0.0/16")
-    sipps: list[subprocess.Popen[str]] = []
     try:
         caller, callee = spaces.add("a"), spaces.add("b")
         caller.run("iptables", "-w", "-A", "OUTPUT", "-p", "udp", "-d", proxy, "!", "--dport", "5060")
@@ -214,50 +258,8 @@ def test_a_call_through_the_proxy_is_answered_and_its_media_relayed_by_rtpengine
         callee.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", str(MEDIA_PORT))
         callee.run("iptables", "-w", "-A", "OUTPUT", "-p", "udp", "--sport", str(MEDIA_PORT))
 
-        uas = subprocess.Popen(
-            ["ip", "netns", "exec", callee.netns, "sipp", "-sn", "uas", "-rtp_echo", "-i", callee.address,
-             "-p", "5060", "-mi", callee.address, "-mp", str(MEDIA_PORT), "-m", "1", "-nostdin",
-             "-timeout", "60s", "-trace_err", "-error_file", str(tmp_path / "uas-errors.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        sipps.append(uas)
-        time.sleep(0.5)
-        stats_file = tmp_path / "uac-stats.csv"
-        uac = subprocess.Popen(
-            ["ip", "netns", "exec", caller.netns, "sipp", f"{callee.address}:5060", "-rsa", f"{proxy}:5060",
-             "-sf", str(SCENARIO), "-i", caller.address, "-p", "5060", "-mi", caller.address,
-             "-mp", str(MEDIA_PORT), "-m", "1", "-nostdin", "-timeout", "60s", "-trace_stat", "-stf",
-             str(stats_file), "-trace_err", "-error_file", str(tmp_path / "uac-errors.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        sipps.append(uac)
-        # While the recording plays, rtpengine holds the call's session.
-        during = wait_for(lambda: numsessions(name), timeout=8, interval=0.5, what="an rtpengine session")
-        uac_code = uac.wait(timeout=60)
-        uas_code = uas.wait(timeout=30)
-        errors = "".join(p.read_text() for p in tmp_path.glob("*-errors.log"))
-        assert (uac_code, uas_code) == (0, 0), errors or (uac.stderr.read() if uac.stderr else "")
-        stats = sipp_stats(stats_file)
-
-        sent, echoed_back = caller.count("OUTPUT"), caller.count("INPUT")
-        reached_callee, echoed = callee.count("INPUT"), callee.count("OUTPUT")
-        wait_for(lambda: numsessions(name) == 0, timeout=10, what="no rtpengine session left")
-        print(
-            f"\nsip: calls created {stats['OutgoingCall(C)']}, successful {stats['SuccessfulCall(C)']}, "
-            f"failed {stats['FailedCall(C)']}; rtpengine sessions during the call {during}, after it 0; "
-            f"RTP packets: pcap {expected}, caller sent {sent}, callee received {reached_callee}, "
-            f"callee echoed {echoed}, caller received {echoed_back}"
-        )
-        assert (stats["OutgoingCall(C)"], stats["SuccessfulCall(C)"], stats["FailedCall(C)"]) == (1, 1, 0)
-        assert during == 1
-        assert sent == expected
-        assert reached_callee == expected
-        assert echoed == expected
-        assert echoed_back == expected
+        sip_call(name, (proxy, 5060), caller, callee, tmp_path, "at the container's address")
     finally:
-        for sipp in sipps:
-            sipp.kill()
-            sipp.wait()
         spaces.close()
 
 
