@@ -228,3 +228,34 @@ def test_a_container_whose_labels_cannot_be_read_is_skipped_and_reported(
     once = run_cli("agent", "--once")
     assert once.code == 0, once.err
     assert sentence in (once.out + once.err).splitlines()
+
+
+def test_start_of_two_one_to_one_containers_is_refused_before_either_starts(
+    docker_client: Any, rtpengine_image: str, cleanup: None
+) -> None:
+    names = [f"{PREFIX}one-a", f"{PREFIX}one-b"]
+    for name in names:
+        started = run_cli("run", "--no-wait", "--no-agent", "--media-ports", "10", "--name", name, timeout=120)
+        if "already runs with 1:1 host ports" in started.err or "is already in use" in started.err:
+            pytest.skip(f"this host's 1:1 ports are held by a server these tests did not start: {started.err}")
+        assert started.code == 0, started.err
+        assert run_cli("stop", name).code == 0
+    before = _host(docker_client)
+    result = run_cli("start", *names)
+    _refused(result, f"error: Only one 1:1 container can run on a host; start one of {', '.join(names)}.")
+    assert _host(docker_client) == before
+    assert {docker_client.containers.get(n).status for n in names} == {"exited"}
+
+
+def test_start_of_a_container_docker_xms_does_not_manage_is_refused(
+    docker_client: Any, busybox_image: str, cleanup: None
+) -> None:
+    name = f"{PREFIX}plain"
+    docker_client.containers.create(
+        busybox_image, ["/bin/busybox", "sleep", "60"], name=name, labels={TEST_LABEL: "bad"}
+    )
+    before = _host(docker_client)
+    result = run_cli("start", name)
+    _refused(result, f"error: {name} is not managed by docker-xms; start it with docker start.")
+    assert _host(docker_client) == before
+    assert docker_client.containers.get(name).status == "created"

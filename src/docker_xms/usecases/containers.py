@@ -632,28 +632,40 @@ def start(engine: Engine, refs: tuple[str, ...], settings: Settings) -> list[Sta
     weights = {t.id: _label_weight(t) for t in targets}
     rt = open_host(engine, settings)
     netfilter = Netfilter()
+    _refuse_second_one_to_one(engine, [t for t in targets if not t.running])
     done: list[Started] = []
-    for info in targets:
-        if info.running:
-            done.append(Started(info.name, 0, already_running=True))
-            continue
-        if _mode(info) == "one-to-one":
-            holder = next(
-                (
-                    c.name
-                    for c in engine.list_containers(all=False, label=f"{MANAGED_LABEL}=true")
-                    if c.id != info.id and _mode(c) == "one-to-one" and c.running
-                ),
-                None,
-            )
-            if holder is not None:
-                raise BadInput(
-                    f"Container {holder} already runs with 1:1 host ports on this host; stop it before starting "
-                    f"{info.name}."
-                )
-        done.append(Started(info.name, start_with_budget(rt, info.id, weights[info.id])))
-    reconcile(rt, netfilter)
+    try:
+        for info in targets:
+            if info.running:
+                done.append(Started(info.name, 0, already_running=True))
+            else:
+                done.append(Started(info.name, start_with_budget(rt, info.id, weights[info.id])))
+    finally:
+        # The rules of those already started, even when a later one fails.
+        reconcile(rt, netfilter)
     return done
+
+
+def _refuse_second_one_to_one(engine: Engine, stopped: list[ContainerInfo]) -> None:
+    """Refused before any starts: only one 1:1 container may run on a host."""
+    wanted = [t for t in stopped if _mode(t) == "one-to-one"]
+    if len(wanted) > 1:
+        raise BadInput(f"Only one 1:1 container can run on a host; start one of {', '.join(t.name for t in wanted)}.")
+    if not wanted:
+        return
+    holder = next(
+        (
+            c.name
+            for c in engine.list_containers(all=False, label=f"{MANAGED_LABEL}=true")
+            if c.id != wanted[0].id and _mode(c) == "one-to-one" and c.running
+        ),
+        None,
+    )
+    if holder is not None:
+        raise BadInput(
+            f"Container {holder} already runs with 1:1 host ports on this host; stop it before starting "
+            f"{wanted[0].name}."
+        )
 
 
 def _label_weight(info: ContainerInfo) -> int:
