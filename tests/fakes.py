@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from docker_xms.adapters.cgroups import CgroupWriteError, GroupRuntime, container_cgroup
+from docker_xms.adapters.cgroups import CgroupFs, CgroupWriteError, GroupRuntime, container_cgroup
 from docker_xms.adapters.engine import ContainerInfo, CreateSpec, EngineInfo
 from docker_xms.adapters.engine_list import ContainerSummary, PublishedPort
 from docker_xms.adapters.netfilter import Forward, Reconciled
-from docker_xms.domain.budget import PERIOD_US, to_period
+from docker_xms.domain.budget import PERIOD_US
 from docker_xms.domain.forwards import DnatForward
 from docker_xms.errors import BadInput, NotFound, XmsError
 
@@ -175,13 +175,8 @@ class FakeCgroupFs:
         ]
 
     def sibling_runtime(self, rel: str) -> int:
-        parts = [p for p in rel.split("/") if p]
-        if not parts:
-            return 0
-        parent = "/" + "/".join(parts[:-1])
-        return sum(
-            to_period(c.runtime_us, c.period_us, PERIOD_US) for c in self.children(parent) if c.name != parts[-1]
-        )
+        # The real adapter's rule, over this fake's children.
+        return CgroupFs.sibling_runtime(self, rel)  # type: ignore[arg-type]
 
 
 # --- the engine -----------------------------------------------------------------------------------

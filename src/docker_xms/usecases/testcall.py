@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from docker_xms.adapters import rtp, sipp
 from docker_xms.adapters.engine import ContainerInfo
-from docker_xms.adapters.rtp_wire import Arrival
 from docker_xms.domain.labels import PROFILE_LABEL, forwards_from_labels
 from docker_xms.domain.profiles import PortSpec, Profile
 from docker_xms.domain.stats import interarrival_jitter_ms
@@ -183,11 +182,6 @@ def _rtpengine(info: ContainerInfo, profile: Profile, request: TestCallRequest) 
             for leg in legs:
                 leg.close()
 
-    def direction(name: str, sent: int, arrivals: list[Arrival]) -> Direction:
-        pairs = [(a.timestamp, a.arrival_ns) for a in arrivals]
-        jitter = interarrival_jitter_ms(pairs, PCMU_CLOCK_RATE) if len(pairs) > 1 else None
-        return Direction(name, sent, len(arrivals), jitter)
-
     return TestCallResult(
         name=info.name,
         profile=profile.name,
@@ -196,8 +190,8 @@ def _rtpengine(info: ContainerInfo, profile: Profile, request: TestCallRequest) 
         local=local,
         answered=True,
         directions=(
-            direction("a -> b", done.sent_by_a.sent, done.at_b),
-            direction("b -> a", done.sent_by_b.sent, done.at_a),
+            _direction("a -> b", done.sent_by_a.sent, [(a.timestamp, a.arrival_ns) for a in done.at_b]),
+            _direction("b -> a", done.sent_by_b.sent, [(a.timestamp, a.arrival_ns) for a in done.at_a]),
         ),
         measured=_relay_text(call.a_sends_to, call.b_sends_to, targets),
     )
@@ -221,10 +215,6 @@ def _sipp(info: ContainerInfo, profile: Profile, request: TestCallRequest) -> Te
     interface = sipp.route_device(info.ip_address or proxy[0])
     call = sipp.call_through_proxy(proxy, local, interface)
 
-    def direction(name: str, sent: int, received: list[tuple[int, int]]) -> Direction:
-        jitter = interarrival_jitter_ms(received, PCMU_CLOCK_RATE) if len(received) > 1 else None
-        return Direction(name, sent, len(received), jitter)
-
     return TestCallResult(
         name=info.name,
         profile=profile.name,
@@ -233,8 +223,8 @@ def _sipp(info: ContainerInfo, profile: Profile, request: TestCallRequest) -> Te
         local=local,
         answered=call.answered,
         directions=(
-            direction("caller -> callee", call.caller.sent, call.callee.received),
-            direction("callee echo -> caller", call.callee.sent, call.caller.received),
+            _direction("caller -> callee", call.caller.sent, call.callee.received),
+            _direction("callee echo -> caller", call.callee.sent, call.caller.received),
         ),
         measured=(
             f"RTP packets counted on {call.interface} as they left and reached the SIPp legs' media ports "
@@ -243,3 +233,9 @@ def _sipp(info: ContainerInfo, profile: Profile, request: TestCallRequest) -> Te
         setup_ms=call.setup_ms,
         failed_reason=call.failed_reason,
     )
+
+
+def _direction(name: str, sent: int, received: list[tuple[int, int]]) -> Direction:
+    """One direction of a call from its (RTP timestamp, arrival ns) pairs."""
+    jitter = interarrival_jitter_ms(received, PCMU_CLOCK_RATE) if len(received) > 1 else None
+    return Direction(name, sent, len(received), jitter)
