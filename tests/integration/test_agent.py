@@ -143,7 +143,10 @@ def test_kill_9_gives_the_survivors_the_bigger_share_within_2_s(agent: AgentProc
     latency = time.monotonic() - t0
     wait_share(ids[1:], 2.0)
     print(f"kill -9 to bigger share: {latency:.3f} s")
-    wait_for(lambda: f"budget {PREFIX}k1 " in agent.log(), 2, 0.02, "the change in the log")
+    # Beside an agent already running on the host (the one `run` starts), that one may make the change
+    # first and this one then has nothing to log; the shares above are checked either way.
+    if not [line for line in running_agents() if "--interval" not in line]:
+        wait_for(lambda: f"budget {PREFIX}k1 " in agent.log(), 2, 0.02, "the change in the log")
     assert wait_for(lambda: rules_right(docker.from_env()), 2.0, 0.05, "no rules for the killed container")
 
 
