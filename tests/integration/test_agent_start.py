@@ -55,8 +55,12 @@ class OwnAgent:
         return hostlock.holder(self.lock)
 
     def processes(self) -> list[int]:
-        """Agents running with this test's lock, whoever started them."""
-        found = []
+        """Agents running with this test's lock, whoever started them.
+
+        A process the agent forks to run a command carries the agent's command line and environment
+        until it execs, so a child of a found agent is not counted as another one.
+        """
+        found: dict[int, int] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -66,14 +70,22 @@ class OwnAgent:
             except OSError:
                 continue
             if b"agent" in argv and f"DOCKER_XMS_AGENT_LOCK={self.lock}".encode() in environ:
-                found.append(int(entry.name))
-        return sorted(found)
+                found[int(entry.name)] = _parent(entry)
+        return sorted(pid for pid, parent in found.items() if parent not in found)
 
     def stop(self) -> None:
         for pid in self.processes():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 60, what=f"agent {pid} to stop")
+
+
+def _parent(process: Path) -> int:
+    try:
+        # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after its ")".
+        return int((process / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 @pytest.fixture
