@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profiles": ("docker_xms.cli.containers", "profiles"),
     "rt": ("docker_xms.cli.rt", "rt"),
     "agent": ("docker_xms.cli.agent", "agent"),
+    "top": ("docker_xms.cli.top", "top"),
     "test-call": ("docker_xms.cli.testcall", "test_call"),
 }
 
@@ -54,6 +55,7 @@ SHORT_HELP: dict[str, str] = {
     "profiles": "List the media-server profiles.",
     "rt": "Real-time CPU budgets: status, rebalance, verify, doctor, probe.",
     "agent": "Keep budgets and port rules right as containers come and go.",
+    "top": "Live view of budgets, real-time threads, readiness and port rules.",
     "test-call": "Place a short test call through a container: answered, packets, jitter.",
 }
 

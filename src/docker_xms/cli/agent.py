@@ -26,8 +26,28 @@ import click
     default=None,
     help="While running, keep CPUs out of idle states slower to leave than this (0: idle CPUs poll).",
 )
+@click.option(
+    "--metrics",
+    "metrics",
+    metavar="[ADDR:]PORT",
+    default=None,
+    help="Serve Prometheus metrics on ADDR:PORT (a bare PORT listens on 127.0.0.1 only).",
+)
+@click.option(
+    "--no-reconcile",
+    is_flag=True,
+    help="Only serve --metrics: change nothing, follow no events (and take no agent lock).",
+)
 @click.pass_context
-def agent(ctx: click.Context, interval: float, once: bool, timestamps: bool, cpu_latency_us: int | None) -> None:
+def agent(
+    ctx: click.Context,
+    interval: float,
+    once: bool,
+    timestamps: bool,
+    cpu_latency_us: int | None,
+    metrics: str | None,
+    no_reconcile: bool,
+) -> None:
     """Follow the engine's events and keep real-time budgets and media port rules right.
 
     Reconciles at start, on every container start, die, destroy and update, when the engine comes
@@ -37,6 +57,11 @@ def agent(ctx: click.Context, interval: float, once: bool, timestamps: bool, cpu
     With --cpu-latency-us it also holds the kernel's CPU wake-up latency limit (/dev/cpu_dma_latency) for as
     long as it runs, so that a media thread woken on an idle CPU is not delayed by a deep idle state or, on a
     virtual machine, by a halted vCPU.
+
+    With --metrics it serves the budgets, thread policies, readiness and port rules of every managed
+    container and the host's pool, steal time and reconciliations in Prometheus's text format, computed
+    on each scrape. --no-reconcile with --metrics makes it an exporter only, for watching a host whose
+    budgets something else keeps.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -48,6 +73,10 @@ def agent(ctx: click.Context, interval: float, once: bool, timestamps: bool, cpu
 
     if once and cpu_latency_us is not None:
         raise BadInput("--cpu-latency-us holds a limit while the agent runs; with --once it would do nothing.")
+    if once and metrics is not None:
+        raise BadInput("--metrics serves while the agent runs; with --once it would serve nothing.")
+    if no_reconcile and (metrics is None or once):
+        raise BadInput("--no-reconcile leaves only the metrics to serve: give it with --metrics, without --once.")
 
     def log(line: str) -> None:
         prefix = datetime.now().astimezone().isoformat(timespec="milliseconds") + " " if timestamps else ""
@@ -62,6 +91,12 @@ def agent(ctx: click.Context, interval: float, once: bool, timestamps: bool, cpu
     if once:
         runner.once()
         return
+    stop_metrics = None
+    if metrics is not None:
+        from docker_xms.usecases.metrics import start_exporter
+
+        # Refused (exit 2) before the agent starts when the address is taken or malformed.
+        stop_metrics = start_exporter(context.settings(), metrics, None if no_reconcile else runner.stats, log)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         runner.stop()
@@ -72,16 +107,27 @@ def agent(ctx: click.Context, interval: float, once: bool, timestamps: bool, cpu
 
     # Held until the process ends: `run` looks at it to know whether an agent runs on this host.
     lock = agent_lock(context.settings())
-    held = context.hold_lock(lock) is not None
+    # An exporter only is no agent for `run` to rely on: it leaves the lock to one that reconciles.
+    held = no_reconcile or context.hold_lock(lock) is not None
     hold = context.cpu_latency_hold(cpu_latency_us) if cpu_latency_us is not None else nullcontext()
     with hold:
-        log(f"agent started (reconciling every {interval:g} s and on container events)")
+        if no_reconcile:
+            log("agent started (metrics only: not reconciling)")
+        else:
+            log(f"agent started (reconciling every {interval:g} s and on container events)")
+        if metrics is not None:
+            log(f"serving metrics on {metrics} at /metrics")
         if not held:
             # Two agents do no harm (both reconcile under the host lock); this one only does not hold it.
             log(f"another docker-xms agent (pid {context.lock_holder(lock)}) holds {lock}; this one reconciles too")
         if cpu_latency_us is not None:
             log(f"holding the CPU wake-up latency limit at {cpu_latency_us} us")
-        runner.run()
+        if no_reconcile:
+            runner.wait_for_stop()
+        else:
+            runner.run()
+    if stop_metrics is not None:
+        stop_metrics()
     log("agent stopped")
 
 
@@ -93,20 +139,21 @@ def agent(ctx: click.Context, interval: float, once: bool, timestamps: bool, cpu
     default=None,
     help="Have the service hold this CPU wake-up latency limit (see docker-xms agent --help).",
 )
-def install(print_only: bool, cpu_latency_us: int | None) -> None:
+@click.option("--metrics", metavar="[ADDR:]PORT", default=None, help="Have the service serve Prometheus metrics there.")
+def install(print_only: bool, cpu_latency_us: int | None, metrics: str | None) -> None:
     """Install the agent as a systemd service (docker-xms-agent.service), enabled and started."""
     from docker_xms.cli import context
     from docker_xms.cli.render import err_console
     from docker_xms.usecases.agent import install as install_unit
 
     if print_only:
-        result = install_unit(context.settings(), write=False, cpu_latency_us=cpu_latency_us)
+        result = install_unit(context.settings(), write=False, cpu_latency_us=cpu_latency_us, metrics=metrics)
         click.echo(result.unit, nl=False)
         return
     from docker_xms.usecases.containers import require_root
 
     require_root()
-    result = install_unit(context.settings(), cpu_latency_us=cpu_latency_us)
+    result = install_unit(context.settings(), cpu_latency_us=cpu_latency_us, metrics=metrics)
     if result.installed:
         click.echo(f"Installed {result.path}; docker-xms-agent.service is enabled and running.")
         return

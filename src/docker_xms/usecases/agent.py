@@ -23,8 +23,10 @@ from docker_xms.adapters.engine import Engine
 from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.domain import budget
 from docker_xms.domain.labels import MANAGED_LABEL, unreadable, weight_of
+from docker_xms.domain.metrics import listen_address
 from docker_xms.errors import BadInput, EngineUnavailable, XmsError
 from docker_xms.settings import Settings
+from docker_xms.usecases.metrics import ReconcileStats
 from docker_xms.usecases.reconcile import Reconciliation, reconcile
 from docker_xms.usecases.rt import NEW, RtHost, grow_parent, open_host, reserve, start_stored
 
@@ -74,8 +76,11 @@ class Agent:
         interval: float = 30.0,
         debounce: float = DEBOUNCE_S,
         connect: Callable[[], Engine] | None = None,
+        stats: ReconcileStats | None = None,
     ) -> None:
         self.log = log
+        # Counted for the agent's metrics (reconciliations done and failed, the time of the last one).
+        self.stats = stats or ReconcileStats()
         self.settings = settings
         self.interval = interval
         self.debounce = debounce
@@ -271,10 +276,13 @@ class Agent:
         try:
             self.reconcile(rt)
         except EngineUnavailable:
+            self.stats.failed()
             raise
         except Exception as exc:  # a failed pass is retried soon; it must not end the agent
+            self.stats.failed()
             self.log(f"reconcile failed: {_reason(exc)}")
             return time.monotonic() + min(self.interval, 1.0)
+        self.stats.done()
         self._reconciled_at = time.monotonic()
         return self._reconciled_at + self.interval
 
@@ -298,6 +306,11 @@ class Agent:
 
         # A daemon thread: it may sit blocked on the stream when the agent exits.
         threading.Thread(target=pump, name="engine-events", daemon=True).start()
+
+    def wait_for_stop(self) -> None:
+        """Do nothing until stop(): for an agent that only serves metrics."""
+        while not self._stopping:
+            time.sleep(TICK_S)
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -337,12 +350,21 @@ def executable() -> str:
     return f"{Path(sys.executable).absolute()} -m docker_xms"
 
 
-def agent_command(exe: str, cpu_latency_us: int | None = None) -> str:
+def agent_command(exe: str, cpu_latency_us: int | None = None, metrics: str | None = None) -> str:
     """The agent's command line, as a service runs it."""
-    return f"{exe} agent" + ("" if cpu_latency_us is None else f" --cpu-latency-us {cpu_latency_us}")
+    return (
+        f"{exe} agent"
+        + ("" if cpu_latency_us is None else f" --cpu-latency-us {cpu_latency_us}")
+        + ("" if metrics is None else f" --metrics {shlex.quote(metrics)}")
+    )
 
 
-def unit_text(exe: str, cpu_latency_us: int | None = None, environment: Mapping[str, str] | None = None) -> str:
+def unit_text(
+    exe: str,
+    cpu_latency_us: int | None = None,
+    environment: Mapping[str, str] | None = None,
+    metrics: str | None = None,
+) -> str:
     """The service unit; `environment` is what the agent needs to read the installer's settings."""
     lines = "".join(_environment_line(name, value) + "\n" for name, value in (environment or {}).items())
     return f"""[Unit]
@@ -353,7 +375,7 @@ Wants=docker.service
 [Service]
 Type=simple
 # The settings of the command that installed the unit: the same config file, the same overrides.
-{lines}ExecStart={agent_command(exe, cpu_latency_us)}
+{lines}ExecStart={agent_command(exe, cpu_latency_us, metrics)}
 Restart=always
 RestartSec=1
 # The agent finishes the reconciliation under way and exits on SIGTERM.
@@ -387,7 +409,11 @@ class Installed:
 
 
 def install(
-    settings: Settings, write: bool = True, unit_path: Path = UNIT_PATH, cpu_latency_us: int | None = None
+    settings: Settings,
+    write: bool = True,
+    unit_path: Path = UNIT_PATH,
+    cpu_latency_us: int | None = None,
+    metrics: str | None = None,
 ) -> Installed:
     """Write the unit and enable it when systemd runs the host; otherwise only describe what to do.
 
@@ -396,9 +422,13 @@ def install(
     """
     exe = executable()
     environment = settings.environment()
-    text = unit_text(exe, cpu_latency_us, environment)
+    if metrics is not None:
+        listen_address(metrics)  # refused here, not by the service when it starts
+    text = unit_text(exe, cpu_latency_us, environment, metrics)
     assignments = " ".join(shlex.quote(f"{name}={value}") for name, value in environment.items())
-    alternative = f"nohup env {assignments} {agent_command(exe, cpu_latency_us)} >/var/log/docker-xms-agent.log 2>&1 &"
+    alternative = (
+        f"nohup env {assignments} {agent_command(exe, cpu_latency_us, metrics)} >/var/log/docker-xms-agent.log 2>&1 &"
+    )
     if not write or not systemd_running():
         return Installed(text, str(unit_path), False, alternative)
     hostfiles.save_text(unit_path, text)

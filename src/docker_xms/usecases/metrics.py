@@ -1,0 +1,180 @@
+"""The figures of the host and its managed containers, computed when asked: by a Prometheus scrape of the
+agent's /metrics, and by each frame of `docker-xms top`, with the same function.
+
+Cheap on purpose, as it runs on every scrape: one list request to the engine (no container is inspected),
+the cpu cgroup files, the threads' /proc files and one `iptables -S` of docker-xms's own chain. Nothing is
+kept between calls, so a container that is gone has no series at the next scrape (Prometheus marks them stale).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from docker_xms.adapters import cgroups, pmqos
+from docker_xms.adapters.engine_list import ContainerSummary
+from docker_xms.adapters.netfilter import Forward, Netfilter
+from docker_xms.domain import budget
+from docker_xms.domain.labels import ADVERTISE_LABEL, MODE_LABEL, PROFILE_LABEL, forwards_from_labels, unreadable
+from docker_xms.domain.metrics import (
+    ContainerFigures,
+    HostFigures,
+    ReconcileCounts,
+    count_policies,
+    families,
+    listen_address,
+    origin,
+)
+from docker_xms.errors import XmsError
+from docker_xms.settings import Settings
+from docker_xms.usecases.listing import managed_summaries
+
+
+class ReconcileStats:
+    """What the agent counts of its reconciliations; written by its loop, read by the scrape's thread."""
+
+    def __init__(self) -> None:
+        self._counts = ReconcileCounts()
+
+    def done(self) -> None:
+        self._counts = ReconcileCounts(self._counts.done + 1, self._counts.failed, time.time())
+
+    def failed(self) -> None:
+        self._counts = ReconcileCounts(self._counts.done, self._counts.failed + 1, self._counts.last_at)
+
+    def counts(self) -> ReconcileCounts:
+        # One immutable value swapped whole: a reader never sees half an update.
+        return self._counts
+
+
+@dataclass(frozen=True)
+class _Place:
+    host: cgroups.HostRt
+    fs: cgroups.CgroupFs
+    parents: tuple[tuple[str, str], ...]  # (driver, engine parent) where containers' cgroups may be
+
+
+class Figures:
+    """Computes `HostFigures` on each call; safe to call from any thread (nothing shared but the settings)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        stats: ReconcileStats | None = None,
+        list_managed: Callable[[], list[ContainerSummary]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stats = stats
+        self.list_managed = list_managed or (lambda: managed_summaries(settings))
+        self.netfilter = Netfilter()
+        host = cgroups.detect_host(*settings.roots)
+        custom = settings.cgroup_parent
+        # Both drivers' places, as `ps` reads them: no engine request is needed to know which one runs.
+        drivers = (settings.cgroup_driver,) if settings.cgroup_driver else ("cgroupfs", "systemd")
+        parents = tuple(
+            (d, cgroups.engine_parent(host, d, custom if d == "cgroupfs" or custom.endswith(".slice") else ""))
+            for d in drivers
+        )
+        self._place = _Place(host, cgroups.CgroupFs(host.cpu_root), parents)
+
+    def __call__(self) -> HostFigures:
+        place = self._place
+        running = [c for c in self.list_managed() if c.running]
+        per_group = place.host.mode == "per-group"
+        groups = {c.id: self._group(c.id) for c in running}
+        parent = next((p for _, p in place.parents if place.fs.exists(p)), None) if per_group else None
+        held: dict[str, int] = {}
+        pool = parent_us = None
+        if parent is not None:
+            children = place.fs.children(parent)
+            ours = {g.rsplit("/", 1)[-1] for g in groups.values() if g}
+            held = {c.name: c.runtime_us for c in children if c.name in ours}
+            foreign = sum(budget.to_period(c.runtime_us, c.period_us) for c in children if c.name not in ours)
+            capacity = budget.capacity(place.fs.read_runtime("/"), place.fs.sibling_runtime(parent))
+            pool = budget.compute_pool(capacity, foreign, self.settings.rt_pool_us)
+            parent_us = place.fs.read_runtime(parent)
+        forwards = self._forwards()
+        containers = tuple(self._container(c, groups.get(c.id), held, pool, forwards, per_group) for c in running)
+        steal = cgroups.cpu_steal_ms()
+        limit = pmqos.read_idle_state().limit_us if self.settings.real_host else None
+        return HostFigures(
+            mode=place.host.mode,
+            pool_us=pool,
+            parent_us=parent_us,
+            steal_seconds=None if steal is None else steal / 1000,
+            cpu_latency_limit_us=None if limit is None or limit >= pmqos.NO_LIMIT_US else limit,
+            containers=containers,
+            reconciles=self.stats.counts() if self.stats is not None else None,
+        )
+
+    def _group(self, container_id: str) -> str | None:
+        for driver, parent in self._place.parents:
+            rel = cgroups.container_cgroup(parent, driver, container_id)
+            if self._place.fs.exists(rel):
+                return rel
+        return None
+
+    def _forwards(self) -> list[Forward] | None:
+        try:
+            return self.netfilter.list_forwards()
+        except XmsError:
+            return None  # no iptables here, or not allowed to read it: the rule figures are left out
+
+    def _container(
+        self,
+        c: ContainerSummary,
+        group: str | None,
+        held: dict[str, int],
+        pool: int | None,
+        forwards: list[Forward] | None,
+        per_group: bool,
+    ) -> ContainerFigures:
+        budget_us = held.get(group.rsplit("/", 1)[-1], 0) if group else 0
+        rt, other = count_policies(self._policies(group, c))
+        planned = 0
+        if unreadable(c.labels) is None:
+            planned = sum(f.host_end - f.host_start + 1 for f in forwards_from_labels(c.labels))
+        mine = None if forwards is None else [f.spec for f in forwards if c.id.startswith(f.container_id)]
+        advertise = c.labels.get(ADVERTISE_LABEL, "")
+        return ContainerFigures(
+            id=c.id,
+            name=c.name,
+            profile=c.labels.get(PROFILE_LABEL, ""),
+            mode=c.labels.get(MODE_LABEL, ""),
+            origin=origin(c.labels),
+            budget_us=budget_us if per_group else None,
+            share=(budget_us / pool if pool else 0.0) if per_group else None,
+            rt_threads=rt,
+            other_threads=other,
+            ready=c.health == "healthy",
+            advertise=c.ip_address if advertise == "container" else advertise,
+            media_ports=planned,
+            forward_rules=None if mine is None else len(mine),
+            forwarded_ports=None if mine is None else sum(f.host_end - f.host_start + 1 for f in mine),
+        )
+
+    def _policies(self, group: str | None, c: ContainerSummary) -> list[str]:
+        try:
+            pids: Iterable[int] = self._place.fs.procs_under(group) if group else ()
+        except OSError:
+            return []  # the container stopped while we looked: its series go at the next scrape
+        out: list[str] = []
+        for pid in sorted(pids):
+            try:
+                out += [t.policy for t in cgroups.thread_policies(pid)]
+            except XmsError:
+                continue  # the process ended while we looked
+        return out
+
+
+def start_exporter(
+    settings: Settings, listen: str, stats: ReconcileStats | None, log: Callable[[str], None]
+) -> Callable[[], None]:
+    """Serve the figures on `listen` (PORT or ADDRESS:PORT) until the returned function is called."""
+    # Imported here: prometheus_client is for the agent with --metrics, not for every command importing this.
+    from docker_xms.adapters import prometheus  # noqa: PLC0415
+
+    address, port = listen_address(listen)
+    figures = Figures(settings, stats)
+    return prometheus.serve(address, port, lambda: families(figures()), lambda reason: log(f"metrics: {reason}"))
