@@ -35,8 +35,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profiles": ("docker_xms.cli.containers", "profiles"),
     "rt": ("docker_xms.cli.rt", "rt"),
     "agent": ("docker_xms.cli.agent", "agent"),
-    "top": ("docker_xms.cli.top", "top"),
     "test-call": ("docker_xms.cli.testcall", "test_call"),
+    "compose": ("docker_xms.cli.fleet", "compose"),
+    "node": ("docker_xms.cli.fleet", "node"),
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -55,8 +56,9 @@ SHORT_HELP: dict[str, str] = {
     "profiles": "List the media-server profiles.",
     "rt": "Real-time CPU budgets: status, rebalance, verify, doctor, probe.",
     "agent": "Keep budgets and port rules right as containers come and go.",
-    "top": "Live view of budgets, real-time threads, readiness and port rules.",
     "test-call": "Place a short test call through a container: answered, packets, jitter.",
+    "compose": "Print a Compose/stack file of a profile's service for a fleet.",
+    "node": "This host as a fleet node: the engine setting for its real-time pool.",
 }
 
 

@@ -98,6 +98,19 @@ class Readiness:
 
 
 @dataclass(frozen=True)
+class Drain:
+    """How the media server stops without dropping calls ([drain]): at shutdown, `command` runs inside the
+    container before the server's units stop (the image's docker-xms-drain.service), for at most `grace_s`."""
+
+    # Seconds the sessions under way may take to end before the server is stopped all the same.
+    grace_s: int = 0
+    # A shell command: stop taking new sessions, then return once none is left (empty: no drain).
+    command: str = ""
+    # Units the drain must run before (they stop after it); the readiness's required units by default.
+    before: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -127,6 +140,8 @@ class Profile:
     # How {advertised} writes an advertised address into an instance file ([media] advertise, "{address}"
     # in it); empty: the profile has no such place.
     advertise_form: str = ""
+    # Draining at stop ([drain]); a profile without one stops at once.
+    drain: Drain = field(default_factory=Drain)
 
     @property
     def media_port_count(self) -> int:
@@ -350,6 +365,7 @@ def parse_profile(text: str, source: str) -> Profile:
     root = _Reader(data, source, text)
     root.unknown(
         {"profile", "ports", "media", "readiness", "build", "instance_files", "summary", "run", "vars", "test_call"}
+        | {"drain"}
     )
     head = root.table("profile")
     head.unknown({"name", "description", "image", "docs_url", "logins", "rt_priority"})
@@ -418,6 +434,7 @@ def parse_profile(text: str, source: str) -> Profile:
     run_env = run.get("env", dict, default={})
 
     test_call = _test_call(root.table("test_call"), ports)
+    drain = _drain(root.table("drain"), readiness)
 
     summary = root.get("summary", dict, default={})
     summary_text = summary.get("text", "")
@@ -445,7 +462,20 @@ def parse_profile(text: str, source: str) -> Profile:
         variables={str(k): str(v) for k, v in variables.items()},
         advertise_form=advertise_form,
         test_call=test_call,
+        drain=drain,
     )
+
+
+def _drain(reader: _Reader, readiness: Readiness) -> Drain:
+    reader.unknown({"grace", "command", "before"})
+    grace = reader.get("grace", int, default=0)
+    if not 0 <= grace <= 3600:
+        raise reader.fail("grace", "must lie within 0-3600 seconds")
+    command = reader.get("command", str, default="")
+    if command and grace == 0:
+        raise reader.fail("grace", "must be above 0 when a drain command is given")
+    before = reader.strings("before") or readiness.required_units
+    return Drain(grace_s=grace, command=command.strip(), before=before)
 
 
 def _test_call(reader: _Reader, ports: tuple[PortSpec, ...]) -> str:
