@@ -6,7 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from docker_xms.adapters.cgroups import HostRt
-from docker_xms.domain.labels import LABEL_DNAT, MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL, WEIGHT_LABEL
+from docker_xms.domain.labels import (
+    ADVERTISE_LABEL,
+    LABEL_DNAT,
+    LABEL_STRATEGY,
+    MANAGED_LABEL,
+    MODE_LABEL,
+    PROFILE_LABEL,
+    WEIGHT_LABEL,
+)
 from docker_xms.settings import Settings
 from docker_xms.usecases.reconcile import reconcile
 from docker_xms.usecases.rt import RtHost
@@ -31,11 +39,14 @@ class Host:
     def managed(
         self, name: str, weight: str = "1", dnat: str | None = None, running: bool = True, runtime: int = 0
     ) -> FakeContainer:
+        # As `run` labels its containers: with a port plan and an advertised address (not adopted).
         labels = {
             MANAGED_LABEL: "true",
             PROFILE_LABEL: "rtpengine",
             MODE_LABEL: "container-address",
             WEIGHT_LABEL: weight,
+            LABEL_STRATEGY: "dnat" if dnat is not None else "publish",
+            ADVERTISE_LABEL: "container",
         }
         if dnat is not None:
             labels[LABEL_DNAT] = dnat

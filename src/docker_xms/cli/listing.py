@@ -38,6 +38,7 @@ COLUMNS = (
     Column("address", lambda r: r.address, 6),
     Column("ports", lambda r: f"{r.strategy}: {r.ports}" if r.strategy else r.ports, 7),
     Column("budget us", _budget, 2),
+    Column("origin", lambda r: r.origin, 8),
 )
 # What a column adds to a boxed table besides its text: a space either side and one border.
 _FRAME = 3

@@ -54,16 +54,22 @@ def status(as_json: bool) -> None:
             f"(other groups beside it hold {state.siblings_us} us); foreign containers hold "
             f"{state.foreign_us} us; pool {state.pool_us} us"
         )
-    table = Table("container", "id", "weight", "budget (kernel)", "budget (engine)", "share")
+    table = Table("container", "id", "weight", "budget (kernel)", "budget (engine)", "share", "origin")
     for h in state.managed:
         table.add_row(
-            h.name, h.id[:12], str(h.weight), f"{h.runtime_us:,}", f"{h.engine_runtime_us:,}", f"{h.share:.1%}"
+            h.name,
+            h.id[:12],
+            str(h.weight),
+            f"{h.runtime_us:,}",
+            f"{h.engine_runtime_us:,}",
+            f"{h.share:.1%}",
+            h.origin,
         )
     skipped = {s.id for s in state.skipped}
     for h in state.foreign:
         kind = "labels unreadable" if h.id in skipped else "not managed"
         table.add_row(
-            f"{h.name} [dim]({kind})[/]", h.id[:12], "-", f"{h.runtime_us:,}", f"{h.engine_runtime_us:,}", "-"
+            f"{h.name} [dim]({kind})[/]", h.id[:12], "-", f"{h.runtime_us:,}", f"{h.engine_runtime_us:,}", "-", "-"
         )
     if state.managed or state.foreign:
         console.print(table)

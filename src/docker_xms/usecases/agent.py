@@ -22,13 +22,13 @@ from docker_xms.adapters import hostfiles, hostlock, hostproc
 from docker_xms.adapters.engine import Engine
 from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.domain import budget
-from docker_xms.domain.labels import MANAGED_LABEL, unreadable, weight_of
+from docker_xms.domain.labels import LABEL_HOST_MEDIA, MANAGED_LABEL, unreadable, weight_of
 from docker_xms.domain.metrics import listen_address
 from docker_xms.errors import BadInput, EngineUnavailable, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases.metrics import ReconcileStats
 from docker_xms.usecases.reconcile import Reconciliation, reconcile
-from docker_xms.usecases.rt import NEW, RtHost, grow_parent, open_host, reserve, start_stored
+from docker_xms.usecases.rt import NEW, RtHost, grow_parent, open_host, reserve, start_stored, verify
 
 EVENTS = ("start", "die", "destroy", "update")
 # Policies under which the engine itself would have (re)started the container when it came up.
@@ -54,11 +54,26 @@ def describe(rt: RtHost, result: Reconciliation) -> list[str]:
         elif write.target != NEW:
             name = balance.names.get(write.target, write.target[:12])
             lines.append(f"budget {name} {balance.before.get(write.target, 0)} -> {write.value} us")
+    for adopted in result.adoption.adopted:
+        media = adopted.labels.get(LABEL_HOST_MEDIA, "")
+        lines.append(f"adopted {adopted.name} ({adopted.origin})" + (f": host media ports {media}" if media else ""))
+    lines.extend(f"port plan given back by {cid[:12]}" for cid in result.adoption.released)
     if result.rules is not None:
         short_names = {cid[:12]: name for cid, name in balance.names.items()}
         lines.extend(f"rules removed for {cid}" for cid in result.rules.removed)
         lines.extend(f"rules added for {short_names.get(cid, cid)}" for cid in result.rules.added)
     return lines
+
+
+def verified_line(rt: RtHost, container_id: str, name: str) -> str:
+    """Whether SCHED_FIFO works in an adopted container (its budget was just written), as a log line."""
+    try:
+        proof = verify(rt, container_id)
+    except (XmsError, OSError) as exc:
+        return f"could not verify SCHED_FIFO in {name}: {_reason(exc)}"
+    if proof.fifo_allowed:
+        return f"SCHED_FIFO works in {name} (budget {proof.budget_us} us)"
+    return f"SCHED_FIFO refused in {name}: {proof.fifo_detail}"
 
 
 @dataclass(frozen=True)
@@ -115,7 +130,11 @@ class Agent:
         result = reconcile(rt, self.netfilter)
         for line in describe(rt, result):
             self.log(line)
-        self._log_skipped([s.sentence() for s in result.budgets.skipped])
+        self._log_skipped(
+            [s.sentence() for s in result.budgets.skipped] + [r.sentence() for r in result.adoption.refused]
+        )
+        for adopted in result.adoption.adopted:
+            self.log(verified_line(rt, adopted.id, adopted.name))
         if self._restart_failed(rt):
             for line in describe(rt, reconcile(rt, self.netfilter)):
                 self.log(line)

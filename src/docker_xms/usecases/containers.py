@@ -7,6 +7,7 @@ the port plan are read back from there by `ps`, `stop`, `rm` and the agent.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ from docker_xms.domain.profiles import Profile, port_placeholder
 from docker_xms.domain.recipes import STOP_SIGNAL, profile_files
 from docker_xms.errors import BadInput, Interrupted, NotFound, XmsError
 from docker_xms.settings import Settings
-from docker_xms.usecases import images, readiness
+from docker_xms.usecases import adoption, images, readiness
 from docker_xms.usecases.agent import ensure_agent
 from docker_xms.usecases.boundaries import EngineApi, NetfilterApi
 from docker_xms.usecases.images import Reporter
@@ -166,10 +167,8 @@ def _ensure_image(engine: EngineApi, profile: Profile, ref: str, build_missing: 
 
 
 def _host_pool() -> tuple[int, int]:
-    # Below the ports the engine picks for -c publishing (the kernel's ephemeral range), so that a
-    # DNAT range never takes packets meant for a port the engine published.
-    low, _ = hostnet.ephemeral_ports()
-    return (10000, low - 1)
+    # The same pool adopted containers get their ranges from.
+    return adoption.host_pool()
 
 
 def _check_host_ports(plan: port_plans.PortPlan, binds: dict[str, str]) -> None:
@@ -226,7 +225,7 @@ def run(
     )
     # Checked once now, so that a refusal changes nothing, and again under the host lock below, where
     # no other docker-xms process can take the same host ports or start a 1:1 container meanwhile.
-    _plan_ports(engine, profile, request, mode, choice.strategy)
+    _plan_ports(engine, profile, request, mode, choice.strategy, adoption.held_ranges(adoption.held_plans(settings)))
     _ensure_image(engine, profile, image, request.build_missing, reporter)
     launch = _Launch(engine, rt, netfilter, profile, request, mode, choice.strategy, image, reporter)
     created = launch.created
@@ -320,7 +319,9 @@ class _Launch:
 
     def start(self, budget_us: int) -> str:
         engine, profile, image, netfilter = self.engine, self.profile, self.image, self.netfilter
-        plan = _plan_ports(engine, profile, self.request, self.mode, self.strategy)
+        # Under the host lock: the ranges adopted containers hold cannot change meanwhile.
+        held = adoption.held_ranges(adoption.held_plans(self.rt.settings))
+        plan = _plan_ports(engine, profile, self.request, self.mode, self.strategy, held)
         self.plans.append(plan)
         spec = _create_spec(self.rt, profile, self.request, self.mode, plan, image, budget_us)
         self.reporter.phase(
@@ -352,7 +353,7 @@ class _Launch:
             # This container's rules, and every media range carved around the host ports the engine has
             # just published for it (they may lie inside another container's 1:1 range).
             netfilter.ensure_chains()
-            netfilter.reconcile(live_forwards(engine, netfilter))
+            netfilter.reconcile(live_forwards(engine, netfilter, adoption.held_plans(self.rt.settings)))
         return container_id
 
 
@@ -371,9 +372,17 @@ def _ensure_agent(settings: Settings) -> str:
 
 
 def _plan_ports(
-    engine: EngineApi, profile: Profile, request: RunRequest, mode: str, strategy: str
+    engine: EngineApi,
+    profile: Profile,
+    request: RunRequest,
+    mode: str,
+    strategy: str,
+    held: Sequence[tuple[int, int]] = (),
 ) -> port_plans.PortPlan:
-    """The port plan for a new container, refusing a second 1:1 container and host ports in use."""
+    """The port plan for a new container, refusing a second 1:1 container and host ports in use.
+
+    `held` are the host ranges of adopted containers (usecases/adoption.py), which no label shows.
+    """
     managed = engine.list_containers(all=True, label=f"{MANAGED_LABEL}=true")
     if mode == "one-to-one":
         for other in managed:
@@ -392,6 +401,7 @@ def _plan_ports(
         if unreadable(c.labels) is None
         for r in host_ranges_from_labels(c.labels)
     ]
+    used += held
     plan = port_plans.plan_ports(
         profile.ports,
         profile.media_ranges,

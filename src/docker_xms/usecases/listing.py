@@ -7,10 +7,11 @@ those costs more than the listing itself.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from docker_xms.adapters import cgroups, engine_list
+from docker_xms.adapters import adoption_store, cgroups, engine_list
 from docker_xms.adapters.engine_list import ContainerSummary
+from docker_xms.domain.adoption import effective_labels, origin
 from docker_xms.domain.labels import (
     ADVERTISE_LABEL,
     LABEL_HOST_MEDIA,
@@ -23,13 +24,23 @@ from docker_xms.settings import Settings
 
 
 def managed_summaries(settings: Settings) -> list[ContainerSummary]:
-    """The engine's list view of managed containers: over the local socket, else through the SDK."""
+    """The engine's list view of managed containers: over the local socket, else through the SDK.
+
+    Adopted containers show the port plan chosen for them as if their labels carried it.
+    """
+    plans = adoption_store.load(adoption_store.path_for(settings.lock_path))
     path = engine_list.local_socket(settings.docker_host)
     if path is not None:
-        return engine_list.list_containers(path, label=f"{MANAGED_LABEL}=true")
+        return _with_plans(engine_list.list_containers(path, label=f"{MANAGED_LABEL}=true"), plans)
     from docker_xms.adapters.engine import Engine  # noqa: PLC0415 - only for engines not on a local socket
 
-    return Engine.connect(host=settings.docker_host).list_containers(all=True, label=f"{MANAGED_LABEL}=true")
+    found = Engine.connect(host=settings.docker_host).list_containers(all=True, label=f"{MANAGED_LABEL}=true")
+    return _with_plans(found, plans)
+
+
+def _with_plans(summaries: list[ContainerSummary], plans: adoption_store.Plans) -> list[ContainerSummary]:
+    # usecases/adoption.with_plans, without importing what that module needs to choose plans.
+    return [replace(s, labels=effective_labels(s.labels, plans[s.id])) if s.id in plans else s for s in summaries]
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,8 @@ class PsRow:
     budget_us: int | None
     # The address the media server advertises ("" for a container started before docker-xms set one).
     advertise: str = ""
+    # How it was started: run, compose:PROJECT, swarm:SERVICE.SLOT or docker (domain/adoption.origin).
+    origin: str = ""
 
 
 def ps(summaries: list[ContainerSummary], budget_of: Callable[[str], int | None]) -> list[PsRow]:
@@ -69,6 +82,7 @@ def ps(summaries: list[ContainerSummary], budget_of: Callable[[str], int | None]
                 advertise=s.ip_address
                 if s.labels.get(ADVERTISE_LABEL) == "container"
                 else s.labels.get(ADVERTISE_LABEL, ""),
+                origin=origin(s.labels),
             )
         )
     return rows

@@ -6,8 +6,8 @@ happened on the host (a crash, a `docker rm -f` by hand, an engine restart) the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.hostlock import host_lock
@@ -15,6 +15,7 @@ from docker_xms.adapters.netfilter import Netfilter, Reconciled
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.forwards import DnatForward
 from docker_xms.domain.labels import forwards_from_labels, unreadable
+from docker_xms.usecases.adoption import Adoption, adopt_locked, with_plans
 from docker_xms.usecases.boundaries import EngineApi, NetfilterApi
 from docker_xms.usecases.rt import Rebalance, RtHost, rebalance_locked
 
@@ -23,6 +24,8 @@ from docker_xms.usecases.rt import Rebalance, RtHost, rebalance_locked
 class Reconciliation:
     budgets: Rebalance
     rules: Reconciled | None
+    # Containers adopted by label in this pass, and plans given back (see usecases/adoption.py).
+    adoption: Adoption = field(default_factory=Adoption)
 
 
 def published_ports(summaries: Iterable[ContainerSummary]) -> dict[str, set[tuple[str, int]]]:
@@ -35,14 +38,21 @@ def published_ports(summaries: Iterable[ContainerSummary]) -> dict[str, set[tupl
     return out
 
 
-def live_forwards(engine: EngineApi, netfilter: NetfilterApi | None = None) -> dict[str, list[DnatForward]]:
+def live_forwards(
+    engine: EngineApi,
+    netfilter: NetfilterApi | None = None,
+    plans: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, list[DnatForward]]:
     """The DNAT forwards every running managed container should have, from its labels and address.
+
+    `plans` are those chosen for adopted containers (usecases/adoption.held_plans): without them, their
+    rules would be taken away as if they belonged to no one.
 
     Host ports that the engine publishes for any other container are cut out of the ranges (`carve`).
     A container whose labels cannot be read keeps the forwards `netfilter` holds for it (`rt.Skipped`).
     One list request gives both: every running container's published ports and the managed ones.
     """
-    running = engine.list_containers(all=False)
+    running = with_plans(engine.list_containers(all=False), plans or {})
     published = published_ports(running)
     live: dict[str, list[DnatForward]] = {}
     held = None
@@ -71,9 +81,11 @@ def reconcile(rt: RtHost, netfilter: NetfilterApi | None = None) -> Reconciliati
     # it too, so a reconcile can neither miss them with a stale view nor add them a second time.
     netfilter = netfilter or Netfilter()
     with host_lock(rt.lock_path):
+        # First, so that a container started by Compose or Swarm has its plan before its rules are made.
+        adoption = adopt_locked(rt.engine, rt.settings)
         budgets = rebalance_locked(rt)
         rules = None
         if netfilter.available():
             netfilter.ensure_chains()
-            rules = netfilter.reconcile(live_forwards(rt.engine, netfilter))
-    return Reconciliation(budgets, rules)
+            rules = netfilter.reconcile(live_forwards(rt.engine, netfilter, adoption.plans))
+    return Reconciliation(budgets, rules, adoption)

@@ -19,6 +19,7 @@ from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.adapters.signals import deferred
 from docker_xms.domain import budget
+from docker_xms.domain.adoption import origin
 from docker_xms.domain.doctor import Finding, diagnose, idle_findings, inotify_findings
 from docker_xms.domain.labels import MANAGED_LABEL, unreadable, weight_of
 from docker_xms.errors import BadInput, EngineUnavailable, XmsError
@@ -69,6 +70,8 @@ class Holder:
     weight: int
     managed: bool
     share: float = 0.0
+    # How a managed container was started (domain/adoption.origin); "" for a foreign holder.
+    origin: str = ""
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,8 @@ def read_state(rt: RtHost) -> RtState:
     managed, skipped = readable(managed_running(rt.engine))
     if not rt.per_group:
         holders = tuple(
-            Holder(c.id, c.name, 0, _stored_budget(rt.engine, c.id), weight_of(c.labels), True) for c in managed
+            Holder(c.id, c.name, 0, _stored_budget(rt.engine, c.id), weight_of(c.labels), True, 0.0, origin(c.labels))
+            for c in managed
         )
         return RtState(
             host.mode,
@@ -215,6 +219,7 @@ def read_state(rt: RtHost) -> RtState:
             weight_of(c.labels),
             True,
             now.get(c.id, 0) / pool if pool else 0.0,
+            origin(c.labels),
         )
         for c in managed
     )

@@ -1,0 +1,126 @@
+"""Adoption: containers that carry docker-xms's labels but were not started by `docker-xms run`.
+
+A container started by `docker run --label ...`, by Compose or as a Swarm task is managed like one of
+`run`'s when it carries at least
+
+    io.docker-xms.managed=true            # the agent and the commands manage it
+    io.docker-xms.profile=NAME            # its media ranges, from the profile (without it: a budget only)
+
+and, optionally, `io.docker-xms.port-strategy` (dnat or host; by default host for a host-network
+container, dnat otherwise; publish: the engine's own ports, nothing to forward), `io.docker-xms.mode`
+(container-address for dnat, one-to-one for host by default) and `io.docker-xms.rt-weight` (1).
+`docker-xms compose` writes exactly these.
+
+What `run` computes before it creates a container and keeps in its labels (the host media range of a
+container-address container, the DNAT forwards) cannot be put on a container that already exists, and
+cannot be derived from anything stable either (replicas of one service have the same labels, and the
+ranges other containers hold change the choice). So the agent (or any command reconciling) chooses it
+when the container starts, from the node's free ranges with the same function `run` uses
+(`ports.plan_ports`), and keeps it, as the labels `run` would have written, in a small file of its own
+beside the host lock (adapters/adoption_store.py), written only under that lock, so that `run` and the
+reconciler never hand out the same range twice. A plan lives while its container runs: a stopped
+container is told nothing about its host range (its server keeps the profile's ports inside), so it gets
+a fresh one when it starts again, and Swarm's exited task containers hold none. The file lives under
+/run, which a reboot empties with the rules it describes.
+
+The server inside keeps the profile's own media ports (its image was built with them), so a forward
+maps the chosen host range onto them: host ports A-B to container ports 30000-30999, say. Peers that
+reach the container's address see the right ports in its SDP; peers that reach only the host need the
+host range's numbers, which `ps` shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from docker_xms.domain import ports as port_plans
+from docker_xms.domain.labels import (
+    ADVERTISE_LABEL,
+    LABEL_DNAT,
+    LABEL_HOST_MEDIA,
+    LABEL_STRATEGY,
+    MANAGED_LABEL,
+    MODE_LABEL,
+    STRATEGIES,
+)
+from docker_xms.domain.profiles import Profile
+from docker_xms.errors import BadInput
+
+COMPOSE_PROJECT = "com.docker.compose.project"
+SWARM_SERVICE = "com.docker.swarm.service.name"
+SWARM_TASK = "com.docker.swarm.task.name"
+
+
+def origin(labels: Mapping[str, str]) -> str:
+    """How a managed container was started, from the engine's own labels.
+
+    swarm:SERVICE.SLOT (a replicated task; a global task shows its node id for the slot),
+    compose:PROJECT, run (docker-xms run: its plan and advertised address are in its labels), or docker.
+    """
+    task = labels.get(SWARM_TASK, "")
+    service = labels.get(SWARM_SERVICE, "")
+    if task or service:
+        # A task's name is SERVICE.SLOT.TASKID (SERVICE.NODEID.TASKID for a global service).
+        rest = task[len(service) + 1 :] if service and task.startswith(service + ".") else ""
+        slot = rest.split(".", 1)[0]
+        return f"swarm:{service or task}" + (f".{slot}" if slot else "")
+    project = labels.get(COMPOSE_PROJECT, "")
+    if project:
+        return f"compose:{project}"
+    if ADVERTISE_LABEL in labels and LABEL_STRATEGY in labels:
+        return "run"
+    return "docker"
+
+
+def needs_plan(labels: Mapping[str, str]) -> bool:
+    """Whether a managed container's port plan must be chosen for it: labels that carry none, not run's."""
+    return (
+        labels.get(MANAGED_LABEL) == "true"
+        and origin(labels) != "run"
+        and LABEL_DNAT not in labels
+        and LABEL_HOST_MEDIA not in labels
+    )
+
+
+def strategy_of(labels: Mapping[str, str], network_mode: str) -> str:
+    strategy = labels.get(LABEL_STRATEGY) or ("host" if network_mode == "host" else "dnat")
+    if strategy not in STRATEGIES:
+        raise BadInput(f"Label {LABEL_STRATEGY}={strategy!r} is not one of {', '.join(STRATEGIES)}.")
+    if strategy == "host" and network_mode != "host":
+        raise BadInput(f"Label {LABEL_STRATEGY}=host is on a container without host networking.")
+    if strategy == "dnat" and network_mode == "host":
+        raise BadInput(f"Label {LABEL_STRATEGY}=dnat is on a container with host networking.")
+    return strategy
+
+
+def plan_labels(
+    profile: Profile,
+    labels: Mapping[str, str],
+    network_mode: str,
+    used_host_ranges: Iterable[tuple[int, int]],
+    host_pool: tuple[int, int],
+) -> dict[str, str]:
+    """The labels `run` would have given this container: strategy, mode, host media range and forwards.
+
+    dnat: a free block of the pool for the profile's media ports, forwarded onto the ports the server
+    uses inside. host: the profile's own ports on the host, refused when another container holds them.
+    """
+    strategy = strategy_of(labels, network_mode)
+    mode = labels.get(MODE_LABEL) or ("container-address" if strategy == "dnat" else "one-to-one")
+    if strategy == "publish":
+        return {LABEL_STRATEGY: strategy, MODE_LABEL: mode}
+    # With host networking the server listens on its profile's ports whatever the mode says.
+    plan = port_plans.plan_ports(
+        profile.ports,
+        profile.media_ranges,
+        "one-to-one" if strategy == "host" else mode,
+        strategy,
+        used_host_ranges=used_host_ranges,
+        host_pool=host_pool,
+    )
+    return {MODE_LABEL: mode, **plan.labels()}
+
+
+def effective_labels(labels: Mapping[str, str], adopted: Mapping[str, str] | None) -> dict[str, str]:
+    """A container's labels with the plan chosen for it on top (its own labels win where both say)."""
+    return {**(adopted or {}), **labels} if adopted else dict(labels)

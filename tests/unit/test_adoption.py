@@ -1,0 +1,134 @@
+"""Adoption by label: how a container was started, the plan chosen for one that carries none, and the
+reconciler keeping those plans (in-memory fakes of tests/fakes.py, the real plan file in a temporary dir)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from docker_xms.adapters import adoption_store
+from docker_xms.adapters.profile_store import load_profile
+from docker_xms.domain.adoption import needs_plan, origin, plan_labels
+from docker_xms.domain.compose import ComposeOptions, service_labels
+from docker_xms.domain.forwards import DnatForward
+from docker_xms.domain.labels import (
+    ADVERTISE_LABEL,
+    LABEL_DNAT,
+    LABEL_HOST_MEDIA,
+    LABEL_STRATEGY,
+    MANAGED_LABEL,
+    MODE_LABEL,
+    PROFILE_LABEL,
+)
+from docker_xms.errors import BadInput
+from docker_xms.usecases.reconcile import reconcile
+from tests.unit.usecase_host import Host, make_host
+
+COMPOSE = {"com.docker.compose.project": "shop", "com.docker.compose.service": "rtpengine"}
+SWARM = {"com.docker.swarm.service.name": "media_rtp", "com.docker.swarm.task.name": "media_rtp.3.k2j4h5g6f7d8"}
+ADOPTABLE = {MANAGED_LABEL: "true", PROFILE_LABEL: "rtpengine"}
+POOL = (10000, 32767)
+
+
+def test_origin_is_read_from_the_engines_own_labels() -> None:
+    assert origin({**ADOPTABLE, **SWARM}) == "swarm:media_rtp.3"
+    assert origin(
+        {**ADOPTABLE, "com.docker.swarm.service.name": "agent", "com.docker.swarm.task.name": "agent.n0de1d.t4sk"}
+    ) == ("swarm:agent.n0de1d")
+    assert origin({**ADOPTABLE, **COMPOSE}) == "compose:shop"
+    assert origin({**ADOPTABLE, LABEL_STRATEGY: "dnat", ADVERTISE_LABEL: "container"}) == "run"
+    assert origin(ADOPTABLE) == "docker"
+
+
+def test_only_a_container_whose_labels_carry_no_plan_needs_one() -> None:
+    assert needs_plan(ADOPTABLE)
+    assert needs_plan({**ADOPTABLE, **COMPOSE, LABEL_STRATEGY: "dnat"})
+    assert not needs_plan({**ADOPTABLE, LABEL_STRATEGY: "dnat", ADVERTISE_LABEL: "192.0.2.1"})
+    assert not needs_plan({**ADOPTABLE, LABEL_HOST_MEDIA: "20000-20999"})
+    assert not needs_plan({PROFILE_LABEL: "rtpengine"})
+
+
+def test_a_dnat_plan_takes_the_first_free_block_and_forwards_it_onto_the_servers_own_ports() -> None:
+    profile = load_profile("rtpengine")
+    labels = plan_labels(profile, ADOPTABLE, "bridge", [(10000, 10999), (11500, 11600)], POOL)
+    assert labels[LABEL_STRATEGY] == "dnat"
+    assert labels[MODE_LABEL] == "container-address"
+    assert labels[LABEL_HOST_MEDIA] == "11601-12600"
+    assert labels[LABEL_DNAT] == "rtp/udp:11601-12600>30000-30999"
+
+
+def test_host_networking_holds_the_profiles_own_range_and_refuses_it_when_taken() -> None:
+    profile = load_profile("rtpengine")
+    labels = plan_labels(profile, ADOPTABLE, "host", [], POOL)
+    assert labels[LABEL_STRATEGY] == "host"
+    assert labels[LABEL_HOST_MEDIA] == "30000-30999"
+    assert LABEL_DNAT not in labels
+    with pytest.raises(BadInput, match="held by another container"):
+        plan_labels(profile, ADOPTABLE, "host", [(30500, 30600)], POOL)
+    with pytest.raises(BadInput, match="without host networking"):
+        plan_labels(profile, {**ADOPTABLE, LABEL_STRATEGY: "host"}, "bridge", [], POOL)
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Host:
+    host = make_host(tmp_path)
+    host.fs.write_runtime("/docker", 950_000)
+    return host
+
+
+def compose_replica(host: Host, name: str, running: bool = True):  # type: ignore[no-untyped-def]
+    labels = {**service_labels(load_profile("rtpengine"), ComposeOptions()), **COMPOSE}
+    return host.engine.add(name, labels, running=running)
+
+
+def test_replicas_started_by_compose_get_budgets_distinct_ranges_and_one_rule_each(host: Host) -> None:
+    run_made = host.managed("run-made", dnat="rtp/udp:10000-10999>10000-10999")
+    # `run` keeps its host range in this label; an adopted plan must take another.
+    run_made.labels[LABEL_HOST_MEDIA] = "10000-10999"
+    a = compose_replica(host, "shop_rtpengine_1")
+    b = compose_replica(host, "shop_rtpengine_2")
+
+    result = reconcile(host.rt, host.netfilter)
+
+    assert sorted(x.name for x in result.adoption.adopted) == ["shop_rtpengine_1", "shop_rtpengine_2"]
+    assert {x.origin for x in result.adoption.adopted} == {"compose:shop"}
+    assert host.runtime(a) == host.runtime(b) == host.runtime(run_made) == 316_666
+    forwards = dict(host.netfilter.forwards)
+    assert forwards[a.id[:12]] == [DnatForward("rtp", "udp", 11000, 11999, 30000, 30999, a.ip_address)]
+    assert forwards[b.id[:12]] == [DnatForward("rtp", "udp", 12000, 12999, 30000, 30999, b.ip_address)]
+    plans = adoption_store.load(adoption_store.path_for(host.rt.settings.lock_path))
+    assert set(plans) == {a.id, b.id}
+
+    # A second pass changes nothing: the plans are kept, not chosen again.
+    again = reconcile(host.rt, host.netfilter)
+    assert again.adoption.adopted == ()
+    assert host.netfilter.forwards == forwards
+
+
+def test_a_stopped_or_removed_replica_gives_its_budget_range_and_rule_back(host: Host) -> None:
+    a = compose_replica(host, "shop_rtpengine_1")
+    b = compose_replica(host, "shop_rtpengine_2")
+    reconcile(host.rt, host.netfilter)
+    host.engine.stop(a.id)
+    host.engine.vanish(b.id)
+
+    result = reconcile(host.rt, host.netfilter)
+
+    assert set(result.adoption.released) == {a.id, b.id}
+    assert host.netfilter.forwards == {}
+    assert adoption_store.load(adoption_store.path_for(host.rt.settings.lock_path)) == {}
+    # Started again: a range again, the first free one.
+    host.engine.start(a.id)
+    reconcile(host.rt, host.netfilter)
+    assert [f.host_start for f in host.netfilter.forwards[a.id[:12]]] == [10000]
+    assert host.runtime(a) == 950_000
+
+
+def test_a_replica_whose_profile_is_unknown_gets_its_budget_and_is_reported(host: Host) -> None:
+    odd = host.engine.add("odd", {MANAGED_LABEL: "true", PROFILE_LABEL: "no-such-profile"})
+    result = reconcile(host.rt, host.netfilter)
+    assert [r.name for r in result.adoption.refused] == ["odd"]
+    assert "no-such-profile" in result.adoption.refused[0].sentence()
+    assert host.runtime(odd) == 950_000
+    assert host.netfilter.forwards == {}
