@@ -17,7 +17,7 @@ fi
 
 packages=(docker.io mmdebstrap iptables iproute2 python3-venv python3-pip ca-certificates)
 if [ "$job" = test ]; then
-  packages+=(docker-registry rt-tests stress-ng busybox-static gcc libc6-dev util-linux systemd sip-tester rtpengine-utils prometheus docker-compose)
+  packages+=(docker-registry rt-tests stress-ng busybox-static gcc libc6-dev util-linux systemd sip-tester rtpengine-utils chromium chromium-driver prometheus docker-compose)
 fi
 missing=()
 for p in "${packages[@]}"; do

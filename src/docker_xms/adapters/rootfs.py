@@ -59,12 +59,13 @@ def command(spec: RootfsSpec, output: Path) -> list[str]:
         "--dpkgopt=path-exclude=/usr/share/doc/*",
         "--dpkgopt=path-include=/usr/share/doc/*/copyright",
     ]
+    # The recipe's files first: a unit the recipe itself writes can then be enabled like a package's.
+    for local, dest in spec.uploads:
+        args.append(f"--customize-hook=upload {local} {dest}")
     if spec.mask_units:
         args.append(f'--customize-hook=systemctl --root="$1" mask {" ".join(spec.mask_units)}')
     if spec.enable_units:
         args.append(f'--customize-hook=systemctl --root="$1" enable {" ".join(spec.enable_units)}')
-    for local, dest in spec.uploads:
-        args.append(f"--customize-hook=upload {local} {dest}")
     # The image's machine id must be made by each container, not shared by all of them.
     args.append('--customize-hook=rm -f "$1/etc/machine-id" "$1/var/lib/dbus/machine-id"; : > "$1/etc/machine-id"')
     args += [spec.suite, str(output)]

@@ -18,9 +18,10 @@ PORT_ROLES = ("signalling", "media", "web", "ssh", "control", "other")
 # Ports that control or manage the server: `run --bind` chooses the host address they are published on.
 MANAGEMENT_ROLES = ("control", "web", "ssh")
 PROTOCOLS = ("tcp", "udp")
-CHECKS = ("none", "rtpengine-ng", "xms-oam", "sip-options")
-# The clients `docker-xms test-call` places a call with: ng offer/answer + RTP, or SIPp through the proxy.
-TEST_CALL_CLIENTS = ("rtpengine-ng", "sipp")
+CHECKS = ("none", "rtpengine-ng", "xms-oam", "sip-options", "janus-info")
+# The clients `docker-xms test-call` places a call with: ng offer/answer + RTP, SIPp through the proxy, or a
+# headless browser's echo call through Janus.
+TEST_CALL_CLIENTS = ("rtpengine-ng", "sipp", "janus-echo")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 # What the port-rule label (io.docker-xms.dnat) can hold as a media range's name.
 MEDIA_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

@@ -510,18 +510,23 @@ def _result(
     rows = port_rows(profile, info, plan)
     values: dict[str, Any] = {"address": address, "name": info.name, "media_ports": _media_text(plan)}
     urls: dict[str, str] = {}
+    advertised = info.labels.get(ADVERTISE_LABEL, "container")
     for row in rows:
         values[row["name"]] = f"{address}:{row['container']}"
         values[f"{row['name']}_host"] = address
         values[f"{row['name']}_port"] = row["container"]
+        # Where a person on another machine reaches the port: the advertised address (else the host's) and the
+        # host port, or the container's own address when the port is not published.
+        values[f"{row['name']}_public"] = values[row["name"]]
         if row["host"]:
             at = host_ip if row["bind"] in port_plans.EVERY_ADDRESS else row["bind"]
             urls[row["name"]] = f"{at}:{row['host']}"
+            public = advertised if advertised != "container" and row["bind"] in port_plans.EVERY_ADDRESS else at
+            values[f"{row['name']}_public"] = f"{public}:{row['host']}"
     try:
         summary = profile.summary.format(**values).strip()
     except (KeyError, IndexError, ValueError):
         summary = profile.summary.strip()
-    advertised = info.labels.get(ADVERTISE_LABEL, "container")
     notes = list(plan.notes)
     if advertised != "container" and not profile.takes_advertise:
         notes.append(

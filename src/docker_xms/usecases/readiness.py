@@ -33,6 +33,13 @@ SIP_OPTIONS = (
     "Call-ID: docker-xms-ready-%s\\r\\nCSeq: 1 OPTIONS\\r\\nContent-Length: 0\\r\\n\\r\\n' $$ $$ | dd bs=4096 count=1 iflag=fullblock status=none >&3; "
     "timeout 2 dd bs=4096 count=1 status=none <&3"
 )
+# Janus's info request on its HTTP API (bash's /dev/tcp, so the image needs no HTTP client); it answers with a
+# JSON object whose "janus" is "server_info" once its transports and plugins are loaded.
+JANUS_INFO = (
+    "exec 3<>/dev/tcp/127.0.0.1/{port}; "
+    "printf 'GET /janus/info HTTP/1.0\\r\\nHost: 127.0.0.1\\r\\n\\r\\n' >&3; "
+    "timeout 2 cat <&3"
+)
 _SERVICE_RE = re.compile(r"<service\b[^>]*>", re.IGNORECASE)
 _ATTR_RE = re.compile(r'(\w+)="([^"]*)"')
 
@@ -101,6 +108,17 @@ def sip_options(engine: EngineApi, container_id: str, port: int = 5060) -> Check
     return Check(False, "waiting for a SIP answer to OPTIONS")
 
 
+def _janus_port(profile: Profile) -> int:
+    return next((p.start for p in profile.ports if p.name == "http" and p.protocol == "tcp"), 8088)
+
+
+def janus_info(engine: EngineApi, container_id: str, port: int = 8088) -> Check:
+    _, out = _sh(engine, container_id, JANUS_INFO.format(port=port))
+    if '"server_info"' in out:
+        return Check(True, "Janus answered its info request")
+    return Check(False, "waiting for Janus's info on its HTTP API")
+
+
 def parse_oam_services(text: str) -> dict[str, str]:
     """Service name -> state from the XMS management API's /services answer."""
     services: dict[str, str] = {}
@@ -135,6 +153,8 @@ def health_script(profile: Profile) -> str:
         parts.append("(" + NG_PING.format(port=port) + ") | grep -q ponge")
     elif profile.readiness.check == "sip-options":
         parts.append("(" + SIP_OPTIONS.format(port=_sip_port(profile)) + ") | grep -q '^SIP/2.0 '")
+    elif profile.readiness.check == "janus-info":
+        parts.append("(" + JANUS_INFO.format(port=_janus_port(profile)) + ") | grep -q server_info")
     elif profile.readiness.check == "xms-oam":
         allowed = "|".join(profile.readiness.allowed_down) or "-"
         parts.append(
@@ -163,6 +183,8 @@ def check_once(engine: EngineApi, container_id: str, profile: Profile) -> Check:
         return xms_oam(engine, container_id, readiness.allowed_down)
     if readiness.check == "sip-options":
         return sip_options(engine, container_id, _sip_port(profile))
+    if readiness.check == "janus-info":
+        return janus_info(engine, container_id, _janus_port(profile))
     return Check(True, "ready")
 
 

@@ -2,17 +2,22 @@
 
 rtpengine-ng: an ng offer/answer for two local UDP legs, then 20 ms PCMU packets both ways through the addresses
 and ports of the SDP rtpengine answers. sipp: SIPp as caller and echoing callee, both on this host, through the
-profile's SIP proxy. Either way media flows when each direction receives at least 90% of what was sent.
+profile's SIP proxy. janus-echo: headless Chromium with fake camera and microphone opens the server's echo page and
+reads its own WebRTC statistics (getStats) for the echoed audio and video. Each way media flows when each direction
+receives at least 90% of what was sent.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from docker_xms.adapters import rtp, sipp
+from docker_xms.adapters import browser, rtp, sipp
 from docker_xms.adapters.engine import ContainerInfo
-from docker_xms.domain.labels import PROFILE_LABEL, forwards_from_labels
+from docker_xms.domain import webrtc
+from docker_xms.domain.labels import ADVERTISE_LABEL, PROFILE_LABEL, forwards_from_labels
 from docker_xms.domain.profiles import PortSpec, Profile
 from docker_xms.domain.stats import interarrival_jitter_ms
 from docker_xms.errors import BadInput, NotFound, XmsError
@@ -34,6 +39,8 @@ class TestCallRequest:
     name: str
     from_address: str | None = None
     seconds: float = 3.0
+    # Where a browser call saves its screenshot (default: NAME-test-call.png in the working directory).
+    screenshot: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,10 @@ class Direction:
     sent: int
     received: int
     jitter_ms: float | None
+    # What a browser reports beside the packets (janus-echo); None for the other clients.
+    bytes_received: int | None = None
+    packets_lost: int | None = None
+    frames_dropped: int | None = None
 
     @property
     def flows(self) -> bool:
@@ -64,6 +75,11 @@ class TestCallResult:
     measured: str
     setup_ms: float | None = None
     failed_reason: str = ""
+    # A browser call's round-trip time, its selected ICE candidate pair and its screenshot (janus-echo).
+    rtt_ms: float | None = None
+    local_candidate: str = ""
+    remote_candidate: str = ""
+    screenshot: str = ""
 
     @property
     def media_flows(self) -> bool:
@@ -146,8 +162,10 @@ def test_call(engine: EngineApi, load_profile: Callable[[str], Profile], request
         return _rtpengine(info, profile, request)
     if profile.test_call == "sipp":
         return _sipp(info, profile, request)
+    if profile.test_call == "janus-echo":
+        return _janus(info, profile, request)
     raise BadInput(
-        f'Profile {profile.name} names no test-call client: add [test_call] client = "rtpengine-ng" or "sipp".'
+        f'Profile {profile.name} names no test-call client: add [test_call] client = "rtpengine-ng", "sipp" or "janus-echo".'
     )
 
 
@@ -239,3 +257,95 @@ def _direction(name: str, sent: int, received: list[tuple[int, int]]) -> Directi
     """One direction of a call from its (RTP timestamp, arrival ns) pairs."""
     jitter = interarrival_jitter_ms(received, PCMU_CLOCK_RATE) if len(received) > 1 else None
     return Direction(name, sent, len(received), jitter)
+
+
+# How long a browser call may take from opening the page to media flowing over DTLS-SRTP.
+CONNECT_TIMEOUT_S = 30.0
+
+
+def echo_page_url(info: ContainerInfo, profile: Profile) -> str:
+    """The echo page a browser opens: at the address the server advertises, through the host port of its web
+    server; at the container's own address and port when it advertises that one (or the port is not published)."""
+    web = next((p for p in profile.ports if p.role == "web" and p.protocol == "tcp" and not p.is_range), None)
+    if web is None:
+        raise BadInput(f"Profile {profile.name} has no web port for a browser to open its echo page on.")
+    advertised = info.labels.get(ADVERTISE_LABEL, "container")
+    bindings = info.ports.get(f"{web.start}/tcp") or []
+    host_port = bindings[0].get("HostPort") if bindings else None
+    if advertised != "container" and host_port:
+        return f"http://{advertised}:{host_port}/docker-xms-echo.html"
+    if info.ip_address:
+        return f"http://{info.ip_address}:{web.start}/docker-xms-echo.html"
+    host, port = published_endpoint(info, web)
+    return f"http://{host}:{port}/docker-xms-echo.html"
+
+
+def _janus(info: ContainerInfo, profile: Profile, request: TestCallRequest) -> TestCallResult:
+    url = echo_page_url(info, profile)
+    shot = request.screenshot or f"{info.name}-test-call.png"
+    browser.check_installed()
+    with browser.chromium(url) as chromium:
+        started = time.monotonic()
+        tab = chromium.open(url)
+        state = chromium.wait_connected(tab, CONNECT_TIMEOUT_S)
+        setup_ms = (time.monotonic() - started) * 1000
+        if not state.stats.connected:
+            chromium.screenshot(tab, Path(shot))
+            why = state.error or f"the page's state is {state.state!r}, DTLS {state.stats.dtls or 'not started'}"
+            return _browser_result(info, profile, url, state, (), None, shot, f"no DTLS-SRTP connection ({why})")
+        first, last = browser.sample(chromium, [tab], request.seconds)
+        chromium.screenshot(tab, Path(shot))
+    return _browser_result(info, profile, url, last[0], echoed(first[0].stats, last[0].stats), setup_ms, shot, "")
+
+
+def echoed(first: webrtc.Snapshot, last: webrtc.Snapshot) -> tuple[Direction, ...]:
+    """Each kind's echo between two readings: sent by the browser, and received back from the server."""
+    out = []
+    for kind in webrtc.KINDS:
+        before, after = first.stream(kind), last.stream(kind)
+        if after is None:
+            continue
+        d = webrtc.during(before, after) if before else after
+        out.append(
+            Direction(
+                f"{kind} echoed",
+                d.packets_sent,
+                d.packets_received,
+                d.jitter_ms,
+                bytes_received=d.bytes_received,
+                packets_lost=d.packets_lost,
+                frames_dropped=d.frames_dropped,
+            )
+        )
+    return tuple(out)
+
+
+def _browser_result(
+    info: ContainerInfo,
+    profile: Profile,
+    url: str,
+    state: browser.PageState,
+    directions: tuple[Direction, ...],
+    setup_ms: float | None,
+    shot: str,
+    failed: str,
+) -> TestCallResult:
+    return TestCallResult(
+        name=info.name,
+        profile=profile.name,
+        client=profile.test_call,
+        server=url,
+        local=state.stats.local_candidate or "-",
+        answered=state.stats.connected,
+        directions=directions,
+        measured=(
+            "the browser's own WebRTC statistics (getStats): RTP packets it sent and received back from the echo "
+            "while the call was connected over DTLS-SRTP"
+        ),
+        setup_ms=setup_ms,
+        failed_reason=failed,
+        rtt_ms=state.stats.rtt_ms,
+        local_candidate=state.stats.local_candidate,
+        remote_candidate=state.stats.remote_candidate,
+        screenshot=shot,
+    )
