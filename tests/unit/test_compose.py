@@ -17,7 +17,7 @@ from docker_xms.errors import BadInput
 
 def test_a_dnat_service_carries_what_run_gives_and_the_labels_the_agent_adopts_by() -> None:
     profile = load_profile("rtpengine")
-    data = compose_file(profile, ComposeOptions(replicas=2, health_script="true"))
+    data = compose_file(profile, ComposeOptions(replicas=2, health_script='state=$(x); [ "$state" = a ]'))
     assert data["version"] == "3.8"
     service = data["services"]["rtpengine"]
     assert service["image"] == profile.image
@@ -34,7 +34,8 @@ def test_a_dnat_service_carries_what_run_gives_and_the_labels_the_agent_adopts_b
     }
     # ng has no authentication: the loopback address only, as run publishes it.
     assert service["ports"] == ["127.0.0.1::2223/udp"]
-    assert service["healthcheck"]["test"] == ["CMD", "/bin/bash", "-c", "true"]
+    # Compose would read $(x) and $state as its own variables.
+    assert service["healthcheck"]["test"] == ["CMD", "/bin/bash", "-c", 'state=$$(x); [ "$$state" = a ]']
     reservation = service["deploy"]["resources"]["reservations"]["generic_resources"]
     assert service["deploy"]["replicas"] == 2
     assert reservation == [{"discrete_resource_spec": {"kind": "RT_MS", "value": compose.DEFAULT_RT_MS}}]

@@ -97,7 +97,8 @@ def compose_file(profile: Profile, options: ComposeOptions) -> dict[str, Any]:
         service["environment"] = dict(profile.env)
     if options.health_script:
         service["healthcheck"] = {
-            "test": ["CMD", "/bin/bash", "-c", options.health_script],
+            # Every Compose tool interpolates ${...} in the file: $$ is a literal $.
+            "test": ["CMD", "/bin/bash", "-c", options.health_script.replace("$", "$$")],
             "interval": "5s",
             "timeout": "4s",
             "retries": 3,
