@@ -1,0 +1,161 @@
+"""Fleet on one engine: replicas started by docker-compose from `docker-xms compose`, and a container
+started by a plain `docker run --label ...`, are adopted by an agent: budgets (the cgroup files), one
+DNAT rule per media range, SCHED_FIFO inside, `ps` origins; and given back when they go.
+
+docker-compose is Debian's 1.29 (scripts/quickstart.sh installs it). The stack file is checked with
+`docker stack config`, which reads a file without a swarm, when the docker client has it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from docker_xms.adapters import adoption_store
+from docker_xms.settings import DEFAULT_LOCK
+from tests.helpers import TEST_LABEL, LoggedAgent, agent_for_a_test, run_cli, systemd_run_kwargs, wait_for
+from tests.host_state import fair_shares
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+
+PARENT = Path("/sys/fs/cgroup/cpu/docker")
+PLANS = adoption_store.path_for(DEFAULT_LOCK)
+
+
+def budget(container_id: str) -> int:
+    try:
+        return int((PARENT / container_id / "cpu.rt_runtime_us").read_text())
+    except OSError:
+        return 0
+
+
+def rules() -> dict[str, tuple[int, int]]:
+    """Each container's forwarded host range (12-character id -> first-last), from the nat chain."""
+    out = subprocess.run(["iptables", "-t", "nat", "-S", "DOCKER-XMS"], capture_output=True, text=True).stdout
+    found = {}
+    for line in out.splitlines():
+        match = re.search(r"--dport (\d+):(\d+) .*docker-xms:([0-9a-f]{12}):", line)
+        if match:
+            found[match.group(3)] = (int(match.group(1)), int(match.group(2)))
+    return found
+
+
+def right(ids: list[str], client: Any) -> bool:
+    """Every one has its fair share in the kernel and one rule for its 1,000 media ports."""
+    shares = fair_shares(client)
+    held = rules()
+    return all(
+        budget(cid) == shares.get(cid)
+        and budget(cid) > 0
+        and cid[:12] in held
+        and held[cid[:12]][1] - held[cid[:12]][0] == 999
+        for cid in ids
+    )
+
+
+def gone(ids: list[str]) -> bool:
+    held = rules()
+    plans = adoption_store.load(PLANS)
+    return not any(cid[:12] in held or cid in plans for cid in ids)
+
+
+@pytest.fixture
+def agent(docker_client: Any, rtpengine_image: str, tmp_path: Path) -> Iterator[LoggedAgent]:
+    # Its own agent lock, so that it runs beside one the host may have; both reconcile under the host lock.
+    argv = [sys.executable, "-m", "docker_xms", "agent", "--interval", "30"]
+    env = {**os.environ, "DOCKER_XMS_AGENT_LOCK": str(tmp_path / "agent.lock")}
+    with agent_for_a_test(LoggedAgent(argv, env)) as process:
+        yield process
+
+
+def compose_file(tmp_path: Path, *args: str) -> Path:
+    result = run_cli("compose", "rtpengine", *args)
+    assert result.code == 0, result.err
+    path = tmp_path / f"{uuid.uuid4().hex[:6]}.yml"
+    path.write_text(result.out)
+    return path
+
+
+def docker_compose(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker-compose", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
+def test_compose_up_gets_budgets_and_rules_within_2_s_and_down_gives_them_back(
+    agent: LoggedAgent, docker_client: Any, tmp_path: Path
+) -> None:
+    path = compose_file(tmp_path, "--replicas", "2")
+    assert docker_compose("-f", str(path), "config", "-q").returncode == 0
+    project = f"xmstest{uuid.uuid4().hex[:6]}"
+    base = ["-p", project, "-f", str(path)]
+    try:
+        up = docker_compose(*base, "up", "-d")
+        assert up.returncode == 0, up.stderr
+        started = time.monotonic()
+        ids = [c.id for c in docker_client.containers.list(filters={"label": f"com.docker.compose.project={project}"})]
+        assert len(ids) == 2
+        wait_for(lambda: right(ids, docker_client), 2, 0.05, "budgets and rules of both replicas")
+        print(f"budgets and rules {time.monotonic() - started:.2f} s after docker-compose up returned")
+        assert rules()[ids[0][:12]] != rules()[ids[1][:12]]
+
+        ps = run_cli("ps", "--json")
+        rows = {row["id"]: row for row in json.loads(ps.out)}
+        for cid in ids:
+            assert rows[cid[:12]]["origin"] == f"compose:{project}"
+            assert "/media" in rows[cid[:12]]["ports"]
+        # The server's own threads run SCHED_FIFO under the budget the agent wrote.
+        wait_for(lambda: run_cli("rt", "verify", ids[0]).code == 0, 90, 1, "SCHED_FIFO threads in a replica")
+        assert "SCHED_FIFO works in" in agent.log()
+
+        down = docker_compose(*base, "down", "-t", "2")
+        assert down.returncode == 0, down.stderr
+        stopped = time.monotonic()
+        wait_for(lambda: gone(ids), 2, 0.05, "the rules and plans to be given back")
+        print(f"rules and plans given back {time.monotonic() - stopped:.2f} s after docker-compose down returned")
+    finally:
+        docker_compose(*base, "down", "-t", "1")
+
+
+def test_a_stack_file_is_valid_for_docker_stack_deploy(tmp_path: Path) -> None:
+    probe = subprocess.run(["docker", "stack", "config", "--help"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip("this docker client has no `docker stack config`")
+    path = compose_file(tmp_path, "--replicas", "6", "--for", "stack")
+    checked = subprocess.run(["docker", "stack", "config", "-c", str(path)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    assert "RT_MS" in checked.stdout
+    assert "external: true" in checked.stdout
+
+
+def test_a_plain_docker_run_with_the_labels_is_adopted_and_given_back(
+    agent: LoggedAgent, docker_client: Any, rtpengine_image: str
+) -> None:
+    kwargs = systemd_run_kwargs("fleet")
+    labels = {**kwargs.pop("labels"), "io.docker-xms.managed": "true", "io.docker-xms.profile": "rtpengine"}  # type: ignore[dict-item]
+    # No --cpu-rt-runtime: the agent writes the budget into the cgroup the engine made with 0.
+    container = docker_client.containers.run(
+        rtpengine_image, name=f"fleet-{uuid.uuid4().hex[:6]}", labels=labels, **kwargs
+    )
+    try:
+        started = time.monotonic()
+        wait_for(lambda: right([container.id], docker_client), 2, 0.05, "its budget and rule")
+        print(f"budget and rule {time.monotonic() - started:.2f} s after docker run returned")
+        code, out = container.exec_run(["chrt", "--fifo", "1", "true"])
+        assert code == 0, out
+        rows = {row["id"]: row for row in json.loads(run_cli("ps", "--json").out)}
+        assert rows[container.id[:12]]["origin"] == "docker"
+        assert TEST_LABEL in container.labels
+    finally:
+        container.remove(force=True)
+    wait_for(lambda: gone([container.id]), 2, 0.05, "its rule and plan to be given back")
