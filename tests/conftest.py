@@ -84,6 +84,14 @@ def sip_image(docker_client: Any) -> str:
 
 
 @pytest.fixture(scope="session")
+def janus_image(docker_client: Any) -> str:
+    """The janus profile's image (Janus and its demo pages), built through the CLI unless one from the same recipe exists."""
+    result = run_cli("build", "--profile", "janus", "--if-missing", timeout=900)
+    assert result.code == 0, result.err + result.out
+    return "docker-xms/janus:latest"
+
+
+@pytest.fixture(scope="session")
 def busybox_image(docker_client: Any) -> str:
     """An image holding nothing but a static busybox, imported from the host's busybox-static package."""
     try:
