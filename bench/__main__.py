@@ -27,6 +27,7 @@ from bench.house import house
 from bench.latency import latency
 from bench.media import media
 from bench.report import headlines, write_report
+from bench.webrtc import webrtc_calls
 from docker_xms.adapters.pmqos import CpuLatencyHold, read_idle_state
 
 SECTIONS = {
@@ -37,6 +38,7 @@ SECTIONS = {
     "media": media,
     "house": house,
     "calls": calls,
+    "webrtc": webrtc_calls,
 }
 
 
