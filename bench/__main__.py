@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import sections
+from bench.agent_metrics import agent_metrics
 from bench.calls import calls
 from bench.common import demo_paused, results_path, save
 from bench.house import house
@@ -39,6 +40,7 @@ SECTIONS = {
     "house": house,
     "calls": calls,
     "webrtc": webrtc_calls,
+    "agent-metrics": agent_metrics,
 }
 
 
