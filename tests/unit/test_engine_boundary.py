@@ -122,6 +122,7 @@ def tarball(tmp_path: Path) -> str:
 # Each public method of Engine, called the way the use cases call it (generators drained).
 CALLS: dict[str, Callable[[Engine, Path], Any]] = {
     "info": lambda e, _: e.info(),
+    "create_global_service": lambda e, _: e.create_global_service("x", "busybox:latest", [], {}, [], [], {}),
     "events": lambda e, _: next(e.events(filters={"type": ["container"]})),
     "image_exists": lambda e, _: e.image_exists("busybox:latest"),
     "inspect_image": lambda e, _: e.inspect_image("busybox:latest"),

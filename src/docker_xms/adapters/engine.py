@@ -394,6 +394,40 @@ class Engine:
 
         return chunks()
 
+    # --- swarm services -------------------------------------------------------------------------
+
+    def create_global_service(
+        self,
+        name: str,
+        image: str,
+        args: list[str],
+        env: Mapping[str, str],
+        binds: Iterable[tuple[str, str]],
+        cap_add: list[str],
+        labels: Mapping[str, str],
+    ) -> str:
+        """A global service on the host network with bind mounts and added capabilities; returns its ID."""
+        types = docker.types
+        container = types.ContainerSpec(
+            image,
+            args=args,
+            env=[f"{key}={value}" for key, value in env.items()],
+            mounts=[types.Mount(target, source, type="bind") for source, target in binds],
+            cap_add=cap_add,
+        )
+        template = types.TaskTemplate(container, networks=["host"])
+        with _translated(f"The engine could not create the service {name}"):
+            if not self._client.info().get("Swarm", {}).get("ControlAvailable"):
+                raise BadInput(f"This engine is not a swarm manager: create the service {name} on a manager.")
+            created = self.api.create_service(
+                template,
+                name=name,
+                labels=dict(labels),
+                mode=types.ServiceMode("global"),
+                endpoint_spec=types.EndpointSpec(),
+            )
+        return str(created["ID"])
+
     # --- containers -------------------------------------------------------------------------------
 
     def create_container(self, spec: CreateSpec) -> str:

@@ -44,3 +44,19 @@ def user_cache_dir() -> Path:
     """docker-xms's folder in the user's cache ($XDG_CACHE_HOME, else ~/.cache)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "docker-xms"
+
+
+def package_files() -> dict[str, bytes]:
+    """Every file of the installed docker_xms package (sources, profiles, assets) by its path inside it.
+
+    Byte-compiled caches are left out: the interpreter that runs the copy makes its own.
+    """
+    root = Path(str(resources.files("docker_xms")))
+    out: dict[str, bytes] = {}
+    try:
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                out[path.relative_to(root).as_posix()] = path.read_bytes()
+    except OSError as exc:
+        raise XmsError(f"Cannot read docker-xms's own files under {root}: {exc.strerror or exc}.") from None
+    return out

@@ -166,3 +166,12 @@ def install(print_only: bool, cpu_latency_us: int | None, metrics: str | None) -
         f"Run the agent under the init system of your choice, or: {result.alternative}", soft_wrap=True, markup=False
     )
     sys.exit(1)
+
+
+def _add_service() -> None:
+    from docker_xms.cli.agent_service import service
+
+    agent.add_command(service)
+
+
+_add_service()

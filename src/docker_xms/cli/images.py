@@ -50,6 +50,9 @@ def build_base(tag: str, distro: str, offline: bool) -> None:
 @click.option("--install-args", default=None, help="Arguments of the install script (default: -a -s).")
 @click.option("--distro", type=click.Choice(DISTROS), default=None, help="The base's distro, for --dockerfile-only.")
 @click.option("--dockerfile-only", is_flag=True, help="Print the Dockerfile of an installer build and stop.")
+@click.option(
+    "--agent", is_flag=True, help="Build the agent's image (docker-xms itself, offline) instead of a media server's."
+)
 def build(
     profile_name: str | None,
     tag: str | None,
@@ -61,9 +64,13 @@ def build(
     install_args: str | None,
     distro: str | None,
     dockerfile_only: bool,
+    agent: bool,
 ) -> None:
     """Build a media-server image from a profile's recipe (e.g. the rtpengine demo) or, with
-    --installer, from the media server's own installer (XMS) on a systemd base."""
+    --installer, from the media server's own installer (XMS) on a systemd base.
+
+    With --agent, the agent's image instead (default docker-xms/agent:latest): this docker-xms on
+    Debian 12's Python, built offline, for `docker-xms agent service` to run on every node of a swarm."""
     import shlex
 
     from docker_xms.cli import context
@@ -71,6 +78,9 @@ def build(
     from docker_xms.errors import BadInput
     from docker_xms.usecases.images import build_profile_image
 
+    if agent:
+        _build_agent(tag, if_missing, profile_name, installer, dockerfile_only)
+        return
     profile = context.profile(profile_name or ("xms" if installer else "rtpengine"))
     if tag is not None:
         parse_ref(tag, allow_digest=False)
@@ -105,6 +115,27 @@ def build(
         f"Built {built.ref} ({built.id[7:19]}, {human_size(built.size)}) from {escape(plan.installer_path.name)} "
         f"on {plan.base} ({built.distro}) in {built.seconds:.0f} s."
     )
+
+
+def _build_agent(
+    tag: str | None, if_missing: bool, profile_name: str | None, installer: str | None, dockerfile_only: bool
+) -> None:
+    from docker_xms.cli import context
+    from docker_xms.domain.names import parse_ref
+    from docker_xms.errors import BadInput
+    from docker_xms.usecases.images import build_agent_image
+
+    if profile_name or installer or dockerfile_only:
+        raise BadInput(
+            "--agent builds the agent's image alone; leave out --profile, --installer and --dockerfile-only."
+        )
+    if tag is not None:
+        parse_ref(tag, allow_digest=False)
+    engine = context.engine()
+    with reporting() as reporter:
+        image = build_agent_image(engine, tag, reporter, reuse=if_missing)
+    verb = "Reused" if image.reused else "Built"
+    console.print(f"{verb} {image.ref} ({image.id[7:19]}, {human_size(image.size)}) from {image.how}.")
 
 
 @click.command("flatten")

@@ -148,3 +148,52 @@ def profile_files(
     }
     files = [*profile.build.files, *profile.instance_files]
     return [RenderedFile(f.path, f.render(merged).lstrip("\n"), f.mode) for f in files]
+
+
+# The agent image: docker-xms itself on Debian's Python, with what the agent runs on a node.
+AGENT_IMAGE = "docker-xms/agent:latest"
+LABEL_AGENT = "io.docker-xms.agent"
+# Debian's builds of the package's dependencies (pyproject.toml's names; a unit test keeps them in step).
+AGENT_PYTHON_PACKAGES = {
+    "docker": "python3-docker",
+    "click": "python3-click",
+    "rich": "python3-rich",
+    "pyyaml": "python3-yaml",
+    "prometheus-client": "python3-prometheus-client",
+}
+# Python, those, and the tools the adapters call.
+AGENT_PACKAGES = (
+    "python3",
+    *AGENT_PYTHON_PACKAGES.values(),
+    "iptables",
+    "iproute2",
+    "util-linux",
+    "procps",
+)
+AGENT_SITE = "/usr/lib/python3/dist-packages/docker_xms"
+
+
+def agent_recipe(packages: Sequence[str], sources: Mapping[str, bytes]) -> dict[str, object]:
+    """Everything the agent image depends on: a change to any source file makes a new image."""
+    digest = hashlib.sha256()
+    for name in sorted(sources):
+        digest.update(name.encode() + b"\0" + sources[name] + b"\0")
+    return {"packages": list(packages), "sources": digest.hexdigest(), "site": AGENT_SITE}
+
+
+def agent_dockerfile(from_ref: str, labels: Mapping[str, str]) -> str:
+    """The agent image on top of the imported root file system: the package copied in, the agent as command.
+
+    The entrypoint is docker-xms itself, so `docker run IMAGE ps` runs any command and the
+    default is the agent, which logs its changes one line each to the container's log.
+    """
+    lines = [f"FROM {from_ref}", f"COPY docker_xms {AGENT_SITE}"]
+    lines += [f"LABEL {key}={json.dumps(value)}" for key, value in labels.items()]
+    lines += [
+        'ENTRYPOINT ["python3", "-m", "docker_xms"]',
+        'CMD ["agent"]',
+        # The agent ends its reconciliation on SIGTERM and exits 0.
+        "STOPSIGNAL SIGTERM",
+        "",
+    ]
+    return "\n".join(lines)

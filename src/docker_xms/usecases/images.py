@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from docker_xms import __version__
 from docker_xms.adapters import hostfiles, rootfs
 from docker_xms.adapters.engine import Engine, StreamError
 from docker_xms.domain import recipes
@@ -82,10 +83,12 @@ def _import_and_finish(
     ref: ImageRef,
     dockerfile: Callable[[str], str],
     reporter: Reporter,
+    context: dict[str, bytes] | None = None,
 ) -> None:
     """Import a root file system under a temporary name, finish it with a Dockerfile, drop the name.
 
-    A failure at any step leaves neither the temporary image nor a half-built `ref` behind.
+    `context` holds files the Dockerfile copies in. A failure at any step leaves neither the
+    temporary image nor a half-built `ref` behind.
     """
     temp_repo = f"docker-xms-build/{secrets.token_hex(6)}"
     reporter.phase(f"Importing the root file system ({tarball.stat().st_size // 2**20} MB)")
@@ -97,9 +100,9 @@ def _import_and_finish(
     )
     try:
         reporter.phase(f"Finishing {ref}")
-        context = context_tar({"Dockerfile": dockerfile(image_id).encode()})
+        files = {**(context or {}), "Dockerfile": dockerfile(image_id).encode()}
         try:
-            engine.build(context, str(ref), progress=build_progress(reporter))
+            engine.build(context_tar(files), str(ref), progress=build_progress(reporter))
         except StreamError as exc:
             raise XmsError(f"Finishing {ref} failed: {exc.message}\n{exc.log}") from exc
     finally:
@@ -216,3 +219,33 @@ def build_profile_image(
             reporter,
         )
     return _image_result(engine, ref, f"profile {profile.name}, mmdebstrap, offline")
+
+
+def agent_image_current(engine: Engine, tag: str, recipe: dict[str, object]) -> bool:
+    if not engine.image_exists(tag):
+        return False
+    labels = engine.inspect_image(tag).get("Config", {}).get("Labels") or {}
+    return bool(labels.get(recipes.LABEL_RECIPE) == recipes.recipe_hash(recipe))
+
+
+def build_agent_image(engine: Engine, tag: str | None, reporter: Reporter, reuse: bool = False) -> BuiltImage:
+    """The agent's image, offline: Debian's Python and the package's dependencies, and this docker-xms copied in.
+
+    It is what a Swarm global service (`docker-xms agent service`) runs on every node.
+    """
+    ref = parse_ref(tag or recipes.AGENT_IMAGE, allow_digest=False)
+    sources = hostfiles.package_files()
+    recipe = recipes.agent_recipe(recipes.AGENT_PACKAGES, sources)
+    if reuse and agent_image_current(engine, str(ref), recipe):
+        return _image_result(engine, ref, "already built from this recipe", reused=True)
+    rootfs.check_available()
+    labels = {recipes.LABEL_AGENT: __version__, recipes.LABEL_RECIPE: recipes.recipe_hash(recipe)}
+    context = {f"docker_xms/{name}": content for name, content in sources.items()}
+    with _scratch() as tmp:
+        spec = rootfs.RootfsSpec(suite=rootfs.suite_for("debian12"), packages=recipes.AGENT_PACKAGES)
+        reporter.phase(f"Building the agent's root file system with mmdebstrap ({', '.join(recipes.AGENT_PACKAGES)})")
+        tarball = rootfs.build(spec, tmp / "rootfs.tar", reporter.detail)
+        _import_and_finish(
+            engine, tarball, ref, lambda image_id: recipes.agent_dockerfile(image_id, labels), reporter, context
+        )
+    return _image_result(engine, ref, f"docker-xms {__version__} on Debian 12's Python, mmdebstrap, offline")

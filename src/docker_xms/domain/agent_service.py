@@ -1,0 +1,102 @@
+"""The agent as a Swarm global service: one task per node, seeing that node's engine, cgroups and netfilter.
+
+Swarm services have no --privileged and no --cgroup-parent; what the agent needs is given one item each:
+the node's network namespace (host network: its DNAT rules belong there), the engine's socket, the node's
+cgroup tree writable (budgets are cgroup files), NET_ADMIN for iptables and SYS_NICE to check real-time
+scheduling. Engines from 20.10 take capabilities for services (`docker service create --cap-add`).
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from docker_xms.domain.recipes import AGENT_IMAGE
+
+SERVICE_NAME = "docker-xms-agent"
+SERVICE_LABEL = "io.docker-xms.agent-service"
+CAPABILITIES = ("NET_ADMIN", "SYS_NICE")
+ENGINE_SOCKET = "/var/run/docker.sock"
+CGROUP_TREE = "/sys/fs/cgroup"
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+
+    def flag(self) -> str:
+        return f"type=bind,source={self.source},target={self.target}"
+
+
+@dataclass(frozen=True)
+class AgentService:
+    """What `docker service create` is given; values may hold Swarm templates such as {{.Node.Hostname}}."""
+
+    image: str = AGENT_IMAGE
+    name: str = SERVICE_NAME
+    # The nodes' engine --cgroup-parent, when not the default; a template when it differs per node.
+    cgroup_parent: str = ""
+    rt_pool_us: int | None = None
+    # The agent's --metrics ([ADDR:]PORT): on the host network, the node's own address and port.
+    metrics: str | None = None
+    interval_s: float | None = None
+
+    @property
+    def mounts(self) -> tuple[Mount, ...]:
+        return (Mount(ENGINE_SOCKET, ENGINE_SOCKET), Mount(CGROUP_TREE, CGROUP_TREE))
+
+    @property
+    def env(self) -> dict[str, str]:
+        out = {}
+        if self.cgroup_parent:
+            out["DOCKER_XMS_CGROUP_PARENT"] = self.cgroup_parent
+        if self.rt_pool_us is not None:
+            out["DOCKER_XMS_RT_POOL_US"] = str(self.rt_pool_us)
+        return out
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The agent's own command line inside the task (after the image's entrypoint, docker-xms)."""
+        out = ["agent"]
+        if self.interval_s is not None:
+            out += ["--interval", f"{self.interval_s:g}"]
+        if self.metrics is not None:
+            out += ["--metrics", self.metrics]
+        return tuple(out)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {SERVICE_LABEL: "1"}
+
+
+def create_command(service: AgentService) -> list[str]:
+    """The `docker service create` command line that makes the service (what `agent service` prints)."""
+    argv = ["docker", "service", "create", "--name", service.name, "--mode", "global", "--network", "host"]
+    for mount in service.mounts:
+        argv += ["--mount", mount.flag()]
+    for cap in CAPABILITIES:
+        argv += ["--cap-add", cap]
+    for key, value in service.env.items():
+        argv += ["--env", f"{key}={value}"]
+    for key, value in service.labels.items():
+        argv += ["--label", f"{key}={value}"]
+    return [*argv, service.image, *service.args]
+
+
+def render(service: AgentService) -> str:
+    """The command, one option per line, ready to paste into a shell on a manager."""
+    argv = create_command(service)
+    head = shlex.join(argv[:3])
+    rest = argv[3:]
+    lines = []
+    i = 0
+    while i < len(rest):
+        item = rest[i]
+        if item.startswith("--") and i + 1 < len(rest) and item != service.image:
+            lines.append(f"{shlex.quote(item)} {shlex.quote(rest[i + 1])}")
+            i += 2
+        else:
+            lines.append(shlex.join(rest[i:]))
+            break
+    return " \\\n  ".join([head, *lines]) + "\n"

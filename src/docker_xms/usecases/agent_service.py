@@ -1,0 +1,40 @@
+"""The agent as a Swarm global service: the service described from the settings, and created on a manager."""
+
+from __future__ import annotations
+
+from docker_xms.adapters.engine import Engine
+from docker_xms.domain.agent_service import CAPABILITIES, AgentService
+from docker_xms.domain.names import parse_ref
+from docker_xms.settings import Settings
+
+
+def describe(
+    settings: Settings,
+    image: str,
+    cgroup_parent: str | None = None,
+    rt_pool_us: int | None = None,
+    metrics: str | None = None,
+    interval_s: float | None = None,
+) -> AgentService:
+    """The service for these settings; the nodes' cgroup parent and pool cap default to this host's own."""
+    parse_ref(image, allow_digest=True)
+    return AgentService(
+        image=image,
+        cgroup_parent=settings.cgroup_parent if cgroup_parent is None else cgroup_parent,
+        rt_pool_us=settings.rt_pool_us if rt_pool_us is None else rt_pool_us,
+        metrics=metrics,
+        interval_s=interval_s,
+    )
+
+
+def create(engine: Engine, service: AgentService) -> str:
+    """Create the service on the swarm whose manager `engine` is; returns the service's ID."""
+    return engine.create_global_service(
+        service.name,
+        service.image,
+        list(service.args),
+        service.env,
+        [(m.source, m.target) for m in service.mounts],
+        list(CAPABILITIES),
+        service.labels,
+    )

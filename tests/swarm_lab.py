@@ -1,0 +1,420 @@
+"""A swarm on this machine for the fleet tests: Docker engines in containers, joined into one swarm.
+
+Each node is a container running `dockerd` from an offline Debian root file system (mmdebstrap), started
+without --privileged: SYS_ADMIN, NET_ADMIN and SYS_NICE, no seccomp filter, tmpfs /run and /var/lib/docker, and the
+host's cgroup tree mounted writable so the node's engine can make its tasks' cgroups. Each engine has its
+own cgroup parent (/lab-<node>), a sibling of the host's /docker: the kernel's real-time limit is shared
+by all of them, so each node parent gets a fixed cap (its pool) and /docker gives up that much while the
+lab runs. Each node advertises its pool as the Swarm generic resource RT_MS. Images reach the nodes from a
+local docker-registry (filled by `docker-xms push` through 127.0.0.1, read by the nodes through a relay
+on the lab network's gateway, since the host's engine trusts only 127.0.0.0/8 without TLS).
+
+The engines listen on a socket in a host directory too, so the host's docker CLI and SDK (and docker-xms,
+through DOCKER_HOST) speak to each node's engine directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from docker_xms.adapters import rootfs
+from docker_xms.domain.recipes import LABEL_RECIPE, recipe_hash
+from tests.helpers import TEST_LABEL, run_cli, wait_for
+
+NODE_IMAGE = "docker-xms-test/swarm-node:latest"
+NODE_PACKAGES = ("docker.io", "iptables", "iproute2", "procps", "util-linux")
+LAB_LABEL = "io.docker-xms.test.swarm-lab"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+HOST_PARENT = "docker"
+# Each node's real-time pool, per 1 s period: three nodes take 270 ms of the kernel's 950 ms.
+NODE_POOL_US = 90_000
+LAB_RUN = Path("/var/tmp/docker-xms-lab")
+
+
+def node_recipe() -> dict[str, object]:
+    return {"packages": NODE_PACKAGES, "cmd": "dockerd", "suite": "bookworm", "v": 1}
+
+
+def ensure_node_image(client: Any) -> str:
+    """The node image, built offline once and reused while its recipe is the same."""
+    want = recipe_hash(node_recipe())
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        if (client.images.get(NODE_IMAGE).labels or {}).get(LABEL_RECIPE) == want:
+            return NODE_IMAGE
+    with tempfile.TemporaryDirectory(prefix="docker-xms-lab-", dir="/var/tmp") as tmp:
+        tarball = Path(tmp) / "rootfs.tar"
+        rootfs.build(rootfs.RootfsSpec(suite="bookworm", packages=NODE_PACKAGES), tarball)
+        repository, tag = NODE_IMAGE.split(":")
+        changes = ['CMD ["dockerd"]', f"LABEL {LABEL_RECIPE}={want}", f"LABEL {TEST_LABEL}=swarm-node"]
+        client.api.import_image(str(tarball), repository=repository, tag=tag, changes=changes)
+    return NODE_IMAGE
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Relay:
+    """TCP from the lab network's gateway address to the registry on 127.0.0.1, for the nodes' pulls."""
+
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
+        self.target = target
+        self.server = socket.create_server(listen, reuse_port=False)
+        self.server.settimeout(0.5)
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping:
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._pipe_pair, args=(conn,), daemon=True).start()
+
+    def _pipe_pair(self, conn: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.target, timeout=10)
+        except OSError:
+            conn.close()
+            return
+        upstream.settimeout(None)
+        conn.settimeout(None)
+
+        def pump(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while chunk := src.recv(65536):
+                    dst.sendall(chunk)
+            except OSError:
+                pass
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+        back = threading.Thread(target=pump, args=(upstream, conn), daemon=True)
+        back.start()
+        pump(conn, upstream)
+        back.join(timeout=60)
+        conn.close()
+        upstream.close()
+
+    def close(self) -> None:
+        self.stopping = True
+        self.server.close()
+        self.thread.join(timeout=5)
+
+
+def _answers(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1) as response:
+            return int(response.status) == 200
+    except OSError:
+        return False
+
+
+def cgroup_dirs(name: str) -> list[Path]:
+    """/sys/fs/cgroup/<controller>/<name> in every mounted controller (co-mounted ones once)."""
+    out = []
+    for controller in sorted(CGROUP_ROOT.iterdir()):
+        if controller.is_symlink() or not controller.is_dir():
+            continue
+        if (controller / name).is_dir():
+            out.append(controller / name)
+    return out
+
+
+def remove_cgroup_tree(path: Path) -> None:
+    """rmdir a cgroup and everything below it, deepest first (cgroupfs refuses a non-empty directory)."""
+    for sub in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(FileNotFoundError):
+            sub.rmdir()
+    with contextlib.suppress(FileNotFoundError):
+        path.rmdir()
+
+
+def _read_us(path: Path) -> int:
+    return int((path / "cpu.rt_runtime_us").read_text())
+
+
+def _write_us(path: Path, value: int) -> None:
+    (path / "cpu.rt_runtime_us").write_text(f"{value}\n")
+
+
+def make_room(host_parent: Path, value: int) -> bool:
+    """Lower the host's parent to `value`; if its budgets hold more, docker-xms shrinks them first.
+
+    docker-xms gives the host's whole pool to its containers, so a budget may stand in the way: a
+    rebalance under a pool cap (the user's own setting) shares `value` instead. The teardown's
+    rebalance without the cap gives the host its pool back.
+    """
+    try:
+        _write_us(host_parent, value)
+        return False
+    except OSError:
+        pass
+    result = run_cli("rt", "rebalance", env={**os.environ, "DOCKER_XMS_RT_POOL_US": str(value)}, timeout=120)
+    if result.code != 0:
+        raise RuntimeError(f"could not make room for the lab's pools: {result.err.strip()}")
+    _write_us(host_parent, value)
+    return True
+
+
+@dataclass
+class Node:
+    name: str  # also its hostname and, under /, its cgroup parent
+    container: Any
+    address: str
+    socket: Path
+
+    @property
+    def docker_host(self) -> str:
+        return f"unix://{self.socket}"
+
+    def sh(self, *argv: str, check: bool = True, input: str | None = None, timeout: float = 120) -> str:
+        """A command inside the node (its engine's CLI, iptables-save, ...); its stdout."""
+        done = subprocess.run(
+            ["docker", "exec", "-i", self.container.id, *argv],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} on {self.name} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def docker(self, *argv: str, check: bool = True, input: str | None = None, timeout: float = 120) -> str:
+        """The host's docker CLI against this node's engine."""
+        done = subprocess.run(
+            ["docker", "-H", self.docker_host, *argv], input=input, capture_output=True, text=True, timeout=timeout
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"docker {' '.join(argv)} on {self.name} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    @property
+    def parent(self) -> str:
+        return f"/{self.name}"
+
+    def cpu_dir(self) -> Path:
+        return CGROUP_ROOT / "cpu" / self.name
+
+    def iptables(self) -> str:
+        return self.sh("iptables-save", "-t", "nat")
+
+
+@dataclass
+class Lab:
+    client: Any
+    network: Any
+    gateway: str
+    registry_port: int
+    nodes: list[Node] = field(default_factory=list)
+    token: str = ""
+
+    @property
+    def manager(self) -> Node:
+        return self.nodes[0]
+
+    @property
+    def registry(self) -> str:
+        """The registry as the nodes name it."""
+        return f"{self.gateway}:{self.registry_port}"
+
+    @property
+    def push_registry(self) -> str:
+        """The same registry as the host's engine names it (it trusts 127.0.0.0/8 without TLS)."""
+        return f"127.0.0.1:{self.registry_port}"
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+
+def _start_node(client: Any, lab: Lab, name: str, image: str) -> Node:
+    run_dir = LAB_RUN / lab.token / name
+    run_dir.mkdir(parents=True)
+    command = [
+        "dockerd",
+        f"--cgroup-parent=/{name}",
+        f"--insecure-registry={lab.registry}",
+        f"--node-generic-resource=RT_MS={NODE_POOL_US // 1000}",
+        "-H",
+        "unix:///var/run/docker.sock",
+        "-H",
+        "unix:///lab/docker.sock",
+    ]
+    container = client.containers.run(
+        image,
+        command,
+        name=f"docker-xms-{name}-{lab.token}",
+        hostname=name,
+        detach=True,
+        # SYS_NICE too: a node can give its tasks (media servers, the agent) only capabilities it has itself.
+        cap_add=["SYS_ADMIN", "NET_ADMIN", "SYS_NICE"],
+        security_opt=["seccomp=unconfined"],
+        tmpfs={"/run": "", "/var/lib/docker": ""},
+        volumes={
+            "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+            str(run_dir): {"bind": "/lab", "mode": "rw"},
+        },
+        network=lab.network.name,
+        labels={TEST_LABEL: "swarm-lab", LAB_LABEL: lab.token},
+    )
+    container.reload()
+    address = container.attrs["NetworkSettings"]["Networks"][lab.network.name]["IPAddress"]
+    node = Node(name, container, address, run_dir / "docker.sock")
+    wait_for(lambda: node.docker("version", check=False) != "", timeout=60, what=f"the engine in {name}")
+    return node
+
+
+@contextlib.contextmanager
+def swarm_lab(client: Any, names: tuple[str, ...] = ("lab-n0", "lab-n1", "lab-n2")) -> Iterator[Lab]:
+    """Registry, network, node parents and nodes, joined into one swarm; everything is taken away at the end."""
+    if shutil.which("docker-registry") is None:
+        raise RuntimeError("the swarm lab needs Debian's docker-registry package")
+    image = ensure_node_image(client)
+    token = secrets.token_hex(3)
+    host_parent = CGROUP_ROOT / "cpu" / HOST_PARENT
+    host_before = _read_us(host_parent)
+    network = None
+    registry = None
+    relay = None
+    lab: Lab | None = None
+    made_parents: list[str] = []
+    shrunk = False
+    try:
+        network = client.networks.create(f"docker-xms-lab-{token}", driver="bridge", labels={TEST_LABEL: "swarm-lab"})
+        network.reload()
+        gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
+        port = _free_port()
+        root = LAB_RUN / token / "registry"
+        root.mkdir(parents=True)
+        (root / "config.yml").write_text(
+            f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
+            f"http:\n  addr: 127.0.0.1:{port}\n"
+        )
+        log = (root / "log").open("wb")
+        registry = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")], stdout=log, stderr=log)
+        wait_for(lambda: _answers(port), timeout=20, what="the registry to answer")
+        relay = Relay((gateway, port), ("127.0.0.1", port))
+        lab = Lab(client, network, gateway, port, token=token)
+
+        # The node pools come out of what the host's /docker may hold: the kernel's limit is shared.
+        shrunk = make_room(host_parent, host_before - len(names) * NODE_POOL_US)
+        for name in names:
+            for path in (CGROUP_ROOT / "cpu" / name,):
+                path.mkdir()
+                made_parents.append(name)
+                _write_us(path, NODE_POOL_US)
+        for name in names:
+            lab.nodes.append(_start_node(client, lab, name, image))
+
+        manager = lab.manager
+        manager.docker("swarm", "init", "--advertise-addr", manager.address)
+        join = manager.docker("swarm", "join-token", "-q", "worker").strip()
+        for worker in lab.nodes[1:]:
+            worker.docker("swarm", "join", "--token", join, f"{manager.address}:2377")
+
+        def all_ready() -> bool:
+            out = manager.docker("node", "ls", "--format", "{{.Status}}", check=False).split()
+            return out.count("Ready") == len(names)
+
+        wait_for(all_ready, timeout=90, what="every node Ready")
+        yield lab
+    finally:
+        teardown(client, network, registry, relay, made_parents, (host_parent, host_before, shrunk), token)
+
+
+def teardown(
+    client: Any,
+    network: Any,
+    registry: subprocess.Popen[bytes] | None,
+    relay: Relay | None,
+    parents: list[str],
+    host: tuple[Path, int, bool],
+    token: str,
+) -> None:
+    host_parent, host_before, shrunk = host
+    for container in client.containers.list(all=True, filters={"label": f"{LAB_LABEL}={token}"}):
+        container.remove(force=True, v=True)
+    # The node engines are gone with their containers; their tasks' cgroups stay behind as empty directories.
+    for name in parents:
+        for path in cgroup_dirs(name):
+            remove_cgroup_tree(path)
+    # The kernel frees a removed group's runtime a moment after the rmdir: retry the give-back briefly.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            _write_us(host_parent, host_before)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    if shrunk:
+        # The host's budgets were shrunk to make room: a rebalance without the cap gives them their pool back.
+        run_cli("rt", "rebalance", timeout=120)
+    if network is not None:
+        with contextlib.suppress(docker.errors.NotFound):
+            network.remove()
+    if relay is not None:
+        relay.close()
+    if registry is not None:
+        registry.terminate()
+        registry.wait(timeout=10)
+    shutil.rmtree(LAB_RUN / token, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        LAB_RUN.rmdir()
+
+
+def leftovers(client: Any, token: str, names: tuple[str, ...]) -> list[str]:
+    """What a lab left behind on this machine: nothing, once torn down."""
+    found = [f"container {c.name}" for c in client.containers.list(all=True, filters={"label": f"{LAB_LABEL}={token}"})]
+    found += [f"network {n.name}" for n in client.networks.list(names=[f"docker-xms-lab-{token}"])]
+    found += [f"cgroup {p}" for name in names for p in cgroup_dirs(name)]
+    if (LAB_RUN / token).exists():
+        found.append(f"directory {LAB_RUN / token}")
+    return found
+
+
+def pool_split(node: Node) -> dict[str, int]:
+    """The real-time runtime each task holds under a node's parent, by container id."""
+    base = node.cpu_dir()
+    return {entry.name: _read_us(entry) for entry in base.iterdir() if (entry / "cpu.rt_runtime_us").is_file()}
+
+
+def service_tasks(node: Node, service: str) -> list[dict[str, Any]]:
+    """Running tasks of a service, with the node and container each runs on (from the manager)."""
+    ids = node.docker("service", "ps", "-q", "--filter", "desired-state=running", service).split()
+    if not ids:
+        return []
+    return list(json.loads(node.docker("inspect", *ids)))
+
+
+def now() -> float:
+    return time.monotonic()
+
+
+def sudo_env(node: Node) -> dict[str, str]:
+    return {**os.environ, "DOCKER_HOST": node.docker_host}
