@@ -132,6 +132,12 @@ def test_prometheus_holds_the_kernels_budgets_and_a_removed_containers_series_go
 
             wait_for(budgets_match, 30, what="Prometheus to hold the budgets the cgroup files hold")
             assert server.query(f'docker_xms_container_threads{{name="{PREFIX}a",policy="realtime"}}')
+            # `top` shows the same figures from the same use case: each container with the budget its cgroup holds.
+            frame = run_cli("top", "--once")
+            assert frame.code == 0, frame.err
+            for name, cid in ids.items():
+                row = next(line for line in frame.out.splitlines() if name in line)
+                assert f"{kernel_budget(cid):,}" in row
 
             text = get(f"http://127.0.0.1:{port}/metrics")
             checked = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
