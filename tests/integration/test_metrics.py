@@ -42,6 +42,8 @@ def get(url: str) -> str:
 
 class Prometheus:
     def __init__(self, tmp: Path, target: str, rules: Path | None) -> None:
+        if shutil.which("prometheus") is None:
+            pytest.fail("these tests need Debian's prometheus package (scripts/quickstart.sh test installs it)")
         self.port = free_port()
         config = tmp / "prometheus.yml"
         rule_files = f"rule_files: [{json.dumps(str(rules))}]\n" if rules else ""
@@ -112,7 +114,6 @@ def kernel_budget(container_id: str) -> int:
     return int((PARENT / container_id / "cpu.rt_runtime_us").read_text())
 
 
-@pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs Debian's prometheus package")
 def test_prometheus_holds_the_kernels_budgets_and_a_removed_containers_series_go_stale(
     rtpengine_image: str, cleanup: None, tmp_path: Path
 ) -> None:
@@ -158,7 +159,6 @@ def test_prometheus_holds_the_kernels_budgets_and_a_removed_containers_series_go
             server.stop()
 
 
-@pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs Debian's prometheus package")
 def test_the_fell_back_alert_fires_when_the_server_restarts_without_a_budget_and_clears_after_a_rebalance(
     rtpengine_image: str, docker_client: Any, cleanup: None, tmp_path: Path
 ) -> None:
