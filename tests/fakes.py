@@ -353,7 +353,7 @@ class FakeEngine:
         if not container.running:
             self._run(container)
 
-    def stop(self, container_id: str, timeout: int = 10) -> None:
+    def stop(self, container_id: str, timeout: int | None = 10) -> None:
         self._enter("stop", container_id)
         self._halt(self._get(container_id))
 

@@ -192,8 +192,15 @@ def start(containers: tuple[str, ...]) -> None:
 
 @click.command("stop")
 @click.argument("containers", nargs=-1, required=True)
-@click.option("-t", "--time", "timeout", type=int, default=10, show_default=True, help="Seconds before killing.")
-def stop(containers: tuple[str, ...], timeout: int) -> None:
+@click.option(
+    "-t",
+    "--time",
+    "timeout",
+    type=int,
+    default=None,
+    help="Seconds before killing (default: the container's stop timeout: its profile's drain grace, else 10).",
+)
+def stop(containers: tuple[str, ...], timeout: int | None) -> None:
     """Stop containers and share their real-time budget among the others."""
     from docker_xms.cli import context
     from docker_xms.usecases.containers import stop as stop_containers

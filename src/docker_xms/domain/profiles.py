@@ -436,6 +436,8 @@ def parse_profile(text: str, source: str) -> Profile:
 
     test_call = _test_call(root.table("test_call"), ports)
     drain = _drain(root.table("drain"), readiness)
+    if drain.command:
+        build_recipe = _with_drain(build_recipe, drain)
 
     summary = root.get("summary", dict, default={})
     summary_text = summary.get("text", "")
@@ -477,6 +479,50 @@ def _drain(reader: _Reader, readiness: Readiness) -> Drain:
         raise reader.fail("grace", "must be above 0 when a drain command is given")
     before = reader.strings("before") or readiness.required_units
     return Drain(grace_s=grace, command=command.strip(), before=before)
+
+
+DRAIN_UNIT = "docker-xms-drain.service"
+DRAIN_SCRIPT = "/usr/local/sbin/docker-xms-drain"
+
+
+def drain_unit(drain: Drain) -> str:
+    """The unit whose stop drains: ordered after the server's units, so that at shutdown (whoever stops the
+    container: docker stop, Compose, Swarm, docker-xms stop) systemd runs its ExecStop before stopping them."""
+    after = " ".join(drain.before)
+    return f"""[Unit]
+Description=docker-xms drain: no new sessions, then wait for those under way before the media server stops
+After={after}
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/true
+# Through bash: the image build does not keep a file's mode.
+ExecStop=/bin/bash {DRAIN_SCRIPT}
+# The profile's grace: then the server stops with whatever sessions are left.
+TimeoutStopSec={drain.grace_s}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _with_drain(build: BuildRecipe, drain: Drain) -> BuildRecipe:
+    """The image recipe with the drain's unit and script, so that every image built from it drains."""
+    script = f"#!/bin/bash\n# docker-xms drain, from the profile's [drain] command.\n{drain.command}\n"
+    files = (
+        InstanceFile("/etc/systemd/system/" + DRAIN_UNIT, drain_unit(drain), 0o644, verbatim=True),
+        InstanceFile(DRAIN_SCRIPT, script, 0o755, verbatim=True),
+    )
+    return BuildRecipe(
+        distro=build.distro,
+        packages=build.packages,
+        enable_units=(*build.enable_units, DRAIN_UNIT),
+        mask_units=build.mask_units,
+        files=(*build.files, *files),
+        env=build.env,
+        default_tag=build.default_tag,
+    )
 
 
 def _test_call(reader: _Reader, ports: tuple[PortSpec, ...]) -> str:

@@ -18,6 +18,7 @@ from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.adapters.signals import deferred
 from docker_xms.domain import ports as port_plans
+from docker_xms.domain.compose import stop_timeout_s
 from docker_xms.domain.labels import (
     ADVERTISE_LABEL,
     MANAGED_LABEL,
@@ -475,6 +476,8 @@ def _create_spec(
         healthcheck=_healthcheck(profile),
         sysctls=_ephemeral_sysctl(plan),
         cpu_rt_runtime=budget_us,
+        # Time for the image's drain (its profile's [drain] grace) before the engine kills.
+        stop_timeout=stop_timeout_s(profile),
         **_systemd_mounts(rt, profile),
     )
 
@@ -693,7 +696,8 @@ def _label_weight(info: ContainerInfo) -> int:
         ) from exc
 
 
-def stop(engine: Engine, refs: tuple[str, ...], settings: Settings, timeout: int = 10) -> list[str]:
+def stop(engine: Engine, refs: tuple[str, ...], settings: Settings, timeout: int | None = None) -> list[str]:
+    """Stop containers; without `timeout` each gets its own stop timeout, so that its media server drains."""
     require_root()
     targets = resolve(engine, refs)
     rt = open_host(engine, settings)
