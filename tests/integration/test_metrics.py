@@ -118,7 +118,7 @@ def test_prometheus_holds_the_kernels_budgets_and_a_removed_containers_series_go
     rtpengine_image: str, cleanup: None, tmp_path: Path
 ) -> None:
     port = free_port()
-    with agent_for_a_test(metrics_agent(tmp_path, port)):
+    with agent_for_a_test(metrics_agent(tmp_path, port, "--probe-every", "1")):
         server = Prometheus(tmp_path, f"127.0.0.1:{port}", None)
         try:
             ids = {name: start(name) for name in (PREFIX + "a", PREFIX + "b")}
@@ -133,6 +133,19 @@ def test_prometheus_holds_the_kernels_budgets_and_a_removed_containers_series_go
 
             wait_for(budgets_match, 30, what="Prometheus to hold the budgets the cgroup files hold")
             assert server.query(f'docker_xms_container_threads{{name="{PREFIX}a",policy="realtime"}}')
+
+            # The scheduled probes: 500 wake-ups at 1 ms in each container per round, each one counted.
+            def probed(name: str) -> bool:
+                counts = server.query(f'docker_xms_container_wakeup_latency_seconds_count{{name="{name}"}}')
+                total = server.query(f'docker_xms_container_wakeup_latency_seconds_bucket{{name="{name}",le="+Inf"}}')
+                return (
+                    bool(counts and total)
+                    and float(counts[0]["value"][1]) >= 500
+                    and (counts[0]["value"][1] == total[0]["value"][1])
+                )
+
+            for name in ids:
+                wait_for(lambda name=name: probed(name), 30, what=f"a wake-up histogram of {name}")
             # `top` shows the same figures from the same use case: each container with the budget its cgroup holds.
             frame = run_cli("top", "--once")
             assert frame.code == 0, frame.err

@@ -8,6 +8,7 @@ from docker_xms.domain.metrics import (
     ContainerFigures,
     HostFigures,
     ReconcileCounts,
+    WakeupHistogram,
     count_policies,
     families,
     listen_address,
@@ -114,3 +115,27 @@ def test_host_and_agent_figures() -> None:
 
 def test_thread_policies_are_counted_as_realtime_or_other() -> None:
     assert count_policies(["SCHED_FIFO", "SCHED_RR", "SCHED_OTHER", "SCHED_BATCH"]) == (2, 2)
+
+
+def test_wakeup_histogram_buckets_are_cumulative_and_end_with_every_sample() -> None:
+    histogram = WakeupHistogram().add([5.0, 10.0, 15.0, 700.0, 80_000.0]).add([-3.0])
+    buckets = dict(histogram.cumulative())
+    # 10 us is its own bucket's upper bound (le means "at or under"); a negative lateness counts as 0.
+    assert buckets["1e-05"] == 3
+    assert buckets["2e-05"] == 4
+    assert buckets["0.0005"] == 4
+    assert buckets["0.001"] == 5
+    assert buckets["0.05"] == 5
+    assert buckets["+Inf"] == 6
+    assert histogram.sum_s == pytest.approx((5 + 10 + 15 + 700 + 80_000) / 1e6)
+
+
+def test_the_wakeup_family_has_series_only_for_running_containers_with_a_histogram() -> None:
+    probed = container("media1")
+    figures = host(
+        probed, container("media2", id="fedcba9876543210"), wakeups={probed.id: WakeupHistogram().add([30.0])}
+    )
+    [family] = [f for f in families(figures) if f.name == "docker_xms_container_wakeup_latency_seconds"]
+    assert family.kind == "histogram"
+    assert [dict(zip(family.labels, labels, strict=True))["name"] for labels, _, _ in family.histograms] == ["media1"]
+    assert not [f for f in families(host(probed)) if f.name == "docker_xms_container_wakeup_latency_seconds"]

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from docker_xms.domain.metrics import Family
@@ -30,7 +30,13 @@ class _OnScrape(Collector):
             self.on_error(exc.message if isinstance(exc, XmsError) else f"{type(exc).__name__}: {exc}")
             found = []
         for family in found:
-            metric: GaugeMetricFamily | CounterMetricFamily
+            metric: GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily
+            if family.kind == "histogram":
+                metric = HistogramMetricFamily(family.name, family.help, labels=family.labels)
+                for labels, buckets, total in family.histograms:
+                    metric.add_metric(list(labels), [(le, float(count)) for le, count in buckets], total)
+                yield metric
+                continue
             if family.kind == "counter":
                 metric = CounterMetricFamily(family.name, family.help, labels=family.labels)
             else:

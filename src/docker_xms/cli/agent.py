@@ -34,6 +34,13 @@ import click
     help="Serve Prometheus metrics on ADDR:PORT (a bare PORT listens on 127.0.0.1 only).",
 )
 @click.option(
+    "--probe-every",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    metavar="S",
+    help="With --metrics: every S seconds, a 0.5 s wake-up probe in each managed container, served as a histogram.",
+)
+@click.option(
     "--no-reconcile",
     is_flag=True,
     help="Only serve --metrics: change nothing, follow no events (and take no agent lock).",
@@ -46,6 +53,7 @@ def agent(
     timestamps: bool,
     cpu_latency_us: int | None,
     metrics: str | None,
+    probe_every: float | None,
     no_reconcile: bool,
 ) -> None:
     """Follow the engine's events and keep real-time budgets and media port rules right.
@@ -61,7 +69,8 @@ def agent(
     With --metrics it serves the budgets, thread policies, readiness and port rules of every managed
     container and the host's pool, steal time and reconciliations in Prometheus's text format, computed
     on each scrape. --no-reconcile with --metrics makes it an exporter only, for watching a host whose
-    budgets something else keeps.
+    budgets something else keeps. --probe-every S adds how late periodic wake-ups come inside each managed
+    container at its profile's priority: a 0.5 s probe (1 ms period) in each, one after another, every S s.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -75,6 +84,8 @@ def agent(
         raise BadInput("--cpu-latency-us holds a limit while the agent runs; with --once it would do nothing.")
     if once and metrics is not None:
         raise BadInput("--metrics serves while the agent runs; with --once it would serve nothing.")
+    if probe_every is not None and metrics is None:
+        raise BadInput("--probe-every serves its histograms with the metrics: give it with --metrics.")
     if no_reconcile and (metrics is None or once):
         raise BadInput("--no-reconcile leaves only the metrics to serve: give it with --metrics, without --once.")
 
@@ -96,7 +107,9 @@ def agent(
         from docker_xms.usecases.metrics import start_exporter
 
         # Refused (exit 2) before the agent starts when the address is taken or malformed.
-        stop_metrics = start_exporter(context.settings(), metrics, None if no_reconcile else runner.stats, log)
+        stop_metrics = start_exporter(
+            context.settings(), metrics, None if no_reconcile else runner.stats, log, probe_every_s=probe_every
+        )
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         runner.stop()
@@ -117,6 +130,8 @@ def agent(
             log(f"agent started (reconciling every {interval:g} s and on container events)")
         if metrics is not None:
             log(f"serving metrics on {metrics} at /metrics")
+        if probe_every is not None:
+            log(f"probing wake-ups in each managed container every {probe_every:g} s")
         if not held:
             # Two agents do no harm (both reconcile under the host lock); this one only does not hold it.
             log(f"another docker-xms agent (pid {context.lock_holder(lock)}) holds {lock}; this one reconciles too")

@@ -82,6 +82,36 @@ class ReconcileCounts:
     last_at: float | None = None  # seconds since the epoch
 
 
+# Upper bounds of the wake-up lateness histogram, in seconds: 10 us to 50 ms, where a media thread's
+# lateness goes from unnoticed to a heard gap (a 20 ms packet time).
+WAKEUP_BUCKETS_S = (10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 50e-3)
+
+
+@dataclass(frozen=True)
+class WakeupHistogram:
+    """Wake-up lateness samples of a container's scheduled probes, cumulated: counts per bucket (not
+    cumulative across buckets; the last one counts what exceeds every bound), and their sum in seconds."""
+
+    counts: tuple[int, ...] = (0,) * (len(WAKEUP_BUCKETS_S) + 1)
+    sum_s: float = 0.0
+
+    def add(self, samples_us: list[float]) -> WakeupHistogram:
+        counts = list(self.counts)
+        for us in samples_us:
+            seconds = max(us, 0.0) / US_PER_S
+            index = next((i for i, bound in enumerate(WAKEUP_BUCKETS_S) if seconds <= bound), len(WAKEUP_BUCKETS_S))
+            counts[index] += 1
+        return WakeupHistogram(tuple(counts), self.sum_s + sum(max(us, 0.0) for us in samples_us) / US_PER_S)
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """Prometheus's buckets: (le, samples at or under it), ending with +Inf = every sample."""
+        out, total = [], 0
+        for bound, count in zip((*WAKEUP_BUCKETS_S, float("inf")), self.counts, strict=True):
+            total += count
+            out.append(("+Inf" if bound == float("inf") else f"{bound:g}", total))
+        return out
+
+
 @dataclass(frozen=True)
 class HostFigures:
     mode: str
@@ -92,9 +122,11 @@ class HostFigures:
     cpu_latency_limit_us: int | None
     containers: tuple[ContainerFigures, ...]
     reconciles: ReconcileCounts | None = None
+    # Scheduled wake-up probes (agent --probe-every), by container id; empty when none run.
+    wakeups: Mapping[str, WakeupHistogram] = field(default_factory=dict)
 
 
-Kind = Literal["gauge", "counter"]
+Kind = Literal["gauge", "counter", "histogram"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +138,8 @@ class Family:
     help: str
     labels: tuple[str, ...] = ()
     samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+    # A histogram's series: labels, cumulative (le, count) buckets ending with +Inf, and the sum.
+    histograms: list[tuple[tuple[str, ...], list[tuple[str, int]], float]] = field(default_factory=list)
 
 
 CONTAINER_LABELS = ("name", "id", "profile", "mode", "swarm_service", "swarm_task", "compose_project")
@@ -138,6 +172,12 @@ def families(figures: HostFigures) -> list[Family]:
         "docker_xms_container_media_ports_forwarded", "Host media ports the DNAT rules present forward to it."
     )
     rules = gauge("docker_xms_container_forward_rules", "DNAT range rules netfilter holds for it.")
+    wakeups = Family(
+        "docker_xms_container_wakeup_latency_seconds",
+        "histogram",
+        "How late the scheduled probe's periodic wake-ups came inside it, at its profile's real-time priority.",
+        CONTAINER_LABELS,
+    )
     for c in figures.containers:
         key = (c.name, c.id[:12], c.profile, c.mode, *(c.origin.get(k, "") for k in CONTAINER_LABELS[4:]))
         if c.budget_us is not None:
@@ -153,7 +193,12 @@ def families(figures: HostFigures) -> list[Family]:
         if c.forward_rules is not None and c.forwarded_ports is not None:
             rules.samples.append((key, c.forward_rules))
             forwarded.samples.append((key, c.forwarded_ports))
+        histogram = figures.wakeups.get(c.id)
+        if histogram is not None:
+            wakeups.histograms.append((key, histogram.cumulative(), histogram.sum_s))
     out = [budget, share, threads, ready, advertise, media, forwarded, rules]
+    if figures.wakeups:
+        out.append(wakeups)
     managed = gauge("docker_xms_managed_containers", "Managed containers running.", ())
     managed.samples.append(((), len(figures.containers)))
     mode = gauge("docker_xms_host_rt_mode", "The host's real-time mode: 1 for the one in force.", ("mode",))

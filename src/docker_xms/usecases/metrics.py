@@ -8,8 +8,9 @@ kept between calls, so a container that is gone has no series at the next scrape
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from docker_xms.adapters import cgroups, pmqos
@@ -21,6 +22,7 @@ from docker_xms.domain.metrics import (
     ContainerFigures,
     HostFigures,
     ReconcileCounts,
+    WakeupHistogram,
     count_policies,
     families,
     listen_address,
@@ -63,10 +65,12 @@ class Figures:
         settings: Settings,
         stats: ReconcileStats | None = None,
         list_managed: Callable[[], list[ContainerSummary]] | None = None,
+        wakeups: Callable[[], Mapping[str, WakeupHistogram]] | None = None,
     ) -> None:
         self.settings = settings
         self.stats = stats
         self.list_managed = list_managed or (lambda: managed_summaries(settings))
+        self.wakeups = wakeups
         self.netfilter = Netfilter()
         host = cgroups.detect_host(*settings.roots)
         custom = settings.cgroup_parent
@@ -106,6 +110,7 @@ class Figures:
             cpu_latency_limit_us=None if limit is None or limit >= pmqos.NO_LIMIT_US else limit,
             containers=containers,
             reconciles=self.stats.counts() if self.stats is not None else None,
+            wakeups=self.wakeups() if self.wakeups is not None else {},
         )
 
     def _group(self, container_id: str) -> str | None:
@@ -168,13 +173,114 @@ class Figures:
         return out
 
 
+class WakeupProbes:
+    """`agent --probe-every S`: a short wake-up probe in each running managed container every S seconds.
+
+    Each round runs docker-xms's static probe (copied in, removed after) for PROBE_S at the container's
+    profile priority, one container after another so that the probes do not disturb each other, and adds
+    every wake-up's lateness to that container's histogram. A container that stopped loses its histogram
+    at the next round, so its series go stale like the others. A refusal (no budget: the kernel refuses
+    SCHED_FIFO) adds nothing and is logged when it starts and when it ends.
+    """
+
+    PROBE_S = 0.5
+    INTERVAL_US = 1000
+
+    def __init__(
+        self,
+        settings: Settings,
+        every_s: float,
+        log: Callable[[str], None],
+        list_managed: Callable[[], list[ContainerSummary]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.every_s = every_s
+        self.log = log
+        self.list_managed = list_managed or (lambda: managed_summaries(settings))
+        self._histograms: dict[str, WakeupHistogram] = {}
+        self._failing: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def snapshot(self) -> dict[str, WakeupHistogram]:
+        with self._lock:
+            return dict(self._histograms)
+
+    def round(self) -> None:
+        """Probe each running managed container once."""
+        from docker_xms.adapters.engine import Engine  # noqa: PLC0415 - the probe's engine, for this thread only
+        from docker_xms.adapters.profile_store import load_profile  # noqa: PLC0415
+        from docker_xms.usecases.probe import measure_samples  # noqa: PLC0415
+
+        running = [c for c in self.list_managed() if c.running]
+        with self._lock:
+            for gone in set(self._histograms) - {c.id for c in running}:
+                del self._histograms[gone]
+        engine = Engine.connect(host=self.settings.docker_host)
+        try:
+            for c in running:
+                if self._stop.is_set():
+                    return
+                try:
+                    name = c.labels.get(PROFILE_LABEL, "")
+                    priority = load_profile(name, self.settings.profile_dirs).rt_priority if name else 50
+                    samples = measure_samples(engine, c.id, priority, self.INTERVAL_US, self.PROBE_S)
+                except XmsError as exc:
+                    if self._failing.get(c.id) != exc.message:
+                        self.log(f"metrics: the wake-up probe in {c.name} failed: {exc.message}")
+                    self._failing[c.id] = exc.message
+                    continue
+                if self._failing.pop(c.id, None) is not None:
+                    self.log(f"metrics: the wake-up probe in {c.name} runs again")
+                with self._lock:
+                    self._histograms[c.id] = self._histograms.get(c.id, WakeupHistogram()).add(samples)
+        finally:
+            engine.close()
+
+    def start(self) -> Callable[[], None]:
+        """Probe in a daemon thread until the returned function is called."""
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.round()
+                except XmsError as exc:
+                    self.log(f"metrics: a wake-up probe round failed: {exc.message}")
+                self._stop.wait(self.every_s)
+
+        thread = threading.Thread(target=loop, name="wakeup-probes", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            self._stop.set()
+            thread.join(timeout=self.PROBE_S * 4 + 10)
+
+        return stop
+
+
 def start_exporter(
-    settings: Settings, listen: str, stats: ReconcileStats | None, log: Callable[[str], None]
+    settings: Settings,
+    listen: str,
+    stats: ReconcileStats | None,
+    log: Callable[[str], None],
+    probe_every_s: float | None = None,
 ) -> Callable[[], None]:
-    """Serve the figures on `listen` (PORT or ADDRESS:PORT) until the returned function is called."""
+    """Serve the figures on `listen` (PORT or ADDRESS:PORT) until the returned function is called; with
+    `probe_every_s`, also the histograms of scheduled wake-up probes."""
     # Imported here: prometheus_client is for the agent with --metrics, not for every command importing this.
     from docker_xms.adapters import prometheus  # noqa: PLC0415
 
     address, port = listen_address(listen)
-    figures = Figures(settings, stats)
-    return prometheus.serve(address, port, lambda: families(figures()), lambda reason: log(f"metrics: {reason}"))
+    probes = WakeupProbes(settings, probe_every_s, log) if probe_every_s is not None else None
+    figures = Figures(settings, stats, wakeups=probes.snapshot if probes is not None else None)
+    stop_serving = prometheus.serve(
+        address, port, lambda: families(figures()), lambda reason: log(f"metrics: {reason}")
+    )
+    stop_probing = probes.start() if probes is not None else None
+
+    def stop() -> None:
+        if stop_probing is not None:
+            stop_probing()
+        stop_serving()
+
+    return stop

@@ -173,10 +173,23 @@ def static_probe_samples(
     """Run the static probe in the container: its summary line and every wake-up's lateness in us."""
     path = _put_probe(engine, container_id, hostfiles.load_bytes(build_probe(cache_dir)))
     cmd = [path, "-u", "-r", "-p", str(priority), "-i", str(interval_us), "-n", str(count)]
-    code, out = engine.exec(container_id, cmd)
+    try:
+        code, out = engine.exec(container_id, cmd)
+    finally:
+        # The container is somebody's media server: nothing of the probe stays in it.
+        engine.exec(container_id, ["rm", "-f", path])
     if code == PROBE_EXIT_REFUSED:
         raise SchedulingRefused("probe", priority, "sched_setscheduler returned EPERM")
     return _samples(code, out, priority, f"in {container_id[:12]}")
+
+
+def measure_samples(
+    engine: Engine, container_id: str, priority: int, interval_us: int, duration_s: float, cache_dir: Path | None = None
+) -> list[float]:
+    """Every wake-up's lateness in us, from docker-xms's own probe in a running container (cyclictest
+    gives only its histogram, and a caller that keeps its own histogram needs the samples)."""
+    count = _checked(priority, interval_us, duration_s)
+    return static_probe_samples(engine, container_id, priority, interval_us, count, cache_dir)[1]
 
 
 def _samples(code: int, out: str, priority: int, where: str) -> tuple[dict[str, object], list[float]]:
