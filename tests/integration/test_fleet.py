@@ -31,6 +31,20 @@ pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 PARENT = Path("/sys/fs/cgroup/cpu/docker")
 PLANS = adoption_store.path_for(DEFAULT_LOCK)
+# A server whose media ports lie inside the kernel's default ephemeral range, as XMS's do.
+WIDE_PROFILE = """
+[profile]
+name = "wide"
+image = "docker-xms-test/busybox:latest"
+
+[[media.ranges]]
+name = "rtp"
+protocol = "udp"
+range = "40000-40099"
+
+[readiness]
+systemd = false
+"""
 
 
 def budget(container_id: str) -> int:
@@ -74,7 +88,14 @@ def gone(ids: list[str]) -> bool:
 def agent(docker_client: Any, rtpengine_image: str, tmp_path: Path) -> Iterator[LoggedAgent]:
     # Its own agent lock, so that it runs beside one the host may have; both reconcile under the host lock.
     argv = [sys.executable, "-m", "docker_xms", "agent", "--interval", "30"]
-    env = {**os.environ, "DOCKER_XMS_AGENT_LOCK": str(tmp_path / "agent.lock")}
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "wide.toml").write_text(WIDE_PROFILE)
+    env = {
+        **os.environ,
+        "DOCKER_XMS_AGENT_LOCK": str(tmp_path / "agent.lock"),
+        "DOCKER_XMS_PROFILE_PATH": str(profiles),
+    }
     with agent_for_a_test(LoggedAgent(argv, env)) as process:
         yield process
 
@@ -156,6 +177,31 @@ def test_a_plain_docker_run_with_the_labels_is_adopted_and_given_back(
         rows = {row["id"]: row for row in json.loads(run_cli("ps", "--json").out)}
         assert rows[container.id[:12]]["origin"] == "docker"
         assert TEST_LABEL in container.labels
+    finally:
+        container.remove(force=True)
+    wait_for(lambda: gone([container.id]), 2, 0.05, "its rule and plan to be given back")
+
+
+def test_an_adopted_container_gets_its_ephemeral_range_off_its_media_ports(
+    agent: LoggedAgent, docker_client: Any, busybox_image: str
+) -> None:
+    labels = {TEST_LABEL: "fleet", "io.docker-xms.managed": "true", "io.docker-xms.profile": "wide"}
+    container = docker_client.containers.run(
+        busybox_image,
+        ["/bin/busybox", "sleep", "300"],
+        detach=True,
+        name=f"fleet-{uuid.uuid4().hex[:6]}",
+        labels=labels,
+    )
+    try:
+
+        def ephemeral() -> str:
+            return container.exec_run(["/bin/busybox", "cat", "/proc/sys/net/ipv4/ip_local_port_range"]).output.decode()
+
+        # As run would: the widest stretch of the kernel's default range clear of 40000-40099.
+        wait_for(lambda: container.id[:12] in rules(), 2, 0.05, "its rule")
+        assert rules()[container.id[:12]][1] - rules()[container.id[:12]][0] == 99
+        wait_for(lambda: ephemeral().split() == ["40100", "60999"], 2, 0.05, "its ephemeral range")
     finally:
         container.remove(force=True)
     wait_for(lambda: gone([container.id]), 2, 0.05, "its rule and plan to be given back")

@@ -93,6 +93,8 @@ def test_replicas_started_by_compose_get_budgets_distinct_ranges_and_one_rule_ea
 
     assert sorted(x.name for x in result.adoption.adopted) == ["shop_rtpengine_1", "shop_rtpengine_2"]
     assert {x.origin for x in result.adoption.adopted} == {"compose:shop"}
+    # rtpengine's ports lie below the kernel's ephemeral range: nothing to move.
+    assert {x.ephemeral for x in result.adoption.adopted} == {None}
     assert host.runtime(a) == host.runtime(b) == host.runtime(run_made) == 316_666
     forwards = dict(host.netfilter.forwards)
     assert forwards[a.id[:12]] == [DnatForward("rtp", "udp", 11000, 11999, 30000, 30999, a.ip_address)]

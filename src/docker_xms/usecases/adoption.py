@@ -11,11 +11,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from docker_xms.adapters import adoption_store, hostnet
+from docker_xms.adapters import adoption_store, hostnet, hostproc
 from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.domain.adoption import effective_labels, needs_plan, origin, plan_labels
 from docker_xms.domain.labels import MANAGED_LABEL, PROFILE_LABEL, host_ranges_from_labels, unreadable
+from docker_xms.domain.ports import ephemeral_outside
 from docker_xms.domain.profiles import Profile
 from docker_xms.errors import BadInput
 from docker_xms.settings import Settings
@@ -56,6 +57,8 @@ class Adopted:
     name: str
     origin: str
     labels: Mapping[str, str]
+    # The ephemeral range its network namespace needs off the server's ports (as `run` sets it), or None.
+    ephemeral: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,28 @@ class Adoption:
     # Ids of containers whose plan was given back (they stopped or are gone).
     released: tuple[str, ...] = ()
     refused: tuple[Refused, ...] = ()
+
+
+def set_ephemeral(engine: EngineApi, adopted: Adopted) -> str | None:
+    """Move an adopted container's ephemeral range off its server's ports, as `run` does at create (a
+    Compose file from `docker-xms compose` sets it itself); a log line, or None when none is needed.
+
+    Written from the host into the container's network namespace: the container itself may not (that
+    needs CAP_NET_ADMIN, which it is not given).
+    """
+    if adopted.ephemeral is None:
+        return None
+    info = engine.find_container(adopted.id)
+    if info is None or not info.pid:
+        return None
+    low, high = adopted.ephemeral
+    done = hostproc.run(
+        ["nsenter", "-t", str(info.pid), "-n", "sysctl", "-q", "-w", f"net.ipv4.ip_local_port_range={low} {high}"],
+        timeout=10,
+    )
+    if done.code != 0:
+        return f"could not set the ephemeral ports of {adopted.name}: {done.last_line()}"
+    return f"ephemeral ports of {adopted.name} set to {low}-{high}, off its media ports"
 
 
 def adopt_locked(engine: EngineApi, settings: Settings, pool: tuple[int, int] | None = None) -> Adoption:
@@ -112,7 +137,10 @@ def adopt_locked(engine: EngineApi, settings: Settings, pool: tuple[int, int] | 
             continue
         kept[c.id] = chosen
         used += host_ranges_from_labels(chosen)
-        adopted.append(Adopted(c.id, c.name or c.id[:12], origin(c.labels), chosen))
+        ephemeral = None
+        if c.network_mode != "host":
+            ephemeral = ephemeral_outside([(p.start, p.end) for p in (*profile.ports, *profile.media_ranges)])
+        adopted.append(Adopted(c.id, c.name or c.id[:12], origin(c.labels), chosen, ephemeral))
     if kept != plans:
         adoption_store.save(path, kept)
     return Adoption(kept, tuple(adopted), released, tuple(refused))

@@ -26,6 +26,7 @@ from docker_xms.domain.labels import LABEL_HOST_MEDIA, MANAGED_LABEL, unreadable
 from docker_xms.domain.metrics import listen_address
 from docker_xms.errors import BadInput, EngineUnavailable, XmsError
 from docker_xms.settings import Settings
+from docker_xms.usecases.adoption import set_ephemeral
 from docker_xms.usecases.metrics import ReconcileStats
 from docker_xms.usecases.reconcile import Reconciliation, reconcile
 from docker_xms.usecases.rt import NEW, RtHost, grow_parent, open_host, reserve, start_stored, verify
@@ -134,7 +135,9 @@ class Agent:
             [s.sentence() for s in result.budgets.skipped] + [r.sentence() for r in result.adoption.refused]
         )
         for adopted in result.adoption.adopted:
-            self.log(verified_line(rt, adopted.id, adopted.name))
+            for said in (set_ephemeral(rt.engine, adopted), verified_line(rt, adopted.id, adopted.name)):
+                if said:
+                    self.log(said)
         if self._restart_failed(rt):
             for line in describe(rt, reconcile(rt, self.netfilter)):
                 self.log(line)
