@@ -232,6 +232,8 @@ class Lab:
     registry_port: int
     nodes: list[Node] = field(default_factory=list)
     token: str = ""
+    # Images pushed into the registry, by short name, as the nodes pull them.
+    images: dict[str, str] = field(default_factory=dict)
 
     @property
     def manager(self) -> Node:
