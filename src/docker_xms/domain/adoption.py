@@ -32,8 +32,8 @@ host range's numbers, which `ps` shows.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
-from docker_xms.domain import ports as port_plans
 from docker_xms.domain.labels import (
     ADVERTISE_LABEL,
     LABEL_DNAT,
@@ -43,8 +43,10 @@ from docker_xms.domain.labels import (
     MODE_LABEL,
     STRATEGIES,
 )
-from docker_xms.domain.profiles import Profile
 from docker_xms.errors import BadInput
+
+if TYPE_CHECKING:
+    from docker_xms.domain.profiles import Profile
 
 COMPOSE_PROJECT = "com.docker.compose.project"
 SWARM_SERVICE = "com.docker.swarm.service.name"
@@ -109,6 +111,9 @@ def plan_labels(
     mode = labels.get(MODE_LABEL) or ("container-address" if strategy == "dnat" else "one-to-one")
     if strategy == "publish":
         return {LABEL_STRATEGY: strategy, MODE_LABEL: mode}
+    # Imported here: `ps` reads origins and plans from this module on every call, and needs no planner.
+    from docker_xms.domain import ports as port_plans  # noqa: PLC0415
+
     # With host networking the server listens on its profile's ports whatever the mode says.
     plan = port_plans.plan_ports(
         profile.ports,
