@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.baselines import UNMANAGED, check_like_with_like, create_plain, rotated, setup_of, snapshot, start
-from bench.common import cli
+from bench.common import cli, plan_from_setting
 from bench.latency import address_of, cpu_cgroups, host_load, remove, start_managed, wait_booted
 
 CALLS_PREFIX = "bench-calls-"
@@ -67,19 +67,7 @@ class CallsPlan:
 
 def plan_from(setting: str | None) -> CallsPlan:
     """The plan from BENCH_CALLS ("rounds=3,calls=150,concurrent=100,rate=11", any subset)."""
-    plan = CallsPlan()
-    if not setting:
-        return plan
-    kinds = {"rounds": int, "calls": int, "concurrent": int, "rate": float}
-    values: dict[str, Any] = {}
-    for part in setting.split(","):
-        key, _, value = part.strip().partition("=")
-        if key not in kinds or not value:
-            raise ValueError(f"BENCH_CALLS: {part.strip()!r} is not one of {', '.join(f'{k}=N' for k in kinds)}")
-        values[key] = kinds[key](value)
-        if values[key] <= 0:
-            raise ValueError(f"BENCH_CALLS: {key} must be more than 0")
-    return dataclasses.replace(plan, **values)
+    return plan_from_setting(setting, CallsPlan(), "BENCH_CALLS")
 
 
 def sipp_statistics(text: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -11,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 
@@ -120,3 +121,25 @@ def demo_paused() -> Iterator[dict[str, Any]]:
             print(f"could not start {DEMO} again: {proc.stderr.strip()}", file=sys.stderr)
         else:
             print(f"started {DEMO} again")
+
+
+Plan = TypeVar("Plan")
+
+
+def plan_from_setting(setting: str | None, default: Plan, variable: str) -> Plan:
+    """A section's plan from its environment variable: "key=N,key=N", any of the plan's fields, each above 0."""
+    if not setting:
+        return default
+    kinds = {f.name: type(getattr(default, f.name)) for f in dataclasses.fields(default)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for part in setting.split(","):
+        key, _, value = part.strip().partition("=")
+        try:
+            values[key] = kinds[key](value) if key in kinds and value else None
+        except ValueError:
+            values[key] = None
+        if values[key] is None:
+            raise ValueError(f"{variable}: {part.strip()!r} is not one of {', '.join(f'{k}=N' for k in kinds)}")
+        if values[key] <= 0:
+            raise ValueError(f"{variable}: {key} must be more than 0")
+    return dataclasses.replace(default, **values)  # type: ignore[type-var]

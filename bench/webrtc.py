@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.baselines import UNMANAGED, check_like_with_like, create_plain, rotated, setup_of, snapshot, start
-from bench.common import RESULTS, cli
+from bench.common import RESULTS, cli, plan_from_setting
 from bench.latency import address_of, cpu_cgroups, host_load, remove, start_managed, wait_booted
 
 PREFIX = "bench-webrtc-"
@@ -43,17 +43,7 @@ class WebrtcPlan:
 
 def plan_from(setting: str | None) -> WebrtcPlan:
     """BENCH_WEBRTC's "rounds=2,tabs=2,seconds=10" (any of them)."""
-    plan = WebrtcPlan()
-    if not setting:
-        return plan
-    values: dict[str, Any] = {}
-    for part in setting.split(","):
-        key, _, value = part.partition("=")
-        key = key.strip()
-        if key not in ("rounds", "tabs", "seconds"):
-            raise ValueError(f"BENCH_WEBRTC: unknown setting {key!r}")
-        values[key] = float(value) if key == "seconds" else int(value)
-    return dataclasses.replace(plan, **values)
+    return plan_from_setting(setting, WebrtcPlan(), "BENCH_WEBRTC")
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,30 +20,12 @@ import pytest
 
 from docker_xms.adapters import hostnet
 from tests.helpers import cli_path
-from tests.integration.test_media_ports import port_row, remove, run_json
+from tests.integration.test_media_ports import port_row, run_json
 from tests.integration.test_outside import Outside, OutsidePeer, _name
-from tests.integration.test_sip_profile import bridge_subnet
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 SECONDS = 10
-
-
-@pytest.fixture
-def lan(docker_client: Any) -> Iterator[Outside]:
-    spaces = Outside(bridge_subnet(docker_client))
-    try:
-        yield spaces
-    finally:
-        spaces.close()
-
-
-@pytest.fixture
-def started() -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in names:
-        remove(name)
 
 
 def browser_call(peer: OutsidePeer, name: str, screenshot: Path) -> dict[str, Any]:
@@ -86,11 +67,11 @@ def assert_media_flowed(result: dict[str, Any], advertised: str, screenshot: Pat
 
 @pytest.mark.parametrize("mode", ["1:1", "-c"])
 def test_an_echo_call_from_a_browser_that_reaches_only_the_host(
-    janus_image: str, lan: Outside, started: list[str], tmp_path: Path, mode: str
+    janus_image: str, outside: Outside, names: list[str], tmp_path: Path, mode: str
 ) -> None:
-    peer = lan.add("a")
+    peer = outside.add("a")
     name = _name("janus")
-    started.append(name)
+    names.append(name)
     args = ("-c",) if mode == "-c" else ()
     summary = run_json(
         *args, "--profile", "janus", "--advertise", "host", "--name", name, wait_one_to_one=180 if not args else 0
@@ -110,13 +91,13 @@ def test_an_echo_call_from_a_browser_that_reaches_only_the_host(
 
 
 def test_an_echo_call_at_the_container_address(
-    janus_image: str, lan: Outside, started: list[str], tmp_path: Path
+    janus_image: str, outside: Outside, names: list[str], tmp_path: Path
 ) -> None:
-    peer = lan.add("a")
+    peer = outside.add("a")
     # This peer routes to the container network through the host.
-    peer.run("ip", "route", "del", "unreachable", lan.container_subnet)
+    peer.run("ip", "route", "del", "unreachable", outside.container_subnet)
     name = _name("janus-c")
-    started.append(name)
+    names.append(name)
     summary = run_json("-c", "--profile", "janus", "--advertise", "container", "--name", name)
     assert summary["ready"] is True, summary["ready_state"]
     address = summary["address"]

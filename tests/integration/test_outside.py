@@ -24,20 +24,17 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from docker_xms.adapters import hostnet
 from tests.helpers import run_cli
-from tests.integration.test_media_ports import port_row, remove, run_json
+from tests.integration.test_media_ports import port_row, run_json
 from tests.integration.test_sip_profile import (
     MEDIA_PORT,
     Peer,
-    bridge_subnet,
     pick_block,
     sh,
     sip_call,
@@ -126,23 +123,6 @@ class Outside:
             subprocess.run(["ip", "netns", "del", peer.netns], capture_output=True)
             subprocess.run(["ip", "link", "del", peer.host_if], capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
-
-
-@pytest.fixture
-def outside(docker_client: Any) -> Iterator[Outside]:
-    spaces = Outside(bridge_subnet(docker_client))
-    try:
-        yield spaces
-    finally:
-        spaces.close()
-
-
-@pytest.fixture
-def names() -> Iterator[list[str]]:
-    started: list[str] = []
-    yield started
-    for name in started:
-        remove(name)
 
 
 def _name(kind: str) -> str:
