@@ -187,9 +187,10 @@ def test_a_labelled_task_reserving_rt_ms_gets_a_budget_on_its_node(lab: Lab) -> 
     finally:
         lab.manager.docker("service", "rm", "probe")
     wait_for(
-        lambda: all(not _tasks_on(n, "probe") and not pool_split(n) for n in lab.nodes),
+        # A removed task's cgroup directory may stay behind on a lab node (its engine runs nested); it holds nothing.
+        lambda: all(not _tasks_on(n, "probe") and not any(pool_split(n).values()) for n in lab.nodes),
         timeout=60,
-        what="the probe's tasks, budgets and rules gone",
+        what="the probe's tasks and budgets gone",
     )
 
 
