@@ -207,6 +207,7 @@ class FakeContainer:
     files: dict[str, bytes] = field(default_factory=dict)
     restart_policy: str = ""
     error: str = ""
+    env: tuple[str, ...] = ()
 
     @property
     def running(self) -> bool:
@@ -431,6 +432,7 @@ class FakeEngine:
             restart_policy=c.restart_policy,
             network_mode=spec.network_mode or "default",
             error=c.error,
+            env=c.env,
         )
 
     def _summary(self, c: FakeContainer) -> ContainerSummary:

@@ -40,7 +40,9 @@ def test_shipped_profiles_name_their_test_call_client() -> None:
 
 def test_a_test_call_client_is_validated_at_load() -> None:
     assert parse_profile(MINIMAL + '[test_call]\nclient = "sipp"\n', "p.toml").test_call == "sipp"
-    with pytest.raises(BadInput, match=r"field 'test_call\.client' must be one of rtpengine-ng, sipp, janus-echo, not 'pjsua'"):
+    with pytest.raises(
+        BadInput, match=r"field 'test_call\.client' must be one of rtpengine-ng, sipp, janus-echo, not 'pjsua'"
+    ):
         parse_profile(MINIMAL + '[test_call]\nclient = "pjsua"\n', "p.toml")
     with pytest.raises(BadInput, match="rtpengine-ng needs a single udp port with role 'control'"):
         parse_profile(MINIMAL + '[test_call]\nclient = "rtpengine-ng"\n', "p.toml")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from docker_xms.domain.labels import MANAGED_LABEL, PROFILE_LABEL, reserved_weight
 from docker_xms.errors import XmsError
 from docker_xms.usecases.rt import rebalance, reserve
 from tests.fakes import FakeEngine
@@ -118,3 +119,34 @@ def test_a_reservation_keeps_the_room_made_when_its_block_succeeds(host: Host) -
         host.engine.start(b.id)
 
     assert (host.runtime(a), host.runtime(b)) == (475_000, 475_000)
+
+
+def swarm_task(host: Host, name: str, *env: str) -> str:
+    labels = {MANAGED_LABEL: "true", PROFILE_LABEL: "rtpengine", "com.docker.swarm.task.name": f"media.{name}.x"}
+    container = host.engine.add(name, labels)
+    container.env = ("PATH=/usr/bin", *env)
+    return container.id
+
+
+def test_swarm_tasks_weigh_the_rt_ms_they_reserved(host: Host) -> None:
+    small = swarm_task(host, "1", "DOCKER_RESOURCE_RT_MS=30")
+    large = swarm_task(host, "2", "DOCKER_RESOURCE_RT_MS=60")
+    plain = swarm_task(host, "3")  # reserved nothing: weighs 1, as a container without a weight label
+
+    # 950,000 us in 30 + 60 + 1 parts.
+    assert rebalance(host.rt).budgets == {small: 313_186, large: 626_373, plain: 10_439}
+    assert (host.runtime(small), host.runtime(large), host.runtime(plain)) == (313_186, 626_373, 10_439)
+
+
+@pytest.mark.parametrize(
+    ("env", "weight"),
+    [
+        (["DOCKER_RESOURCE_RT_MS=95"], 95),
+        (["DOCKER_RESOURCE_RT_MSX=95", "A=1"], None),
+        (["DOCKER_RESOURCE_RT_MS=0"], None),
+        (["DOCKER_RESOURCE_RT_MS=gpu-1,gpu-2"], None),
+        ([], None),
+    ],
+)
+def test_the_reserved_weight_is_a_positive_whole_number_of_ms(env: list[str], weight: int | None) -> None:
+    assert reserved_weight(env) == weight

@@ -66,6 +66,8 @@ class ContainerInfo:
     # Why the engine could not start it last time (empty if it did, or was stopped on purpose).
     error: str = ""
     finished_at: str = ""
+    # Its environment as created ("NAME=value"): where Swarm puts a task's reserved generic resources.
+    env: tuple[str, ...] = ()
 
     @property
     def managed(self) -> bool:
@@ -179,6 +181,7 @@ def _container_info(attrs: dict[str, Any]) -> ContainerInfo:
         exit_code=int(state.get("ExitCode") or 0),
         error=str(state.get("Error") or ""),
         finished_at=str(state.get("FinishedAt") or ""),
+        env=tuple(config.get("Env") or ()),
     )
 
 

@@ -7,7 +7,7 @@ read back from them by every command and by the agent.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Literal, get_args
 
 from docker_xms.domain.forwards import DnatForward
@@ -44,6 +44,22 @@ def weight_of(labels: Mapping[str, str]) -> int:
     if weight < 1:
         raise BadInput(f"Label {WEIGHT_LABEL}={text!r} is not a whole number of 1 or more.")
     return weight
+
+
+# The generic resource a fleet's nodes advertise and its tasks reserve (`docker-xms node setup`, `compose`):
+# milliseconds of real-time CPU per second. Swarm gives a task what it reserved in its environment.
+RT_RESOURCE = "RT_MS"
+RESERVED_ENV = f"DOCKER_RESOURCE_{RT_RESOURCE}"
+
+
+def reserved_weight(env: Iterable[str]) -> int | None:
+    """A Swarm task's weight from the RT_MS it reserved (DOCKER_RESOURCE_RT_MS=30 weighs 30), or None
+    when it reserved none: a task that asked for twice the milliseconds gets twice the share."""
+    for entry in env:
+        name, _, value = entry.partition("=")
+        if name == RESERVED_ENV:
+            return int(value) if value.isdigit() and int(value) > 0 else None
+    return None
 
 
 def host_ranges_from_labels(labels: Mapping[str, str]) -> list[tuple[int, int]]:

@@ -19,9 +19,9 @@ from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.adapters.signals import deferred
 from docker_xms.domain import budget
-from docker_xms.domain.adoption import origin
+from docker_xms.domain.adoption import SWARM_TASK, origin
 from docker_xms.domain.doctor import Finding, diagnose, idle_findings, inotify_findings
-from docker_xms.domain.labels import MANAGED_LABEL, unreadable, weight_of
+from docker_xms.domain.labels import MANAGED_LABEL, WEIGHT_LABEL, reserved_weight, unreadable, weight_of
 from docker_xms.errors import BadInput, EngineUnavailable, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases.boundaries import CgroupFsApi, EngineApi
@@ -139,6 +139,25 @@ def readable(managed: Iterable[ContainerSummary]) -> tuple[list[ContainerSummary
     return ok, tuple(skipped)
 
 
+# Reserved weights of Swarm tasks by container id: an environment cannot change, so each task is inspected
+# once in the life of a process (an agent), not at every rebalance.
+_RESERVED: dict[str, int] = {}
+
+
+def weights(engine: EngineApi, managed: Iterable[ContainerSummary]) -> dict[str, int]:
+    """Each container's weight: its weight label, else for a Swarm task the RT_MS it reserved, else 1."""
+    out = {}
+    for c in managed:
+        if WEIGHT_LABEL in c.labels or SWARM_TASK not in c.labels:
+            out[c.id] = weight_of(c.labels)
+            continue
+        if c.id not in _RESERVED:
+            info = engine.find_container(c.id)
+            _RESERVED[c.id] = (reserved_weight(info.env) if info is not None else None) or 1
+        out[c.id] = _RESERVED[c.id]
+    return out
+
+
 def _stored_budget(engine: EngineApi, container_id: str) -> int:
     """The budget the engine stores for a container (and re-applies on a restart): in the inspect view only."""
     info = engine.find_container(container_id)
@@ -184,9 +203,10 @@ def _container_id(cgroup_name: str) -> str:
 def read_state(rt: RtHost) -> RtState:
     host = rt.host
     managed, skipped = readable(managed_running(rt.engine))
+    weight = weights(rt.engine, managed)
     if not rt.per_group:
         holders = tuple(
-            Holder(c.id, c.name, 0, _stored_budget(rt.engine, c.id), weight_of(c.labels), True, 0.0, origin(c.labels))
+            Holder(c.id, c.name, 0, _stored_budget(rt.engine, c.id), weight[c.id], True, 0.0, origin(c.labels))
             for c in managed
         )
         return RtState(
@@ -216,7 +236,7 @@ def read_state(rt: RtHost) -> RtState:
             c.name,
             now.get(c.id, 0),
             _stored_budget(rt.engine, c.id),
-            weight_of(c.labels),
+            weight[c.id],
             True,
             now.get(c.id, 0) / pool if pool else 0.0,
             origin(c.labels),
@@ -281,7 +301,10 @@ def rebalance_locked(
         return Rebalance(0, 0, {}, (), 0, per_group=False, names=names, skipped=skipped)
     now, foreign, siblings = _scan(rt, managed)
     # Containers whose cgroup is gone cannot hold a budget; they are not members.
-    members = [budget.Member(c.id, weight_of(c.labels)) for c in managed if c.id in now]
+    weight = weights(rt.engine, (c for c in managed if c.id in now))
+    members = [budget.Member(c.id, weight[c.id]) for c in managed if c.id in now]
+    for gone in set(_RESERVED) - set(names):
+        del _RESERVED[gone]
     if arriving_weight is not None:
         members.append(budget.Member(NEW, arriving_weight))
     capacity = budget.capacity(rt.fs.read_runtime("/"), siblings)
