@@ -59,6 +59,16 @@ def test_a_stack_file_names_the_nodes_bridge_as_an_external_network_and_publishe
     }
 
 
+def test_a_stack_file_gives_systemds_tmpfs_as_tmpfs_mounts_which_stack_deploy_keeps() -> None:
+    # `docker stack deploy` drops `tmpfs`; systemd without a tmpfs on /run exits 255 at once.
+    for version, cgroup in ((1, ["/sys/fs/cgroup:/sys/fs/cgroup:ro"]), (2, [])):
+        options = ComposeOptions(target="stack", cgroup_version=version)
+        service = compose_file(load_profile("rtpengine"), options)["services"]["rtpengine"]
+        assert "tmpfs" not in service
+        tmpfs = [{"type": "tmpfs", "target": "/run"}, {"type": "tmpfs", "target": "/run/lock"}]
+        assert service["volumes"] == [*cgroup, *tmpfs]
+
+
 def test_a_stack_file_leaves_a_port_without_authentication_unpublished() -> None:
     service = compose_file(load_profile("rtpengine"), ComposeOptions(target="stack"))["services"]["rtpengine"]
     assert "ports" not in service

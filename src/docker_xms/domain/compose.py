@@ -76,9 +76,9 @@ def compose_file(profile: Profile, options: ComposeOptions) -> dict[str, Any]:
     """The Compose file for `options.replicas` replicas of `profile`, as a mapping ready for YAML."""
     _check(profile, options)
     name = options.name or profile.name
+    tmpfs = list(dict.fromkeys(["/run", "/run/lock", *profile.tmpfs]))
     service: dict[str, Any] = {
         "image": options.image or profile.image,
-        "tmpfs": list(dict.fromkeys(["/run", "/run/lock", *profile.tmpfs])),
         "cap_add": ["SYS_NICE"],
         "stop_signal": STOP_SIGNAL,
         "labels": service_labels(profile, options),
@@ -90,6 +90,12 @@ def compose_file(profile: Profile, options: ComposeOptions) -> dict[str, Any]:
     else:
         # Read-only, so systemd cannot make cpu sub-cgroups that would start with a 0 budget.
         service["volumes"] = ["/sys/fs/cgroup:/sys/fs/cgroup:ro"]
+    if options.target == "stack":
+        # `docker stack deploy` drops a service's `tmpfs` key (a Swarm service has tmpfs mounts only):
+        # without a tmpfs on /run systemd mounts one itself, lacks CAP_SYS_ADMIN and exits 255 unlogged.
+        service.setdefault("volumes", []).extend({"type": "tmpfs", "target": path} for path in tmpfs)
+    else:
+        service["tmpfs"] = tmpfs
     grace = stop_timeout_s(profile)
     if grace is not None:
         service["stop_grace_period"] = f"{grace}s"
