@@ -28,6 +28,7 @@ Rules for IPv4 only: the engine's default bridge has no IPv6.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import re
 import shlex
@@ -289,7 +290,13 @@ class Netfilter:
             self._run("filter", ["-F", self.input_chain])
             self._run("filter", ["-A", self.input_chain, *self._guard()])
         if now != "1":
-            self._write_localnet(path, "1")
+            try:
+                path.write_text("1\n")
+            except OSError as exc:
+                # In a container (the agent as a Swarm service: never privileged) /proc/sys is read-only.
+                # As without the bridge above, only 127.0.0.1 is not forwarded; outside traffic still is.
+                if exc.errno != errno.EROFS:
+                    raise XmsError(f"Could not set {path} to 1: {exc.strerror}.") from None
 
     def _localnet_off(self) -> None:
         """route_localnet back to its value from before docker-xms, then the guard goes."""
