@@ -28,8 +28,6 @@ pytestmark = [
     pytest.mark.engine,
     pytest.mark.slow,
     pytest.mark.swarm,
-    pytest.mark.skipif(shutil.which("docker-registry") is None, reason="needs Debian's docker-registry package"),
-    pytest.mark.skipif(shutil.which("mmdebstrap") is None, reason="needs mmdebstrap for the node image"),
 ]
 
 STACK = "xms"
@@ -63,6 +61,9 @@ def _push(lab: Lab, image: str) -> str:
 
 @pytest.fixture(scope="module")
 def lab(docker_client: Any, rtpengine_image: str) -> Iterator[Lab]:
+    for tool, package in (("docker-registry", "docker-registry"), ("mmdebstrap", "mmdebstrap")):
+        if shutil.which(tool) is None:
+            pytest.fail(f"the swarm lab needs Debian's {package} package (scripts/quickstart.sh test installs it)")
     built = run_cli("build", "--agent", "-t", AGENT_IMAGE, "--if-missing", timeout=900)
     assert built.code == 0, built.err + built.out
     with swarm_lab(docker_client) as made:
@@ -294,6 +295,27 @@ def test_a_stack_of_six_gets_budgets_that_split_each_nodes_pool_and_rules_on_its
     for node in lab.nodes:
         assert sorted(c[:12] for c in _tasks_on(node)) == sorted(_forwards(node)), node.name
     _relay_through(lab, next(n for n in lab.nodes if _tasks_on(n)))
+
+
+def test_draining_a_node_moves_its_tasks_and_their_budgets_and_rules_follow(lab: Lab) -> None:
+    _deploy(lab, 6)
+    _wait_right(lab, 6)
+    drained = next(n for n in lab.nodes if _tasks_on(n))
+    others = [n for n in lab.nodes if n is not drained]
+    lab.manager.docker("node", "update", "--availability", "drain", drained.name)
+    try:
+        # Swarm stops the node's agent together with its media servers: the agent lingers until they are
+        # gone, so that their rules go with them (before, the last one's rules stayed behind).
+        wait_for(lambda: not _tasks_on(drained), timeout=120, what=f"{drained.name}'s tasks to stop")
+        wait_for(lambda: sum(len(_tasks_on(n)) for n in others) == 6, timeout=180, what="six tasks on the other nodes")
+        seconds = _wait_right(lab, 6, timeout=60)
+        print(f"\nbudgets and rules right {seconds:.2f} s after the moved tasks ran")
+        assert seconds <= 5, seconds
+        assert sum(pool_split(drained).values()) == 0
+        assert _dnat_targets(drained) == []
+    finally:
+        lab.manager.docker("node", "update", "--availability", "active", drained.name)
+        wait_for(lambda: _agent_running(drained), timeout=120, what=f"the agent back on {drained.name}")
 
 
 def test_scaling_keeps_budgets_and_rules_right_and_a_replica_beyond_capacity_stays_pending(lab: Lab) -> None:

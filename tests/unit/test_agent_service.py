@@ -46,12 +46,14 @@ def test_the_service_is_global_on_the_host_network_with_two_capabilities_and_nev
     assert ("--env", "DOCKER_XMS_CGROUP_PARENT=/{{.Node.Hostname}}") in pairs
     assert ("--env", "DOCKER_XMS_RT_POOL_US=90000") in pairs
     assert not any("privileged" in a for a in argv)
-    assert argv[-4:] == [recipes.AGENT_IMAGE, "agent", "--metrics", "0.0.0.0:9477"]
+    # It lingers while a drained node's media servers stop, and Swarm waits a little longer for it.
+    assert argv[-6:] == [recipes.AGENT_IMAGE, "agent", "--linger", "60", "--metrics", "0.0.0.0:9477"]
+    assert ("--stop-grace-period", "70s") in pairs
 
 
 def test_the_printed_command_is_one_option_a_line() -> None:
     text = render(AgentService())
     lines = text.splitlines()
     assert lines[0] == "docker service create \\"
-    assert lines[-1].strip() == f"{recipes.AGENT_IMAGE} agent"
+    assert lines[-1].strip() == f"{recipes.AGENT_IMAGE} agent --linger 60"
     assert all(line.endswith(" \\") for line in lines[:-1])

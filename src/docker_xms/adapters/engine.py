@@ -411,6 +411,7 @@ class Engine:
         binds: Iterable[tuple[str, str]],
         cap_add: list[str],
         labels: Mapping[str, str],
+        stop_grace_s: float = 10.0,
     ) -> str:
         """A global service on the host network with bind mounts and added capabilities; returns its ID."""
         types = docker.types
@@ -420,6 +421,7 @@ class Engine:
             env=[f"{key}={value}" for key, value in env.items()],
             mounts=[types.Mount(target, source, type="bind") for source, target in binds],
             cap_add=cap_add,
+            stop_grace_period=int(stop_grace_s * 1_000_000_000),
         )
         template = types.TaskTemplate(container, networks=["host"])
         with _translated(f"The engine could not create the service {name}"):

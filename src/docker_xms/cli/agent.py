@@ -41,6 +41,14 @@ import click
     help="With --metrics: every S seconds, a 0.5 s wake-up probe in each managed container, served as a histogram.",
 )
 @click.option(
+    "--linger",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    metavar="S",
+    help="On SIGTERM, go on reconciling for up to S seconds while managed containers still run (a second "
+    "SIGTERM ends it): on a node drained with its media servers, their rules go with them.",
+)
+@click.option(
     "--no-reconcile",
     is_flag=True,
     help="Only serve --metrics: change nothing, follow no events (and take no agent lock).",
@@ -54,6 +62,7 @@ def agent(
     cpu_latency_us: int | None,
     metrics: str | None,
     probe_every: float | None,
+    linger: float,
     no_reconcile: bool,
 ) -> None:
     """Follow the engine's events and keep real-time budgets and media port rules right.
@@ -98,7 +107,7 @@ def agent(
     from docker_xms.cli import context
 
     require_root()
-    runner = Agent(log, context.settings(), interval=interval)
+    runner = Agent(log, context.settings(), interval=interval, linger_s=linger)
     if once:
         runner.once()
         return

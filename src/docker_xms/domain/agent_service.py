@@ -18,6 +18,8 @@ SERVICE_LABEL = "io.docker-xms.agent-service"
 CAPABILITIES = ("NET_ADMIN", "SYS_NICE")
 ENGINE_SOCKET = "/var/run/docker.sock"
 CGROUP_TREE = "/sys/fs/cgroup"
+# Longer than a media server's stop takes with its drain (rtpengine's grace 30 s + 10 s).
+LINGER_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,13 @@ class AgentService:
     # The agent's --metrics ([ADDR:]PORT): on the host network, the node's own address and port.
     metrics: str | None = None
     interval_s: float | None = None
+    # Draining a node stops its agent with its media servers, which drain for up to their grace: the
+    # agent lingers that long so that their rules go with them, and Swarm gives it a few seconds more.
+    linger_s: float = LINGER_S
+
+    @property
+    def stop_grace_s(self) -> float:
+        return self.linger_s + 10
 
     @property
     def mounts(self) -> tuple[Mount, ...]:
@@ -58,7 +67,7 @@ class AgentService:
     @property
     def args(self) -> tuple[str, ...]:
         """The agent's own command line inside the task (after the image's entrypoint, docker-xms)."""
-        out = ["agent"]
+        out = ["agent", "--linger", f"{self.linger_s:g}"]
         if self.interval_s is not None:
             out += ["--interval", f"{self.interval_s:g}"]
         if self.metrics is not None:
@@ -73,6 +82,7 @@ class AgentService:
 def create_command(service: AgentService) -> list[str]:
     """The `docker service create` command line that makes the service (what `agent service` prints)."""
     argv = ["docker", "service", "create", "--name", service.name, "--mode", "global", "--network", "host"]
+    argv += ["--stop-grace-period", f"{service.stop_grace_s:g}s"]
     for mount in service.mounts:
         argv += ["--mount", mount.flag()]
     for cap in CAPABILITIES:

@@ -29,7 +29,16 @@ from docker_xms.settings import Settings
 from docker_xms.usecases.adoption import set_ephemeral
 from docker_xms.usecases.metrics import ReconcileStats
 from docker_xms.usecases.reconcile import Reconciliation, reconcile
-from docker_xms.usecases.rt import NEW, RtHost, grow_parent, open_host, reserve, start_stored, verify
+from docker_xms.usecases.rt import (
+    NEW,
+    RtHost,
+    grow_parent,
+    managed_running,
+    open_host,
+    reserve,
+    start_stored,
+    verify,
+)
 
 EVENTS = ("start", "die", "destroy", "update")
 # Policies under which the engine itself would have (re)started the container when it came up.
@@ -93,8 +102,14 @@ class Agent:
         debounce: float = DEBOUNCE_S,
         connect: Callable[[], Engine] | None = None,
         stats: ReconcileStats | None = None,
+        linger_s: float = 0.0,
     ) -> None:
         self.log = log
+        # After the first stop(), keep reconciling for up to this long while managed containers still run:
+        # a node being drained stops its agent together with its media servers, which drain for a while;
+        # an agent that left at once would leave the rules of those that stop after it.
+        self.linger_s = linger_s
+        self._stop_asked_at: float | None = None
         # Counted for the agent's metrics (reconciliations done and failed, the time of the last one).
         self.stats = stats or ReconcileStats()
         self.settings = settings
@@ -111,9 +126,21 @@ class Agent:
         self._skipped: set[str] = set()
 
     def stop(self) -> None:
-        # Only a flag: taking a lock (a queue's, an Event's) inside a signal handler can deadlock the
-        # thread it interrupted, which may hold that very lock.
+        # Only flags: taking a lock (a queue's, an Event's) inside a signal handler can deadlock the
+        # thread it interrupted, which may hold that very lock. A second stop() ends a lingering agent.
+        if self.linger_s > 0 and self._stop_asked_at is None:
+            self._stop_asked_at = time.monotonic()
+            return
         self._stopping = True
+
+    def _linger_over(self, rt: RtHost) -> bool:
+        """With linger: stop() was called and no managed container runs any more, or the time is up."""
+        if self._stop_asked_at is None:
+            return False
+        if time.monotonic() - self._stop_asked_at >= self.linger_s:
+            self.log(f"stopping after lingering {self.linger_s:g} s with managed containers still running")
+            return True
+        return not managed_running(rt.engine)
 
     # --- one pass ---------------------------------------------------------------------------------
 
@@ -241,7 +268,8 @@ class Agent:
     def _connect_with_backoff(self, rt: RtHost | None) -> Engine | None:
         attempt = 0
         said = False
-        while not self._stopping:
+        # Lingering waits for containers to stop; with the engine away there are none to wait for.
+        while not self._stopping and not (attempt and self._stop_asked_at is not None):
             try:
                 return self.connect()
             except EngineUnavailable as exc:
@@ -263,7 +291,17 @@ class Agent:
         self._listen(events)
         self._grow_parent(rt)
         next_at = self._reconcile_logged(rt)
+        lingering = False
         while not self._stopping:
+            if self._stop_asked_at is not None and not lingering:
+                lingering = True
+                self.log(f"stopping once no managed container runs (at most {self.linger_s:g} s)")
+                # What stopped before the signal is done with at once.
+                next_at = self._reconcile_logged(rt)
+            if lingering and self._linger_over(rt):
+                # The last ones may have stopped after the pass that followed their event: one more.
+                self._reconcile_logged(rt)
+                return None
             wait = max(0.0, min(TICK_S, next_at - time.monotonic()))
             try:
                 item = events.get(timeout=wait)

@@ -37,4 +37,5 @@ def create(engine: Engine, service: AgentService) -> str:
         [(m.source, m.target) for m in service.mounts],
         list(CAPABILITIES),
         service.labels,
+        service.stop_grace_s,
     )
