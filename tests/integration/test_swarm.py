@@ -342,3 +342,27 @@ def test_scaling_keeps_budgets_and_rules_right_and_a_replica_beyond_capacity_sta
         return next((line for line in out.splitlines() if line.startswith("Pending")), "")
 
     wait_for(lambda: "insufficient resources" in pending_reason(), timeout=60, what="a pending task")
+
+
+def _agent_container(node: Node) -> str:
+    ids = node.docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=docker-xms-agent").split()
+    assert len(ids) == 1, f"{node.name}: agents {ids}"
+    return ids[0]
+
+
+def test_a_nodes_agent_killed_during_a_scale_step_comes_back_and_everything_ends_right(lab: Lab) -> None:
+    _deploy(lab, 3)
+    _wait_right(lab, 3)
+    node = lab.nodes[1]
+    killed = _agent_container(node)
+    # SIGKILL: no lingering, no last reconcile; the scale step goes on while the node has no agent.
+    node.docker("kill", killed)
+    lab.manager.docker("service", "scale", "-d", f"{SERVICE}=9")
+    wait_for(
+        lambda: _agent_running(node) and _agent_container(node) != killed,
+        timeout=120,
+        what=f"Swarm to start the agent on {node.name} again",
+    )
+    seconds = _wait_right(lab, 9, timeout=240)
+    print(f"\nnine tasks with budgets and rules {seconds:.2f} s after the scale step began")
+    assert len(_tasks_on(node)) == 3
