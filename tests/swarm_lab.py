@@ -1,7 +1,7 @@
 """A swarm on this machine for the fleet tests: Docker engines in containers, joined into one swarm.
 
 Each node is a container running `dockerd` from an offline Debian root file system (mmdebstrap), started
-without --privileged: SYS_ADMIN, NET_ADMIN and SYS_NICE, no seccomp filter, tmpfs /run and /var/lib/docker, and the
+without --privileged: SYS_ADMIN, NET_ADMIN and SYS_NICE, no seccomp filter, tmpfs /run, a volume for /var/lib/docker, and the
 host's cgroup tree mounted writable so the node's engine can make its tasks' cgroups. Each engine has its
 own cgroup parent (/lab-<node>), a sibling of the host's /docker: the kernel's real-time limit is shared
 by all of them, so each node parent gets a fixed cap (its pool) and /docker gives up that much while the
@@ -213,6 +213,15 @@ class Node:
             raise AssertionError(f"docker {' '.join(argv)} on {self.name} failed: {done.stderr.strip()}")
         return done.stdout
 
+    def answers(self) -> bool:
+        """Whether the node's engine answers (`docker version` prints the client's part even when it does not)."""
+        done = subprocess.run(
+            ["docker", "-H", self.docker_host, "version", "--format", "{{.Server.Version}}"],
+            capture_output=True,
+            timeout=30,
+        )
+        return done.returncode == 0
+
     @property
     def parent(self) -> str:
         return f"/{self.name}"
@@ -275,7 +284,10 @@ def _start_node(client: Any, lab: Lab, name: str, image: str) -> Node:
         # SYS_NICE too: a node can give its tasks (media servers, the agent) only capabilities it has itself.
         cap_add=["SYS_ADMIN", "NET_ADMIN", "SYS_NICE"],
         security_opt=["seccomp=unconfined"],
-        tmpfs={"/run": "", "/var/lib/docker": ""},
+        tmpfs={"/run": ""},
+        # The engine's state in an anonymous volume (ext4, so its overlay2 works; gone with the node's
+        # container): a node restarted whole comes back with its swarm membership, images and tasks.
+        mounts=[docker.types.Mount("/var/lib/docker", None, type="volume")],
         volumes={
             "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
             str(run_dir): {"bind": "/lab", "mode": "rw"},
@@ -286,7 +298,7 @@ def _start_node(client: Any, lab: Lab, name: str, image: str) -> Node:
     container.reload()
     address = container.attrs["NetworkSettings"]["Networks"][lab.network.name]["IPAddress"]
     node = Node(name, container, address, run_dir / "docker.sock")
-    wait_for(lambda: node.docker("version", check=False) != "", timeout=60, what=f"the engine in {name}")
+    wait_for(node.answers, timeout=60, what=f"the engine in {name}")
     return node
 
 

@@ -366,3 +366,25 @@ def test_a_nodes_agent_killed_during_a_scale_step_comes_back_and_everything_ends
     seconds = _wait_right(lab, 9, timeout=240)
     print(f"\nnine tasks with budgets and rules {seconds:.2f} s after the scale step began")
     assert len(_tasks_on(node)) == 3
+
+
+def test_a_node_restarted_whole_comes_back_and_everything_ends_right(lab: Lab) -> None:
+    _deploy(lab, 6)
+    _wait_right(lab, 6)
+    node = lab.nodes[2]
+    before = set(_tasks_on(node))
+    assert before, f"{node.name} runs no task to restart"
+    # Its engine stops its tasks and its agent (which lingers while they drain), then starts again from its
+    # state: it rejoins the swarm and Swarm settles the replicas; the agent's task starts again with it.
+    node.container.restart(timeout=90)
+    wait_for(node.answers, timeout=120, what=f"the engine in {node.name}")
+    wait_for(
+        lambda: "Ready" in lab.manager.docker("node", "inspect", "--format", "{{.Status.State}}", node.name).title(),
+        timeout=120,
+        what=f"{node.name} ready in the swarm again",
+    )
+    wait_for(lambda: _agent_running(node), timeout=120, what=f"the agent on {node.name} again")
+    seconds = _wait_right(lab, 6, timeout=300)
+    print(f"\nsix tasks with budgets and rules {seconds:.2f} s after the node was back")
+    # What ran there before the restart ended with it; what runs there now is right (checked above).
+    assert not before & set(_tasks_on(node))
