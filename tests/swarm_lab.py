@@ -34,7 +34,7 @@ import docker
 
 from docker_xms.adapters import rootfs
 from docker_xms.domain.recipes import LABEL_RECIPE, recipe_hash
-from tests.helpers import TEST_LABEL, run_cli, wait_for
+from tests.helpers import TEST_LABEL, wait_for
 
 NODE_IMAGE = "docker-xms-test/swarm-node:latest"
 NODE_PACKAGES = ("docker.io", "iptables", "iproute2", "procps", "util-linux")
@@ -161,23 +161,19 @@ def _write_us(path: Path, value: int) -> None:
     (path / "cpu.rt_runtime_us").write_text(f"{value}\n")
 
 
-def make_room(host_parent: Path, value: int) -> bool:
-    """Lower the host's parent to `value`; if its budgets hold more, docker-xms shrinks them first.
+def make_room(host_parent: Path, value: int) -> None:
+    """Lower the host's parent to `value`, so that the node parents' pools fit under the kernel's limit.
 
-    docker-xms gives the host's whole pool to its containers, so a budget may stand in the way: a
-    rebalance under a pool cap (the user's own setting) shares `value` instead. The teardown's
-    rebalance without the cap gives the host its pool back.
+    Only what no container holds is taken: where the host's containers hold more than `value`, the lab
+    refuses rather than shrink budgets it did not grant (on a production host they are someone's calls).
     """
     try:
         _write_us(host_parent, value)
-        return False
-    except OSError:
-        pass
-    result = run_cli("rt", "rebalance", env={**os.environ, "DOCKER_XMS_RT_POOL_US": str(value)}, timeout=120)
-    if result.code != 0:
-        raise RuntimeError(f"could not make room for the lab's pools: {result.err.strip()}")
-    _write_us(host_parent, value)
-    return True
+    except OSError as exc:
+        raise RuntimeError(
+            f"the swarm lab needs {_read_us(host_parent) - value} us of the host's real-time pool, and the "
+            f"host's containers hold it ({exc.strerror}): run the lab where they hold {value} us or less"
+        ) from None
 
 
 @dataclass
@@ -316,7 +312,6 @@ def swarm_lab(client: Any, names: tuple[str, ...] = ("lab-n0", "lab-n1", "lab-n2
     relay = None
     lab: Lab | None = None
     made_parents: list[str] = []
-    shrunk = False
     try:
         network = client.networks.create(f"docker-xms-lab-{token}", driver="bridge", labels={TEST_LABEL: "swarm-lab"})
         network.reload()
@@ -335,7 +330,7 @@ def swarm_lab(client: Any, names: tuple[str, ...] = ("lab-n0", "lab-n1", "lab-n2
         lab = Lab(client, network, gateway, port, token=token)
 
         # The node pools come out of what the host's /docker may hold: the kernel's limit is shared.
-        shrunk = make_room(host_parent, host_before - len(names) * NODE_POOL_US)
+        make_room(host_parent, host_before - len(names) * NODE_POOL_US)
         for name in names:
             for path in (CGROUP_ROOT / "cpu" / name,):
                 path.mkdir()
@@ -357,7 +352,7 @@ def swarm_lab(client: Any, names: tuple[str, ...] = ("lab-n0", "lab-n1", "lab-n2
         wait_for(all_ready, timeout=90, what="every node Ready")
         yield lab
     finally:
-        teardown(client, network, registry, relay, made_parents, (host_parent, host_before, shrunk), token)
+        teardown(client, network, registry, relay, made_parents, (host_parent, host_before), token)
 
 
 def teardown(
@@ -366,10 +361,10 @@ def teardown(
     registry: subprocess.Popen[bytes] | None,
     relay: Relay | None,
     parents: list[str],
-    host: tuple[Path, int, bool],
+    host: tuple[Path, int],
     token: str,
 ) -> None:
-    host_parent, host_before, shrunk = host
+    host_parent, host_before = host
     for container in client.containers.list(all=True, filters={"label": f"{LAB_LABEL}={token}"}):
         container.remove(force=True, v=True)
     # The node engines are gone with their containers; their tasks' cgroups stay behind as empty directories.
@@ -386,9 +381,6 @@ def teardown(
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
-    if shrunk:
-        # The host's budgets were shrunk to make room: a rebalance without the cap gives them their pool back.
-        run_cli("rt", "rebalance", timeout=120)
     if network is not None:
         with contextlib.suppress(docker.errors.NotFound):
             network.remove()

@@ -12,7 +12,7 @@ from docker_xms.domain.metrics import (
     count_policies,
     families,
     listen_address,
-    origin,
+    origin_labels,
 )
 from docker_xms.errors import BadInput
 
@@ -23,7 +23,7 @@ def container(name: str = "media1", **overrides: object) -> ContainerFigures:
         "name": name,
         "profile": "rtpengine",
         "mode": "container",
-        "origin": origin({"com.docker.swarm.service.name": "media", "com.docker.swarm.task.name": "media.1.x"}),
+        "origin": origin_labels({"com.docker.swarm.service.name": "media", "com.docker.swarm.task.name": "media.1.x"}),
         "budget_us": 475_000,
         "share": 0.5,
         "rt_threads": 16,

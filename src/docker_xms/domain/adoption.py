@@ -36,21 +36,20 @@ from typing import TYPE_CHECKING
 
 from docker_xms.domain.labels import (
     ADVERTISE_LABEL,
+    COMPOSE_PROJECT,
     LABEL_DNAT,
     LABEL_HOST_MEDIA,
     LABEL_STRATEGY,
     MANAGED_LABEL,
     MODE_LABEL,
     STRATEGIES,
+    SWARM_SERVICE,
+    SWARM_TASK,
 )
 from docker_xms.errors import BadInput
 
 if TYPE_CHECKING:
     from docker_xms.domain.profiles import Profile
-
-COMPOSE_PROJECT = "com.docker.compose.project"
-SWARM_SERVICE = "com.docker.swarm.service.name"
-SWARM_TASK = "com.docker.swarm.task.name"
 
 
 def origin(labels: Mapping[str, str]) -> str:

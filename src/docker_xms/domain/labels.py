@@ -25,6 +25,11 @@ LABEL_DNAT = f"{LABEL_PREFIX}.dnat"
 # The address the media server puts in its SDP (and a SIP proxy in its headers), or "container": its own.
 ADVERTISE_LABEL = f"{LABEL_PREFIX}.advertise"
 
+# The orchestrators' own labels on the containers they start: where a managed container came from.
+COMPOSE_PROJECT = "com.docker.compose.project"
+SWARM_SERVICE = "com.docker.swarm.service.name"
+SWARM_TASK = "com.docker.swarm.task.name"
+
 # How media ports reach a container (see domain/ports.py); `run --ports` also takes "auto".
 Strategy = Literal["publish", "dnat", "host"]
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)

@@ -11,12 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from docker_xms.domain.labels import COMPOSE_PROJECT, SWARM_SERVICE, SWARM_TASK
 from docker_xms.errors import BadInput
 
-# Where a container came from, when an orchestrator started it: the engine's own labels.
-SWARM_SERVICE_LABEL = "com.docker.swarm.service.name"
-SWARM_TASK_LABEL = "com.docker.swarm.task.name"
-COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
 RT_POLICIES = frozenset({"SCHED_FIFO", "SCHED_RR"})
 MODES = ("per-group", "global", "none")
 DEFAULT_ADDRESS = "127.0.0.1"
@@ -34,12 +31,13 @@ def listen_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def origin(labels: Mapping[str, str]) -> dict[str, str]:
-    """The Swarm service and task, or the Compose project, that started a container ("" where none)."""
+def origin_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """The Swarm service and task, or the Compose project, that started a container ("" where none), as
+    metric labels (domain/adoption.origin says the same in one word for `ps`)."""
     return {
-        "swarm_service": labels.get(SWARM_SERVICE_LABEL, ""),
-        "swarm_task": labels.get(SWARM_TASK_LABEL, ""),
-        "compose_project": labels.get(COMPOSE_PROJECT_LABEL, ""),
+        "swarm_service": labels.get(SWARM_SERVICE, ""),
+        "swarm_task": labels.get(SWARM_TASK, ""),
+        "compose_project": labels.get(COMPOSE_PROJECT, ""),
     }
 
 

@@ -26,7 +26,7 @@ from docker_xms.domain.metrics import (
     count_policies,
     families,
     listen_address,
-    origin,
+    origin_labels,
 )
 from docker_xms.errors import XmsError
 from docker_xms.settings import Settings
@@ -147,7 +147,7 @@ class Figures:
             name=c.name,
             profile=c.labels.get(PROFILE_LABEL, ""),
             mode=c.labels.get(MODE_LABEL, ""),
-            origin=origin(c.labels),
+            origin=origin_labels(c.labels),
             budget_us=budget_us if per_group else None,
             share=(budget_us / pool if pool else 0.0) if per_group else None,
             rt_threads=rt,
