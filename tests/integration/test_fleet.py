@@ -24,7 +24,15 @@ import pytest
 
 from docker_xms.adapters import adoption_store
 from docker_xms.settings import DEFAULT_LOCK
-from tests.helpers import TEST_LABEL, LoggedAgent, agent_for_a_test, run_cli, systemd_run_kwargs, wait_for
+from tests.helpers import (
+    TEST_LABEL,
+    LoggedAgent,
+    agent_for_a_test,
+    run_cli,
+    running_agents,
+    systemd_run_kwargs,
+    wait_for,
+)
 from tests.host_state import fair_shares
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -112,10 +120,11 @@ def docker_compose(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker-compose", *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
 def test_compose_up_gets_budgets_and_rules_within_2_s_and_down_gives_them_back(
     agent: LoggedAgent, docker_client: Any, tmp_path: Path
 ) -> None:
+    if shutil.which("docker-compose") is None:
+        pytest.fail("this test needs Debian's docker-compose package (scripts/quickstart.sh test installs it)")
     path = compose_file(tmp_path, "--replicas", "2")
     assert docker_compose("-f", str(path), "config", "-q").returncode == 0
     project = f"xmstest{uuid.uuid4().hex[:6]}"
@@ -137,7 +146,10 @@ def test_compose_up_gets_budgets_and_rules_within_2_s_and_down_gives_them_back(
             assert "/media" in rows[cid[:12]]["ports"]
         # The server's own threads run SCHED_FIFO under the budget the agent wrote.
         wait_for(lambda: run_cli("rt", "verify", ids[0]).code == 0, 90, 1, "SCHED_FIFO threads in a replica")
-        assert "SCHED_FIFO works in" in agent.log()
+        # An agent already on the host (the README's demo starts one) may adopt them first, and then this
+        # test's agent has no line to log; `rt verify` above is the proof either way.
+        if not [line for line in running_agents() if "--interval" not in line]:
+            assert "SCHED_FIFO works in" in agent.log()
 
         down = docker_compose(*base, "down", "-t", "2")
         assert down.returncode == 0, down.stderr
