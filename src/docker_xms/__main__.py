@@ -1,3 +1,5 @@
-from docker_xms.cli import main
+import sys
 
-main()
+from docker_xms.entry import main
+
+sys.exit(main())

@@ -87,3 +87,24 @@ def test_a_format_naming_no_field_is_refused() -> None:
     result = run_cli("ps", "--format", "{{.Nope}}")
     assert result.code == 2
     assert "there is no field Nope" in result.err
+
+
+def test_ps_json_answered_without_the_command_line_matches_the_command_lines_own(servers: dict[str, str]) -> None:
+    # `ps --json` alone takes a path that does not load Click; with --debug in front it goes through Click.
+    quick, full = run_cli("ps", "--json"), run_cli("--debug", "ps", "--json")
+    assert quick.code == full.code == 0, quick.err + full.err
+    rows = {json.dumps(row, sort_keys=True) for row in json.loads(quick.out) if row["name"] in servers}
+    again = {json.dumps(row, sort_keys=True) for row in json.loads(full.out) if row["name"] in servers}
+    # A server still booting may turn healthy between the two calls: compare what cannot change.
+    stable = [{k: v for k, v in json.loads(r).items() if k not in ("health", "status")} for r in sorted(rows)]
+    assert stable == [{k: v for k, v in json.loads(r).items() if k not in ("health", "status")} for r in sorted(again)]
+    assert {json.loads(r)["name"] for r in rows} == set(servers)
+
+
+def test_ps_json_with_no_engine_says_so_as_every_command_does(tmp_path: Any) -> None:
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/no.sock"}
+    quick, full = run_cli("ps", "--json", env=env), run_cli("ps", "--wide", env=env)
+    assert quick.code == full.code == 1
+    assert quick.out == ""
+    assert "No Docker engine answered" in quick.err
+    assert quick.err == full.err

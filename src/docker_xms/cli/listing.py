@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -104,13 +103,13 @@ def ps(as_json: bool, wide: bool, template: str | None) -> None:
     The table shows the columns that fit the terminal, names and ids whole; --wide shows all of them.
     """
     from docker_xms.cli import context
-    from docker_xms.usecases.listing import budget_reader, managed_summaries
+    from docker_xms.usecases.listing import budget_reader, json_text, managed_summaries
     from docker_xms.usecases.listing import ps as list_containers
 
     settings = context.settings()
     rows = list_containers(managed_summaries(settings), budget_reader(settings))
     if as_json:
-        print(json.dumps([asdict(row) for row in rows], indent=2, sort_keys=True))
+        print(json_text(rows))
         return
     if template is not None:
         for row in rows:

@@ -6,8 +6,9 @@ those costs more than the listing itself.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 from docker_xms.adapters import adoption_store, cgroups, engine_list
 from docker_xms.adapters.engine_list import ContainerSummary
@@ -86,6 +87,11 @@ def ps(summaries: list[ContainerSummary], budget_of: Callable[[str], int | None]
             )
         )
     return rows
+
+
+def json_text(rows: list[PsRow]) -> str:
+    """`ps --json`: one object per container, keys sorted."""
+    return json.dumps([asdict(row) for row in rows], indent=2, sort_keys=True)
 
 
 def budget_reader(settings: Settings) -> Callable[[str], int | None]:
