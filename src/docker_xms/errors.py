@@ -5,8 +5,6 @@ Exit codes: 2 for bad input (the user can fix the command line), 1 for a failure
 
 from __future__ import annotations
 
-import signal
-
 
 class XmsError(Exception):
     """A failure with a message meant for the user."""
@@ -36,6 +34,8 @@ class Interrupted(KeyboardInterrupt):
     """SIGINT, SIGTERM or SIGHUP stopped a command; `message` says what was undone."""
 
     def __init__(self, signum: int, message: str | None = None) -> None:
+        import signal  # noqa: PLC0415 - not loaded by every command for the rare one that is interrupted
+
         self.signum = signum
         self.name = signal.Signals(signum).name
         self.message = message or f"Stopped by {self.name}."

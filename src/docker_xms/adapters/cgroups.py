@@ -7,7 +7,6 @@ driver, other kernel configs) can be read from directory trees laid out like the
 from __future__ import annotations
 
 import errno
-import gzip
 import os
 import re
 from dataclasses import dataclass
@@ -158,6 +157,8 @@ def _rt_group_sched_config(proc_root: Path, boot_root: Path) -> bool | None:
 
 
 def _kernel_config(proc_root: Path, boot_root: Path) -> str | None:
+    import gzip  # noqa: PLC0415 - read only when the kernel's command line does not say already
+
     try:
         return gzip.decompress((proc_root / "config.gz").read_bytes()).decode(errors="replace")
     except (OSError, EOFError, gzip.BadGzipFile):
