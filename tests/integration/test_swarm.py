@@ -16,12 +16,16 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from docker_xms.adapters.rtp import NgClient, NgError, exchange, open_call, udp_socket
+from docker_xms.adapters.sipp import UdpCounter
 from tests.helpers import RTPENGINE_IMAGE, run_cli, wait_for
+from tests.integration.test_sip_profile import PCAP, SCENARIO, pcap_packets, sipp_stats
 from tests.swarm_lab import NODE_POOL_US, Lab, Node, leftovers, pool_split, swarm_lab
 
 pytestmark = [
@@ -388,3 +392,169 @@ def test_a_node_restarted_whole_comes_back_and_everything_ends_right(lab: Lab) -
     print(f"\nsix tasks with budgets and rules {seconds:.2f} s after the node was back")
     # What ran there before the restart ended with it; what runs there now is right (checked above).
     assert not before & set(_tasks_on(node))
+
+
+SIP_STACK = "xmssip"
+SIP_SERVICE = f"{SIP_STACK}_sip"
+CALLS = 10
+# SIPp's ports in the drained node's network namespace: callee (echo) and caller, signalling and media.
+UAS_PORT, UAC_PORT, UAS_MEDIA, UAC_MEDIA = 5070, 5072, 16000, 17000
+
+
+def _long_call_scenario(path: Path) -> Path:
+    """The shipped caller scenario with its 7 s recording played twice: 15 s of media, a call of 16 s."""
+    text = SCENARIO.read_text()
+    last_pause = '<pause milliseconds="8000"/>'
+    assert last_pause in text
+    again = f'<nop><action><exec play_pcap_audio="{PCAP}"/></action></nop>'
+    path.write_text(text.replace(last_pause, f'<pause milliseconds="7500"/>\n  {again}\n  {last_pause}'))
+    return path
+
+
+def _node_pid(node: Node) -> int:
+    """The node container's first process now (a node restarted whole by an earlier test has a new one)."""
+    node.container.reload()
+    return int(node.container.attrs["State"]["Pid"])
+
+
+def _bridge_address(node: Node) -> str:
+    """The node's own address on its engine's default bridge, where its tasks' addresses are."""
+    words = node.sh("ip", "-4", "-o", "addr", "show", "dev", "docker0").split()
+    return words[words.index("inet") + 1].split("/")[0]
+
+
+def _numsessions(node: Node, cid: str) -> int:
+    out = node.docker("exec", cid, "rtpengine-ctl", "list", "numsessions")
+    match = re.search(r"Current sessions total: (\d+)", out)
+    assert match, out
+    return int(match.group(1))
+
+
+def _container_state(node: Node, cid: str) -> dict[str, Any]:
+    return dict(json.loads(node.docker("inspect", cid))[0]["State"])
+
+
+def _epoch(stamp: str) -> float:
+    """The engine's RFC 3339 times (nanoseconds) in seconds since the epoch."""
+    head, _, fraction = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(fraction + '000000')[:6]}+00:00").timestamp()
+
+
+def test_draining_a_node_lets_its_sip_calls_end_before_the_task_stops_then_its_budget_and_rules_go(
+    lab: Lab, sip_image: str, tmp_path: Path
+) -> None:
+    """A sip task (Kamailio + rtpengine) holding 10 calls with media is drained: every call ends normally.
+
+    A task started by Swarm advertises its container address in SDP (not the node's), so caller and
+    callee are SIPp in the network namespace of the node under test (its container, made by the lab),
+    where the node's bridge and so the task's address are routable, as for a peer on that node's own LAN.
+    Packets are counted on that bridge by the project's own counter (a packet socket opened in the node's
+    namespace). The rtpengine stack of the tests above would share the nodes' RT_MS: it is removed first.
+    """
+    if shutil.which("sipp") is None:
+        pytest.fail("SIPp is not installed: apt-get install sip-tester")
+    lab.manager.docker("stack", "rm", STACK, check=False)
+    wait_for(
+        lambda: all(not _tasks_on(n) and not any(pool_split(n).values()) for n in lab.nodes),
+        timeout=120,
+        what="the rtpengine stack gone with its budgets",
+    )
+    image = _push(lab, sip_image)
+    compose = run_cli(
+        "compose", "sip", "--replicas", "1", "--ports", "dnat", "--for", "stack", "--image", image,
+        "--rt-ms", str(RT_MS),
+    )  # fmt: skip
+    assert compose.code == 0, compose.err
+    lab.manager.docker("stack", "deploy", "--compose-file", "-", SIP_STACK, input=compose.out, timeout=120)
+    drained: Node | None = None
+    sipps: list[subprocess.Popen[bytes]] = []
+    try:
+        _wait_right(lab, 1, timeout=300, service=SIP_SERVICE)
+        node = next(n for n in lab.nodes if _tasks_on(n, SIP_SERVICE))
+        ((cid, address),) = _tasks_on(node, SIP_SERVICE).items()
+        wait_for(
+            lambda: _container_state(node, cid).get("Health", {}).get("Status") == "healthy",
+            timeout=150,
+            what="the proxy to answer OPTIONS",
+        )
+        pid, local = _node_pid(node), _bridge_address(node)
+        per_call = 2 * pcap_packets(PCAP)
+        scenario = _long_call_scenario(tmp_path / "uac_long.xml")
+        stats_file = tmp_path / "uac-stats.csv"
+        in_node = ["nsenter", "-t", str(pid), "-n", "sipp"]
+        common = ["-i", local, "-mi", local, "-m", str(CALLS), "-nostdin", "-timeout", "150s", "-trace_err"]
+        uas_cmd = [
+            *in_node, "-sn", "uas", "-rtp_echo", "-p", str(UAS_PORT), "-mp", str(UAS_MEDIA), *common,
+            "-error_file", str(tmp_path / "uas-errors.log"),
+        ]  # fmt: skip
+        # All ten at once: a rate of 10 a second, at most 10 under way.
+        uac_cmd = [
+            *in_node, f"{local}:{UAS_PORT}", "-rsa", f"{address}:5060", "-sf", str(scenario), "-p", str(UAC_PORT),
+            "-mp", str(UAC_MEDIA), "-l", str(CALLS), "-r", str(CALLS), "-rp", "1000", *common, "-trace_stat",
+            "-stf", str(stats_file), "-error_file", str(tmp_path / "uac-errors.log"),
+        ]  # fmt: skip
+        counter = _in_netns(pid, lambda: UdpCounter("docker0", {UAS_MEDIA, UAC_MEDIA}))
+        with counter:
+            quiet = subprocess.DEVNULL
+            sipps.append(subprocess.Popen(uas_cmd, cwd=tmp_path, stdout=quiet, stderr=quiet))
+            time.sleep(0.5)
+            calls_began = time.time()
+            sipps.append(subprocess.Popen(uac_cmd, cwd=tmp_path, stdout=quiet, stderr=quiet))
+            wait_for(lambda: _numsessions(node, cid) == CALLS, timeout=15, what=f"{CALLS} calls in rtpengine")
+            # The last ones' 200 and ACK through the proxy as well.
+            time.sleep(1.0)
+            drain_at = time.time()
+            lab.manager.docker("node", "update", "--availability", "drain", node.name)
+            drained = node
+            # Mid-way through the calls: the task stops (Swarm asked) but holds every call.
+            time.sleep(4.0)
+            running_mid = _container_state(node, cid)["Running"]
+            sessions_mid = _numsessions(node, cid) if running_mid else 0
+            uac_code = sipps[1].wait(timeout=120)
+            calls_ended = time.time()
+            uas_code = sipps[0].wait(timeout=30)
+            time.sleep(0.3)  # echoes still on their way
+
+        # The node keeps no budget and no rule once its task is gone.
+        def nothing_held() -> bool:
+            return sum(pool_split(node).values()) == 0 and not _dnat_targets(node)
+
+        wait_for(lambda: not _container_state(node, cid)["Running"], timeout=90, what="the drained task to stop")
+        finished = _epoch(_container_state(node, cid)["FinishedAt"])
+        wait_for(nothing_held, timeout=90, interval=0.1, what=f"no budget and no rule on {node.name}")
+        held_nothing_after = time.time() - drain_at
+        # The replacement on another node gets its budget and rules.
+        replaced = _wait_right(lab, 1, timeout=240, service=SIP_SERVICE)
+
+        errors = "".join(p.read_text(errors="replace") for p in tmp_path.glob("*-errors.log"))
+        stats = sipp_stats(stats_file)
+        caller, callee = counter.traffic[UAC_MEDIA], counter.traffic[UAS_MEDIA]
+        sent, reached, echoed, back = caller.sent, len(callee.received), callee.sent, len(caller.received)
+        print(
+            f"\nsip drain on {node.name}: calls {stats.get('OutgoingCall(C)')}, successful "
+            f"{stats.get('SuccessfulCall(C)')}, failed {stats.get('FailedCall(C)')}; rtpengine sessions "
+            f"{sessions_mid} 4 s into the drain; RTP packets: expected {CALLS * per_call}, caller sent {sent}, "
+            f"callee received {reached}, callee echoed {echoed}, caller received {back}; calls "
+            f"{calls_ended - calls_began:.1f} s; drain {drain_at - calls_began:.1f} s into them, the task stopped "
+            f"{finished - drain_at:.1f} s after the drain and {finished - calls_ended:+.1f} s after the calls "
+            f"ended; no budget and no rule on the node {held_nothing_after:.1f} s after the drain; the "
+            f"replacement's budget and rules {replaced:.1f} s after that"
+        )
+        assert (uac_code, uas_code) == (0, 0), errors
+        assert (stats["OutgoingCall(C)"], stats["SuccessfulCall(C)"], stats["FailedCall(C)"]) == (CALLS, CALLS, 0)
+        assert running_mid
+        assert sessions_mid == CALLS
+        # The task stopped only after the last call's BYE (SIPp exits once its 200 is back).
+        assert finished >= calls_ended - 1.0, (finished, calls_ended)
+        assert (sent, reached, echoed, back) == (CALLS * per_call,) * 4
+    finally:
+        for sipp in sipps:
+            if sipp.poll() is None:
+                sipp.kill()
+            sipp.wait()
+        if drained is not None:
+            lab.manager.docker("node", "update", "--availability", "active", drained.name)
+        lab.manager.docker("stack", "rm", SIP_STACK, check=False)
+        wait_for(lambda: all(not _tasks_on(n, SIP_SERVICE) for n in lab.nodes), timeout=120, what="the sip stack gone")
+        if drained is not None:
+            wait_for(lambda: _agent_running(drained), timeout=120, what=f"the agent back on {drained.name}")
