@@ -217,3 +217,61 @@ def test_an_adopted_container_gets_its_ephemeral_range_off_its_media_ports(
     finally:
         container.remove(force=True)
     wait_for(lambda: gone([container.id]), 2, 0.05, "its rule and plan to be given back")
+
+
+def _policies(container: Any) -> dict[str, set[str]]:
+    """Thread name -> the scheduling policies its threads run at, seen from the host's /proc."""
+    from docker_xms.adapters.cgroups import thread_policies
+
+    found: dict[str, set[str]] = {}
+    for pid in (int(p) for p in (PARENT / container.id / "cgroup.procs").read_text().split()):
+        for thread in thread_policies(pid):
+            found.setdefault(thread.comm, set()).add(f"{thread.policy}/{thread.rt_priority}")
+    return found
+
+
+def test_a_servers_threads_started_before_its_budget_are_raised_when_it_has_one(
+    docker_client: Any, rtpengine_image: str
+) -> None:
+    """A node's engine may start a labelled server before its agent runs: rtpengine then finds SCHED_FIFO
+    refused and runs its workers SCHED_OTHER. What the agent does on adopting it, raise_threads, puts them
+    where rtpengine itself would have. The container carries no docker-xms label, so that no agent on this
+    host (the README's demo starts one) adopts it before the test has given it a budget by hand."""
+    from docker_xms.adapters.config import load_settings
+    from docker_xms.adapters.engine import Engine
+    from docker_xms.adapters.profile_store import load_profile
+    from docker_xms.usecases.rt import open_host, raise_threads
+    from tests.private_engine import host_room
+
+    settings = load_settings()
+    profile = load_profile("rtpengine", settings.profile_dirs)
+    wanted = set(profile.rt_threads)
+    kwargs = systemd_run_kwargs("fleet")
+    kwargs["cap_add"] = ["SYS_NICE"]
+    container = docker_client.containers.run(rtpengine_image, name=f"fleet-{uuid.uuid4().hex[:6]}", **kwargs)
+    engine = Engine.connect(timeout=60)
+    try:
+
+        def started() -> dict[str, set[str]] | None:
+            found = _policies(container)
+            return found if wanted <= set(found) else None
+
+        before = wait_for(started, 60, 0.5, "rtpengine's threads")
+        assert all(before[name] == {"SCHED_OTHER/0"} for name in wanted), before
+        with host_room(20_000):
+            parent = PARENT / "cpu.rt_runtime_us"
+            parent.write_text(f"{int(parent.read_text()) + 20_000}\n")
+            (PARENT / container.id / "cpu.rt_runtime_us").write_text("20000\n")
+        rt = open_host(engine, settings)
+        raised = raise_threads(rt, container.id, profile.rt_threads, profile.rt_priority)
+        after = _policies(container)
+        print(f"raised {len(raised)} threads: {sorted(raised)}; now {after}")
+        assert set(raised) == wanted
+        assert all(after[name] == {f"SCHED_FIFO/{profile.rt_priority}"} for name in wanted), after
+        # Only those: rtpengine's main thread and the rest stay as they were.
+        assert after["rtpengine"] == {"SCHED_OTHER/0"}, after
+        assert raise_threads(rt, container.id, profile.rt_threads, profile.rt_priority) == []
+    finally:
+        engine.close()
+        container.remove(force=True)
+        run_cli("rt", "rebalance")

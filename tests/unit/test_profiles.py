@@ -165,3 +165,15 @@ def test_only_a_control_or_management_port_can_be_marked_without_authentication(
     assert load_profile("rtpengine").ports[0].authenticated is False
     with pytest.raises(BadInput, match=r"line 11, field 'ports\[0\]\.authenticated' can be false only on a control"):
         parse_profile(MINIMAL.replace('role = "signalling"', 'role = "signalling"\nauthenticated = false'), "m.toml")
+
+
+def test_rt_threads_are_read_and_must_be_a_list_of_names() -> None:
+    assert parse_profile(MINIMAL, "m.toml").rt_threads == ()
+    with_threads = MINIMAL.replace(
+        'image = "mini:latest"', 'image = "mini:latest"\nrt_threads = ["poller", "send timer"]'
+    )
+    assert parse_profile(with_threads, "m.toml").rt_threads == ("poller", "send timer")
+    with pytest.raises(BadInput, match="rt_threads"):
+        parse_profile(MINIMAL.replace('image = "mini:latest"', 'image = "mini:latest"\nrt_threads = [5]'), "m.toml")
+    assert load_profile("rtpengine").rt_threads == ("poller", "codec timer", "media player", "send timer")
+    assert load_profile("sip").rt_threads == load_profile("rtpengine").rt_threads

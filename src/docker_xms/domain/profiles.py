@@ -137,6 +137,10 @@ class Profile:
     variables: dict[str, str] = field(default_factory=dict)
     # The client of `docker-xms test-call` ([test_call] client); empty when the profile names none.
     test_call: str = ""
+    # Threads (by name) the server itself runs at rt_priority when it has a budget. A container started
+    # before the agent could grant one (a node's engine up before its agent) runs them SCHED_OTHER: the
+    # agent raises these when it adopts it, as the server would have done.
+    rt_threads: tuple[str, ...] = ()
 
     # How {advertised} writes an advertised address into an instance file ([media] advertise, "{address}"
     # in it); empty: the profile has no such place.
@@ -369,7 +373,7 @@ def parse_profile(text: str, source: str) -> Profile:
         | {"drain"}
     )
     head = root.table("profile")
-    head.unknown({"name", "description", "image", "docs_url", "logins", "rt_priority"})
+    head.unknown({"name", "description", "image", "docs_url", "logins", "rt_priority", "rt_threads"})
     name = head.get("name", str, required=True)
     if not NAME_RE.match(name):
         raise head.fail("name", f"must be lower-case letters, digits, '.', '_' or '-', not {name!r}")
@@ -380,6 +384,7 @@ def parse_profile(text: str, source: str) -> Profile:
     rt_priority = head.get("rt_priority", int, default=50)
     if not 1 <= rt_priority <= 99:
         raise head.fail("rt_priority", "must lie within 1-99")
+    rt_threads = head.strings("rt_threads")
 
     ports = tuple(_port(r) for r in root.tables("ports"))
     media_reader = root.table("media")
@@ -466,6 +471,7 @@ def parse_profile(text: str, source: str) -> Profile:
         advertise_form=advertise_form,
         test_call=test_call,
         drain=drain,
+        rt_threads=rt_threads,
     )
 
 

@@ -21,12 +21,13 @@ from typing import Any
 from docker_xms.adapters import hostfiles, hostlock, hostproc
 from docker_xms.adapters.engine import Engine
 from docker_xms.adapters.netfilter import Netfilter
+from docker_xms.adapters.profile_store import load_profile
 from docker_xms.domain import budget
-from docker_xms.domain.labels import LABEL_HOST_MEDIA, MANAGED_LABEL, unreadable, weight_of
+from docker_xms.domain.labels import LABEL_HOST_MEDIA, MANAGED_LABEL, PROFILE_LABEL, unreadable, weight_of
 from docker_xms.domain.metrics import listen_address
 from docker_xms.errors import BadInput, EngineUnavailable, XmsError
 from docker_xms.settings import Settings
-from docker_xms.usecases.adoption import set_ephemeral
+from docker_xms.usecases.adoption import Adopted, set_ephemeral
 from docker_xms.usecases.metrics import ReconcileStats
 from docker_xms.usecases.reconcile import Reconciliation, reconcile
 from docker_xms.usecases.rt import (
@@ -35,6 +36,7 @@ from docker_xms.usecases.rt import (
     grow_parent,
     managed_running,
     open_host,
+    raise_threads,
     reserve,
     start_stored,
     verify,
@@ -73,6 +75,25 @@ def describe(rt: RtHost, result: Reconciliation) -> list[str]:
         lines.extend(f"rules removed for {cid}" for cid in result.rules.removed)
         lines.extend(f"rules added for {short_names.get(cid, cid)}" for cid in result.rules.added)
     return lines
+
+
+def raised_line(rt: RtHost, adopted: Adopted) -> str:
+    """Its profile's real-time threads raised to SCHED_FIFO in a container adopted after it started, as a
+    log line ("" when there was nothing to raise: they were real-time already, or it names none)."""
+    try:
+        profile = load_profile(adopted.labels.get(PROFILE_LABEL, ""), rt.settings.profile_dirs)
+    except XmsError:
+        return ""  # an unknown profile is reported once already, with what it gets instead
+    try:
+        raised = raise_threads(rt, adopted.id, profile.rt_threads, profile.rt_priority)
+    except (XmsError, OSError) as exc:
+        return f"could not raise the real-time threads of {adopted.name}: {_reason(exc)}"
+    if not raised:
+        return ""
+    return (
+        f"raised {len(raised)} threads of {adopted.name} to SCHED_FIFO {profile.rt_priority} "
+        f"({', '.join(sorted(set(raised)))}): it started before it had a budget"
+    )
 
 
 def verified_line(rt: RtHost, container_id: str, name: str) -> str:
@@ -162,7 +183,11 @@ class Agent:
             [s.sentence() for s in result.budgets.skipped] + [r.sentence() for r in result.adoption.refused]
         )
         for adopted in result.adoption.adopted:
-            for said in (set_ephemeral(rt.engine, adopted), verified_line(rt, adopted.id, adopted.name)):
+            for said in (
+                set_ephemeral(rt.engine, adopted),
+                raised_line(rt, adopted),
+                verified_line(rt, adopted.id, adopted.name),
+            ):
                 if said:
                     self.log(said)
         if self._restart_failed(rt):

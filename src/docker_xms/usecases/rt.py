@@ -479,6 +479,35 @@ def verify(rt: RtHost, ref: str) -> Verification:
     )
 
 
+# Run inside the container, so that it works from an agent in any pid namespace (a Swarm service's too):
+# each thread named in the arguments after the priority that runs SCHED_OTHER is put at SCHED_FIFO at
+# that priority, and its name printed. The container's own SYS_NICE and its budget let it.
+_RAISE_SCRIPT = r"""prio=$1; shift
+for t in /proc/[0-9]*/task/[0-9]*; do
+  comm=$(cat "$t/comm" 2>/dev/null) || continue
+  for want in "$@"; do
+    [ "$comm" = "$want" ] || continue
+    case $(chrt -p "${t##*/}" 2>/dev/null) in
+      *SCHED_OTHER*) chrt -f -p "$prio" "${t##*/}" && echo "$comm" ;;
+    esac
+  done
+done
+"""
+
+
+def raise_threads(rt: RtHost, container_id: str, names: Iterable[str], priority: int) -> list[str]:
+    """The threads named `names` that run SCHED_OTHER in a container that has a budget now, put at
+    SCHED_FIFO `priority` as the server would have put them had the budget been there when it started;
+    the names of those raised."""
+    wanted = list(names)
+    if not wanted:
+        return []
+    code, out = rt.engine.exec(container_id, ["bash", "-c", _RAISE_SCRIPT, "raise", str(priority), *wanted])
+    if code != 0:
+        raise XmsError(f"Raising the real-time threads in {container_id[:12]} failed: {out.strip() or f'exit {code}'}.")
+    return out.splitlines()
+
+
 def _rt_threads(rt: RtHost, info: ContainerInfo) -> tuple[list[RtThread], int, set[str]]:
     """Real-time threads of the container's processes, seen from the host's /proc."""
     pids = _container_pids(rt, info)
