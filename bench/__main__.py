@@ -28,6 +28,7 @@ from bench.house import house
 from bench.latency import latency
 from bench.media import media
 from bench.report import headlines, write_report
+from bench.swarm_ports import swarm_ports
 from bench.webrtc import webrtc_calls
 from docker_xms.adapters.pmqos import CpuLatencyHold, read_idle_state
 
@@ -41,6 +42,7 @@ SECTIONS = {
     "calls": calls,
     "webrtc": webrtc_calls,
     "agent-metrics": agent_metrics,
+    "swarm-ports": swarm_ports,
 }
 
 

@@ -84,6 +84,11 @@ def headlines(results: dict[str, Any]) -> list[str]:
     media = results.get("media")
     if media and "loads" in media:
         lines += media_headlines(media)
+    ports = results.get("swarm-ports")
+    if ports and "kinds" in ports:
+        from bench.swarm_ports import headlines as swarm_ports_headlines
+
+        lines += swarm_ports_headlines(ports)
     return lines
 
 
@@ -475,6 +480,10 @@ def write_report(results: dict[str, Any], raw: Path | None = None, directory: Pa
         elif name == "media":
             lines += _media_md(data)
             lines += [f"![jitter over time]({f})" for f in _plot_jitter(data, directory)] + [""]
+        elif name == "swarm-ports" and "kinds" in data:
+            from bench.swarm_ports import table_md
+
+            lines += ["## swarm-ports", "", *table_md(data), "", *_generic_md("swarm-ports, raw", data)[2:]]
         else:
             lines += _generic_md(name, data)
     path = directory / "report.md"
