@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Literal, get_args
 
 from docker_xms.domain.forwards import DnatForward
 from docker_xms.errors import BadInput
@@ -31,8 +30,13 @@ SWARM_SERVICE = "com.docker.swarm.service.name"
 SWARM_TASK = "com.docker.swarm.task.name"
 
 # How media ports reach a container (see domain/ports.py); `run --ports` also takes "auto".
-Strategy = Literal["publish", "dnat", "host"]
-STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+# `ps --json` imports this module: typing is only for the type checker (its import costs the listing ~2 ms).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Strategy = Literal["publish", "dnat", "host"]
+STRATEGIES: tuple[Strategy, ...] = ("publish", "dnat", "host")
 PORT_CHOICES = ("auto", *STRATEGIES)
 
 _SPAN = re.compile(r"^(\d+)-(\d+)$")

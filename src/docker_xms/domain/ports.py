@@ -20,12 +20,15 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from docker_xms.domain.forwards import DnatForward
-from docker_xms.domain.labels import LABEL_DNAT, LABEL_HOST_MEDIA, LABEL_STRATEGY, STRATEGIES, Strategy
+from docker_xms.domain.labels import LABEL_DNAT, LABEL_HOST_MEDIA, LABEL_STRATEGY, STRATEGIES
 from docker_xms.domain.profiles import MANAGEMENT_ROLES, PortSpec
 from docker_xms.errors import BadInput
+
+if TYPE_CHECKING:
+    from docker_xms.domain.labels import Strategy
 
 MODES = ("one-to-one", "container-address")
 # Above this many media ports, docker-proxy processes cost more (memory, start time) than one rule.
@@ -153,7 +156,7 @@ def decide_strategy(requested: str, mode: str, media_port_count: int, netfilter_
         )
     if requested != "auto":
         # One of STRATEGIES, as checked above.
-        return StrategyChoice(cast(Strategy, requested), f"{requested} was asked for")
+        return StrategyChoice(cast("Strategy", requested), f"{requested} was asked for")
     if media_port_count <= DNAT_THRESHOLD:
         return StrategyChoice("publish", f"{media_port_count} media ports are few enough for the engine to publish")
     if netfilter_available:
