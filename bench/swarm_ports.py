@@ -67,11 +67,12 @@ FORWARD = re.compile(
     r"-A DOCKER-XMS .*--dport (\d+):(\d+) .*--comment \"?docker-xms:([0-9a-f]{12}):.*"
     r"-j DNAT --to-destination ([0-9.]+):(\d+)-(\d+)"
 )
-# Every network namespace a node's engine keeps, and its own: the rules and IPVS entries of each, marked.
+# Every network namespace a node's engine keeps, and its own: the rules and IPVS entries of each, marked
+# from inside it, so that a stale file nsenter cannot enter is not counted.
 DUMP = (
-    'for ns in self /run/docker/netns/*; do echo "== $ns"; '
-    'if [ "$ns" = self ]; then iptables-save; cat /proc/net/ip_vs 2>/dev/null; '
-    "else nsenter --net=\"$ns\" sh -c 'iptables-save; cat /proc/net/ip_vs 2>/dev/null'; fi; done"
+    'for ns in self /run/docker/netns/*; do if [ "$ns" = self ]; then echo "== self"; iptables-save; '
+    'cat /proc/net/ip_vs 2>/dev/null; else nsenter --net="$ns" sh -c '
+    '\'echo "== $0"; iptables-save; cat /proc/net/ip_vs 2>/dev/null\' "$ns" 2>/dev/null; fi; done; true'
 )
 T = TypeVar("T")
 
@@ -85,14 +86,26 @@ class Plan:
 # --- pure: what the nodes print, counted ----------------------------------------------------------------
 
 
+def _where(namespace: str) -> str:
+    """Whose a namespace is: the node's own, a task's sandbox (12 hex digits), or the routing mesh's (the rest)."""
+    name = namespace.rsplit("/", 1)[-1]
+    if name == "self":
+        return "node"
+    return "tasks" if re.fullmatch(r"[0-9a-f]{12}", name) else "mesh"
+
+
 def count_rules(dump: str) -> dict[str, int]:
-    """Namespaces, iptables rules (`-A` lines) and IPVS virtual services and real servers in a DUMP's output."""
+    """Namespaces, iptables rules (`-A` lines), apart by whose namespace, and IPVS services and servers in a DUMP."""
     out = {"namespaces": 0, "iptables_rules": 0, "ipvs_services": 0, "ipvs_servers": 0}
+    out |= {f"rules_{where}": 0 for where in ("node", "mesh", "tasks")}
+    where = "node"
     for line in dump.splitlines():
         if line.startswith("== "):
             out["namespaces"] += 1
+            where = _where(line[3:].strip())
         elif line.startswith("-A "):
             out["iptables_rules"] += 1
+            out[f"rules_{where}"] += 1
         elif line.split(" ", 1)[0] in ("TCP", "UDP", "SCTP", "FWM"):
             out["ipvs_services"] += 1
         elif line.lstrip().startswith("-> ") and not line.lstrip().startswith("-> RemoteAddress"):
@@ -181,9 +194,14 @@ def table_rows(section: dict[str, Any]) -> list[list[str]]:
             "IPVS services / real servers created",
             *[f"{n(d, 'ipvs_services')} / {n(d, 'ipvs_servers')}" for d in deltas],
         ],
+        [
+            "of which in the node's namespace / the mesh's / the tasks'",
+            *[f"{n(d, 'rules_node')} / {n(d, 'rules_mesh')} / {n(d, 'rules_tasks')}" for d in deltas],
+        ],
         ["network namespaces created", *[n(d, "namespaces") for d in deltas]],
         ["processes created (docker-proxy)", *[f"{n(d, 'processes')} ({n(d, 'docker_proxy')})" for d in deltas]],
-        ["memory, usage (RSS)", *[f"{mb(d, 'usage')} ({mb(d, 'rss')})" for d in deltas]],
+        # RSS is what the processes hold; the cgroups' usage also counts page cache, which comes and goes.
+        ["memory, RSS (cgroup usage with page cache)", *[f"{mb(d, 'rss')} ({mb(d, 'usage')})" for d in deltas]],
         ["removal after `docker stack rm`", *[f"{r['teardown_s']:.1f} s" for r in runs]],
     ]
     return [["", *kinds], *rows]
@@ -213,7 +231,7 @@ def headlines(section: dict[str, Any]) -> list[str]:
         d = run["delta"]
         lines.append(
             f"swarm ports, {kind}: {run['running']} tasks, {reach}, {d['iptables_rules']:+,} iptables rules, "
-            f"{d['processes']:+,} processes ({d['docker_proxy']:+,} docker-proxy), {d['usage'] / 2**20:+,.0f} MB"
+            f"{d['processes']:+,} processes ({d['docker_proxy']:+,} docker-proxy), {d['rss'] / 2**20:+,.0f} MB RSS"
         )
     return lines
 
@@ -494,6 +512,37 @@ def _lab() -> Iterator[Any]:
         return
 
 
+def kernel_option(config: str, name: str) -> str:
+    """A kernel build option's value in a kernel config's text ("y", "m", or "not set")."""
+    for line in config.splitlines():
+        if line.startswith(f"{name}="):
+            return line.split("=", 1)[1]
+    return "not set"
+
+
+def _kernel_ip_vs() -> str:
+    """Whether this kernel has IPVS, which Swarm's routing mesh load-balances with (from /proc/config.gz)."""
+    import gzip
+
+    try:
+        config = gzip.decompress(Path("/proc/config.gz").read_bytes()).decode()
+    except OSError:
+        return "unknown"
+    return kernel_option(config, "CONFIG_IP_VS")
+
+
+def _engine_says(lab: Any, *words: str) -> list[str]:
+    """The node engines' distinct error lines that name any of `words` (as a finding, not a failure)."""
+    seen: list[str] = []
+    for node in lab.nodes:
+        logs = subprocess.run(["docker", "logs", node.container.id], capture_output=True, text=True).stderr
+        for line in logs.splitlines():
+            msg = line.split('msg="', 1)[-1].split('"', 1)[0]
+            if "level=error" in line and any(w in msg for w in words) and msg not in seen:
+                seen.append(msg)
+    return seen[:5]
+
+
 def _push(lab: Any, image: str) -> str:
     """The image pushed with docker-xms push into the lab's registry; the name the nodes pull it by."""
     local = f"{lab.push_registry}/docker-xms/{image.rsplit('/', maxsplit=1)[-1]}"
@@ -540,8 +589,10 @@ def swarm_ports() -> dict[str, Any]:
             "--rt-ms",
             str(RT_MS),
         ).stdout
+        out["kernel_ip_vs"] = _kernel_ip_vs()
         for kind in KINDS:
             out["kinds"][kind] = _one_kind(lab, kind, compose, agent, plan)
+        out["engine_errors"] = _engine_says(lab, "ipvs", "port", "ingress")
     out["lab_s"] = round(time.monotonic() - began, 1)
     for row in table_rows(out):
         print(" | ".join(f"{cell:<28}" for cell in row))
