@@ -68,11 +68,13 @@ FORWARD = re.compile(
     r"-j DNAT --to-destination ([0-9.]+):(\d+)-(\d+)"
 )
 # Every network namespace a node's engine keeps, and its own: the rules and IPVS entries of each, marked
-# from inside it, so that a stale file nsenter cannot enter is not counted.
+# from inside it with the namespace's identity (the engine keeps the node's own one there too, as "default"),
+# so that a namespace is counted once and a stale file nsenter cannot enter is not counted at all.
 DUMP = (
-    'for ns in self /run/docker/netns/*; do if [ "$ns" = self ]; then echo "== self"; iptables-save; '
-    'cat /proc/net/ip_vs 2>/dev/null; else nsenter --net="$ns" sh -c '
-    '\'echo "== $0"; iptables-save; cat /proc/net/ip_vs 2>/dev/null\' "$ns" 2>/dev/null; fi; done; true'
+    'for ns in self /run/docker/netns/*; do if [ "$ns" = self ]; then echo "== self $(readlink /proc/self/ns/net)"; '
+    'iptables-save; cat /proc/net/ip_vs 2>/dev/null; else nsenter --net="$ns" sh -c '
+    '\'echo "== $0 $(readlink /proc/self/ns/net)"; iptables-save; cat /proc/net/ip_vs 2>/dev/null\' "$ns" '
+    "2>/dev/null; fi; done; true"
 )
 T = TypeVar("T")
 
@@ -87,22 +89,31 @@ class Plan:
 
 
 def _where(namespace: str) -> str:
-    """Whose a namespace is: the node's own, a task's sandbox (12 hex digits), or the routing mesh's (the rest)."""
+    """Whose a namespace is: the node's own, a container's sandbox (12 hex digits), or the routing mesh's (the rest:
+    the ingress sandbox, load balancers, overlay networks)."""
     name = namespace.rsplit("/", 1)[-1]
     if name == "self":
         return "node"
-    return "tasks" if re.fullmatch(r"[0-9a-f]{12}", name) else "mesh"
+    return "containers" if re.fullmatch(r"[0-9a-f]{12}", name) else "mesh"
 
 
 def count_rules(dump: str) -> dict[str, int]:
-    """Namespaces, iptables rules (`-A` lines), apart by whose namespace, and IPVS services and servers in a DUMP."""
+    """Namespaces, iptables rules (`-A` lines), apart by whose namespace, and IPVS services and servers in a DUMP.
+
+    A namespace seen again under another name (the node's own, which the engine keeps as "default") counts once.
+    """
     out = {"namespaces": 0, "iptables_rules": 0, "ipvs_services": 0, "ipvs_servers": 0}
-    out |= {f"rules_{where}": 0 for where in ("node", "mesh", "tasks")}
-    where = "node"
+    out |= {f"rules_{where}": 0 for where in ("node", "mesh", "containers")}
+    where, seen, again = "node", set(), False
     for line in dump.splitlines():
         if line.startswith("== "):
-            out["namespaces"] += 1
-            where = _where(line[3:].strip())
+            name, _, identity = line[3:].strip().partition(" ")
+            again = bool(identity) and identity in seen
+            seen.add(identity)
+            where = _where(name)
+            out["namespaces"] += not again
+        elif again:
+            continue
         elif line.startswith("-A "):
             out["iptables_rules"] += 1
             out[f"rules_{where}"] += 1
@@ -195,8 +206,8 @@ def table_rows(section: dict[str, Any]) -> list[list[str]]:
             *[f"{n(d, 'ipvs_services')} / {n(d, 'ipvs_servers')}" for d in deltas],
         ],
         [
-            "of which in the node's namespace / the mesh's / the tasks'",
-            *[f"{n(d, 'rules_node')} / {n(d, 'rules_mesh')} / {n(d, 'rules_tasks')}" for d in deltas],
+            "of which in the node's namespace / the mesh's / the containers'",
+            *[f"{n(d, 'rules_node')} / {n(d, 'rules_mesh')} / {n(d, 'rules_containers')}" for d in deltas],
         ],
         ["network namespaces created", *[n(d, "namespaces") for d in deltas]],
         ["processes created (docker-proxy)", *[f"{n(d, 'processes')} ({n(d, 'docker_proxy')})" for d in deltas]],
@@ -543,6 +554,29 @@ def _engine_says(lab: Any, *words: str) -> list[str]:
     return seen[:5]
 
 
+def _warm_up(lab: Any, image: str) -> None:
+    """A task on every node and gone again: Swarm makes a node's ingress sandbox for its first task, once.
+
+    Without this the first kind measured would be charged for it.
+    """
+    name = "warm-up"
+    label = f"label=com.docker.swarm.service.name={name}"
+    lab.manager.docker(
+        "service", "create", "-d", "--mode", "global", "--name", name, "--entrypoint", "sleep", image, "600"
+    )
+    try:
+        began = time.monotonic()
+        while time.monotonic() - began < 120 and not all(
+            n.docker("ps", "-q", "--filter", label).split() for n in lab.nodes
+        ):
+            time.sleep(1)
+    finally:
+        lab.manager.docker("service", "rm", name, check=False)
+    began = time.monotonic()
+    while time.monotonic() - began < 120 and any(n.docker("ps", "-aq", "--filter", label).split() for n in lab.nodes):
+        time.sleep(1)
+
+
 def _push(lab: Any, image: str) -> str:
     """The image pushed with docker-xms push into the lab's registry; the name the nodes pull it by."""
     local = f"{lab.push_registry}/docker-xms/{image.rsplit('/', maxsplit=1)[-1]}"
@@ -590,6 +624,7 @@ def swarm_ports() -> dict[str, Any]:
             str(RT_MS),
         ).stdout
         out["kernel_ip_vs"] = _kernel_ip_vs()
+        _warm_up(lab, image)
         for kind in KINDS:
             out["kinds"][kind] = _one_kind(lab, kind, compose, agent, plan)
         out["engine_errors"] = _engine_says(lab, "ipvs", "port", "ingress")
