@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from docker_xms.domain.budget import PERIOD_US, to_period
 from docker_xms.errors import BadInput, NotFound, XmsError
 
 # `ps --json` imports this module: typing is only for the type checker (its import costs the listing ~2 ms).
@@ -268,6 +267,9 @@ class CgroupFs:
 
     def sibling_runtime(self, rel: str) -> int:
         """Runtime held by the other children of rel's parent, per PERIOD_US: it limits what rel can hold."""
+        # Here, not at the top: `ps --json` reads budgets through this module and needs no budget planning.
+        from docker_xms.domain.budget import PERIOD_US, to_period  # noqa: PLC0415
+
         parts = [p for p in rel.split("/") if p]
         if not parts:
             return 0
