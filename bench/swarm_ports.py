@@ -31,19 +31,17 @@ exists, or runs inside a `flock` of it: `flock /tmp/docker-xms-tests.lock .venv/
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
@@ -59,7 +57,6 @@ MEDIA_FIRST, MEDIA_LAST = 30000, 30999
 AGENT_IMAGE = "docker-xms/agent:latest"
 RTPENGINE_IMAGE = os.environ.get("DOCKER_XMS_RTPENGINE_IMAGE", "docker-xms/rtpengine:latest")
 MESH_FLOWS = 2 * REPLICAS
-CLONE_NEWNET = 0x40000000
 MEMORY = Path("/sys/fs/cgroup/memory")
 MEMORY_FLOOR_MB = 3072
 TESTS_LOCK = Path("/tmp/docker-xms-tests.lock")
@@ -77,7 +74,6 @@ DUMP = (
     '\'echo "== $0 $(readlink /proc/self/ns/net)"; iptables-save; cat /proc/net/ip_vs 2>/dev/null\' "$ns" '
     "2>/dev/null; fi; done; true"
 )
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -261,32 +257,6 @@ def lock_holders(locks: str, inode: int) -> set[int]:
 # --- on the lab ------------------------------------------------------------------------------------------
 
 
-def _in_netns(pid: int, make: Callable[[], T]) -> T:
-    """`make()` run by a thread in the network namespace of process `pid`: a socket it opens stays there."""
-    made: list[T] = []
-    errors: list[BaseException] = []
-
-    def enter_and_make() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns into the network namespace of {pid} failed")
-            finally:
-                os.close(fd)
-            made.append(make())
-        except BaseException as exc:  # handed to the caller's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=enter_and_make)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return made[0]
-
-
 def _reading(node: Any) -> dict[str, int]:
     rules = count_rules(node.sh("sh", "-c", DUMP, timeout=300))
     procs = count_processes(node.sh("ps", "-e", "-o", "comm="))
@@ -333,6 +303,8 @@ def _task_states(lab: Any) -> tuple[int, int, str]:
 
 def _reaches(lab: Any, node: Any, cid: str, address: str, kind: str) -> int:
     """Flows it took for RTP to the node's address to be relayed by this task (0: not reachable yet)."""
+    from tests.swarm_lab import in_netns
+
     from docker_xms.adapters.rtp import NgClient, NgError, open_call, send_stream, udp_socket
 
     if kind == "docker-xms":
@@ -343,7 +315,7 @@ def _reaches(lab: Any, node: Any, cid: str, address: str, kind: str) -> int:
         offset = host_low - start
     else:
         offset = 0
-    ng = _in_netns(node.container.attrs["State"]["Pid"], lambda: NgClient(address, timeout=0.5, attempts=2))
+    ng = in_netns(node.container.attrs["State"]["Pid"], lambda: NgClient(address, timeout=0.5, attempts=2))
     with contextlib.closing(ng), udp_socket("0.0.0.0") as leg_a, udp_socket("0.0.0.0") as leg_b:
         try:
             if not ng.ping():

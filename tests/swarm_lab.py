@@ -16,6 +16,7 @@ through DOCKER_HOST) speak to each node's engine directly.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -25,10 +26,10 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 
@@ -424,3 +425,36 @@ def now() -> float:
 
 def sudo_env(node: Node) -> dict[str, str]:
     return {**os.environ, "DOCKER_HOST": node.docker_host}
+
+
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+
+def in_netns(pid: int, make: Callable[[], T]) -> T:
+    """`make()` run by a thread in the network namespace of process `pid`: a socket it opens stays there.
+
+    setns moves only the calling thread, so the test's other sockets stay in this machine's namespace.
+    """
+    made: list[T] = []
+    errors: list[BaseException] = []
+
+    def enter_and_make() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns into the network namespace of {pid} failed")
+            finally:
+                os.close(fd)
+            made.append(make())
+        except BaseException as exc:  # handed to the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=enter_and_make)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return made[0]

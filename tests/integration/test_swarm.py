@@ -7,18 +7,16 @@ away at its end, and the test checks that nothing of them is left on this machin
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import re
 import shutil
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -26,7 +24,7 @@ from docker_xms.adapters.rtp import NgClient, NgError, exchange, open_call, udp_
 from docker_xms.adapters.sipp import UdpCounter
 from tests.helpers import RTPENGINE_IMAGE, run_cli, wait_for
 from tests.integration.test_sip_profile import PCAP, SCENARIO, pcap_packets, sipp_stats
-from tests.swarm_lab import NODE_POOL_US, Lab, Node, leftovers, pool_split, swarm_lab
+from tests.swarm_lab import NODE_POOL_US, Lab, Node, in_netns, leftovers, pool_split, swarm_lab
 
 pytestmark = [
     pytest.mark.engine,
@@ -46,8 +44,6 @@ FORWARD = re.compile(
     r"-j DNAT --to-destination ([0-9.]+):(\d+)-(\d+)"
 )
 PACKETS = 50  # 1 s of 20 ms packets each way
-CLONE_NEWNET = 0x40000000
-T = TypeVar("T")
 
 
 def _push(lab: Lab, image: str) -> str:
@@ -121,35 +117,6 @@ def _dnat_targets(node: Node) -> list[str]:
     return DNAT.findall(node.iptables())
 
 
-def _in_netns(pid: int, make: Callable[[], T]) -> T:
-    """`make()` run by a thread in the network namespace of process `pid`: a socket it opens stays there.
-
-    setns moves only the calling thread, so the test's other sockets stay in this machine's namespace.
-    """
-    made: list[T] = []
-    errors: list[BaseException] = []
-
-    def enter_and_make() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns into the network namespace of {pid} failed")
-            finally:
-                os.close(fd)
-            made.append(make())
-        except BaseException as exc:  # handed to the caller's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=enter_and_make)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return made[0]
-
-
 def _forwards(node: Node) -> dict[str, tuple[int, int, str, int, int]]:
     """Each task's media forward in the node's nat table: id12 -> host ports, address, container ports."""
     out = {}
@@ -173,7 +140,7 @@ def _relay_through(lab: Lab, node: Node) -> None:
         assert start <= port <= end, (port, start, end)
         return node.address, host_low + port - start
 
-    ng = _in_netns(node.container.attrs["State"]["Pid"], lambda: NgClient(address, timeout=1.0, attempts=3))
+    ng = in_netns(node.container.attrs["State"]["Pid"], lambda: NgClient(address, timeout=1.0, attempts=3))
     with contextlib.closing(ng), udp_socket("0.0.0.0") as leg_a, udp_socket("0.0.0.0") as leg_b:
 
         def pong() -> bool:
@@ -493,7 +460,7 @@ def test_draining_a_node_lets_its_sip_calls_end_before_the_task_stops_then_its_b
             "-mp", str(UAC_MEDIA), "-l", str(CALLS), "-r", str(CALLS), "-rp", "1000", *common, "-trace_stat",
             "-stf", str(stats_file), "-error_file", str(tmp_path / "uac-errors.log"),
         ]  # fmt: skip
-        counter = _in_netns(pid, lambda: UdpCounter("docker0", {UAS_MEDIA, UAC_MEDIA}))
+        counter = in_netns(pid, lambda: UdpCounter("docker0", {UAS_MEDIA, UAC_MEDIA}))
         with counter:
             quiet = subprocess.DEVNULL
             sipps.append(subprocess.Popen(uas_cmd, cwd=tmp_path, stdout=quiet, stderr=quiet))
