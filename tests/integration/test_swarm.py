@@ -132,8 +132,11 @@ def _relay_through(lab: Lab, node: Node) -> None:
     bridge: the ng socket is opened in the node's network namespace. The legs stay on this machine and
     send to the node's address on the lab network, where the node's DNAT forwards the task's media range.
     """
-    cid, address = sorted(_tasks_on(node).items())[0]
-    host_low, host_high, to_ip, start, end = _forwards(node)[cid[:12]]
+    forwards = _forwards(node)
+    tasks = sorted(_tasks_on(node).items())
+    # The first task of the profile on a node has its own media ports forwarded onto themselves: take it.
+    cid, address = next(((c, a) for c, a in tasks if forwards[c[:12]][0] == forwards[c[:12]][3]), tasks[0])
+    host_low, host_high, to_ip, start, end = forwards[cid[:12]]
     assert to_ip == address
 
     def on_node(port: int) -> tuple[str, int]:
@@ -158,12 +161,19 @@ def _relay_through(lab: Lab, node: Node) -> None:
             with contextlib.suppress(NgError):
                 ng.delete(call.call_id, call.from_tag)
     # A's stream reaches the task through the node's forward and comes back to this machine, at B, from the
-    # node's address. Only this direction is sure: the task's media range is forwarded from other host ports
-    # (10000-10999 for 30000-30999), and rtpengine sends to a leg as soon as the other leg's media arrives;
-    # when that comes before the leg's own first packet, the node masquerades it from the container's port
-    # (30000, no SNAT keeps a port offset) and then maps the leg's packets to the next free port of the range.
+    # node's address.
     assert len(done.at_b) >= PACKETS - 2, len(done.at_b)
     assert {address for address, _ in done.sources_at_b} == {node.address}
+    # B's too when the task's ports are forwarded onto themselves. When they are forwarded from other host
+    # ports (10000-10999 for 30000-30999), rtpengine may send to a leg before that leg's own first packet
+    # arrives; the node then masquerades it from the container's port (no SNAT keeps a port offset) and
+    # maps the leg's packets to another port of the range: only A's direction is sure.
+    if host_low == start:
+        assert len(done.at_a) >= PACKETS - 2, len(done.at_a)
+        assert {address for address, _ in done.sources_at_a} == {node.address}
+    print(
+        f"relayed through {node.name} host {host_low}-{host_high} -> {start}-{end}: {len(done.at_b)} at B, {len(done.at_a)} at A"
+    )
 
 
 def _state_right(lab: Lab, expected_total: int, service: str = SERVICE, rules: bool = True) -> list[str]:

@@ -49,13 +49,23 @@ def test_only_a_container_whose_labels_carry_no_plan_needs_one() -> None:
     assert not needs_plan({PROFILE_LABEL: "rtpengine"})
 
 
-def test_a_dnat_plan_takes_the_first_free_block_and_forwards_it_onto_the_servers_own_ports() -> None:
+def test_a_dnat_plan_forwards_the_servers_own_ports_onto_themselves_when_they_are_free() -> None:
+    # The server's configuration is in its image: its SDP names its own ports, right when the host's are the same.
     profile = load_profile("rtpengine")
     labels = plan_labels(profile, ADOPTABLE, "bridge", [(10000, 10999), (11500, 11600)], POOL)
     assert labels[LABEL_STRATEGY] == "dnat"
     assert labels[MODE_LABEL] == "container-address"
-    assert labels[LABEL_HOST_MEDIA] == "11601-12600"
-    assert labels[LABEL_DNAT] == "rtp/udp:11601-12600>30000-30999"
+    assert labels[LABEL_HOST_MEDIA] == "30000-30999"
+    assert labels[LABEL_DNAT] == "rtp/udp:30000-30999>30000-30999"
+
+
+def test_a_dnat_plan_takes_the_first_free_block_when_its_own_ports_are_held_or_outside_the_pool() -> None:
+    profile = load_profile("rtpengine")
+    held = plan_labels(profile, ADOPTABLE, "bridge", [(10000, 10999), (11500, 11600), (30500, 30500)], POOL)
+    assert held[LABEL_HOST_MEDIA] == "11601-12600"
+    assert held[LABEL_DNAT] == "rtp/udp:11601-12600>30000-30999"
+    outside = plan_labels(profile, ADOPTABLE, "bridge", [], (10000, 29999))
+    assert outside[LABEL_HOST_MEDIA] == "10000-10999"
 
 
 def test_host_networking_holds_the_profiles_own_range_and_refuses_it_when_taken() -> None:
@@ -97,8 +107,9 @@ def test_replicas_started_by_compose_get_budgets_distinct_ranges_and_one_rule_ea
     assert {x.ephemeral for x in result.adoption.adopted} == {None}
     assert host.runtime(a) == host.runtime(b) == host.runtime(run_made) == 316_666
     forwards = dict(host.netfilter.forwards)
-    assert forwards[a.id[:12]] == [DnatForward("rtp", "udp", 11000, 11999, 30000, 30999, a.ip_address)]
-    assert forwards[b.id[:12]] == [DnatForward("rtp", "udp", 12000, 12999, 30000, 30999, b.ip_address)]
+    # The first keeps its own port numbers on the host; the second takes the first free block.
+    assert forwards[a.id[:12]] == [DnatForward("rtp", "udp", 30000, 30999, 30000, 30999, a.ip_address)]
+    assert forwards[b.id[:12]] == [DnatForward("rtp", "udp", 11000, 11999, 30000, 30999, b.ip_address)]
     plans = adoption_store.load(adoption_store.path_for(host.rt.settings.lock_path))
     assert set(plans) == {a.id, b.id}
 
@@ -120,10 +131,10 @@ def test_a_stopped_or_removed_replica_gives_its_budget_range_and_rule_back(host:
     assert set(result.adoption.released) == {a.id, b.id}
     assert host.netfilter.forwards == {}
     assert adoption_store.load(adoption_store.path_for(host.rt.settings.lock_path)) == {}
-    # Started again: a range again, the first free one.
+    # Started again: a range again, its own numbers, free again.
     host.engine.start(a.id)
     reconcile(host.rt, host.netfilter)
-    assert [f.host_start for f in host.netfilter.forwards[a.id[:12]]] == [10000]
+    assert [f.host_start for f in host.netfilter.forwards[a.id[:12]]] == [30000]
     assert host.runtime(a) == 950_000
 
 

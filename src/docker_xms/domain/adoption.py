@@ -122,6 +122,8 @@ def plan_labels(
         strategy,
         used_host_ranges=used_host_ranges,
         host_pool=host_pool,
+        # Its configuration is in its image: it puts its own port numbers in its SDP.
+        own_numbers_first=True,
     )
     return {MODE_LABEL: mode, **plan.labels()}
 

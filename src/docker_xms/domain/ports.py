@@ -227,6 +227,7 @@ def plan_ports(
     *,
     host_pool: tuple[int, int],
     same_ports: bool = False,
+    own_numbers_first: bool = False,
 ) -> PortPlan:
     """Plan one container's ports.
 
@@ -234,7 +235,9 @@ def plan_ports(
     labels); `host_pool` is where container-address mode finds host media ranges, kept below the
     kernel's ephemeral range from which the engine picks the host ports it publishes. With `same_ports`
     the server is told its host range in container-address mode, so that forwarding changes only the
-    address of a media port, never its number: the port in an SDP is then right on both sides.
+    address of a media port, never its number: the port in an SDP is then right on both sides. With
+    `own_numbers_first` (a server that cannot be told, as an adopted one), the container's own media ports
+    are taken on the host when they are free and in the pool, for the same reason.
     """
     _check_mode(mode)
     if strategy not in STRATEGIES:
@@ -264,6 +267,8 @@ def plan_ports(
     if one_to_one:
         media = tuple(_identity(p) for p in pieces)
         _check_free(media, used)
+    elif own_numbers_first and _free_in_pool(identity := tuple(_identity(p) for p in pieces), host_pool, used):
+        media = identity
     else:
         base = _allocate(count, host_pool, used)
         media = _shift(pieces, base)
@@ -383,6 +388,15 @@ def _check_free(media: Sequence[MediaRange], used: Sequence[tuple[int, int]]) ->
                     f"Host ports {taken[0]}-{taken[1]} are held by another container, so {m.name} "
                     f"({m.start}-{m.end}/{m.protocol}) cannot be offered one-to-one; remove it or use -c."
                 )
+
+
+def _free_in_pool(media: Sequence[MediaRange], pool: tuple[int, int], taken: Sequence[tuple[int, int]]) -> bool:
+    return all(
+        pool[0] <= m.host_start
+        and m.host_end <= pool[1]
+        and not any(_overlap((m.host_start, m.host_end), t) for t in taken)
+        for m in media
+    )
 
 
 def _allocate(size: int, pool: tuple[int, int], taken: Sequence[tuple[int, int]]) -> int:
