@@ -49,7 +49,9 @@ def interruptible() -> Iterator[None]:
         yield
     finally:
         for s, handler in previous.items():
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+            # Once one has stopped the command, the others find it on its way out: with the default action
+            # back, one arriving before the exit would kill it without its exit code and its sentence.
+            signal.signal(s, signal.SIG_IGN if raised else signal.SIG_DFL if handler is None else handler)
 
 
 @contextmanager
