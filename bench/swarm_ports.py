@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -44,13 +43,23 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tests.swarm_lab import (
+    AGENT_SERVICE,
+    forwards,
+    in_netns,
+    push,
+    start_agent_service,
+    swarm_lab,
+    task_states,
+    tasks_on,
+)
 
-from bench.common import CLI, cli, client, plan_from_setting
+from bench.common import cli, client, plan_from_setting
+from docker_xms.adapters.cgroups import kernel_config
 
 KINDS = ("docker-xms", "ingress", "host")
 STACK = "ports"
 SERVICE = f"{STACK}_rtpengine"
-AGENT_SERVICE = "docker-xms-agent"
 REPLICAS = 6
 RT_MS = 30
 MEDIA_FIRST, MEDIA_LAST = 30000, 30999
@@ -60,11 +69,6 @@ MESH_FLOWS = 2 * REPLICAS
 MEMORY = Path("/sys/fs/cgroup/memory")
 MEMORY_FLOOR_MB = 3072
 TESTS_LOCK = Path("/tmp/docker-xms-tests.lock")
-# A task's media forward in a node's nat table: host ports, the container id (12 digits), its address and ports.
-FORWARD = re.compile(
-    r"-A DOCKER-XMS .*--dport (\d+):(\d+) .*--comment \"?docker-xms:([0-9a-f]{12}):.*"
-    r"-j DNAT --to-destination ([0-9.]+):(\d+)-(\d+)"
-)
 # Every network namespace a node's engine keeps, and its own: the rules and IPVS entries of each, marked
 # from inside it with the namespace's identity (the engine keeps the node's own one there too, as "default"),
 # so that a namespace is counted once and a stale file nsenter cannot enter is not counted at all.
@@ -131,13 +135,6 @@ def memory_of(stat: str, usage: str) -> dict[str, int]:
     """A memory cgroup's usage and RSS (its whole subtree: the hierarchy is on) in bytes."""
     values = dict(line.split() for line in stat.splitlines() if line.count(" ") == 1)
     return {"usage": int(usage), "rss": int(values.get("total_rss", 0))}
-
-
-def parse_forwards(nat: str) -> dict[str, tuple[int, int, str, int, int]]:
-    """Each task's media forward in a node's nat table: id12 -> host ports, address, container ports."""
-    return {
-        cid: (int(low), int(high), ip, int(start), int(end)) for low, high, cid, ip, start, end in FORWARD.findall(nat)
-    }
 
 
 def publish(compose: str, mode: str | None) -> str:
@@ -272,43 +269,12 @@ def _readings(lab: Any) -> dict[str, dict[str, int]]:
     return {node.name: _reading(node) for node in lab.nodes}
 
 
-def _tasks_on(node: Any) -> dict[str, str]:
-    """The service's running containers on a node: id -> address on the node's bridge."""
-    ids = node.docker("ps", "-q", "--no-trunc", "--filter", f"label=com.docker.swarm.service.name={SERVICE}").split()
-    out = {}
-    for info in json.loads(node.docker("inspect", *ids, check=False) or "[]") if ids else []:
-        bridge = (info["NetworkSettings"]["Networks"] or {}).get("bridge") or {}
-        if info["State"]["Running"] and bridge.get("IPAddress"):
-            out[info["Id"]] = bridge["IPAddress"]
-    return out
-
-
-def _task_states(lab: Any) -> tuple[int, int, str]:
-    out = lab.manager.docker(
-        "service",
-        "ps",
-        "--no-trunc",
-        "--filter",
-        "desired-state=running",
-        "--format",
-        "{{.CurrentState}}|{{.Error}}",
-        SERVICE,
-        check=False,
-    )
-    lines = [line for line in out.splitlines() if line.strip()]
-    running = sum(1 for line in lines if line.startswith("Running"))
-    pending = [line for line in lines if line.startswith("Pending")]
-    return running, len(pending), (pending[0].split("|", 1)[1] if pending else "")
-
-
 def _reaches(lab: Any, node: Any, cid: str, address: str, kind: str) -> int:
     """Flows it took for RTP to the node's address to be relayed by this task (0: not reachable yet)."""
-    from tests.swarm_lab import in_netns
-
     from docker_xms.adapters.rtp import NgClient, NgError, open_call, send_stream, udp_socket
 
     if kind == "docker-xms":
-        forward = parse_forwards(node.iptables()).get(cid[:12])
+        forward = forwards(node).get(cid[:12])
         if forward is None:
             return 0
         host_low, _, _, start, _ = forward
@@ -353,7 +319,7 @@ def _wait_reachable(lab: Any, kind: str, expected: int, deploy_began: float, cap
             stopped = f"stopped: this machine had less than {MEMORY_FLOOR_MB} MB available"
             break
         for node in lab.nodes:
-            for cid, address in _tasks_on(node).items():
+            for cid, address in tasks_on(node, SERVICE).items():
                 if cid in reached:
                     continue
                 flows = _reaches(lab, node, cid, address, kind)
@@ -372,38 +338,13 @@ def _wait_reachable(lab: Any, kind: str, expected: int, deploy_began: float, cap
 def _wait_gone(lab: Any, baseline: dict[str, dict[str, int]], cap_s: float = 300) -> float:
     began = time.monotonic()
     while time.monotonic() - began < cap_s:
-        if all(not _tasks_on(n) for n in lab.nodes) and all(
+        if all(not tasks_on(n, SERVICE) for n in lab.nodes) and all(
             count_processes(n.sh("ps", "-e", "-o", "comm="))["docker_proxy"] <= baseline[n.name]["docker_proxy"]
             for n in lab.nodes
         ):
             return time.monotonic() - began
         time.sleep(1)
     return time.monotonic() - began
-
-
-def _start_agent(lab: Any, agent: str) -> None:
-    from tests.swarm_lab import NODE_POOL_US
-
-    env = {**os.environ, "DOCKER_HOST": lab.manager.docker_host}
-    argv = ["agent", "service", "--create", "--image", agent, "--cgroup-parent", "/{{.Node.Hostname}}"]
-    created = subprocess.run(
-        [CLI, *argv, "--rt-pool-us", str(NODE_POOL_US)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    if created.returncode != 0:
-        raise RuntimeError(f"docker-xms agent service --create failed: {created.stderr.strip()}")
-    began = time.monotonic()
-    while time.monotonic() - began < 180:
-        if all(
-            n.docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={AGENT_SERVICE}").split()
-            for n in lab.nodes
-        ):
-            return
-        time.sleep(1)
-    raise RuntimeError("the docker-xms agent did not run on every node within 180 s")
 
 
 def _stop_agent(lab: Any) -> None:
@@ -424,14 +365,17 @@ def _one_kind(lab: Any, kind: str, compose: str, agent: str, plan: Plan) -> dict
     run: dict[str, Any] = {"cap_s": plan.cap_s, "expected": len(lab.nodes) if kind == "host" else REPLICAS}
     try:
         if kind == "docker-xms":
-            _start_agent(lab, agent)
+            start_agent_service(lab, agent)
         stack = publish(compose, None if kind == "docker-xms" else kind)
         began = time.monotonic()
         lab.manager.docker("stack", "deploy", "--compose-file", "-", STACK, input=stack, timeout=600)
         run["deploy_command_s"] = round(time.monotonic() - began, 2)
         run.update(_wait_reachable(lab, kind, run["expected"], began, plan.cap_s))
         time.sleep(plan.settle_s)
-        run["running"], run["pending"], run["pending_reason"] = _task_states(lab)
+        states = task_states(lab, SERVICE)
+        pending = [error for state, error in states if state.startswith("Pending")]
+        run["running"] = sum(state.startswith("Running") for state, _ in states)
+        run["pending"], run["pending_reason"] = len(pending), (pending[0] if pending else "")
         after = _readings(lab)
         run["before"], run["after"] = before, after
         run["delta"] = delta(totals(before), totals(after))
@@ -478,8 +422,6 @@ def _tests_lock() -> Iterator[None]:
 @contextlib.contextmanager
 def _lab() -> Iterator[Any]:
     """The swarm lab, started again a little later when the real-time room it needs is not free yet."""
-    from tests.swarm_lab import swarm_lab
-
     for attempt in range(3):
         stack = contextlib.ExitStack()
         try:
@@ -505,14 +447,9 @@ def kernel_option(config: str, name: str) -> str:
 
 
 def _kernel_ip_vs() -> str:
-    """Whether this kernel has IPVS, which Swarm's routing mesh load-balances with (from /proc/config.gz)."""
-    import gzip
-
-    try:
-        config = gzip.decompress(Path("/proc/config.gz").read_bytes()).decode()
-    except OSError:
-        return "unknown"
-    return kernel_option(config, "CONFIG_IP_VS")
+    """Whether this kernel has IPVS, which Swarm's routing mesh load-balances with (from its build config)."""
+    config = kernel_config(Path("/proc"), Path("/boot"))
+    return "unknown" if config is None else kernel_option(config, "CONFIG_IP_VS")
 
 
 def _engine_says(lab: Any, *words: str) -> list[str]:
@@ -550,17 +487,6 @@ def _warm_up(lab: Any, image: str) -> None:
         time.sleep(1)
 
 
-def _push(lab: Any, image: str) -> str:
-    """The image pushed with docker-xms push into the lab's registry; the name the nodes pull it by."""
-    local = f"{lab.push_registry}/docker-xms/{image.rsplit('/', maxsplit=1)[-1]}"
-    subprocess.run(["docker", "tag", image, local], check=True)
-    try:
-        cli("push", local)
-    finally:
-        subprocess.run(["docker", "rmi", local], check=True, capture_output=True)
-    return local.replace(lab.push_registry, lab.registry)
-
-
 def swarm_ports() -> dict[str, Any]:
     """Swarm's publishing (ingress, host mode) against docker-xms's rules for a 6-replica service's media range."""
     plan = plan_from_setting(os.environ.get("BENCH_SWARM_PORTS"), Plan(), "BENCH_SWARM_PORTS")
@@ -581,8 +507,8 @@ def swarm_ports() -> dict[str, Any]:
         "kinds": {},
     }
     with _tests_lock(), _lab() as lab:
-        agent = _push(lab, AGENT_IMAGE)
-        image = _push(lab, RTPENGINE_IMAGE)
+        agent = push(lab, AGENT_IMAGE)
+        image = push(lab, RTPENGINE_IMAGE)
         for node in lab.nodes:
             node.docker("pull", image, timeout=600)
             node.docker("pull", agent, timeout=600)

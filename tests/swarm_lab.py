@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -35,7 +36,7 @@ import docker
 
 from docker_xms.adapters import rootfs
 from docker_xms.domain.recipes import LABEL_RECIPE, recipe_hash
-from tests.helpers import TEST_LABEL, wait_for
+from tests.helpers import TEST_LABEL, run_cli, wait_for
 
 NODE_IMAGE = "docker-xms-test/swarm-node:latest"
 NODE_PACKAGES = ("docker.io", "iptables", "iproute2", "procps", "util-linux")
@@ -411,22 +412,6 @@ def pool_split(node: Node) -> dict[str, int]:
     return {entry.name: _read_us(entry) for entry in base.iterdir() if (entry / "cpu.rt_runtime_us").is_file()}
 
 
-def service_tasks(node: Node, service: str) -> list[dict[str, Any]]:
-    """Running tasks of a service, with the node and container each runs on (from the manager)."""
-    ids = node.docker("service", "ps", "-q", "--filter", "desired-state=running", service).split()
-    if not ids:
-        return []
-    return list(json.loads(node.docker("inspect", *ids)))
-
-
-def now() -> float:
-    return time.monotonic()
-
-
-def sudo_env(node: Node) -> dict[str, str]:
-    return {**os.environ, "DOCKER_HOST": node.docker_host}
-
-
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
@@ -458,3 +443,78 @@ def in_netns(pid: int, make: Callable[[], T]) -> T:
     if errors:
         raise errors[0]
     return made[0]
+
+
+# A task's media forward in a node's nat table: host ports, the container id (12 digits), its address and ports.
+FORWARD = re.compile(
+    r"-A DOCKER-XMS .*--dport (\d+):(\d+) .*--comment \"?docker-xms:([0-9a-f]{12}):.*"
+    r"-j DNAT --to-destination ([0-9.]+):(\d+)-(\d+)"
+)
+AGENT_SERVICE = "docker-xms-agent"
+
+
+def parse_forwards(nat: str) -> dict[str, tuple[int, int, str, int, int]]:
+    """Each task's media forward in a nat table's text: id12 -> host ports, address, container ports."""
+    return {
+        cid: (int(low), int(high), ip, int(start), int(end)) for low, high, cid, ip, start, end in FORWARD.findall(nat)
+    }
+
+
+def forwards(node: Node) -> dict[str, tuple[int, int, str, int, int]]:
+    """Each task's media forward on a node."""
+    return parse_forwards(node.iptables())
+
+
+def tasks_on(node: Node, service: str) -> dict[str, str]:
+    """A service's running containers on a node: id -> address on the node's bridge."""
+    ids = node.docker("ps", "-q", "--no-trunc", "--filter", f"label=com.docker.swarm.service.name={service}").split()
+    out = {}
+    # A task may end between the listing and the inspect: it is not running then.
+    for info in json.loads(node.docker("inspect", *ids, check=False) or "[]") if ids else []:
+        bridge = (info["NetworkSettings"]["Networks"] or {}).get("bridge") or {}
+        if info["State"]["Running"] and bridge.get("IPAddress"):
+            out[info["Id"]] = bridge["IPAddress"]
+    return out
+
+
+def task_states(lab: Lab, service: str) -> list[tuple[str, str]]:
+    """The current state and error of each of a service's tasks meant to run, from the manager."""
+    out = lab.manager.docker(
+        "service", "ps", "--no-trunc", "--filter", "desired-state=running",
+        "--format", "{{.CurrentState}}|{{.Error}}", service, check=False,
+    )  # fmt: skip
+    return [(state, error) for state, _, error in (line.partition("|") for line in out.splitlines() if line.strip())]
+
+
+def push(lab: Lab, image: str) -> str:
+    """A local image pushed into the lab's registry with `docker-xms push`; the name the nodes pull it by."""
+    local = f"{lab.push_registry}/docker-xms/{image.rsplit('/', maxsplit=1)[-1]}"
+    subprocess.run(["docker", "tag", image, local], check=True)
+    try:
+        result = run_cli("push", local, timeout=600)
+        assert result.code == 0, result.err + result.out
+    finally:
+        subprocess.run(["docker", "rmi", local], check=True, capture_output=True)
+    return local.replace(lab.push_registry, lab.registry)
+
+
+def agent_running(node: Node) -> bool:
+    return bool(node.docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={AGENT_SERVICE}").split())
+
+
+def start_agent_service(lab: Lab, image: str, timeout: float = 180) -> None:
+    """docker-xms's agent as a global service (`agent service --create`), running on every node."""
+    created = run_cli(
+        "agent", "service", "--create", "--image", image, "--cgroup-parent", "/{{.Node.Hostname}}",
+        "--rt-pool-us", str(NODE_POOL_US),
+        env={**os.environ, "DOCKER_HOST": lab.manager.docker_host}, timeout=120,
+    )  # fmt: skip
+    assert created.code == 0, created.err + created.out
+    wait_for(
+        lambda: (
+            sum(state.startswith("Running") for state, _ in task_states(lab, AGENT_SERVICE)) == len(lab.nodes)
+            and all(agent_running(n) for n in lab.nodes)
+        ),
+        timeout=timeout,
+        what="an agent running on every node",
+    )

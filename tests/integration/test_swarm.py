@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -24,7 +23,21 @@ from docker_xms.adapters.rtp import NgClient, NgError, exchange, open_call, udp_
 from docker_xms.adapters.sipp import UdpCounter
 from tests.helpers import RTPENGINE_IMAGE, run_cli, wait_for
 from tests.integration.test_sip_profile import PCAP, SCENARIO, pcap_packets, sipp_stats
-from tests.swarm_lab import NODE_POOL_US, Lab, Node, in_netns, leftovers, pool_split, swarm_lab
+from tests.swarm_lab import (
+    NODE_POOL_US,
+    Lab,
+    Node,
+    agent_running,
+    forwards,
+    in_netns,
+    leftovers,
+    pool_split,
+    push,
+    start_agent_service,
+    swarm_lab,
+    task_states,
+    tasks_on,
+)
 
 pytestmark = [
     pytest.mark.engine,
@@ -38,25 +51,7 @@ SERVICE = f"{STACK}_rtpengine"
 RT_MS = 30
 AGENT_IMAGE = "docker-xms/agent:latest"
 DNAT = re.compile(r"-A DOCKER-XMS .*-j DNAT --to-destination ([0-9.]+)")
-# A task's media forward: host ports, the container id (12 digits) in the comment, its address and ports.
-FORWARD = re.compile(
-    r"-A DOCKER-XMS .*--dport (\d+):(\d+) .*--comment \"?docker-xms:([0-9a-f]{12}):.*"
-    r"-j DNAT --to-destination ([0-9.]+):(\d+)-(\d+)"
-)
 PACKETS = 50  # 1 s of 20 ms packets each way
-
-
-def _push(lab: Lab, image: str) -> str:
-    """Push a local image into the lab's registry with docker-xms push; the name the nodes pull it by."""
-    path = image.split("/", 1)[1] if image.count("/") else image
-    local = f"{lab.push_registry}/docker-xms/{path.split('/')[-1]}"
-    subprocess.run(["docker", "tag", image, local], check=True)
-    try:
-        result = run_cli("push", local, timeout=600)
-        assert result.code == 0, result.err + result.out
-    finally:
-        subprocess.run(["docker", "rmi", local], check=True, capture_output=True)
-    return local.replace(lab.push_registry, lab.registry)
 
 
 @pytest.fixture(scope="module")
@@ -68,61 +63,19 @@ def lab(docker_client: Any, rtpengine_image: str) -> Iterator[Lab]:
     assert built.code == 0, built.err + built.out
     with swarm_lab(docker_client) as made:
         token = made.token
-        agent = _push(made, AGENT_IMAGE)
-        made.images["rtpengine"] = _push(made, RTPENGINE_IMAGE)
-        created = run_cli(
-            "agent",
-            "service",
-            "--create",
-            "--image",
-            agent,
-            "--cgroup-parent",
-            "/{{.Node.Hostname}}",
-            "--rt-pool-us",
-            str(NODE_POOL_US),
-            env={**os.environ, "DOCKER_HOST": made.manager.docker_host},
-            timeout=60,
-        )
-        assert created.code == 0, created.err + created.out
-        wait_for(
-            lambda: (
-                made.manager.docker("service", "ps", "-q", "--filter", "desired-state=running", "docker-xms-agent")
-                .split()
-                .__len__()
-                == 3
-                and all(_agent_running(n) for n in made.nodes)
-            ),
-            timeout=120,
-            what="an agent running on every node",
-        )
+        agent = push(made, AGENT_IMAGE)
+        made.images["rtpengine"] = push(made, RTPENGINE_IMAGE)
+        start_agent_service(made, agent)
         yield made
     assert leftovers(docker_client, token, tuple(n.name for n in made.nodes)) == []
 
 
-def _agent_running(node: Node) -> bool:
-    return bool(node.docker("ps", "-q", "--filter", "label=com.docker.swarm.service.name=docker-xms-agent").split())
-
-
 def _tasks_on(node: Node, service: str = SERVICE) -> dict[str, str]:
-    """The service's running containers on a node: id -> address on the node's bridge."""
-    ids = node.docker("ps", "-q", "--no-trunc", "--filter", f"label=com.docker.swarm.service.name={service}").split()
-    out = {}
-    for info in json.loads(node.docker("inspect", *ids)) if ids else []:
-        if info["State"]["Running"]:
-            out[info["Id"]] = info["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
-    return out
+    return tasks_on(node, service)
 
 
 def _dnat_targets(node: Node) -> list[str]:
     return DNAT.findall(node.iptables())
-
-
-def _forwards(node: Node) -> dict[str, tuple[int, int, str, int, int]]:
-    """Each task's media forward in the node's nat table: id12 -> host ports, address, container ports."""
-    out = {}
-    for low, high, cid, ip, start, end in FORWARD.findall(node.iptables()):
-        out[cid] = (int(low), int(high), ip, int(start), int(end))
-    return out
 
 
 def _relay_through(lab: Lab, node: Node) -> None:
@@ -132,11 +85,11 @@ def _relay_through(lab: Lab, node: Node) -> None:
     bridge: the ng socket is opened in the node's network namespace. The legs stay on this machine and
     send to the node's address on the lab network, where the node's DNAT forwards the task's media range.
     """
-    forwards = _forwards(node)
+    held = forwards(node)
     tasks = sorted(_tasks_on(node).items())
     # The first task of the profile on a node has its own media ports forwarded onto themselves: take it.
-    cid, address = next(((c, a) for c, a in tasks if forwards[c[:12]][0] == forwards[c[:12]][3]), tasks[0])
-    host_low, host_high, to_ip, start, end = forwards[cid[:12]]
+    cid, address = next(((c, a) for c, a in tasks if held[c[:12]][0] == held[c[:12]][3]), tasks[0])
+    host_low, host_high, to_ip, start, end = held[cid[:12]]
     assert to_ip == address
 
     def on_node(port: int) -> tuple[str, int]:
@@ -274,7 +227,7 @@ def test_a_stack_of_six_gets_budgets_that_split_each_nodes_pool_and_rules_on_its
     # Swarm spreads the replicas: no node holds more than its RT_MS admits.
     assert max(per_node.values()) <= NODE_POOL_US // 1000 // RT_MS, per_node
     for node in lab.nodes:
-        assert sorted(c[:12] for c in _tasks_on(node)) == sorted(_forwards(node)), node.name
+        assert sorted(c[:12] for c in _tasks_on(node)) == sorted(forwards(node)), node.name
     _relay_through(lab, next(n for n in lab.nodes if _tasks_on(n)))
 
 
@@ -296,7 +249,7 @@ def test_draining_a_node_moves_its_tasks_and_their_budgets_and_rules_follow(lab:
         assert _dnat_targets(drained) == []
     finally:
         lab.manager.docker("node", "update", "--availability", "active", drained.name)
-        wait_for(lambda: _agent_running(drained), timeout=120, what=f"the agent back on {drained.name}")
+        wait_for(lambda: agent_running(drained), timeout=120, what=f"the agent back on {drained.name}")
 
 
 def test_scaling_keeps_budgets_and_rules_right_and_a_replica_beyond_capacity_stays_pending(lab: Lab) -> None:
@@ -310,17 +263,9 @@ def test_scaling_keeps_budgets_and_rules_right_and_a_replica_beyond_capacity_sta
     _wait_right(lab, 9, timeout=240)
 
     def pending_reason() -> str:
-        out = lab.manager.docker(
-            "service",
-            "ps",
-            "--no-trunc",
-            "--filter",
-            "desired-state=running",
-            "--format",
-            "{{.CurrentState}} {{.Error}}",
-            SERVICE,
+        return next(
+            (f"{state} {error}" for state, error in task_states(lab, SERVICE) if state.startswith("Pending")), ""
         )
-        return next((line for line in out.splitlines() if line.startswith("Pending")), "")
 
     wait_for(lambda: "insufficient resources" in pending_reason(), timeout=60, what="a pending task")
 
@@ -340,7 +285,7 @@ def test_a_nodes_agent_killed_during_a_scale_step_comes_back_and_everything_ends
     node.docker("kill", killed)
     lab.manager.docker("service", "scale", "-d", f"{SERVICE}=9")
     wait_for(
-        lambda: _agent_running(node) and _agent_container(node) != killed,
+        lambda: agent_running(node) and _agent_container(node) != killed,
         timeout=120,
         what=f"Swarm to start the agent on {node.name} again",
     )
@@ -364,7 +309,7 @@ def test_a_node_restarted_whole_comes_back_and_everything_ends_right(lab: Lab) -
         timeout=120,
         what=f"{node.name} ready in the swarm again",
     )
-    wait_for(lambda: _agent_running(node), timeout=120, what=f"the agent on {node.name} again")
+    wait_for(lambda: agent_running(node), timeout=120, what=f"the agent on {node.name} again")
     seconds = _wait_right(lab, 6, timeout=300)
     print(f"\nsix tasks with budgets and rules {seconds:.2f} s after the node was back")
     # What ran there before the restart ended with it; what runs there now is right (checked above).
@@ -436,7 +381,7 @@ def test_draining_a_node_lets_its_sip_calls_end_before_the_task_stops_then_its_b
         timeout=120,
         what="the rtpengine stack gone with its budgets",
     )
-    image = _push(lab, sip_image)
+    image = push(lab, sip_image)
     compose = run_cli(
         "compose", "sip", "--replicas", "1", "--ports", "dnat", "--for", "stack", "--image", image,
         "--rt-ms", str(RT_MS),
@@ -534,4 +479,4 @@ def test_draining_a_node_lets_its_sip_calls_end_before_the_task_stops_then_its_b
         lab.manager.docker("stack", "rm", SIP_STACK, check=False)
         wait_for(lambda: all(not _tasks_on(n, SIP_SERVICE) for n in lab.nodes), timeout=120, what="the sip stack gone")
         if drained is not None:
-            wait_for(lambda: _agent_running(drained), timeout=120, what=f"the agent back on {drained.name}")
+            wait_for(lambda: agent_running(drained), timeout=120, what=f"the agent back on {drained.name}")

@@ -13,11 +13,12 @@ from bench.swarm_ports import (
     kernel_option,
     lock_holders,
     memory_of,
-    parse_forwards,
     publish,
     table_rows,
     totals,
 )
+
+from tests.swarm_lab import parse_forwards
 
 # What DUMP prints on a node: its own namespace, then its engine's (the node's again as "default", the ingress
 # sandbox, a container's sandbox).

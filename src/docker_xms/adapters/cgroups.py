@@ -142,7 +142,7 @@ def _unescape(field: str) -> str:
 
 
 def _rt_group_sched_config(proc_root: Path, boot_root: Path) -> bool | None:
-    config = _kernel_config(proc_root, boot_root)
+    config = kernel_config(proc_root, boot_root)
     if config is None:
         return None
     if "CONFIG_RT_GROUP_SCHED=y" not in config.splitlines():
@@ -159,8 +159,9 @@ def _rt_group_sched_config(proc_root: Path, boot_root: Path) -> bool | None:
     return "CONFIG_RT_GROUP_SCHED_DEFAULT_DISABLED=y" not in config.splitlines()
 
 
-def _kernel_config(proc_root: Path, boot_root: Path) -> str | None:
-    import gzip  # noqa: PLC0415 - read only when the kernel's command line does not say already
+def kernel_config(proc_root: Path, boot_root: Path) -> str | None:
+    """The running kernel's build configuration (/proc/config.gz, else /boot/config-RELEASE), or None."""
+    import gzip  # noqa: PLC0415 - only where a kernel configuration is read: `ps --json` never does
 
     try:
         return gzip.decompress((proc_root / "config.gz").read_bytes()).decode(errors="replace")
