@@ -57,12 +57,17 @@ class FakeCgroupFs:
     A write of cpu.rt_runtime_us is refused as the kernel refuses it (sched_group_set_rt_runtime and
     __rt_schedulable): EINVAL above the period, EINVAL when any group would then hold less than its
     children together or more than the global limit, EBUSY for 0 on a group running real-time threads.
-    A new group starts at 0, as the kernel makes it.
+    A new group starts at 0, as the kernel makes it. A removed group still counts in its parent's sum
+    for the next `linger` writes, as the kernel counts it until it frees the group (after an RCU grace
+    period), though its directory is gone at once.
     """
 
-    def __init__(self, root_runtime: int = 950_000, root_period: int = PERIOD_US) -> None:
+    def __init__(self, root_runtime: int = 950_000, root_period: int = PERIOD_US, linger: int = 0) -> None:
         self.groups: dict[str, _Group] = {"/": _Group(root_runtime, root_period)}
         self.writes: list[tuple[str, int]] = []
+        self.linger = linger
+        # Removed groups the kernel still counts: key -> (group, writes left before it is freed).
+        self.dying: dict[str, tuple[_Group, int]] = {}
 
     @staticmethod
     def _key(rel: str) -> str:
@@ -112,7 +117,9 @@ class FakeCgroupFs:
         group = self._group(key)
         if self._children_of(key) or group.rt_threads:
             raise CgroupWriteError(self.path(key), 0, OSError(errno.EBUSY, "Device or resource busy"))
-        del self.groups[key]
+        group = self.groups.pop(key)
+        if self.linger:
+            self.dying[key] = (group, self.linger)
 
     def read_runtime(self, rel: str) -> int:
         return self._group(rel).runtime
@@ -127,6 +134,7 @@ class FakeCgroupFs:
         if group is None:
             raise CgroupWriteError(target, us, OSError(errno.ENOENT, "No such file or directory"))
         refusal = self._refusal(key, group, us)
+        self.dying = {k: (g, left - 1) for k, (g, left) in self.dying.items() if left > 1}
         if refusal:
             raise CgroupWriteError(target, us, OSError(refusal, errno.errorcode[refusal]))
         group.runtime = us
@@ -151,6 +159,9 @@ class FakeCgroupFs:
             if key != "/" and total > limit:
                 return False
             children = sum(to_ratio(self.groups[c].period, self.groups[c].runtime) for c in self._children_of(key))
+            children += sum(
+                to_ratio(g.period, g.runtime) for k, (g, _) in self.dying.items() if (k.rsplit("/", 1)[0] or "/") == key
+            )
             if children > total:
                 return False
         return True

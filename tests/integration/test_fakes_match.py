@@ -14,15 +14,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from docker_xms.adapters.cgroups import CgroupFs, CgroupWriteError, detect_host
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.settings import DEFAULT_LOCK
+from docker_xms.usecases import rt as rt_module
 from tests.fakes import FakeCgroupFs
 
 CPU = Path("/sys/fs/cgroup/cpu")
@@ -181,6 +186,54 @@ def test_a_group_running_real_time_threads_cannot_go_to_0_and_takes_none_at_0(bo
 
     assert pair.differences() == []
     assert [o[1] for o in pair.outcomes] == ["ok", "ok", "ok", "EBUSY", "EINVAL", "ok"]
+
+
+def test_a_removed_groups_runtime_is_free_a_moment_later_and_the_rebalance_write_waits_for_it(
+    both: tuple[Both, int, str],
+) -> None:
+    """As `rm` does: a container's process ends, its group is removed, and the room it held is at once
+    given to another. The kernel frees a removed group after an RCU grace period, so that write can be
+    refused for a moment; the rebalance's write tries again until it is accepted."""
+    pair, room, group = both
+    if room < 2:
+        pytest.skip(f"the engine's parent has {room} us left; the two groups need some")
+    a, b = f"{group}/a", f"{group}/b"
+    pair.write(group, room)
+    pair.mkdir(a)
+    pair.mkdir(b)
+    pair.write(a, room // 2)
+    pair.write(b, room - room // 2)
+    worker = subprocess.Popen(["sleep", "30"])
+    try:
+        (pair.real.path(b) / "cgroup.procs").write_text(f"{worker.pid}\n")
+    finally:
+        worker.kill()
+        worker.wait()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            pair.real.path(b).rmdir()  # busy until the killed process has left the group
+            break
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.001)
+    pair.fake.linger = 1
+    pair.fake.rmdir(b)
+
+    at_once = _outcome(lambda: pair.real.write_runtime(a, room))
+    fake_at_once = _outcome(lambda: pair.fake.write_runtime(a, room))
+    t0 = time.monotonic()
+    rt_module._write_group(cast(rt_module.RtHost, SimpleNamespace(fs=pair.real)), a, room)
+    waited = time.monotonic() - t0
+    print(
+        f"the freed room given at once: {at_once} (the fake: {fake_at_once}); then accepted after {waited * 1000:.1f} ms"
+    )
+
+    assert fake_at_once == "EINVAL"
+    assert at_once in ("EINVAL", "ok")
+    assert pair.real.read_runtime(a) == room
+    assert waited < rt_module.RELEASE_WAIT_S
 
 
 def _cpu_cgroup(tid: int) -> str:

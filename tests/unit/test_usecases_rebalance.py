@@ -10,6 +10,7 @@ import pytest
 
 from docker_xms.domain.labels import MANAGED_LABEL, PROFILE_LABEL, reserved_weight
 from docker_xms.errors import XmsError
+from docker_xms.usecases import rt as rt_module
 from docker_xms.usecases.rt import rebalance, reserve
 from tests.fakes import FakeEngine
 from tests.unit.usecase_host import Host, make_host
@@ -20,6 +21,12 @@ def host(tmp_path: Path) -> Host:
     host = make_host(tmp_path)
     host.fs.write_runtime("/docker", 950_000)
     return host
+
+
+@pytest.fixture(autouse=True)
+def short_release_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A refusal that stands is waited for this long before it is reported; the fakes need no more.
+    monkeypatch.setattr(rt_module, "RELEASE_WAIT_S", 0.2)
 
 
 def before_update_of(engine: FakeEngine, container_id: str, action: Callable[[], None]) -> None:
@@ -91,6 +98,33 @@ def test_room_taken_by_another_holder_mid_plan_fails_in_one_sentence_and_the_nex
     result = rebalance(host.rt)
     assert result.foreign == {other[0]: 475_000}
     assert (host.runtime(a), host.runtime(b), host.runtime(other[0])) == (237_500, 237_500, 475_000)
+
+
+def test_a_group_the_kernel_still_counts_after_its_container_was_removed_is_waited_for(host: Host) -> None:
+    # `rm` removes a container and rebalances at once: its group's directory is gone, but the kernel
+    # frees the group's runtime a moment later, so the first writes that grow another are refused.
+    host.fs.linger = 3
+    a = host.managed("a", runtime=475_000)
+    b = host.managed("b", runtime=475_000)
+    host.engine.vanish(b.id)
+
+    assert rebalance(host.rt).budgets == {a.id: 950_000}
+    assert host.runtime(a) == 950_000
+    assert host.fs.dying == {}
+
+
+def test_a_group_the_kernel_never_frees_fails_in_one_sentence_after_the_wait(host: Host) -> None:
+    host.fs.linger = 10**9
+    a = host.managed("a", runtime=475_000)
+    b = host.managed("b", runtime=475_000)
+    host.engine.vanish(b.id)
+
+    with pytest.raises(XmsError) as failed:
+        rebalance(host.rt)
+
+    assert "The kernel refused 950000" in failed.value.message
+    assert failed.value.message.endswith("The rebalance was rolled back to the previous budgets.")
+    assert host.runtime(a) == 475_000
 
 
 def test_a_reservation_gives_the_others_their_share_back_when_its_block_raises(host: Host) -> None:

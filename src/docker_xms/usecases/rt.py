@@ -8,6 +8,7 @@ holds now. Every change runs under the host lock, so commands and the agent neve
 from __future__ import annotations
 
 import errno
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -406,7 +407,7 @@ def _apply(rt: RtHost, writes: list[budget.Write], before: Mapping[str, int], pa
 
 def _write(rt: RtHost, write: budget.Write) -> None:
     if write.target == budget.PARENT:
-        rt.fs.write_runtime(rt.parent, write.value)
+        _write_group(rt, rt.parent, write.value)
         return
     # Through the engine, so that the stored configuration matches and a restart re-applies the value;
     # then into the cgroup, because engines before 23 store the update without applying it.
@@ -422,12 +423,32 @@ def _write(rt: RtHost, write: budget.Write) -> None:
             if not going:
                 raise
     try:
-        rt.fs.write_runtime(rt.cgroup_of(write.target), write.value)
+        _write_group(rt, rt.cgroup_of(write.target), write.value)
     except cgroups.CgroupWriteError as exc:
         # Its cgroup vanished with it: a group that is gone holds nothing, which only lowers the
         # children's sum, so the rest of the plan stays acceptable to the kernel.
         if not (going or exc.errno == errno.ENOENT) or rt.fs.exists(rt.cgroup_of(write.target)):
             raise
+
+
+# The kernel counts a removed group's runtime until it frees the group, a moment after its directory is
+# gone (an RCU grace period and a work item later: seen when a container is removed and the rebalance
+# follows at once). A write the plan made fit, refused as too much for the parent, is tried again for
+# this long before the refusal stands.
+RELEASE_WAIT_S = 2.0
+_RELEASE_POLL_S = 0.01
+
+
+def _write_group(rt: RtHost, group: str, value: int) -> None:
+    deadline = time.monotonic() + RELEASE_WAIT_S
+    while True:
+        try:
+            rt.fs.write_runtime(group, value)
+            return
+        except cgroups.CgroupWriteError as exc:
+            if exc.errno != errno.EINVAL or time.monotonic() >= deadline or not rt.fs.exists(group):
+                raise
+        time.sleep(_RELEASE_POLL_S)
 
 
 # --- proof inside a container ---------------------------------------------------------------------
