@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from docker_xms.adapters.engine import Engine
+from docker_xms.errors import XmsError
+from docker_xms.usecases import rt as rt_module
 from tests.helpers import (
     TEST_LABEL,
     children_runtime,
@@ -160,3 +163,26 @@ def test_run_without_root_is_refused(docker_client: Any) -> None:
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr == "error: docker-xms must run as root: it writes real-time budgets into the host's cgroups.\n"
     assert {c.id for c in docker_client.containers.list(all=True)} == before
+
+
+def test_the_engine_reports_a_budget_the_kernel_refused_at_start_as_a_start_retry_recognises(
+    docker_client: Any, busybox_image: str
+) -> None:
+    """A start whose budget the kernel refuses is tried again (a group removed a moment ago may still
+    count): the engine's own wording must be the one `start_once_freed` looks for."""
+    # More than the whole host's real-time runtime: refused whatever else runs.
+    container = docker_client.api.create_container(
+        busybox_image,
+        ["/bin/busybox", "true"],
+        name=f"{PREFIX}refused",
+        labels={TEST_LABEL: "refused-start"},
+        host_config=docker_client.api.create_host_config(cpu_rt_runtime=990_000),
+    )
+    engine = Engine.connect()
+    try:
+        with pytest.raises(XmsError) as refused:
+            engine.start(container["Id"])
+        assert rt_module._REFUSED_START in refused.value.message
+    finally:
+        engine.close()
+        docker_client.api.remove_container(container["Id"], force=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from docker_xms.errors import BadInput, XmsError
+from docker_xms.usecases import rt as rt_module
 from docker_xms.usecases.containers import RunRequest, run
 from docker_xms.usecases.images import Quiet
 from tests.unit.usecase_host import IMAGE, NO_SYSTEMD, Host, make_host
@@ -131,3 +132,36 @@ def test_keep_on_failure_keeps_the_container_and_says_so(host: Host) -> None:
 
     assert "was kept for inspection (--keep-on-failure)" in failed.value.message
     assert sorted(c.name for c in host.engine.containers.values()) == ["neighbour", "new"]
+
+
+def test_a_run_right_after_a_removal_starts_once_the_kernel_has_freed_the_removed_group(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `rm -f old && run`: the old group's directory is gone, but the kernel still counts its budget for a
+    # moment, so the engine's first start of the new container is refused and tried again.
+    monkeypatch.setattr(rt_module, "RELEASE_WAIT_S", 0.5)
+    neighbour = next(iter(host.engine.containers.values()))
+    old = host.managed("old")
+    host.settle()
+    assert (host.runtime(neighbour), host.runtime(old)) == (475_000, 475_000)
+    host.fs.linger = 3
+    host.engine.vanish(old.id)
+
+    cid = _run(host)
+
+    assert (host.runtime(neighbour), host.runtime(cid)) == (475_000, 475_000)
+    assert host.engine.containers[cid].running
+
+
+def test_a_run_whose_start_the_kernel_keeps_refusing_is_undone(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rt_module, "RELEASE_WAIT_S", 0.1)
+    old = host.managed("old")
+    host.settle()
+    host.fs.linger = 10**9
+    host.engine.vanish(old.id)
+    before = _state(host)
+
+    with pytest.raises(XmsError, match=r"cpu\.rt_runtime_us: invalid argument"):
+        _run(host)
+
+    assert _state(host) == before

@@ -39,7 +39,7 @@ from docker_xms.usecases.agent import ensure_agent
 from docker_xms.usecases.boundaries import EngineApi, NetfilterApi
 from docker_xms.usecases.images import Reporter
 from docker_xms.usecases.reconcile import live_forwards, reconcile
-from docker_xms.usecases.rt import RtHost, open_host, reserve, start_with_budget, verify
+from docker_xms.usecases.rt import RtHost, open_host, reserve, start_once_freed, start_with_budget, verify
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 SYSTEMD_PATHS = ("/lib/systemd/systemd", "/usr/lib/systemd/systemd")
@@ -343,7 +343,7 @@ class _Launch:
             for rendered in profile_files(profile, media[0], media[1], values):
                 if any(rendered.path == f.path for f in profile.instance_files):
                     engine.put_file(container_id, rendered.path, rendered.content.encode(), rendered.mode)
-        engine.start(container_id)
+        start_once_freed(engine, container_id)
         if plan.forwards:
             self.reporter.phase(
                 f"Forwarding {plan.media_port_count} media ports with {len(plan.forwards)} DNAT rule(s)"

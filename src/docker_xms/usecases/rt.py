@@ -348,7 +348,26 @@ def start_stored(engine: EngineApi, container_id: str, budget_us: int) -> None:
     """Store the share that fits now as the container's budget, then start it (the engine re-applies it)."""
     if budget_us > 0:
         engine.update_rt_runtime(container_id, budget_us)
-    engine.start(container_id)
+    start_once_freed(engine, container_id)
+
+
+def start_once_freed(engine: EngineApi, container_id: str) -> None:
+    """Start a container whose configuration carries its share: the engine writes it into the new group,
+    which the kernel refuses while a group removed a moment ago still counts (see RELEASE_WAIT_S), so a
+    start refused that way is tried again for as long as a write is."""
+    deadline = time.monotonic() + RELEASE_WAIT_S
+    while True:
+        try:
+            engine.start(container_id)
+            return
+        except XmsError as exc:
+            if _REFUSED_START not in exc.message or time.monotonic() >= deadline:
+                raise
+        time.sleep(_RELEASE_POLL_S)
+
+
+# How the engine (runc) and its stand-in report the kernel refusing a new group's budget.
+_REFUSED_START = "cpu.rt_runtime_us: invalid argument"
 
 
 def grow_parent(rt: RtHost) -> tuple[int, int] | None:
