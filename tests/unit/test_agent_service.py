@@ -7,8 +7,9 @@ import re
 import tomllib
 from pathlib import Path
 
+from docker_xms.adapters.profile_store import list_profiles
 from docker_xms.domain import recipes
-from docker_xms.domain.agent_service import AgentService, create_command, render
+from docker_xms.domain.agent_service import AgentService, create_command, linger_for, render
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
@@ -57,3 +58,13 @@ def test_the_printed_command_is_one_option_a_line() -> None:
     assert lines[0] == "docker service create \\"
     assert lines[-1].strip() == f"{recipes.AGENT_IMAGE} agent --linger 60"
     assert all(line.endswith(" \\") for line in lines[:-1])
+
+
+def test_the_agent_lingers_longer_than_the_slowest_profile_drains() -> None:
+    profiles = list_profiles()
+    longest = max(p.drain.grace_s for p in profiles)
+    assert longest == 60  # the sip profile's grace
+    # Its stop (grace + the engine's 10 s) ends, and its rules go, before the agent leaves.
+    assert linger_for(profiles) == 90
+    assert linger_for([]) == 60
+    assert AgentService(linger_s=linger_for(profiles)).stop_grace_s == 100

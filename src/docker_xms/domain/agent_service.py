@@ -9,8 +9,11 @@ scheduling. Engines from 20.10 take capabilities for services (`docker service c
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from docker_xms.domain.compose import STOP_MARGIN_S
+from docker_xms.domain.profiles import Profile
 from docker_xms.domain.recipes import AGENT_IMAGE
 
 SERVICE_NAME = "docker-xms-agent"
@@ -18,8 +21,10 @@ SERVICE_LABEL = "io.docker-xms.agent-service"
 CAPABILITIES = ("NET_ADMIN", "SYS_NICE")
 ENGINE_SOCKET = "/var/run/docker.sock"
 CGROUP_TREE = "/sys/fs/cgroup"
-# Longer than a media server's stop takes with its drain (rtpengine's grace 30 s + 10 s).
+# At least this long, and longer than the slowest media server's stop with its drain (see linger_for).
 LINGER_S = 60.0
+# After a drained server's stop: time for the engine's events and the rules' removal.
+RULES_MARGIN_S = 20
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,13 @@ class AgentService:
     @property
     def labels(self) -> dict[str, str]:
         return {SERVICE_LABEL: "1"}
+
+
+def linger_for(profiles: Iterable[Profile]) -> float:
+    """How long a stopped agent stays while its node's media servers stop: the longest drain grace of
+    the profiles it may meet, the engine's stop margin after it, and time for the rules to go."""
+    longest = max((p.drain.grace_s for p in profiles), default=0)
+    return float(max(LINGER_S, longest + STOP_MARGIN_S + RULES_MARGIN_S))
 
 
 def create_command(service: AgentService) -> list[str]:

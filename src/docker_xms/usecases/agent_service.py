@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from docker_xms.adapters.engine import Engine
-from docker_xms.domain.agent_service import CAPABILITIES, AgentService
+from docker_xms.adapters.profile_store import list_profiles
+from docker_xms.domain.agent_service import CAPABILITIES, AgentService, linger_for
 from docker_xms.domain.names import parse_ref
 from docker_xms.settings import Settings
 
@@ -16,7 +17,10 @@ def describe(
     metrics: str | None = None,
     interval_s: float | None = None,
 ) -> AgentService:
-    """The service for these settings; the nodes' cgroup parent and pool cap default to this host's own."""
+    """The service for these settings; the nodes' cgroup parent and pool cap default to this host's own.
+
+    It lingers, when its node is drained, for as long as the slowest profile known here takes to drain.
+    """
     parse_ref(image, allow_digest=True)
     return AgentService(
         image=image,
@@ -24,6 +28,7 @@ def describe(
         rt_pool_us=settings.rt_pool_us if rt_pool_us is None else rt_pool_us,
         metrics=metrics,
         interval_s=interval_s,
+        linger_s=linger_for(list_profiles(settings.profile_dirs)),
     )
 
 
