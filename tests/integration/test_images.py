@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import tarfile
+from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
-from tests.helpers import run_cli, systemd_run_kwargs, wait_for
+from docker_xms.adapters.engine import Engine
+from docker_xms.domain import recipes
+from docker_xms.domain.names import parse_ref
+from docker_xms.usecases import images
+from tests.helpers import TEST_LABEL, run_cli, systemd_run_kwargs, wait_for
 
 
 def _system_state(container: Any) -> str:
@@ -95,3 +103,51 @@ def test_no_engine_is_one_sentence_and_exit_1() -> None:
     assert result.code == 1
     assert "No Docker engine answered" in result.err
     assert "Traceback" not in result.err
+
+
+def test_a_rebuild_removes_the_image_it_replaced_unless_a_container_uses_it(docker_client: Any, tmp_path: Path) -> None:
+    """Rebuilding a tag (the agent's image after an upgrade, a profile's after its recipe changed) leaves
+    no untagged image behind; the one a container still uses is kept, as the engine wants."""
+    ref = parse_ref("docker-xms-test/rebuilt:latest", allow_digest=False)
+    tarball = tmp_path / "rootfs.tar"
+    with tarfile.open(tarball, "w") as tar:
+        tar.add("/bin/busybox", arcname="bin/busybox")
+    made: list[str] = []
+    users: list[Any] = []
+
+    def build(n: int) -> str:
+        def dockerfile(image_id: str) -> str:
+            return f"FROM {image_id}\nLABEL {recipes.LABEL_RECIPE}={n}\n"
+
+        engine = Engine.connect()
+        try:
+            images._import_and_finish(engine, tarball, ref, dockerfile, images.Quiet())
+        finally:
+            engine.close()
+        made.append(str(docker_client.images.get(str(ref)).id))
+        return made[-1]
+
+    def exists(image_id: str) -> bool:
+        try:
+            docker_client.images.get(image_id)
+        except docker.errors.ImageNotFound:
+            return False
+        return True
+
+    try:
+        first = build(1)
+        second = build(2)
+        assert second != first
+        assert not exists(first), "the image the rebuild replaced is still there"
+        users.append(
+            docker_client.containers.create(str(ref), ["/bin/busybox", "true"], labels={TEST_LABEL: "rebuilt"})
+        )
+        third = build(3)
+        assert exists(second), "the image a container uses was removed"
+        assert docker_client.images.get(str(ref)).id == third
+    finally:
+        for user in users:
+            user.remove(force=True)
+        for image_id in reversed(made):
+            with contextlib.suppress(docker.errors.APIError):
+                docker_client.images.remove(image_id, force=True)

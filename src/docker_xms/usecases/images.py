@@ -90,6 +90,7 @@ def _import_and_finish(
     `context` holds files the Dockerfile copies in. A failure at any step leaves neither the
     temporary image nor a half-built `ref` behind.
     """
+    replaced = _built_here(engine, str(ref))
     temp_repo = f"docker-xms-build/{secrets.token_hex(6)}"
     reporter.phase(f"Importing the root file system ({tarball.stat().st_size // 2**20} MB)")
     image_id = engine.import_image_file(
@@ -102,12 +103,36 @@ def _import_and_finish(
         reporter.phase(f"Finishing {ref}")
         files = {**(context or {}), "Dockerfile": dockerfile(image_id).encode()}
         try:
-            engine.build(context_tar(files), str(ref), progress=build_progress(reporter))
+            built = engine.build(context_tar(files), str(ref), progress=build_progress(reporter))
         except StreamError as exc:
             raise XmsError(f"Finishing {ref} failed: {exc.message}\n{exc.log}") from exc
     finally:
         # Untags the temporary name; the layers stay as the parent of `ref` when the build worked.
         engine.remove_image(f"{temp_repo}:rootfs")
+    if replaced and replaced != built:
+        _drop_replaced(engine, replaced, ref, reporter)
+
+
+def _built_here(engine: Engine, ref: str) -> str:
+    """The ID of the image `ref` names now when docker-xms built it (it carries a recipe label), else ""."""
+    if not engine.image_exists(ref):
+        return ""
+    image = engine.inspect_image(ref)
+    labels = image.get("Config", {}).get("Labels") or {}
+    return str(image["Id"]) if recipes.LABEL_RECIPE in labels else ""
+
+
+def _drop_replaced(engine: Engine, image_id: str, ref: ImageRef, reporter: Reporter) -> None:
+    """Remove the image a rebuild took `ref` from, so that rebuilds leave no untagged images behind.
+
+    Without force: the engine keeps it when a container uses it or another name still points at it.
+    """
+    try:
+        engine.remove_image(image_id)
+    except XmsError:
+        reporter.detail(f"The image {ref} named before ({image_id[7:19]}) is kept: a container or a name uses it.")
+        return
+    reporter.detail(f"Removed the image {ref} named before ({image_id[7:19]}).")
 
 
 def build_base(engine: Engine, tag: str, distro: str, offline: bool, reporter: Reporter) -> BuiltImage:
