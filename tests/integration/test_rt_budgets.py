@@ -182,7 +182,7 @@ def test_the_engine_reports_a_budget_the_kernel_refused_at_start_as_a_start_retr
     try:
         with pytest.raises(XmsError) as refused:
             engine.start(container["Id"])
-        assert rt_module._REFUSED_START in refused.value.message
+        assert rt_module.REFUSED_START in refused.value.message
     finally:
         engine.close()
         docker_client.api.remove_container(container["Id"], force=True)

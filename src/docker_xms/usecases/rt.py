@@ -263,6 +263,15 @@ def read_state(rt: RtHost) -> RtState:
 
 NEW = "(new container)"
 
+# The kernel counts a removed group's runtime until it frees the group, a moment after its directory is
+# gone (an RCU grace period and a work item later: seen when a container is removed and the rebalance
+# follows at once). A write the plan made fit, refused as too much for the parent, is tried again for
+# this long before the refusal stands.
+RELEASE_WAIT_S = 2.0
+_RELEASE_POLL_S = 0.01
+# How the engine (runc) and its stand-in report the kernel refusing a new group's budget that way.
+REFUSED_START = "cpu.rt_runtime_us: invalid argument"
+
 
 def rebalance(rt: RtHost, exclude: frozenset[str] = frozenset()) -> Rebalance:
     """Share the pool among the running managed containers, under the host lock.
@@ -361,13 +370,9 @@ def start_once_freed(engine: EngineApi, container_id: str) -> None:
             engine.start(container_id)
             return
         except XmsError as exc:
-            if _REFUSED_START not in exc.message or time.monotonic() >= deadline:
+            if REFUSED_START not in exc.message or time.monotonic() >= deadline:
                 raise
         time.sleep(_RELEASE_POLL_S)
-
-
-# How the engine (runc) and its stand-in report the kernel refusing a new group's budget.
-_REFUSED_START = "cpu.rt_runtime_us: invalid argument"
 
 
 def grow_parent(rt: RtHost) -> tuple[int, int] | None:
@@ -448,14 +453,6 @@ def _write(rt: RtHost, write: budget.Write) -> None:
         # children's sum, so the rest of the plan stays acceptable to the kernel.
         if not (going or exc.errno == errno.ENOENT) or rt.fs.exists(rt.cgroup_of(write.target)):
             raise
-
-
-# The kernel counts a removed group's runtime until it frees the group, a moment after its directory is
-# gone (an RCU grace period and a work item later: seen when a container is removed and the rebalance
-# follows at once). A write the plan made fit, refused as too much for the parent, is tried again for
-# this long before the refusal stands.
-RELEASE_WAIT_S = 2.0
-_RELEASE_POLL_S = 0.01
 
 
 def _write_group(rt: RtHost, group: str, value: int) -> None:
