@@ -7,7 +7,9 @@ import io
 import json
 import secrets
 import shutil
+import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 import docker
 import pytest
 
+import docker_xms
 from docker_xms.domain.flatten import FIELDS
 from tests.helpers import TEST_LABEL, run_cli, systemd_run_kwargs, wait_for
 
@@ -199,5 +202,65 @@ def test_xms_build_from_a_standin_installer_runs_ready(docker_client: Any, base_
             for container in docker_client.containers.list(all=True, filters={"name": name}):
                 container.remove(force=True, v=True)
         for ref in (labelled, image):
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                docker_client.images.remove(ref, force=True)
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+def test_an_installer_build_whose_profile_drains_stops_only_once_the_drain_ends(
+    docker_client: Any, base_image: str, tmp_path: Path
+) -> None:
+    """A user's XMS-like profile with a [drain]: its image built from the installer gets the drain unit, so a
+    plain `docker stop` waits while the drain command waits (here: while a file says a call is under way)."""
+    token = secrets.token_hex(4)
+    image, name = f"docker-xms-test/xms-drain:{token}", f"pipeline-drain-{token}"
+    busy = "/run/docker-xms-test-busy"
+    profile = tmp_path / "xms-drain.toml"
+    xms = (Path(docker_xms.__file__).parent / "profiles" / "xms.toml").read_text()
+    profile.write_text(
+        xms.replace('name = "xms"', 'name = "xms-drain"')
+        + '\n[drain]\ngrace = 30\nbefore = ["xmserver.service", "xms-oam.service"]\n'
+        + f'command = "while [ -e {busy} ]; do sleep 0.2; done"\n'
+    )
+    installer = make_standin_installer(tmp_path)
+    try:
+        built = run_cli(
+            "build", "--profile", str(profile), "-t", image, "--installer", str(installer), "--base", base_image,
+            timeout=600,
+        )  # fmt: skip
+        assert built.code == 0, built.err + built.out
+        # The image's own labels mark the container as this test's.
+        labelled = f"{image}-t"
+        dockerfile = f'FROM {image}\nLABEL "{TEST_LABEL}"="{PIPELINE}"\n'
+        docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=labelled, rm=True)
+        args = ["run", "--profile", str(profile), "-i", labelled, "--name", name, "-c", "--ports", "publish"]
+        result = run_cli(*args, "--media-ports", "10", "--json", "--timeout", "120", "--no-agent", timeout=240)
+        assert result.code == 0, result.err + result.out
+        container = docker_client.containers.get(name)
+        assert container.attrs["Config"]["StopTimeout"] == 30 + 10
+        code, out = container.exec_run(["systemctl", "is-active", "docker-xms-drain.service"])
+        assert code == 0, out
+
+        code, out = container.exec_run(["touch", busy])
+        assert code == 0, out
+        stopper = threading.Thread(target=lambda: subprocess.run(["docker", "stop", name], capture_output=True))
+        started = time.monotonic()
+        stopper.start()
+        time.sleep(3)
+        container.reload()
+        assert container.status == "running", "the container stopped while its drain had a call under way"
+        code, out = container.exec_run(["rm", "-f", busy])
+        ended = time.monotonic()
+        assert code == 0, out
+        stopper.join(60)
+        container.reload()
+        took, after = time.monotonic() - started, time.monotonic() - ended
+        print(f"\ndocker stop of the drained stand-in XMS: {took:.2f} s, {after:.2f} s after the call ended")
+        assert container.status == "exited"
+        assert after < 10
+    finally:
+        run_cli("rm", "-f", name, timeout=120)
+        for ref in (f"{image}-t", image):
             with contextlib.suppress(docker.errors.ImageNotFound):
                 docker_client.images.remove(ref, force=True)

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+import docker_xms
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.domain import xms_recipe
 from docker_xms.errors import BadInput
@@ -86,3 +89,49 @@ def test_installer_log_is_cut_from_the_build_log() -> None:
     assert status == 3
     assert text == "warning: no systemd\ninstalled\n"
     assert xms_recipe.installer_log("nothing") == (None, "")
+
+
+XMS_TOML = Path(docker_xms.__file__).parent / "profiles" / "xms.toml"
+DRAIN = """
+[drain]
+grace = 30
+before = ["xmserver.service", "xms-oam.service"]
+command = "while [ -e /run/busy ]; do sleep 0.2; done"
+"""
+
+
+def with_drain(tmp_path: Path, drain: str = DRAIN) -> Path:
+    """The xms profile as a user's copy of it with a [drain] added."""
+    path = tmp_path / "xms-drain.toml"
+    path.write_text(XMS_TOML.read_text().replace('name = "xms"', 'name = "xms-drain"') + drain)
+    return path
+
+
+def test_a_profile_with_a_drain_gets_its_unit_and_script_after_the_installer(tmp_path: Path) -> None:
+    profile = load_profile(str(with_drain(tmp_path)))
+    text = xms_recipe.render(profile, "docker-xms/rocky9-systemd:latest", "rocky9", "installer.tgz", INSTALLER)
+    lines = text.splitlines()
+    install = next(i for i, line in enumerate(lines) if "./xms_install.sh -a -s" in line)
+    unit = lines.index("COPY docker-xms-drain/docker-xms-drain.service /etc/systemd/system/docker-xms-drain.service")
+    script = lines.index("COPY docker-xms-drain/docker-xms-drain /usr/local/sbin/docker-xms-drain")
+    enable = lines.index("RUN systemctl enable docker-xms-drain.service")
+    assert install < unit < enable
+    assert install < script < enable
+
+    context = xms_recipe.drain_context(profile)
+    assert set(context) == {"docker-xms-drain/docker-xms-drain.service", "docker-xms-drain/docker-xms-drain"}
+    unit_text = context["docker-xms-drain/docker-xms-drain.service"][1].decode()
+    assert "After=xmserver.service xms-oam.service" in unit_text
+    assert "TimeoutStopSec=30" in unit_text
+    assert "while [ -e /run/busy ]" in context["docker-xms-drain/docker-xms-drain"][1].decode()
+
+
+def test_the_built_in_xms_profile_has_no_drain_so_its_recipe_has_none() -> None:
+    assert xms_recipe.drain_context(load_profile("xms")) == {}
+    assert not any("drain" in line for line in _render())
+
+
+def test_a_drain_that_names_no_units_to_run_before_is_refused_at_load(tmp_path: Path) -> None:
+    drain = DRAIN.replace('before = ["xmserver.service", "xms-oam.service"]\n', "")
+    with pytest.raises(BadInput, match=r"before.*must name the server's units"):
+        load_profile(str(with_drain(tmp_path, drain)))

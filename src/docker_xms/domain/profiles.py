@@ -484,6 +484,8 @@ def _drain(reader: _Reader, readiness: Readiness) -> Drain:
     if command and grace == 0:
         raise reader.fail("grace", "must be above 0 when a drain command is given")
     before = reader.strings("before") or readiness.required_units
+    if command and not before:
+        raise reader.fail("before", "must name the server's units the drain runs before (the readiness names none)")
     return Drain(grace_s=grace, command=command.strip(), before=before)
 
 
@@ -513,13 +515,18 @@ WantedBy=multi-user.target
 """
 
 
-def _with_drain(build: BuildRecipe, drain: Drain) -> BuildRecipe:
-    """The image recipe with the drain's unit and script, so that every image built from it drains."""
+def drain_files(drain: Drain) -> tuple[InstanceFile, InstanceFile]:
+    """The drain's unit and script, as an image holds them."""
     script = f"#!/bin/bash\n# docker-xms drain, from the profile's [drain] command.\n{drain.command}\n"
-    files = (
+    return (
         InstanceFile("/etc/systemd/system/" + DRAIN_UNIT, drain_unit(drain), 0o644, verbatim=True),
         InstanceFile(DRAIN_SCRIPT, script, 0o755, verbatim=True),
     )
+
+
+def _with_drain(build: BuildRecipe, drain: Drain) -> BuildRecipe:
+    """The image recipe with the drain's unit and script, so that every image built from it drains."""
+    files = drain_files(drain)
     return BuildRecipe(
         distro=build.distro,
         packages=build.packages,

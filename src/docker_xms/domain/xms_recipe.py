@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from docker_xms.domain import recipes
-from docker_xms.domain.profiles import PortSpec, Profile
+from docker_xms.domain.profiles import DRAIN_UNIT, PortSpec, Profile, drain_files
 from docker_xms.errors import BadInput
 
 # Preferred first; any executable *install*.sh in the top directory is taken otherwise.
@@ -28,6 +28,8 @@ RPM_TOOL = {"centos7": "yum", "rocky9": "dnf"}
 PER_INSTANCE_FILES = ("/usr/dialogic/cfg/mitconfig/ipms_rtp_addr_cfg.xml",)
 # Removed with everything in it once the install script has run.
 INSTALLER_IN_IMAGE = "/opt/docker-xms-installer"
+# Where the drain's unit and script sit in the build context.
+DRAIN_CONTEXT = "docker-xms-drain"
 LOG_START = "==> docker-xms: installer log begins"
 LOG_END = "==> docker-xms: installer exited with status"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -78,6 +80,20 @@ def media_ranges(profile: Profile, media_ports: int | None) -> tuple[PortSpec, .
     return tuple(out)
 
 
+def drain_context(profile: Profile) -> dict[str, tuple[str, bytes]]:
+    """The profile's drain ([drain]) as build-context files: context name -> (path in the image, content).
+
+    Installed after the installer, so that whoever stops the container (docker stop, Compose, Swarm,
+    docker-xms stop) drains first, as in images built from a package list. Empty without a drain.
+    """
+    if not profile.drain.command:
+        return {}
+    return {
+        f"{DRAIN_CONTEXT}/{f.path.rsplit('/', 1)[-1]}": (f.path, f.render({}).encode())
+        for f in drain_files(profile.drain)
+    }
+
+
 def render(
     profile: Profile,
     base: str,
@@ -112,6 +128,11 @@ def render(
         f"&& cd / && rm -rf {INSTALLER_IN_IMAGE} && rm -f {' '.join(PER_INSTANCE_FILES)}"
     )
     lines += [f"COPY {installer_file} {INSTALLER_IN_IMAGE}/{installer_file}", f"RUN {install}"]
+    drain = drain_context(profile)
+    if drain:
+        # The image build keeps no file mode from the context: the unit runs the script through bash.
+        lines += [f"COPY {name} {path}" for name, (path, _) in drain.items()]
+        lines.append(f"RUN systemctl enable {DRAIN_UNIT}")
     env = {**profile.build.env}
     if profile.media_config == "env" and ranges:
         env["DOCKER_XMS_MEDIA_START"] = str(ranges[0].start)

@@ -298,6 +298,7 @@ def build_xms(engine: Engine, plan: XmsBuildPlan, reporter: Reporter) -> XmsBuil
     files = {"Dockerfile": dockerfile.encode(), installer_name: hostfiles.load_bytes(plan.installer_path)}
     if plan.jre_path is not None and jre_name:
         files[jre_name] = hostfiles.load_bytes(plan.jre_path)
+    files.update({name: content for name, (_, content) in xms_recipe.drain_context(plan.profile).items()})
     log: list[str] = []
 
     def progress(chunk: dict[str, Any]) -> None:
