@@ -111,10 +111,13 @@ def start(client: Any, image: str) -> Iterator[Callable[[], Any]]:
 
 
 @pytest.fixture
-def nf(tmp_path: Path) -> Iterator[Netfilter]:
+def nf() -> Iterator[Netfilter]:
     if not Netfilter().available():
         pytest.skip("iptables is not usable here")
-    netfilter = Netfilter(lock_path=tmp_path / "netfilter.lock", chain=f"DXT-{os.getpid() % 100000}")
+    # The netfilter lock every docker-xms takes: route_localnet on the bridge is shared with the chains of a
+    # docker-xms agent running beside the tests, and handing it over is safe only under one lock (with a lock
+    # of its own, the agent could set it back to 0 after these chains had found it on and kept it so).
+    netfilter = Netfilter(chain=f"DXT-{os.getpid() % 100000}")
     netfilter.remove_all()
     # ensure_chains turns route_localnet on and leaves it on; the host gets its own value back.
     localnet = Path(f"/proc/sys/net/ipv4/conf/{netfilter.bridge}/route_localnet")
