@@ -117,7 +117,7 @@ class FakeCgroupFs:
         group = self._group(key)
         if self._children_of(key) or group.rt_threads:
             raise CgroupWriteError(self.path(key), 0, OSError(errno.EBUSY, "Device or resource busy"))
-        group = self.groups.pop(key)
+        del self.groups[key]
         if self.linger:
             self.dying[key] = (group, self.linger)
 

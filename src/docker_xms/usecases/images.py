@@ -90,7 +90,8 @@ def _import_and_finish(
     `context` holds files the Dockerfile copies in. A failure at any step leaves neither the
     temporary image nor a half-built `ref` behind.
     """
-    replaced = _built_here(engine, str(ref))
+    before = _built_here(engine, str(ref))
+    replaced = before[0] if before else ""
     temp_repo = f"docker-xms-build/{secrets.token_hex(6)}"
     reporter.phase(f"Importing the root file system ({tarball.stat().st_size // 2**20} MB)")
     image_id = engine.import_image_file(
@@ -113,13 +114,19 @@ def _import_and_finish(
         _drop_replaced(engine, replaced, ref, reporter)
 
 
-def _built_here(engine: Engine, ref: str) -> str:
-    """The ID of the image `ref` names now when docker-xms built it (it carries a recipe label), else ""."""
+def _built_here(engine: Engine, ref: str) -> tuple[str, str] | None:
+    """(ID, recipe hash) of the image `ref` names now when docker-xms built it (it carries a recipe label)."""
     if not engine.image_exists(ref):
-        return ""
+        return None
     image = engine.inspect_image(ref)
-    labels = image.get("Config", {}).get("Labels") or {}
-    return str(image["Id"]) if recipes.LABEL_RECIPE in labels else ""
+    recipe = (image.get("Config", {}).get("Labels") or {}).get(recipes.LABEL_RECIPE)
+    return (str(image["Id"]), str(recipe)) if recipe is not None else None
+
+
+def image_current(engine: Engine, tag: str, recipe: dict[str, object]) -> bool:
+    """Whether `tag` names an image docker-xms built from exactly this recipe."""
+    built = _built_here(engine, tag)
+    return built is not None and built[1] == recipes.recipe_hash(recipe)
 
 
 def _drop_replaced(engine: Engine, image_id: str, ref: ImageRef, reporter: Reporter) -> None:
@@ -191,13 +198,6 @@ def profile_recipe(profile: Profile) -> dict[str, object]:
     }
 
 
-def profile_image_current(engine: Engine, profile: Profile, tag: str) -> bool:
-    if not engine.image_exists(tag):
-        return False
-    labels = engine.inspect_image(tag).get("Config", {}).get("Labels") or {}
-    return bool(labels.get(recipes.LABEL_RECIPE) == recipes.recipe_hash(profile_recipe(profile)))
-
-
 def build_profile_image(
     engine: Engine, profile: Profile, tag: str | None, reporter: Reporter, reuse: bool = False
 ) -> BuiltImage:
@@ -208,7 +208,7 @@ def build_profile_image(
             f"Profile {profile.name} is built from its installer: give --installer "
             f"(packages alone build only debian12 profiles)."
         )
-    if reuse and profile_image_current(engine, profile, str(ref)):
+    if reuse and image_current(engine, str(ref), profile_recipe(profile)):
         return _image_result(engine, ref, "already built from this recipe", reused=True)
     rootfs.check_available()
     files = recipes.profile_files(profile)
@@ -246,13 +246,6 @@ def build_profile_image(
     return _image_result(engine, ref, f"profile {profile.name}, mmdebstrap, offline")
 
 
-def agent_image_current(engine: Engine, tag: str, recipe: dict[str, object]) -> bool:
-    if not engine.image_exists(tag):
-        return False
-    labels = engine.inspect_image(tag).get("Config", {}).get("Labels") or {}
-    return bool(labels.get(recipes.LABEL_RECIPE) == recipes.recipe_hash(recipe))
-
-
 def build_agent_image(engine: Engine, tag: str | None, reporter: Reporter, reuse: bool = False) -> BuiltImage:
     """The agent's image, offline: Debian's Python and the package's dependencies, and this docker-xms copied in.
 
@@ -261,7 +254,7 @@ def build_agent_image(engine: Engine, tag: str | None, reporter: Reporter, reuse
     ref = parse_ref(tag or recipes.AGENT_IMAGE, allow_digest=False)
     sources = hostfiles.package_files()
     recipe = recipes.agent_recipe(recipes.AGENT_PACKAGES, sources)
-    if reuse and agent_image_current(engine, str(ref), recipe):
+    if reuse and image_current(engine, str(ref), recipe):
         return _image_result(engine, ref, "already built from this recipe", reused=True)
     rootfs.check_available()
     labels = {recipes.LABEL_AGENT: __version__, recipes.LABEL_RECIPE: recipes.recipe_hash(recipe)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,15 +364,7 @@ def start_once_freed(engine: EngineApi, container_id: str) -> None:
     """Start a container whose configuration carries its share: the engine writes it into the new group,
     which the kernel refuses while a group removed a moment ago still counts (see RELEASE_WAIT_S), so a
     start refused that way is tried again for as long as a write is."""
-    deadline = time.monotonic() + RELEASE_WAIT_S
-    while True:
-        try:
-            engine.start(container_id)
-            return
-        except XmsError as exc:
-            if REFUSED_START not in exc.message or time.monotonic() >= deadline:
-                raise
-        time.sleep(_RELEASE_POLL_S)
+    _once_freed(lambda: engine.start(container_id), lambda exc: REFUSED_START in exc.message)
 
 
 def grow_parent(rt: RtHost) -> tuple[int, int] | None:
@@ -456,13 +448,22 @@ def _write(rt: RtHost, write: budget.Write) -> None:
 
 
 def _write_group(rt: RtHost, group: str, value: int) -> None:
+    _once_freed(
+        lambda: rt.fs.write_runtime(group, value),
+        lambda exc: isinstance(exc, cgroups.CgroupWriteError) and exc.errno == errno.EINVAL and rt.fs.exists(group),
+    )
+
+
+def _once_freed(attempt: Callable[[], None], refused_for_now: Callable[[XmsError], bool]) -> None:
+    """`attempt`, tried again while the kernel refuses it for a removed group's runtime (`refused_for_now`),
+    for at most RELEASE_WAIT_S; any other error, or the refusal after that, goes on to the caller."""
     deadline = time.monotonic() + RELEASE_WAIT_S
     while True:
         try:
-            rt.fs.write_runtime(group, value)
+            attempt()
             return
-        except cgroups.CgroupWriteError as exc:
-            if exc.errno != errno.EINVAL or time.monotonic() >= deadline or not rt.fs.exists(group):
+        except XmsError as exc:
+            if not refused_for_now(exc) or time.monotonic() >= deadline:
                 raise
         time.sleep(_RELEASE_POLL_S)
 
