@@ -15,7 +15,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 
-packages=(docker.io mmdebstrap iptables iproute2 python3-venv python3-pip ca-certificates)
+packages=(docker.io mmdebstrap iptables iproute2 conntrack python3-venv python3-pip ca-certificates)
 if [ "$job" = test ]; then
   packages+=(docker-registry rt-tests stress-ng busybox-static gcc libc6-dev util-linux systemd sip-tester rtpengine-utils chromium chromium-driver prometheus docker-compose)
 fi

@@ -559,3 +559,77 @@ def test_packets_to_loopback_from_the_bridge_are_dropped_while_route_localnet_is
     # 127.0.0.1:PORT still reaches the container through the DNAT.
     echo(target, [36004])
     assert exchange(HOST_BASE + 954) == b"36004:hello"
+
+
+# --- the reverse of the DNAT, and conntrack ---------------------------------------------------------------
+
+
+def test_a_forward_that_names_where_media_leaves_from_gets_its_snat_back_from_the_tables(
+    nf: Netfilter, start: Callable[[], Any]
+) -> None:
+    container = start()
+    ip = ip_of(container)
+    port = HOST_BASE + 1000
+    spec = DnatForward("rtp", "udp", port, port + 9, port, port + 9, ip, source_ip="127.0.0.1")
+    shifted = DnatForward("rtcp", "udp", port + 10, port + 19, 40010, 40019, ip).leaving_from("127.0.0.1")
+    assert shifted.source_ip == ""
+    nf.ensure_chains()
+    assert nf.reconcile({container.id: [spec, shifted]}).added == (container.id[:12],)
+    snat = [line for line in owned_by(container.id) if "-j SNAT" in line]
+    # Same numbers: the source port kept, the address the advertised one. A shifted range has no such rule.
+    assert snat == [
+        f"-A {nf.post_chain} -s {ip}/32 ! -o {nf.bridge} -p udp -m udp --sport {port}:{port + 9} "
+        f'-m comment --comment "docker-xms:{container.id[:12]}:rtp" -j SNAT --to-source 127.0.0.1'
+    ]
+    assert sorted((f.spec for f in nf.list_forwards()), key=lambda f: f.name) == [shifted, spec]
+    # Read back exactly as written: a second pass changes nothing; a new address rewrites the rules.
+    assert nf.reconcile({container.id: [spec, shifted]}).added == ()
+    moved = spec.leaving_from("127.0.0.2")
+    assert nf.reconcile({container.id: [moved, shifted]}).added == (container.id[:12],)
+    assert [f.spec.source_ip for f in nf.list_forwards() if f.spec.name == "rtp"] == ["127.0.0.2"]
+    assert nf.reconcile({}).removed == (container.id[:12],)
+    assert owned_by(container.id) == []
+
+
+def test_our_postrouting_jump_goes_back_in_front_of_the_engines_masquerade(nf: Netfilter) -> None:
+    nf.ensure_chains()
+    jump = next(line for line in _chain_rules("nat", "POSTROUTING") if line.endswith(f"-j {nf.post_chain}"))
+    # As after an engine restart, which inserts its MASQUERADE first: ours would never be reached.
+    iptables("-t", "nat", "-D", *shlex.split(jump)[1:])
+    iptables("-t", "nat", "-A", *shlex.split(jump)[1:])
+    nf.ensure_chains()
+    rules = _chain_rules("nat", "POSTROUTING")
+    ours = [i for i, line in enumerate(rules) if line.endswith(f"-j {nf.post_chain}")]
+    masquerade = [i for i, line in enumerate(rules) if line.endswith("-j MASQUERADE")]
+    assert len(ours) == 1, rules
+    if masquerade:
+        assert ours[0] < masquerade[0], rules
+
+
+def _entries_to(port: int) -> list[str]:
+    out = subprocess.run(["conntrack", "-L", "-p", "udp"], capture_output=True, text=True, check=False).stdout
+    return [line for line in out.splitlines() if f" dport={port} " in line]
+
+
+def test_a_flow_that_began_before_its_forward_reaches_the_container_once_the_forward_exists(
+    nf: Netfilter, start: Callable[[], Any], echo: Callable[[Any, list[int]], None]
+) -> None:
+    """conntrack keeps a flow's first NAT decision: without forgetting it, a stream that started before the
+    rule (a peer already sending, as RTP does) would bypass the new DNAT until it paused for 30 s."""
+    container = start()
+    port = HOST_BASE + 1100
+    echo(container, [port])
+    nf.ensure_chains()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.5)
+        s.bind(("127.0.0.1", 0))
+        s.connect(("127.0.0.1", port))
+        s.send(b"early")
+        with pytest.raises((TimeoutError, ConnectionRefusedError)):
+            s.recv(2048)
+        assert _entries_to(port), "the early datagram left no conntrack entry"
+        nf.reconcile({container.id: [DnatForward("rtp", "udp", port, port, port, port, ip_of(container))]})
+        # The same 5-tuple as before: only a fresh NAT decision sends it to the container.
+        s.settimeout(2.0)
+        s.send(b"again")
+        assert s.recv(2048) == f"{port}:again".encode()

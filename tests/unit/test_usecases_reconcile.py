@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from docker_xms.domain.forwards import DnatForward
-from docker_xms.usecases.reconcile import reconcile
+from docker_xms.usecases.reconcile import live_forwards, reconcile
 from tests.unit.usecase_host import Host, make_host
 
 
@@ -41,3 +41,20 @@ def test_reconcile_skips_and_reports_containers_whose_labels_cannot_be_read_and_
     assert host.netfilter.forwards[bad_dnat.id[:12]] == [held]
     assert [f.host_start for f in host.netfilter.forwards[good.id[:12]]] == [30000]
     assert bad_weight.id[:12] not in host.netfilter.forwards
+
+
+def test_media_of_a_server_that_advertises_a_host_address_leaves_from_it_and_of_one_that_does_not_from_nowhere(
+    host: Host,
+) -> None:
+    advertised = host.managed("advertised", dnat="rtp/udp:30000-30009>30000-30009", advertise="192.0.2.2")
+    own = host.managed("own", dnat="rtp/udp:31000-31009>31000-31009")
+    asked: list[str] = []
+
+    def source(label: str) -> str:
+        asked.append(label)
+        return "" if label == "container" else f"from-{label}"
+
+    live = live_forwards(host.engine, host.netfilter, sources=source)
+    assert [f.source_ip for f in live[advertised.id]] == ["from-192.0.2.2"]
+    assert [f.source_ip for f in live[own.id]] == [""]
+    assert sorted(asked) == ["192.0.2.2", "container"]

@@ -37,7 +37,13 @@ class Host:
         return self.fs.read_runtime(self.engine.cgroup_of(cid))
 
     def managed(
-        self, name: str, weight: str = "1", dnat: str | None = None, running: bool = True, runtime: int = 0
+        self,
+        name: str,
+        weight: str = "1",
+        dnat: str | None = None,
+        running: bool = True,
+        runtime: int = 0,
+        advertise: str = "container",
     ) -> FakeContainer:
         # As `run` labels its containers: with a port plan and an advertised address (not adopted).
         labels = {
@@ -46,7 +52,7 @@ class Host:
             MODE_LABEL: "container-address",
             WEIGHT_LABEL: weight,
             LABEL_STRATEGY: "dnat" if dnat is not None else "publish",
-            ADVERTISE_LABEL: "container",
+            ADVERTISE_LABEL: advertise,
         }
         if dnat is not None:
             labels[LABEL_DNAT] = dnat

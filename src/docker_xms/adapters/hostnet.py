@@ -8,6 +8,7 @@ import secrets
 import socket
 import subprocess
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from docker_xms.errors import BadInput, XmsError
@@ -61,6 +62,47 @@ def host_address() -> str:
             if local and not local.startswith("127."):
                 return local
     return "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class LocalAddresses:
+    """The IPv4 addresses this network namespace delivers to itself (its `local` routing table)."""
+
+    networks: tuple[ipaddress.IPv4Network, ...]
+
+    @classmethod
+    def read(cls) -> LocalAddresses:
+        try:
+            out = subprocess.run(
+                ["ip", "-4", "route", "show", "table", "local", "type", "local"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        return cls(tuple(parse_local_routes(out)))
+
+    def holds(self, address: str) -> bool:
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
+
+
+def parse_local_routes(text: str) -> list[ipaddress.IPv4Network]:
+    """The networks of `ip -4 route show table local type local` ("local 127.0.0.0/8 dev lo ...")."""
+    out = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "local":
+            try:
+                out.append(ipaddress.IPv4Network(words[1], strict=False))
+            except ValueError:
+                continue
+    return out
 
 
 def ephemeral_ports(proc_root: Path = Path("/proc")) -> tuple[int, int]:

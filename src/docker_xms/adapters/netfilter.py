@@ -1,13 +1,18 @@
 """Netfilter: one DNAT rule per media range, in chains docker-xms owns, via the `iptables` command.
 
-Per forwarded range there are three rules, each commented ``docker-xms:<container-id-12>:<name>`` so
+Per forwarded range there are three or four rules, each commented ``docker-xms:<container-id-12>:<name>`` so
 they can be listed and removed per container:
 
 - nat ``DOCKER-XMS`` (jumped to first from PREROUTING and OUTPUT for local destinations): the DNAT.
   ``--to-destination ip:A-B/base`` shifts each port by the same offset; without the base port the kernel
   would pick any free port of the range, not the matching one.
 - nat ``DOCKER-XMS-POSTROUTING``: MASQUERADE for 127.0.0.0/8 sources, with ``route_localnet`` on the
-  bridge, so 127.0.0.1:PORT reaches the container and the answer finds its way back.
+  bridge, so 127.0.0.1:PORT reaches the container and the answer finds its way back; and, where the
+  forward names the address its media leaves from, the reverse of the DNAT: SNAT of what the container
+  sends from the range (to anywhere but its own bridge) to that address, keeping the port. Without it the
+  engine's MASQUERADE sends the relay's first packet to a peer from the host's address on the peer's
+  link, and conntrack then moves the peer's own packets to the SDP's address and port to another port of
+  the container (they clash with that first flow): one direction of the call is lost.
 - filter ``DOCKER-XMS-FORWARD`` (jumped to from DOCKER-USER, else FORWARD): ACCEPT for the forwarded
   traffic, which Docker's FORWARD policy would otherwise drop.
 
@@ -23,6 +28,10 @@ outside 127.0.0.0/8, unless they belong to a connection that began on the host i
 a DNAT. The jump's comment keeps the value ``route_localnet`` had before docker-xms turned it on, and
 the value goes back when the last forward goes.
 
+Whenever a forward comes or goes, the conntrack entries of its ports go too (`adapters/conntrack.py`): an
+entry that a previous holder of the range left (or a peer's stream that began before the rule) would
+otherwise keep steering that flow past the new rules until it times out.
+
 Rules for IPv4 only: the engine's default bridge has no IPv6.
 """
 
@@ -34,11 +43,13 @@ import re
 import shlex
 import shutil
 import subprocess
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from docker_xms.adapters.conntrack import Conntrack
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.domain.forwards import DnatForward
 from docker_xms.errors import BadInput, XmsError
@@ -92,6 +103,7 @@ class Netfilter:
         chain: str = DEFAULT_CHAIN,
         iptables: str = "iptables",
         timeout: float = 60.0,
+        conntrack: Conntrack | None = None,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", chain) or len(chain) > _CHAIN_MAX:
             raise BadInput(f"Chain name {chain!r} must be up to {_CHAIN_MAX} letters, digits, '-' or '_'.")
@@ -99,6 +111,7 @@ class Netfilter:
         self.bridge = bridge
         self.iptables = iptables
         self.timeout = timeout
+        self.conntrack = conntrack if conntrack is not None else Conntrack()
         self.nat_chain = chain
         self.post_chain = f"{chain}-POSTROUTING"
         self.filter_chain = f"{chain}-FORWARD"
@@ -116,11 +129,17 @@ class Netfilter:
             return False
 
     def list_forwards(self) -> list[Forward]:
+        sources: dict[tuple[str, str, str], str] = {}
+        for (cid, name), args in self._owned("nat", self.post_chain):
+            source, sport = _option(args, "--to-source"), _option(args, "--sport")
+            if _target(args) == "SNAT" and source is not None and sport is not None:
+                sources[(cid, name, sport)] = source
         out: list[Forward] = []
-        for owner, args in self._owned("nat", self.nat_chain):
-            spec = _parse_dnat(owner[1], args)
+        for (cid, name), args in self._owned("nat", self.nat_chain):
+            spec = _parse_dnat(name, args)
             if spec is not None:
-                out.append(Forward(owner[0], spec))
+                sport = _span(spec.container_start, spec.container_end, ":")
+                out.append(Forward(cid, spec.leaving_from(sources.get((cid, name, sport), ""))))
         return out
 
     # Changing
@@ -131,38 +150,51 @@ class Netfilter:
             self._ensure_chains()
 
     def reconcile(self, live: Mapping[str, Sequence[DnatForward]]) -> Reconciled:
-        """Make the rules match `live` (container id to its forwards): others' rules go, missing ones come."""
+        """Make the rules match `live` (container id to its forwards): others' rules go, missing ones come.
+
+        A container's rules are rewritten when they differ in any way from what its forwards ask for (a
+        forward moved, or the address its media leaves from changed); the conntrack entries of every
+        forward that came or went are forgotten after the rules have changed.
+        """
         wanted = {_short_id(cid): list(specs) for cid, specs in live.items()}
         planned = {cid: [rule for spec in specs for rule in self._rules(cid, spec)] for cid, specs in wanted.items()}
         removed: list[str] = []
         added: list[str] = []
+        changed: set[DnatForward] = set()
         with self._locked():
             self._ensure_chains()
-            counts: dict[str, list[int]] = {}
-            for i, (table, chain) in enumerate(self._chains()):
-                for (cid, _), _args in self._owned(table, chain):
-                    counts.setdefault(cid, [0, 0, 0])[i] += 1
-            have: dict[str, set[DnatForward]] = {}
-            for (cid, name), args in self._owned("nat", self.nat_chain):
-                spec = _parse_dnat(name, args)
-                if spec is not None:
-                    have.setdefault(cid, set()).add(spec)
-            for cid in sorted(set(counts) - set(wanted)):
+            have: dict[str, Counter[_Rule]] = {}
+            for table, chain in self._chains():
+                for (cid, _), args in self._owned(table, chain):
+                    have.setdefault(cid, Counter())[_Rule(table, chain, tuple(args))] += 1
+            held = self._held_forwards()
+            for cid in sorted(set(have) - set(wanted)):
                 self._remove_owner(cid)
                 removed.append(cid)
+                changed.update(held.get(cid, ()))
             if any(planned.values()):
                 self._localnet_on()
             for cid, specs in wanted.items():
-                n = len(specs)
-                if have.get(cid, set()) == set(specs) and counts.get(cid, [0, 0, 0]) == [n, n, n]:
+                if have.get(cid, Counter()) == Counter(planned[cid]):
                     continue
-                if cid in counts:
+                if cid in have:
                     self._remove_owner(cid)
                 self._add_all(planned[cid])
                 added.append(cid)
+                old = {_unplaced(f) for f in held.get(cid, ())}
+                new = {_unplaced(f) for f in specs}
+                changed.update(f for f in (*held.get(cid, ()), *specs) if _unplaced(f) in old.symmetric_difference(new))
             if not any(planned.values()):
                 self._localnet_off()
+            if changed:
+                self.conntrack.forget(sorted(changed, key=lambda f: (f.protocol, f.host_start)))
         return Reconciled(tuple(removed), tuple(added))
+
+    def _held_forwards(self) -> dict[str, list[DnatForward]]:
+        out: dict[str, list[DnatForward]] = {}
+        for forward in self.list_forwards():
+            out.setdefault(forward.container_id, []).append(forward.spec)
+        return out
 
     # Inside
 
@@ -225,7 +257,10 @@ class Netfilter:
         local = ["-m", "addrtype", "--dst-type", "LOCAL"]
         self._jump("nat", "PREROUTING", [*local, *_comment(self.nat_chain), "-j", self.nat_chain])
         self._jump("nat", "OUTPUT", [*local, *_comment(self.nat_chain), "-j", self.nat_chain])
-        self._jump("nat", "POSTROUTING", [*_comment(self.post_chain), "-j", self.post_chain])
+        # Before the engine's MASQUERADE too (an engine restart inserts it first): it ends the traversal,
+        # and our SNAT of a media range would never be reached.
+        masquerade = _DOCKER_JUMPS | {"MASQUERADE"}
+        self._jump("nat", "POSTROUTING", [*_comment(self.post_chain), "-j", self.post_chain], masquerade)
         forward = "DOCKER-USER" if self._exists("filter", "DOCKER-USER") else "FORWARD"
         self._jump("filter", forward, [*_comment(self.filter_chain), "-j", self.filter_chain])
         if self._owned("nat", self.nat_chain):
@@ -236,14 +271,14 @@ class Netfilter:
             if path.exists() and path.read_text().strip() == "1":
                 self._write_localnet(path, "0")
 
-    def _jump(self, table: str, builtin: str, jump: list[str]) -> None:
+    def _jump(self, table: str, builtin: str, jump: list[str], docker_targets: frozenset[str] = _DOCKER_JUMPS) -> None:
         """Insert `jump` once; move it only when one of Docker's own jumps has come to precede it."""
         rules = self._rules_of(table, builtin)
         target = _target(jump)
         ours = [i for i, args in enumerate(rules) if _target(args) == target]
         for i in reversed(ours[1:]):
             self._run(table, ["-D", builtin, *rules[i]])
-        docker = next((i for i, args in enumerate(rules) if _target(args) in _DOCKER_JUMPS), None)
+        docker = next((i for i, args in enumerate(rules) if _target(args) in docker_targets), None)
         if ours and (docker is None or ours[0] < docker):
             return
         if ours:
@@ -355,7 +390,7 @@ class Netfilter:
         if spec.container_start != spec.container_end:
             to += f"/{spec.host_start}"
         ip = f"{spec.container_ip}/32"
-        return [
+        rules = [
             _Rule("nat", self.nat_chain, (*proto, "--dport", host, *comment, "-j", "DNAT", "--to-destination", to)),
             _Rule(
                 "nat",
@@ -369,6 +404,12 @@ class Netfilter:
                 ("-d", ip, *proto, "--dport", dest, "-m", "conntrack", "--ctstate", "DNAT", *comment, "-j", "ACCEPT"),
             ),
         ]
+        if spec.source_ip and spec.same_numbers:
+            # The reverse of the DNAT. No port after the address: SNAT then keeps the source port, which is
+            # the host's port too (see DnatForward.leaving_from for a shifted range).
+            out_of = ("-s", ip, "!", "-o", self.bridge, *proto, "--sport", dest, *comment)
+            rules.append(_Rule("nat", self.post_chain, (*out_of, "-j", "SNAT", "--to-source", spec.source_ip)))
+        return rules
 
     def _add_all(self, rules: Sequence[_Rule]) -> None:
         done: list[_Rule] = []
@@ -409,11 +450,21 @@ def _check_spec(spec: DnatForward) -> None:
         raise BadInput(f"The container address {spec.container_ip!r} of {where} is not an IP address.") from None
     if ip.version != 4:
         raise BadInput(f"The container address {ip} of {where} is not IPv4; only IPv4 is forwarded.")
+    if spec.source_ip:
+        try:
+            ipaddress.IPv4Address(spec.source_ip)
+        except ValueError:
+            raise BadInput(f"The address {spec.source_ip!r} media of {where} leaves from is not IPv4.") from None
     for low, high in ((spec.host_start, spec.host_end), (spec.container_start, spec.container_end)):
         if not 1 <= low <= high <= 65535:
             raise BadInput(f"Ports {low}-{high} of {where} must lie within 1-65535, low to high.")
     if spec.host_end - spec.host_start != spec.container_end - spec.container_start:
         raise BadInput(f"The host and container ranges of {where} differ in size.")
+
+
+def _unplaced(spec: DnatForward) -> DnatForward:
+    """A forward as its DNAT rule holds it: which ports go where, without the address media leaves from."""
+    return replace(spec, source_ip="")
 
 
 def _span(low: int, high: int, sep: str) -> str:

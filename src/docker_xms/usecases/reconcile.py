@@ -6,15 +6,16 @@ happened on the host (a crash, a `docker rm -f` by hand, an engine restart) the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from docker_xms.adapters import hostnet
 from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.adapters.netfilter import Netfilter, Reconciled
 from docker_xms.domain import ports as port_plans
-from docker_xms.domain.forwards import DnatForward
-from docker_xms.domain.labels import forwards_from_labels, unreadable
+from docker_xms.domain.forwards import DnatForward, media_source
+from docker_xms.domain.labels import ADVERTISE_LABEL, forwards_from_labels, unreadable
 from docker_xms.usecases.adoption import Adoption, adopt_locked, with_plans
 from docker_xms.usecases.boundaries import EngineApi, NetfilterApi
 from docker_xms.usecases.rt import Rebalance, RtHost, rebalance_locked
@@ -42,6 +43,7 @@ def live_forwards(
     engine: EngineApi,
     netfilter: NetfilterApi | None = None,
     plans: Mapping[str, Mapping[str, str]] | None = None,
+    sources: Callable[[str], str] | None = None,
 ) -> dict[str, list[DnatForward]]:
     """The DNAT forwards every running managed container should have, from its labels and address.
 
@@ -49,10 +51,12 @@ def live_forwards(
     rules would be taken away as if they belonged to no one.
 
     Host ports that the engine publishes for any other container are cut out of the ranges (`carve`).
+    `sources` gives the host address media leaves from for a container's advertise label (`media_sources`).
     A container whose labels cannot be read keeps the forwards `netfilter` holds for it (`rt.Skipped`).
     One list request gives both: every running container's published ports and the managed ones.
     """
     running = with_plans(engine.list_containers(all=False), plans or {})
+    source = sources if sources is not None else media_sources()
     published = published_ports(running)
     live: dict[str, list[DnatForward]] = {}
     held = None
@@ -68,12 +72,28 @@ def live_forwards(
         if not (info.running and forwards and info.ip_address):
             continue
         taken = [pair for cid, pairs in published.items() if cid != info.id for pair in pairs]
+        leaving = source(info.labels.get(ADVERTISE_LABEL, "container"))
         live[info.id] = [
-            f.to(info.ip_address)
+            f.to(info.ip_address).leaving_from(leaving)
             for forward in forwards
             for f in port_plans.carve(forward, (port for protocol, port in taken if protocol == forward.protocol))
         ]
     return live
+
+
+def media_sources() -> Callable[[str], str]:
+    """The host address media leaves from, per advertised address; the host's addresses read once, if at all."""
+    facts: list[tuple[hostnet.LocalAddresses, str]] = []
+
+    def source(advertised: str) -> str:
+        if advertised in ("", "container"):
+            return ""
+        if not facts:
+            facts.append((hostnet.LocalAddresses.read(), hostnet.host_address()))
+        local, default = facts[0]
+        return media_source(advertised, local.holds, default)
+
+    return source
 
 
 def reconcile(rt: RtHost, netfilter: NetfilterApi | None = None) -> Reconciliation:
