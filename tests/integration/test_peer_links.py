@@ -116,18 +116,17 @@ class Links:
     """Peers on links of their own, and an advertised address on a bridge of the test's without ports."""
 
     def __init__(self, container_subnet: str, within: str = "10.202.0.0/16") -> None:
-        self.block = pick_block(within)
         self.token = secrets.token_hex(3)
         self.container_subnet = container_subnet
         self.peers: list[LinkPeer] = []
-        subnets = list(self.block.subnets(new_prefix=30))
-        self.spare = iter(subnets[1:])
-        # The advertised address: the first of the block, on a bridge that holds it and nothing else.
+        # The advertised address: the first of a free block, on a bridge that holds it and nothing else.
         self.bridge = f"dxad{self.token}"
-        self.advertised = str(next(subnets[0].hosts()))
+        self.advertised = str(next(pick_block(within).hosts()))
         sh("ip", "link", "add", self.bridge, "type", "bridge")
         sh("ip", "addr", "add", f"{self.advertised}/32", "dev", self.bridge)
         sh("ip", "link", "set", self.bridge, "up")
+        # The peers' links: a /30 each, in another free block.
+        self.spare = iter(pick_block(within).subnets(new_prefix=30))
 
     def add(self, role: str) -> LinkPeer:
         subnet = next(self.spare)
