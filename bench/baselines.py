@@ -69,13 +69,16 @@ def snapshot(container_id: str, profile: str = "rtpengine") -> dict[str, Any]:
     return {"attrs": api.inspect_container(container_id), "files": files}
 
 
-def create_plain(name: str, like: dict[str, Any], rt_runtime_us: int | None = None) -> str:
+def create_plain(
+    name: str, like: dict[str, Any], rt_runtime_us: int | None = None, publish: dict[str, int] | None = None
+) -> str:
     """A plain `docker create` of a managed container's image (`like`, a snapshot), set up as it was apart from
     docker-xms.
 
     Published ports: the same container ports with host ports picked by the engine (docker-xms picked its own for
     the managed one), so the count and the engine's work per port are the same. With `rt_runtime_us`, the
-    administrator's own `--cpu-rt-runtime`; without it, no budget at all. Started later.
+    administrator's own `--cpu-rt-runtime`; without it, no budget at all. With `publish` ("5060/udp" -> host
+    port), those ports on those host ports instead. Started later.
     """
     config, host = like["attrs"]["Config"], like["attrs"]["HostConfig"]
     kwargs: dict[str, Any] = {
@@ -87,7 +90,7 @@ def create_plain(name: str, like: dict[str, Any], rt_runtime_us: int | None = No
         "stop_signal": config.get("StopSignal"),
         "environment": config.get("Env") or [],
         "sysctls": host.get("Sysctls") or None,
-        "ports": dict.fromkeys(host.get("PortBindings") or {}),
+        "ports": publish if publish is not None else dict.fromkeys(host.get("PortBindings") or {}),
         "healthcheck": _healthcheck(config.get("Healthcheck")),
     }
     if rt_runtime_us:
@@ -144,12 +147,13 @@ LIKE_FIELDS = (
 )
 
 
-def check_like_with_like(setups: dict[str, dict[str, Any]]) -> None:
-    """Refuse to measure kinds whose setups differ in anything but the real-time budget."""
+def check_like_with_like(setups: dict[str, dict[str, Any]], apart: tuple[str, ...] = ()) -> None:
+    """Refuse to measure kinds whose setups differ in anything but the real-time budget (and the fields `apart`,
+    which the section measures on purpose)."""
     kinds = list(setups)
     first = setups[kinds[0]]
     for kind in kinds[1:]:
-        differ = [f for f in LIKE_FIELDS if setups[kind][f] != first[f]]
+        differ = [f for f in LIKE_FIELDS if f not in apart and setups[kind][f] != first[f]]
         if differ:
             raise RuntimeError(f"the {kind} container is not set up like the {kinds[0]} one: {', '.join(differ)}")
     # docker-xms rounds each share down: the managed share may be 1 us above the hand-made one, never more.

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from tests.integration.test_outside import Outside
+    from tests.peer_links import Outside
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -18,9 +18,9 @@ def _host_left_as_found(host_as_found: None) -> None:
 
 @pytest.fixture
 def outside(docker_client: Any) -> Iterator[Outside]:
-    """Network namespaces as remote machines: see tests.integration.test_outside.Outside."""
-    from tests.integration.test_outside import Outside
+    """Network namespaces as remote machines: see tests.peer_links.Outside."""
     from tests.integration.test_sip_profile import bridge_subnet
+    from tests.peer_links import Outside
 
     spaces = Outside(bridge_subnet(docker_client))
     try:

@@ -21,14 +21,15 @@ import pytest
 from docker_xms.adapters import hostnet
 from tests.helpers import cli_path
 from tests.integration.test_media_ports import port_row, run_json
-from tests.integration.test_outside import Outside, OutsidePeer, _name
+from tests.integration.test_outside import _name
+from tests.peer_links import LinkPeer, Outside
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 SECONDS = 10
 
 
-def browser_call(peer: OutsidePeer, name: str, screenshot: Path) -> dict[str, Any]:
+def browser_call(peer: LinkPeer, name: str, screenshot: Path) -> dict[str, Any]:
     """`docker-xms test-call NAME` inside the peer's namespace (the engine's socket is a file: it still answers)."""
     if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
         pytest.fail("Chromium is not installed: apt-get install chromium chromium-driver")

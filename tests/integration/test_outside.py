@@ -32,13 +32,8 @@ import pytest
 from docker_xms.adapters import hostnet
 from tests.helpers import run_cli
 from tests.integration.test_media_ports import port_row, run_json
-from tests.integration.test_sip_profile import (
-    MEDIA_PORT,
-    Peer,
-    pick_block,
-    sh,
-    sip_call,
-)
+from tests.integration.test_sip_profile import MEDIA_PORT, sip_call
+from tests.peer_links import LinkPeer, Outside
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -74,55 +69,6 @@ while True:
         break
 print(json.dumps({"sent": sent, "received": got}))
 """
-
-
-@dataclass(frozen=True)
-class OutsidePeer(Peer):
-    # The host's address on the peers' LAN: the only host address the peer is given a route to.
-    host_end: str
-
-
-class Outside:
-    """Peers whose only way out is the host's own address on their veth pair."""
-
-    def __init__(self, container_subnet: str, within: str = "10.201.0.0/16") -> None:
-        self.container_subnet = container_subnet
-        self.block = pick_block(within)
-        self.token = secrets.token_hex(3)
-        self.peers: list[OutsidePeer] = []
-        self.bridge = f"dxob{self.token}"
-        self.hosts = [str(a) for a in self.block.hosts()]
-        self.host_address = self.hosts[0]
-        sh("ip", "link", "add", self.bridge, "type", "bridge")
-        sh("ip", "addr", "add", f"{self.host_address}/{self.block.prefixlen}", "dev", self.bridge)
-        sh("ip", "link", "set", self.bridge, "up")
-
-    def add(self, role: str) -> OutsidePeer:
-        address = self.hosts[1 + len(self.peers)]
-        host_end = self.host_address
-        netns, host_if = f"dxout-{self.token}-{role}", f"dxo{self.token}{role[0]}"
-        peer = OutsidePeer(netns, host_if, address, host_end)
-        sh("ip", "netns", "add", netns)
-        self.peers.append(peer)
-        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns)
-        sh("ip", "link", "set", host_if, "master", self.bridge)
-        sh("ip", "link", "set", host_if, "up")
-        sh("ip", "-n", netns, "link", "set", "lo", "up")
-        sh("ip", "-n", netns, "addr", "add", f"{address}/{self.block.prefixlen}", "dev", "eth0")
-        sh("ip", "-n", netns, "link", "set", "eth0", "up")
-        sh("ip", "-n", netns, "route", "add", "default", "via", host_end)
-        # As from another machine: the container network is not reachable, only the host's address.
-        sh("ip", "-n", netns, "route", "add", "unreachable", self.container_subnet)
-        # RTP in and out of the namespace, counted by the kernel.
-        peer.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", str(MEDIA_PORT))
-        peer.run("iptables", "-w", "-A", "OUTPUT", "-p", "udp", "--sport", str(MEDIA_PORT))
-        return peer
-
-    def close(self) -> None:
-        for peer in self.peers:
-            subprocess.run(["ip", "netns", "del", peer.netns], capture_output=True)
-            subprocess.run(["ip", "link", "del", peer.host_if], capture_output=True)
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
 
 
 def _name(kind: str) -> str:
@@ -163,7 +109,7 @@ class NgCall:
     callee_sends_to: tuple[str, int]
 
 
-def ng_call(ng_port: int, call_id: str, caller: OutsidePeer, callee: OutsidePeer) -> NgCall:
+def ng_call(ng_port: int, call_id: str, caller: LinkPeer, callee: LinkPeer) -> NgCall:
     offered = ng_client(
         ng_port, "offer", f"--call-id={call_id}", "--from-tag=caller", f"--sdp={sdp_for(caller.address)}"
     )
@@ -178,10 +124,10 @@ def ng_call(ng_port: int, call_id: str, caller: OutsidePeer, callee: OutsidePeer
     return NgCall(caller_sends_to=media_of(answered), callee_sends_to=media_of(offered))
 
 
-def rtp_both_ways(caller: OutsidePeer, callee: OutsidePeer, call: NgCall) -> tuple[dict[str, int], dict[str, int]]:
+def rtp_both_ways(caller: LinkPeer, callee: LinkPeer, call: NgCall) -> tuple[dict[str, int], dict[str, int]]:
     at = time.time() + 1.0
 
-    def start(peer: OutsidePeer, to: tuple[str, int]) -> subprocess.Popen[str]:
+    def start(peer: LinkPeer, to: tuple[str, int]) -> subprocess.Popen[str]:
         args = (peer.address, str(MEDIA_PORT), to[0], str(to[1]), str(PACKETS), str(at))
         return peer.popen(sys.executable, "-c", SENDER, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

@@ -36,14 +36,12 @@ from tests.integration.test_sip_profile import (
     MEDIA_PORT,
     PCAP,
     SCENARIO,
-    Peer,
     bridge_subnet,
     numsessions,
     pcap_packets,
-    pick_block,
-    sh,
     sipp_stats,
 )
+from tests.peer_links import LinkPeer, Links, Peer
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -106,57 +104,6 @@ print(json.dumps([{"sent": st["sent"], "got": st["got"], "sources": st["sources"
 """
 
 
-@dataclass(frozen=True)
-class LinkPeer(Peer):
-    # The host's address on this peer's own link: not the advertised one.
-    host_end: str
-
-
-class Links:
-    """Peers on links of their own, and an advertised address on a bridge of the test's without ports."""
-
-    def __init__(self, container_subnet: str, within: str = "10.202.0.0/16") -> None:
-        self.token = secrets.token_hex(3)
-        self.container_subnet = container_subnet
-        self.peers: list[LinkPeer] = []
-        # The advertised address: the first of a free block, on a bridge that holds it and nothing else.
-        self.bridge = f"dxad{self.token}"
-        self.advertised = str(next(pick_block(within).hosts()))
-        sh("ip", "link", "add", self.bridge, "type", "bridge")
-        sh("ip", "addr", "add", f"{self.advertised}/32", "dev", self.bridge)
-        sh("ip", "link", "set", self.bridge, "up")
-        # The peers' links: a /30 each, in another free block.
-        self.spare = iter(pick_block(within).subnets(new_prefix=30))
-
-    def add(self, role: str) -> LinkPeer:
-        subnet = next(self.spare)
-        host_end, address = (str(a) for a in list(subnet.hosts())[:2])
-        netns, host_if = f"dxlink-{self.token}-{role}", f"dxl{self.token}{role[0]}"
-        peer = LinkPeer(netns, host_if, address, host_end)
-        sh("ip", "netns", "add", netns)
-        self.peers.append(peer)
-        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns)
-        sh("ip", "addr", "add", f"{host_end}/30", "dev", host_if)
-        sh("ip", "link", "set", host_if, "up")
-        sh("ip", "-n", netns, "link", "set", "lo", "up")
-        sh("ip", "-n", netns, "addr", "add", f"{address}/30", "dev", "eth0")
-        sh("ip", "-n", netns, "link", "set", "eth0", "up")
-        sh("ip", "-n", netns, "route", "add", "default", "via", host_end)
-        # As from another machine: the container network is not reachable, only the host's addresses.
-        sh("ip", "-n", netns, "route", "add", "unreachable", self.container_subnet)
-        # RTP in (from the advertised address, and from anywhere) and out, counted by the kernel.
-        peer.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "-s", self.advertised, "--dport", str(MEDIA_PORT))
-        peer.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", str(MEDIA_PORT))
-        peer.run("iptables", "-w", "-A", "OUTPUT", "-p", "udp", "--sport", str(MEDIA_PORT))
-        return peer
-
-    def close(self) -> None:
-        for peer in self.peers:
-            subprocess.run(["ip", "netns", "del", peer.netns], capture_output=True)
-            subprocess.run(["ip", "link", "del", peer.host_if], capture_output=True)
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
-
-
 def counters(peer: Peer, chain: str) -> list[int]:
     """The packet counts of the namespace's counting rules in `chain`, in order."""
     out = peer.run("iptables", "-w", "-nvxL", chain).stdout
@@ -165,7 +112,7 @@ def counters(peer: Peer, chain: str) -> list[int]:
 
 @pytest.fixture
 def links(docker_client: Any) -> Iterator[Links]:
-    spaces = Links(bridge_subnet(docker_client))
+    spaces = Links(bridge_subnet(docker_client), media_port=MEDIA_PORT)
     try:
         yield spaces
     finally:

@@ -8,7 +8,6 @@ counted by netfilter counters inside each namespace, so the numbers come from ne
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import secrets
@@ -17,7 +16,6 @@ import struct
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ import pytest
 
 import docker_xms
 from tests.helpers import run_cli, wait_for
+from tests.peer_links import Peer, pick_block, sh
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -43,60 +42,6 @@ def pcap_packets(path: Path) -> int:
         offset += 16 + included
         count += 1
     return count
-
-
-def sh(*args: str, check: bool = True) -> str:
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout
-
-
-@dataclass(frozen=True)
-class Peer:
-    """A network namespace with one address, reached from the host through a veth pair."""
-
-    netns: str
-    host_if: str
-    address: str
-
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ip", "netns", "exec", self.netns, *args], capture_output=True, text=True, timeout=timeout
-        )
-
-    def popen(self, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
-        return subprocess.Popen(["ip", "netns", "exec", self.netns, *args], text=True, **kwargs)
-
-    def count(self, chain: str) -> int:
-        """Packets the namespace's own counting rule in `chain` saw."""
-        out = self.run("iptables", "-w", "-nvxL", chain).stdout
-        rows = [line.split() for line in out.splitlines() if "udp" in line.split()]
-        assert len(rows) == 1, out
-        return int(rows[0][0])
-
-
-def _taken_networks() -> list[ipaddress.IPv4Network]:
-    found = []
-    for line in sh("ip", "-4", "-o", "addr", "show").splitlines():
-        found.append(ipaddress.ip_interface(line.split()[3]).network)
-    for line in sh("ip", "-4", "route", "show", "table", "all").splitlines():
-        first = line.split()[0]
-        if re.fullmatch(r"[\d.]+(/\d+)?", first):
-            found.append(ipaddress.ip_network(first, strict=False))
-    return found
-
-
-def pick_block(within: str) -> ipaddress.IPv4Network:
-    """A /29 inside `within` that no address or route of the host touches: two /30s for two peers."""
-    pool = ipaddress.ip_network(within)
-    taken = _taken_networks()
-    for _ in range(200):
-        base = int(pool.network_address) + secrets.randbelow(pool.num_addresses // 8) * 8
-        block = ipaddress.ip_network(f"{ipaddress.ip_address(base)}/29")
-        if not any(block.overlaps(net) for net in taken):
-            return block
-    raise AssertionError(f"no free /29 found in {within}")
 
 
 class Namespaces:

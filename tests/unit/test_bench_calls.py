@@ -87,30 +87,29 @@ def test_peak_overlap_counts_the_calls_whose_media_flowed_at_once() -> None:
     assert peak_overlap([]) == 0
 
 
-def test_loss_is_counted_each_way_and_jitter_per_echoed_call() -> None:
-    caller, callee = 16500, 16400
+def test_loss_is_counted_each_way_and_jitter_per_stream_either_way() -> None:
+    caller, callee = 6000, 7000
     sent = {caller: 100, callee: 95}
     received = {
-        # Two calls, each through its own relay ports.
+        # Two calls, each through its own relay ports; each leg receives the other's recording.
         (callee, 30000): _stream(50),
         (callee, 30004): _stream(48),
         (caller, 30002): _stream(47),
         (caller, 30006): _stream(46, wobble_ns=1_000_000),
     }
-    rtp = rtp_summary(sent, received, caller, callee)
+    rtp = rtp_summary(sent, {callee: 98, caller: 93}, received, caller, callee)
     assert rtp["relayed_to_callee"] == 98
     assert rtp["lost_to_callee"] == 2
     assert rtp["relayed_to_caller"] == 93
     assert rtp["lost_to_caller"] == 2
-    assert rtp["not_echoed"] == 3
-    assert rtp["echoed_streams"] == 2
-    assert rtp["echoed_streams_at_once"] == 2
+    assert rtp["streams"] == 4
+    assert rtp["streams_at_once"] == 4
     assert rtp["jitter_ms_max"] == pytest.approx(rfc3550_jitter_ms(_stream(46, wobble_ns=1_000_000)))
-    assert rtp["jitter_ms_mean"] == pytest.approx(rtp["jitter_ms_max"] / 2)
+    assert rtp["jitter_ms_mean"] == pytest.approx(rtp["jitter_ms_max"] / 4)
 
 
 def test_nothing_relayed_is_all_lost_and_has_no_jitter() -> None:
-    rtp = rtp_summary({1: 10, 2: 0}, {}, caller=1, callee=2)
+    rtp = rtp_summary({1: 10, 2: 0}, {}, {}, caller=1, callee=2)
     assert rtp["lost_to_callee"] == 10
     assert rtp["lost_to_caller"] == 0
     assert rtp["jitter_ms_mean"] is None
@@ -126,10 +125,9 @@ def _round(
         "rtp": {
             "sent_by_caller": 100,
             "lost_to_callee": lost,
-            "echoed_by_callee": 100 - lost,
+            "sent_by_callee": 100 - lost,
             "lost_to_caller": 0,
-            "not_echoed": 0,
-            "echoed_streams": streams,
+            "streams": streams,
             "jitter_ms_mean": jitter,
             "jitter_ms_max": jitter * 2,
         },
@@ -148,7 +146,7 @@ def test_rounds_are_pooled_into_one_run_per_kind() -> None:
     assert run["setup_ms_max"] == 50.0
     assert run["rtp_lost"] == 5
     assert run["sent_by_caller"] == 200
-    # Weighted by the number of echoed calls in each round.
+    # Weighted by the number of streams in each round.
     assert run["jitter_ms_mean"] == pytest.approx((0.2 * 10 + 0.8 * 30) / 40)
     assert run["jitter_ms_max"] == 1.6
     assert run["rounds"] == 2

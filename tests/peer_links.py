@@ -1,0 +1,171 @@
+"""Peers as remote machines: network namespaces joined to this host by veth pairs, for tests and benchmarks.
+
+`Peer` is one namespace with one address. `Links` puts each peer on a /30 link of its own to the host and
+gives the host one more address, the one a media server advertises, on a bridge without ports: so the
+host's address on each peer's link differs from the advertised one, as on a host with several interfaces,
+and no traffic leaves this machine. Every address comes from a block that no address or route of the host
+touches.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+
+def sh(*args: str, check: bool = True) -> str:
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A network namespace with one address, reached from the host through a veth pair."""
+
+    netns: str
+    host_if: str
+    address: str
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", self.netns, *args], capture_output=True, text=True, timeout=timeout
+        )
+
+    def popen(self, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen(["ip", "netns", "exec", self.netns, *args], text=True, **kwargs)
+
+    def count(self, chain: str) -> int:
+        """Packets the namespace's own counting rule in `chain` saw."""
+        out = self.run("iptables", "-w", "-nvxL", chain).stdout
+        rows = [line.split() for line in out.splitlines() if "udp" in line.split()]
+        assert len(rows) == 1, out
+        return int(rows[0][0])
+
+
+def _taken_networks() -> list[ipaddress.IPv4Network]:
+    found = []
+    for line in sh("ip", "-4", "-o", "addr", "show").splitlines():
+        found.append(ipaddress.ip_interface(line.split()[3]).network)
+    for line in sh("ip", "-4", "route", "show", "table", "all").splitlines():
+        first = line.split()[0]
+        if re.fullmatch(r"[\d.]+(/\d+)?", first):
+            found.append(ipaddress.ip_network(first, strict=False))
+    return found
+
+
+def pick_block(within: str) -> ipaddress.IPv4Network:
+    """A /29 inside `within` that no address or route of the host touches: two /30s for two peers."""
+    pool = ipaddress.ip_network(within)
+    taken = _taken_networks()
+    for _ in range(200):
+        base = int(pool.network_address) + secrets.randbelow(pool.num_addresses // 8) * 8
+        block = ipaddress.ip_network(f"{ipaddress.ip_address(base)}/29")
+        if not any(block.overlaps(net) for net in taken):
+            return block
+    raise AssertionError(f"no free /29 found in {within}")
+
+
+@dataclass(frozen=True)
+class LinkPeer(Peer):
+    # The host's address on this peer's link: the only host address the peer is given a route to.
+    host_end: str
+
+
+def _namespace(peer: LinkPeer, prefix: int, container_subnet: str) -> None:
+    """The namespace's side of its veth pair (made by the caller): its address, and a default route to the
+    host's end of the link; the container network unreachable, as from another machine."""
+    sh("ip", "-n", peer.netns, "link", "set", "lo", "up")
+    sh("ip", "-n", peer.netns, "addr", "add", f"{peer.address}/{prefix}", "dev", "eth0")
+    sh("ip", "-n", peer.netns, "link", "set", "eth0", "up")
+    sh("ip", "-n", peer.netns, "route", "add", "default", "via", peer.host_end)
+    sh("ip", "-n", peer.netns, "route", "add", "unreachable", container_subnet)
+
+
+def _veth(peer: LinkPeer) -> None:
+    sh("ip", "netns", "add", peer.netns)
+    sh("ip", "link", "add", peer.host_if, "type", "veth", "peer", "name", "eth0", "netns", peer.netns)
+
+
+def _close(peers: list[LinkPeer], bridge: str) -> None:
+    for peer in peers:
+        subprocess.run(["ip", "netns", "del", peer.netns], capture_output=True)
+        subprocess.run(["ip", "link", "del", peer.host_if], capture_output=True)
+    subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+
+
+def _bridge(name: str, address: str) -> None:
+    sh("ip", "link", "add", name, "type", "bridge")
+    sh("ip", "addr", "add", address, "dev", name)
+    sh("ip", "link", "set", name, "up")
+
+
+class Outside:
+    """Peers on one LAN of the host's (a bridge with one host address on a private /29): their only way out
+    is that address, which the media server advertises."""
+
+    def __init__(self, container_subnet: str, within: str = "10.201.0.0/16", media_port: int = 6000) -> None:
+        self.container_subnet = container_subnet
+        self.media_port = media_port
+        self.block = pick_block(within)
+        self.token = secrets.token_hex(3)
+        self.peers: list[LinkPeer] = []
+        self.bridge = f"dxob{self.token}"
+        self.hosts = [str(a) for a in self.block.hosts()]
+        self.host_address = self.hosts[0]
+        _bridge(self.bridge, f"{self.host_address}/{self.block.prefixlen}")
+
+    def add(self, role: str) -> LinkPeer:
+        address = self.hosts[1 + len(self.peers)]
+        peer = LinkPeer(f"dxout-{self.token}-{role}", f"dxo{self.token}{role[0]}", address, self.host_address)
+        self.peers.append(peer)
+        _veth(peer)
+        sh("ip", "link", "set", peer.host_if, "master", self.bridge)
+        sh("ip", "link", "set", peer.host_if, "up")
+        _namespace(peer, self.block.prefixlen, self.container_subnet)
+        # RTP in and out of the namespace, counted by the kernel.
+        peer.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", str(self.media_port))
+        peer.run("iptables", "-w", "-A", "OUTPUT", "-p", "udp", "--sport", str(self.media_port))
+        return peer
+
+    def close(self) -> None:
+        _close(self.peers, self.bridge)
+
+
+class Links:
+    """Peers on links of their own, and an advertised address on a bridge of the test's without ports."""
+
+    def __init__(self, container_subnet: str, within: str = "10.202.0.0/16", media_port: int = 6000) -> None:
+        self.media_port = media_port
+        self.token = secrets.token_hex(3)
+        self.container_subnet = container_subnet
+        self.peers: list[LinkPeer] = []
+        # The advertised address: the first of a free block, on a bridge that holds it and nothing else.
+        self.bridge = f"dxad{self.token}"
+        self.advertised = str(next(pick_block(within).hosts()))
+        _bridge(self.bridge, f"{self.advertised}/32")
+        # The peers' links: a /30 each, in another free block.
+        self.spare = iter(pick_block(within).subnets(new_prefix=30))
+
+    def add(self, role: str, media_port: int | None = None) -> LinkPeer:
+        port = str(media_port if media_port is not None else self.media_port)
+        host_end, address = (str(a) for a in list(next(self.spare).hosts())[:2])
+        peer = LinkPeer(f"dxlink-{self.token}-{role}", f"dxl{self.token}{role[0]}", address, host_end)
+        self.peers.append(peer)
+        _veth(peer)
+        sh("ip", "addr", "add", f"{host_end}/30", "dev", peer.host_if)
+        sh("ip", "link", "set", peer.host_if, "up")
+        _namespace(peer, 30, self.container_subnet)
+        # RTP in (from the advertised address, and from anywhere) and out, counted by the kernel.
+        peer.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "-s", self.advertised, "--dport", port)
+        peer.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", port)
+        peer.run("iptables", "-w", "-A", "OUTPUT", "-p", "udp", "--sport", port)
+        return peer
+
+    def close(self) -> None:
+        _close(self.peers, self.bridge)
