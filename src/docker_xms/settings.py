@@ -46,6 +46,9 @@ KEYS: tuple[Key, ...] = (
     Key("docker_host", "DOCKER_HOST", "str", "the engine's address, as for the docker CLI"),
     Key("start_agent", "DOCKER_XMS_START_AGENT", "bool", "whether run starts an agent when none runs"),
     Key("agent_lock", "DOCKER_XMS_AGENT_LOCK", "path", "the lock a running agent holds; run looks at it"),
+    Key("state_dir", "DOCKER_XMS_STATE_DIR", "path", "where docker-xms keeps what it decided for its containers"),
+    Key("media_port_pool", "DOCKER_XMS_MEDIA_PORT_POOL", "str", "the host ports media ranges are forwarded from"),
+    Key("adopt", "DOCKER_XMS_ADOPT", "str", "which containers others start are adopted: compose, swarm, docker, none"),
 )
 KEYS_BY_NAME = {key.name: key for key in KEYS}
 
@@ -66,6 +69,10 @@ class Settings:
     docker_host: str | None = None
     start_agent: bool = True
     agent_lock: Path = Path("/run/docker-xms/agent.lock")
+    # What docker-xms decided for the containers it created (forwards, weight, host ranges), kept across reboots.
+    state_dir: Path = Path("/var/lib/docker-xms")
+    media_port_pool: str = "10000-32767,49152-53152,57344-57840"
+    adopt: str = "compose,swarm,docker"
     # Where the settings were read from, so that an agent can be told to read the same.
     config_path: Path = DEFAULT_CONFIG
     # The user's profile directory ($XDG_CONFIG_HOME/docker-xms/profiles).

@@ -633,3 +633,22 @@ def test_a_flow_that_began_before_its_forward_reaches_the_container_once_the_for
         s.settimeout(2.0)
         s.send(b"again")
         assert s.recv(2048) == f"{port}:again".encode()
+
+
+def test_a_chain_another_process_made_a_moment_before_counts_as_made(
+    nf: Netfilter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race of a rollback beside another docker-xms (seen: `-N DOCKER-XMS: Chain already exists`)."""
+    nf.ensure_chains()
+    # As if another process made the chain between this one's look and its `-N`: the look says no once.
+    looks: list[str] = []
+    real = nf._exists
+
+    def late(table: str, chain: str) -> bool:
+        looks.append(chain)
+        return False if len(looks) == 1 else real(table, chain)
+
+    monkeypatch.setattr(nf, "_exists", late)
+    nf.ensure_chains()
+    assert looks[0] == nf.nat_chain
+    assert real("nat", nf.nat_chain)

@@ -9,7 +9,7 @@ import pytest
 
 from docker_xms.adapters import adoption_store
 from docker_xms.adapters.profile_store import load_profile
-from docker_xms.domain.adoption import needs_plan, origin, plan_labels
+from docker_xms.domain.adoption import origin, plan_labels, trusted_labels
 from docker_xms.domain.compose import ComposeOptions, service_labels
 from docker_xms.domain.forwards import DnatForward
 from docker_xms.domain.labels import (
@@ -20,6 +20,7 @@ from docker_xms.domain.labels import (
     MANAGED_LABEL,
     MODE_LABEL,
     PROFILE_LABEL,
+    REFUSED_LABEL,
 )
 from docker_xms.errors import BadInput
 from docker_xms.usecases.reconcile import reconcile
@@ -41,12 +42,18 @@ def test_origin_is_read_from_the_engines_own_labels() -> None:
     assert origin(ADOPTABLE) == "docker"
 
 
-def test_only_a_container_whose_labels_carry_no_plan_needs_one() -> None:
-    assert needs_plan(ADOPTABLE)
-    assert needs_plan({**ADOPTABLE, **COMPOSE, LABEL_STRATEGY: "dnat"})
-    assert not needs_plan({**ADOPTABLE, LABEL_STRATEGY: "dnat", ADVERTISE_LABEL: "192.0.2.1"})
-    assert not needs_plan({**ADOPTABLE, LABEL_HOST_MEDIA: "20000-20999"})
-    assert not needs_plan({PROFILE_LABEL: "rtpengine"})
+def test_what_docker_xms_decided_stands_and_a_containers_own_claims_are_dropped() -> None:
+    pool = ((10000, 32767),)
+    claims = {**ADOPTABLE, LABEL_DNAT: "x/tcp:22-22>22-22", LABEL_HOST_MEDIA: "20000-20999", ADVERTISE_LABEL: "1.2.3.4"}
+    decided = {LABEL_DNAT: "rtp/udp:11000-11999>30000-30999", LABEL_HOST_MEDIA: "11000-11999"}
+    assert trusted_labels(claims, decided, pool) == {**ADOPTABLE, **decided}
+    # Without a decision, in-pool claims are only dropped; out-of-pool or malformed ones mark it refused.
+    assert trusted_labels({**ADOPTABLE, LABEL_HOST_MEDIA: "20000-20999"}, None, pool) == ADOPTABLE
+    refused = trusted_labels(claims, None, pool)
+    assert "outside the media port pool" in refused[REFUSED_LABEL]
+    assert LABEL_DNAT not in refused
+    # A container cannot mark itself, nor unmark itself.
+    assert trusted_labels({**ADOPTABLE, REFUSED_LABEL: "x"}, None, pool) == ADOPTABLE
 
 
 def test_a_dnat_plan_forwards_the_servers_own_ports_onto_themselves_when_they_are_free() -> None:
@@ -93,9 +100,8 @@ def compose_replica(host: Host, name: str, running: bool = True):  # type: ignor
 
 
 def test_replicas_started_by_compose_get_budgets_distinct_ranges_and_one_rule_each(host: Host) -> None:
-    run_made = host.managed("run-made", dnat="rtp/udp:10000-10999>10000-10999")
-    # `run` keeps its host range in this label; an adopted plan must take another.
-    run_made.labels[LABEL_HOST_MEDIA] = "10000-10999"
+    # `run` keeps its host range in its record (and a copy in a label); an adopted plan must take another.
+    run_made = host.managed("run-made", dnat="rtp/udp:10000-10999>10000-10999", host_media="10000-10999")
     a = compose_replica(host, "shop_rtpengine_1")
     b = compose_replica(host, "shop_rtpengine_2")
 

@@ -9,6 +9,7 @@ from docker_xms.adapters.cgroups import HostRt
 from docker_xms.domain.labels import (
     ADVERTISE_LABEL,
     LABEL_DNAT,
+    LABEL_HOST_MEDIA,
     LABEL_STRATEGY,
     MANAGED_LABEL,
     MODE_LABEL,
@@ -16,6 +17,7 @@ from docker_xms.domain.labels import (
     WEIGHT_LABEL,
 )
 from docker_xms.settings import Settings
+from docker_xms.usecases import adoption
 from docker_xms.usecases.reconcile import reconcile
 from docker_xms.usecases.rt import RtHost
 from tests.fakes import FakeCgroupFs, FakeContainer, FakeEngine, FakeNetfilter
@@ -44,8 +46,11 @@ class Host:
         running: bool = True,
         runtime: int = 0,
         advertise: str = "container",
+        host_media: str | None = None,
+        recorded: bool = True,
     ) -> FakeContainer:
-        # As `run` labels its containers: with a port plan and an advertised address (not adopted).
+        # As `run` labels its containers: with a port plan and an advertised address (not adopted), and
+        # keeps what it decided in its record; without the record, the same labels are only a claim.
         labels = {
             MANAGED_LABEL: "true",
             PROFILE_LABEL: "rtpengine",
@@ -56,7 +61,12 @@ class Host:
         }
         if dnat is not None:
             labels[LABEL_DNAT] = dnat
-        return self.engine.add(name, labels, running=running, cpu_rt_runtime=runtime)
+        if host_media is not None:
+            labels[LABEL_HOST_MEDIA] = host_media
+        container = self.engine.add(name, labels, running=running, cpu_rt_runtime=runtime)
+        if recorded:
+            adoption.record(self.rt.settings, container.id, labels)
+        return container
 
     def settle(self) -> None:
         """What every docker-xms command ends with: budgets and rules made to match what runs."""
@@ -68,6 +78,6 @@ def make_host(tmp: Path) -> Host:
     fs.ensure(PARENT)
     engine = FakeEngine(fs, PARENT, images={IMAGE: ["/lib/systemd/systemd"], NO_SYSTEMD: ["/bin/sh"]})
     host = HostRt(1, True, 950_000, 1_000_000, "per-group", tmp / "cpu")
-    settings = Settings(lock_path=tmp / "host.lock")
+    settings = Settings(lock_path=tmp / "host.lock", state_dir=tmp / "state")
     rt = RtHost(engine, host, fs, "cgroupfs", PARENT, None, settings)
     return Host(fs, engine, FakeNetfilter(), rt)

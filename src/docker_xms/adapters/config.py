@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
+from docker_xms.domain.pool import parse_adopt, parse_pool
 from docker_xms.errors import BadInput
 from docker_xms.settings import CONFIG_ENV, DEFAULT_CONFIG, KEYS, KEYS_BY_NAME, Key, Settings
 
@@ -130,6 +131,10 @@ def _check_int(key: Key, value: int, where: str) -> int:
 def _check_str(key: Key, value: str, where: str) -> str:
     if key.name == "cgroup_driver" and value not in DRIVERS:
         raise BadInput(f"{where}: cgroup_driver must be {' or '.join(DRIVERS)}, not {value!r}.")
+    if key.name == "media_port_pool":
+        parse_pool(value, where)
+    if key.name == "adopt":
+        parse_adopt(value, where)
     return value
 
 

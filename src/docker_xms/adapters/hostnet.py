@@ -105,6 +105,29 @@ def parse_local_routes(text: str) -> list[ipaddress.IPv4Network]:
     return out
 
 
+def listening_ports(proc_root: Path = Path("/proc")) -> dict[str, set[int]]:
+    """Ports a process of this network namespace listens on, by protocol: TCP sockets in LISTEN, UDP sockets
+    bound and not connected (a server's), from /proc/net/{tcp,tcp6,udp,udp6}."""
+    out: dict[str, set[int]] = {"tcp": set(), "udp": set()}
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            lines = (proc_root / "net" / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 4:
+                continue
+            try:
+                port, remote_port = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
+            except (IndexError, ValueError):
+                continue
+            listening = fields[3] == "0A" if table.startswith("tcp") else remote_port == 0
+            if listening and port:
+                out[table[:3]].add(port)
+    return out
+
+
 def ephemeral_ports(proc_root: Path = Path("/proc")) -> tuple[int, int]:
     """The range the kernel (and the engine, for -P) picks local ports from."""
     try:

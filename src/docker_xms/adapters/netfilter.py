@@ -252,8 +252,7 @@ class Netfilter:
             bridge == self.bridge for _, bridge, _, _ in self._localnet_jumps()
         )
         for table, chain in self._chains():
-            if not self._exists(table, chain):
-                self._run(table, ["-N", chain])
+            self._make_chain(table, chain)
         local = ["-m", "addrtype", "--dst-type", "LOCAL"]
         self._jump("nat", "PREROUTING", [*local, *_comment(self.nat_chain), "-j", self.nat_chain])
         self._jump("nat", "OUTPUT", [*local, *_comment(self.nat_chain), "-j", self.nat_chain])
@@ -270,6 +269,15 @@ class Netfilter:
             path = self._localnet_path()
             if path.exists() and path.read_text().strip() == "1":
                 self._write_localnet(path, "0")
+
+    def _make_chain(self, table: str, chain: str) -> None:
+        """Create the chain unless it exists; one that another process made a moment before counts as made
+        (an iptables without the lock, or a chain set of another docker-xms, can race this one)."""
+        if self._exists(table, chain):
+            return
+        done = self._run(table, ["-N", chain], check=False)
+        if done.returncode != 0 and not self._exists(table, chain):
+            self._run(table, ["-N", chain])
 
     def _jump(self, table: str, builtin: str, jump: list[str], docker_targets: frozenset[str] = _DOCKER_JUMPS) -> None:
         """Insert `jump` once; move it only when one of Docker's own jumps has come to precede it."""
@@ -315,8 +323,7 @@ class Netfilter:
             # Another docker-xms chain set may have turned it on already: keep the value from before that.
             if before is None:
                 before = jumps[0][2] if jumps else ("1" if now == "1" else "0")
-            if not self._exists("filter", self.input_chain):
-                self._run("filter", ["-N", self.input_chain])
+            self._make_chain("filter", self.input_chain)
             self._run("filter", ["-F", self.input_chain])
             self._run("filter", ["-A", self.input_chain, *self._guard()])
             comment = _comment(f"{COMMENT_PREFIX}:route_localnet:{self.bridge}:{before}")

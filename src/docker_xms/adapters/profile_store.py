@@ -31,12 +31,15 @@ def _user_files(search: Sequence[Path]) -> dict[str, Path]:
     return out
 
 
-def load_profile(name_or_path: str, search: Sequence[Path] = ()) -> Profile:
+def load_profile(name_or_path: str, search: Sequence[Path] = (), installed_only: bool = False) -> Profile:
     """A profile by name or by the path of a TOML file.
 
     Names are looked up in the `search` directories (the settings' profile_dirs), first match first,
-    then among the built-in profiles, which files of the same name shadow.
+    then among the built-in profiles, which files of the same name shadow. With `installed_only` (a name
+    a container's label gives), a path is refused: a container never makes docker-xms read a file.
     """
+    if installed_only and (name_or_path.endswith(".toml") or "/" in name_or_path or name_or_path.startswith(".")):
+        raise BadInput(f"{name_or_path[:70]!r} is not the name of an installed profile.")
     if name_or_path.endswith(".toml") or "/" in name_or_path:
         path = Path(name_or_path)
         try:

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from docker_xms.cli.render import console, print_json, reporting
-from docker_xms.domain.labels import PORT_CHOICES
+from docker_xms.domain.labels import MAX_WEIGHT, PORT_CHOICES
 
 
 @click.command("run")
@@ -25,7 +25,7 @@ from docker_xms.domain.labels import PORT_CHOICES
 @click.option("--media-ports", type=int, default=None, help="Use only the first N media ports of the profile.")
 @click.option(
     "--rt-weight",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_WEIGHT),
     default=1,
     show_default=True,
     help="Share of the real-time pool, by weight.",

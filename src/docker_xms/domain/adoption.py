@@ -31,7 +31,7 @@ host range's numbers, which `ps` shows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from docker_xms.domain.labels import (
     ADVERTISE_LABEL,
@@ -39,12 +39,16 @@ from docker_xms.domain.labels import (
     LABEL_DNAT,
     LABEL_HOST_MEDIA,
     LABEL_STRATEGY,
-    MANAGED_LABEL,
     MODE_LABEL,
+    REFUSED_LABEL,
     STRATEGIES,
     SWARM_SERVICE,
     SWARM_TASK,
+    forwards_from_labels,
+    host_ranges_from_labels,
+    unreadable,
 )
+from docker_xms.domain.pool import Span, holds
 from docker_xms.errors import BadInput
 
 # `ps --json` imports this module: typing is only for the type checker (its import costs the listing ~2 ms).
@@ -74,14 +78,11 @@ def origin(labels: Mapping[str, str]) -> str:
     return "docker"
 
 
-def needs_plan(labels: Mapping[str, str]) -> bool:
-    """Whether a managed container's port plan must be chosen for it: labels that carry none, not run's."""
-    return (
-        labels.get(MANAGED_LABEL) == "true"
-        and origin(labels) != "run"
-        and LABEL_DNAT not in labels
-        and LABEL_HOST_MEDIA not in labels
-    )
+def source_of(labels: Mapping[str, str]) -> str:
+    """Where a container docker-xms did not create comes from, as the `adopt` setting names it."""
+    kind = origin(labels).split(":", 1)[0]
+    # "run" from labels alone is a claim anyone can make: without docker-xms's record it is a plain docker run.
+    return "docker" if kind == "run" else kind
 
 
 def strategy_of(labels: Mapping[str, str], network_mode: str) -> str:
@@ -128,6 +129,38 @@ def plan_labels(
     return {MODE_LABEL: mode, **plan.labels()}
 
 
-def effective_labels(labels: Mapping[str, str], adopted: Mapping[str, str] | None) -> dict[str, str]:
-    """A container's labels with the plan chosen for it on top (its own labels win where both say)."""
-    return {**(adopted or {}), **labels} if adopted else dict(labels)
+# Labels only docker-xms's own decision sets: taken from its record or the plan it chose, never from the
+# container, whose owner (or whose image's author) can write any label.
+DECIDED_KEYS = (LABEL_DNAT, LABEL_HOST_MEDIA, ADVERTISE_LABEL)
+
+
+def outside_pool(labels: Mapping[str, str], pool: Sequence[Span]) -> str | None:
+    """Why the host ports a container's labels ask for lie outside the media port pool, or None."""
+    asked = [*host_ranges_from_labels(labels), *((f.host_start, f.host_end) for f in forwards_from_labels(labels))]
+    for low, high in asked:
+        if not holds(pool, low, high):
+            return f"its labels ask for host ports {low}-{high}, outside the media port pool"
+    return None
+
+
+def trusted_labels(
+    labels: Mapping[str, str], decided: Mapping[str, str] | None, pool: Sequence[Span]
+) -> dict[str, str]:
+    """A managed container's labels as docker-xms acts on them.
+
+    With `decided` (docker-xms's record of a container it created, or the plan it chose for an adopted
+    one), its forwards, host ranges and advertised address are those, whatever the labels say. Without,
+    the labels keep only their requests (managed, profile, strategy, mode, weight): a container that
+    copied another's labels, or an image that carries them, gains no rule and no range by them. A
+    container whose labels cannot be read or ask for ports outside the pool is marked (REFUSED_LABEL),
+    so that every reader skips it and says why.
+    """
+    claimed = {k: v for k, v in labels.items() if k != REFUSED_LABEL}
+    own = {k: v for k, v in claimed.items() if k not in DECIDED_KEYS}
+    if decided is not None:
+        return {**own, **decided}
+    try:
+        problem = unreadable(claimed) or outside_pool(claimed, pool)
+    except BadInput as exc:
+        problem = exc.message
+    return {**own, REFUSED_LABEL: problem} if problem else own

@@ -1,7 +1,11 @@
-"""The vocabulary of docker-xms's state in the engine: every container label, its values and its parser.
+"""The vocabulary of docker-xms's labels: every container label, its values and its parser.
 
-Labels are the only state docker-xms keeps: a container's profile, port mode, weight and port plan are
-read back from them by every command and by the agent.
+Labels are requests and copies, never authority: anyone who can run a container (or build an image, whose
+labels every container made from it inherits) can write any of them. What docker-xms decided for a
+container it created (its forwards, host ranges, weight, advertised address) is its own record
+(adapters/records.py), which the labels only copy; a container it did not create asks to be managed and
+names an installed profile, and gets a plan docker-xms chooses (usecases/adoption.py). The parsers here
+bound every value, so that one container's labels can never stop the reconciliation of the others.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ LABEL_HOST_MEDIA = f"{LABEL_PREFIX}.host-media-ports"
 LABEL_DNAT = f"{LABEL_PREFIX}.dnat"
 # The address the media server puts in its SDP (and a SIP proxy in its headers), or "container": its own.
 ADVERTISE_LABEL = f"{LABEL_PREFIX}.advertise"
+# Set by docker-xms's own reading of a container (domain/adoption.trusted_labels) on one it will not act on,
+# with the reason; never taken from the container (a container's own is dropped before that reading).
+REFUSED_LABEL = f"{LABEL_PREFIX}.refused"
 
 # The orchestrators' own labels on the containers they start: where a managed container came from.
 COMPOSE_PROJECT = "com.docker.compose.project"
@@ -39,8 +46,11 @@ if TYPE_CHECKING:
 STRATEGIES: tuple[Strategy, ...] = ("publish", "dnat", "host")
 PORT_CHOICES = ("auto", *STRATEGIES)
 
-_SPAN = re.compile(r"^(\d+)-(\d+)$")
-_FORWARD = re.compile(r"^([A-Za-z0-9_.-]+)/(tcp|udp):(\d+)-(\d+)>(\d+)-(\d+)$")
+_SPAN = re.compile(r"^(\d{1,5})-(\d{1,5})$")
+_FORWARD = re.compile(r"^([A-Za-z0-9_.-]{1,32})/(tcp|udp):(\d{1,5})-(\d{1,5})>(\d{1,5})-(\d{1,5})$")
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# The most a container's weight label may ask: a hundred times the share of a container of weight 1.
+MAX_WEIGHT = 100
 
 
 def weight_of(labels: Mapping[str, str]) -> int:
@@ -50,9 +60,24 @@ def weight_of(labels: Mapping[str, str]) -> int:
         weight = int(text)
     except ValueError:
         weight = 0
-    if weight < 1:
-        raise BadInput(f"Label {WEIGHT_LABEL}={text!r} is not a whole number of 1 or more.")
+    if not 1 <= weight <= MAX_WEIGHT:
+        raise BadInput(f"Label {WEIGHT_LABEL}={text[:16]!r} is not a whole number from 1 to {MAX_WEIGHT}.")
     return weight
+
+
+def profile_of(labels: Mapping[str, str]) -> str | None:
+    """The profile a container's label names: a plain name (never a path), or None for none."""
+    name = labels.get(PROFILE_LABEL)
+    if name is None:
+        return None
+    if not _PROFILE_NAME.match(name) or name in (".", ".."):
+        raise BadInput(f"Label {PROFILE_LABEL}={name[:70]!r} is not a profile name (letters, digits, '.', '_', '-').")
+    return name
+
+
+def _ports(low: int, high: int, what: str) -> None:
+    if not 1 <= low <= high <= 65535:
+        raise BadInput(f"{what}: ports {low}-{high} must lie within 1-65535, low to high.")
 
 
 # The generic resource a fleet's nodes advertise and its tasks reserve (`docker-xms node setup`, `compose`):
@@ -77,8 +102,11 @@ def host_ranges_from_labels(labels: Mapping[str, str]) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     for part in filter(None, value.split(",")):
         match = _SPAN.match(part)
-        if match is None or int(match.group(1)) > int(match.group(2)):
-            raise BadInput(f"Label {LABEL_HOST_MEDIA}={value!r} is malformed; expected ranges such as 20000-24497.")
+        if match is None:
+            raise BadInput(
+                f"Label {LABEL_HOST_MEDIA}={value[:70]!r} is malformed; expected ranges such as 20000-24497."
+            )
+        _ports(int(match.group(1)), int(match.group(2)), f"Label {LABEL_HOST_MEDIA}")
         out.append((int(match.group(1)), int(match.group(2))))
     return out
 
@@ -90,11 +118,16 @@ def forwards_from_labels(labels: Mapping[str, str]) -> tuple[DnatForward, ...]:
     for part in filter(None, value.split(",")):
         match = _FORWARD.match(part)
         if match is None:
-            raise BadInput(f"Label {LABEL_DNAT}={value!r} is malformed; expected rtp/udp:20000-24000>49152-53152.")
+            raise BadInput(
+                f"Label {LABEL_DNAT}={value[:70]!r} is malformed; expected rtp/udp:20000-24000>49152-53152 "
+                "(a name of up to 32 characters)."
+            )
         name, protocol = match.group(1), match.group(2)
         hs, he, cs, ce = (int(match.group(i)) for i in range(3, 7))
-        if hs > he or cs > ce or he - hs != ce - cs:
-            raise BadInput(f"Label {LABEL_DNAT}={value!r} maps ranges of different sizes.")
+        _ports(hs, he, f"Label {LABEL_DNAT} ({name})")
+        _ports(cs, ce, f"Label {LABEL_DNAT} ({name})")
+        if he - hs != ce - cs:
+            raise BadInput(f"Label {LABEL_DNAT}={value[:70]!r} maps ranges of different sizes.")
         out.append(DnatForward(name, protocol, hs, he, cs, ce))
     return tuple(out)
 
@@ -102,11 +135,16 @@ def forwards_from_labels(labels: Mapping[str, str]) -> tuple[DnatForward, ...]:
 def unreadable(labels: Mapping[str, str]) -> str | None:
     """Why docker-xms cannot read a managed container's labels, or None when it can.
 
-    Labels cannot change once a container exists, so such a container (made by hand, or by an older
-    version) stays unreadable: reconciliation leaves it as it is and says so, instead of failing for all.
+    Labels cannot change once a container exists, so such a container (made by hand, from an image that
+    carries them, or by an older version) stays unreadable: reconciliation skips it and says so, instead
+    of failing for all.
     """
+    refused = labels.get(REFUSED_LABEL)
+    if refused:
+        return refused[:200]
     try:
         weight_of(labels)
+        profile_of(labels)
         host_ranges_from_labels(labels)
         forwards_from_labels(labels)
     except BadInput as exc:

@@ -1,21 +1,24 @@
-"""Choosing and keeping the port plans of adopted containers (see domain/adoption.py for the design).
+"""Choosing and keeping the port plans of adopted containers (see domain/adoption.py for the design), and
+what docker-xms decided for every managed container: its record of a container it created, or that plan.
 
 `adopt_locked` runs inside every reconciliation, under the host lock: it drops the plans of containers
-that no longer run, and chooses one for each running managed container whose labels carry none, from
-the ranges every other container holds (their labels, and the plans kept here).
+that no longer run and the records of containers that are gone, and chooses a plan for each running
+managed container it has no record of, from the media port pool less the ranges the records and the
+plans hold (never from labels, which anyone can write).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from docker_xms.adapters import adoption_store, hostnet, hostproc
+from docker_xms.adapters import adoption_store, hostnet, hostproc, records
 from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.profile_store import load_profile
-from docker_xms.domain.adoption import effective_labels, needs_plan, origin, plan_labels
-from docker_xms.domain.labels import MANAGED_LABEL, PROFILE_LABEL, host_ranges_from_labels, unreadable
+from docker_xms.domain.adoption import origin, outside_pool, plan_labels, source_of, trusted_labels
+from docker_xms.domain.labels import MANAGED_LABEL, host_ranges_from_labels, profile_of, unreadable
+from docker_xms.domain.pool import Span, allocation_block, holds, parse_adopt, parse_pool
 from docker_xms.domain.ports import ephemeral_outside
 from docker_xms.domain.profiles import Profile
 from docker_xms.errors import BadInput
@@ -23,32 +26,53 @@ from docker_xms.settings import Settings
 from docker_xms.usecases.boundaries import EngineApi
 
 
-def host_pool() -> tuple[int, int]:
+def media_pool(settings: Settings) -> tuple[Span, ...]:
+    """The host ports media ranges may be forwarded from (the `media_port_pool` setting)."""
+    return parse_pool(settings.media_port_pool)
+
+
+def host_pool(settings: Settings) -> tuple[int, int]:
     """Where container-address media ranges are found on this host (for `run` and adoption alike).
 
-    Below the ports the engine picks for -c publishing (the kernel's ephemeral range), so that a DNAT
-    range never takes packets meant for a port the engine published.
+    The widest stretch of the media port pool below the ports the engine picks for -c publishing (the
+    kernel's ephemeral range), so that a DNAT range never takes packets meant for a port it published.
     """
     low, _ = hostnet.ephemeral_ports()
-    return (10000, low - 1)
+    return allocation_block(media_pool(settings), low)
 
 
 def plans_path(settings: Settings) -> Path:
     return adoption_store.path_for(settings.lock_path)
 
 
+def records_path(settings: Settings) -> Path:
+    return records.path_for(settings.state_dir)
+
+
 def held_plans(settings: Settings) -> adoption_store.Plans:
-    """The plans chosen for adopted containers, for readers that do not change them (no lock needed)."""
-    return adoption_store.load(plans_path(settings))
+    """What docker-xms decided for each managed container, by id: its record of the containers it created,
+    and the plans it chose for adopted ones; for readers that do not change them (no lock needed)."""
+    return {**adoption_store.load(plans_path(settings)), **records.load(records_path(settings))}
+
+
+def record(settings: Settings, container_id: str, labels: dict[str, str]) -> None:
+    """Keep what `run` decided for a container it has just created; the caller holds the host lock."""
+    path = records_path(settings)
+    kept = records.load(path)
+    kept[container_id] = {k: v for k, v in labels.items() if k != MANAGED_LABEL}
+    records.save(path, kept)
 
 
 def held_ranges(plans: Mapping[str, Mapping[str, str]]) -> list[tuple[int, int]]:
     return [r for labels in plans.values() if unreadable(labels) is None for r in host_ranges_from_labels(labels)]
 
 
-def with_plans(summaries: Iterable[ContainerSummary], plans: Mapping[str, Mapping[str, str]]) -> list[ContainerSummary]:
-    """The containers with the plans chosen for them in their labels, as `run` would have put them."""
-    return [replace(s, labels=effective_labels(s.labels, plans.get(s.id))) if s.id in plans else s for s in summaries]
+def with_plans(
+    summaries: Iterable[ContainerSummary], plans: Mapping[str, Mapping[str, str]], pool: Sequence[Span]
+) -> list[ContainerSummary]:
+    """The containers as docker-xms acts on them: managed ones with what it decided for them in their labels
+    (domain/adoption.trusted_labels), the labels' own claims dropped."""
+    return [replace(s, labels=trusted_labels(s.labels, plans.get(s.id), pool)) if s.managed else s for s in summaries]
 
 
 @dataclass(frozen=True)
@@ -104,43 +128,60 @@ def set_ephemeral(engine: EngineApi, adopted: Adopted) -> str | None:
 
 
 def adopt_locked(engine: EngineApi, settings: Settings, pool: tuple[int, int] | None = None) -> Adoption:
-    """Keep the plans of adopted containers right; the caller holds the host lock."""
-    path = plans_path(settings)
-    plans = adoption_store.load(path)
+    """Keep the plans of adopted containers and the records of created ones right; the caller holds the host
+    lock. The plans returned are every decision in force: the records and the plans."""
+    path, kept_path = plans_path(settings), records_path(settings)
+    plans, created = adoption_store.load(path), records.load(kept_path)
     managed = engine.list_containers(all=True, label=f"{MANAGED_LABEL}=true")
+    existing = {c.id for c in managed}
     running = [c for c in managed if c.running]
     running_ids = {c.id for c in running}
-    kept = {cid: labels for cid, labels in plans.items() if cid in running_ids}
+    # Records of containers that are gone go; a stopped one keeps its host range (its rules come back with it).
+    recorded = {cid: labels for cid, labels in created.items() if cid in existing}
+    kept = {cid: labels for cid, labels in plans.items() if cid in running_ids and cid not in recorded}
     released = tuple(cid for cid in plans if cid not in kept)
-    # Stopped containers of `run` keep their host range (they get the same rules back when they start).
-    used = [
-        r
-        for c in managed
-        if not needs_plan(c.labels) and unreadable(c.labels) is None
-        for r in host_ranges_from_labels(c.labels)
-    ]
-    used += held_ranges(kept)
+    used = held_ranges(recorded) + held_ranges(kept)
+    ports = media_pool(settings)
+    sources = parse_adopt(settings.adopt)
     adopted: list[Adopted] = []
     refused: list[Refused] = []
     profiles: dict[str, Profile] = {}
     for c in running:
-        # One whose labels cannot be read keeps what it holds (reconcile reports it).
-        if c.id in kept or not needs_plan(c.labels) or not c.labels.get(PROFILE_LABEL) or unreadable(c.labels):
+        if c.id in kept or c.id in recorded:
             continue
-        name = c.labels[PROFILE_LABEL]
+        if source_of(c.labels) not in sources:
+            continue
+        name = c.name or c.id[:12]
         try:
-            profile = profiles.get(name) or load_profile(name, settings.profile_dirs)
-            profiles[name] = profile
-            chosen = plan_labels(profile, c.labels, c.network_mode, used, pool or host_pool())
+            problem = unreadable(c.labels) or outside_pool(c.labels, ports)
+            profile_name = profile_of(c.labels)
         except BadInput as exc:
-            refused.append(Refused(c.id, c.name or c.id[:12], exc.message))
+            problem, profile_name = exc.message, None
+        if problem:
+            # Reported where budgets are (rt.readable): it gets neither a budget nor a forward.
+            continue
+        if profile_name is None:
+            continue
+        try:
+            profile = profiles.get(profile_name) or load_profile(
+                profile_name, settings.profile_dirs, installed_only=True
+            )
+            profiles[profile_name] = profile
+            chosen = plan_labels(profile, c.labels, c.network_mode, used, pool or host_pool(settings))
+            for low, high in host_ranges_from_labels(chosen):
+                if not holds(ports, low, high):
+                    raise BadInput(f"host ports {low}-{high} of its profile lie outside the media port pool")
+        except BadInput as exc:
+            refused.append(Refused(c.id, name, exc.message))
             continue
         kept[c.id] = chosen
         used += host_ranges_from_labels(chosen)
         ephemeral = None
         if c.network_mode != "host":
             ephemeral = ephemeral_outside([(p.start, p.end) for p in (*profile.ports, *profile.media_ranges)])
-        adopted.append(Adopted(c.id, c.name or c.id[:12], origin(c.labels), chosen, ephemeral))
+        adopted.append(Adopted(c.id, name, origin(c.labels), chosen, ephemeral))
     if kept != plans:
         adoption_store.save(path, kept)
-    return Adoption(kept, tuple(adopted), released, tuple(refused))
+    if recorded != created:
+        records.save(kept_path, recorded)
+    return Adoption({**kept, **recorded}, tuple(adopted), released, tuple(refused))

@@ -81,7 +81,7 @@ def raised_line(rt: RtHost, adopted: Adopted) -> str:
     """Its profile's real-time threads raised to SCHED_FIFO in a container adopted after it started, as a
     log line ("" when there was nothing to raise: they were real-time already, or it names none)."""
     try:
-        profile = load_profile(adopted.labels.get(PROFILE_LABEL, ""), rt.settings.profile_dirs)
+        profile = load_profile(adopted.labels.get(PROFILE_LABEL, ""), rt.settings.profile_dirs, installed_only=True)
     except XmsError:
         return ""  # an unknown profile is reported once already, with what it gets instead
     try:

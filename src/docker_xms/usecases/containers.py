@@ -7,7 +7,6 @@ the port plan are read back from there by `ps`, `stop`, `rm` and the agent.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,11 +24,10 @@ from docker_xms.domain.labels import (
     MODE_LABEL,
     PROFILE_LABEL,
     WEIGHT_LABEL,
-    host_ranges_from_labels,
-    unreadable,
     weight_of,
 )
 from docker_xms.domain.names import parse_ref
+from docker_xms.domain.pool import holds
 from docker_xms.domain.profiles import Profile, port_placeholder
 from docker_xms.domain.recipes import STOP_SIGNAL, profile_files
 from docker_xms.errors import BadInput, Interrupted, NotFound, XmsError
@@ -167,11 +165,6 @@ def _ensure_image(engine: EngineApi, profile: Profile, ref: str, build_missing: 
         raise NotFound(f"Image {ref} is not on this engine and could not be pulled: {reason}{hint}.") from exc
 
 
-def _host_pool() -> tuple[int, int]:
-    # The same pool adopted containers get their ranges from.
-    return adoption.host_pool()
-
-
 def _check_host_ports(plan: port_plans.PortPlan, binds: dict[str, str]) -> None:
     for key, host_port in plan.publish.items():
         if host_port is None:
@@ -226,7 +219,7 @@ def run(
     )
     # Checked once now, so that a refusal changes nothing, and again under the host lock below, where
     # no other docker-xms process can take the same host ports or start a 1:1 container meanwhile.
-    _plan_ports(engine, profile, request, mode, choice.strategy, adoption.held_ranges(adoption.held_plans(settings)))
+    _plan_ports(engine, profile, request, mode, choice.strategy, settings)
     _ensure_image(engine, profile, image, request.build_missing, reporter)
     launch = _Launch(engine, rt, netfilter, profile, request, mode, choice.strategy, image, reporter)
     created = launch.created
@@ -320,9 +313,8 @@ class _Launch:
 
     def start(self, budget_us: int) -> str:
         engine, profile, image, netfilter = self.engine, self.profile, self.image, self.netfilter
-        # Under the host lock: the ranges adopted containers hold cannot change meanwhile.
-        held = adoption.held_ranges(adoption.held_plans(self.rt.settings))
-        plan = _plan_ports(engine, profile, self.request, self.mode, self.strategy, held)
+        # Under the host lock: the ranges other containers hold cannot change meanwhile.
+        plan = _plan_ports(engine, profile, self.request, self.mode, self.strategy, self.rt.settings)
         self.plans.append(plan)
         spec = _create_spec(self.rt, profile, self.request, self.mode, plan, image, budget_us)
         self.reporter.phase(
@@ -332,6 +324,8 @@ class _Launch:
         with deferred():
             container_id = engine.create_container(spec)
             self.created.append(container_id)
+            # What was decided, in docker-xms's own record: the labels are only a copy of it.
+            adoption.record(self.rt.settings, container_id, dict(spec.labels))
         if not any(engine.path_exists(container_id, p) for p in SYSTEMD_PATHS):
             raise BadInput(
                 f"Image {image} has no systemd ({' or '.join(SYSTEMD_PATHS)} is missing); build it on a systemd "
@@ -354,7 +348,11 @@ class _Launch:
             # This container's rules, and every media range carved around the host ports the engine has
             # just published for it (they may lie inside another container's 1:1 range).
             netfilter.ensure_chains()
-            netfilter.reconcile(live_forwards(engine, netfilter, adoption.held_plans(self.rt.settings)))
+            netfilter.reconcile(
+                live_forwards(
+                    engine, netfilter, adoption.held_plans(self.rt.settings), adoption.media_pool(self.rt.settings)
+                )
+            )
         return container_id
 
 
@@ -378,31 +376,33 @@ def _plan_ports(
     request: RunRequest,
     mode: str,
     strategy: str,
-    held: Sequence[tuple[int, int]] = (),
+    settings: Settings,
 ) -> port_plans.PortPlan:
     """The port plan for a new container, refusing a second 1:1 container and host ports in use.
 
-    `held` are the host ranges of adopted containers (usecases/adoption.py), which no label shows.
+    The host ranges other containers hold come from what docker-xms decided for them (its records and the
+    plans of adopted containers, usecases/adoption.held_plans), never from labels; every host media range
+    lies in the media port pool.
     """
     managed = engine.list_containers(all=True, label=f"{MANAGED_LABEL}=true")
+    decided = adoption.held_plans(settings)
     if mode == "one-to-one":
         for other in managed:
-            if _mode(other) == "one-to-one" and other.running:
+            if other.running and decided.get(other.id, {}).get(MODE_LABEL) == "one-to-one":
                 raise BadInput(
                     f"Container {other.name} already runs with 1:1 host ports on this host; "
                     "stop it, or start this one with -c (container-address mode)."
                 )
     # Stopped containers keep their host range: they get the same rules back when they start again.
     # Another 1:1 container's range is no obstacle to a 1:1 one: only one of them may run at a time.
-    used = [
-        r
-        for c in managed
-        if not (mode == "one-to-one" and _mode(c) == "one-to-one")
-        # One whose labels cannot be read is reported by reconcile; the engine refuses a port it holds.
-        if unreadable(c.labels) is None
-        for r in host_ranges_from_labels(c.labels)
-    ]
-    used += held
+    existing = {c.id for c in managed}
+    used = adoption.held_ranges(
+        {
+            cid: labels
+            for cid, labels in decided.items()
+            if cid in existing and not (mode == "one-to-one" and labels.get(MODE_LABEL) == "one-to-one")
+        }
+    )
     plan = port_plans.plan_ports(
         profile.ports,
         profile.media_ranges,
@@ -410,11 +410,18 @@ def _plan_ports(
         strategy,
         media_ports=request.media_ports,
         used_host_ranges=used,
-        host_pool=_host_pool(),
+        host_pool=adoption.host_pool(settings),
         # The server learns its range from its files: give it the host's numbers (one range only, as
         # its templates know only the first).
         same_ports=profile.media_config != "none" and len(profile.media_ranges) == 1,
     )
+    pool = adoption.media_pool(settings)
+    for m in plan.media:
+        if plan.forwards and not holds(pool, m.host_start, m.host_end):
+            raise BadInput(
+                f"Host ports {m.host_start}-{m.host_end} of {m.name} lie outside the media port pool "
+                f"({settings.media_port_pool}); add them to media_port_pool, or use -c."
+            )
     if mode == "one-to-one":
         _check_host_ports(plan, port_plans.bind_addresses(profile.ports, request.bind))
     elif plan.network_mode == "bridge":

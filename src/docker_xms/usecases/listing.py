@@ -10,9 +10,9 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
-from docker_xms.adapters import adoption_store, cgroups, engine_list
+from docker_xms.adapters import adoption_store, cgroups, engine_list, records
 from docker_xms.adapters.engine_list import ContainerSummary
-from docker_xms.domain.adoption import effective_labels, origin
+from docker_xms.domain.adoption import origin, trusted_labels
 from docker_xms.domain.labels import (
     ADVERTISE_LABEL,
     LABEL_HOST_MEDIA,
@@ -21,27 +21,35 @@ from docker_xms.domain.labels import (
     MODE_LABEL,
     PROFILE_LABEL,
 )
+from docker_xms.domain.pool import parse_pool
 from docker_xms.settings import Settings
 
 
 def managed_summaries(settings: Settings) -> list[ContainerSummary]:
     """The engine's list view of managed containers: over the local socket, else through the SDK.
 
-    Adopted containers show the port plan chosen for them as if their labels carried it.
+    Each shows what docker-xms decided for it (its record, or the plan chosen for an adopted one) as if its
+    labels carried it; a label's own claim shows nothing.
     """
-    plans = adoption_store.load(adoption_store.path_for(settings.lock_path))
+    plans = {
+        **adoption_store.load(adoption_store.path_for(settings.lock_path)),
+        **records.load(records.path_for(settings.state_dir)),
+    }
     path = engine_list.local_socket(settings.docker_host)
     if path is not None:
-        return _with_plans(engine_list.list_containers(path, label=f"{MANAGED_LABEL}=true"), plans)
+        return _with_plans(engine_list.list_containers(path, label=f"{MANAGED_LABEL}=true"), plans, settings)
     from docker_xms.adapters.engine import Engine  # noqa: PLC0415 - only for engines not on a local socket
 
     found = Engine.connect(host=settings.docker_host).list_containers(all=True, label=f"{MANAGED_LABEL}=true")
-    return _with_plans(found, plans)
+    return _with_plans(found, plans, settings)
 
 
-def _with_plans(summaries: list[ContainerSummary], plans: adoption_store.Plans) -> list[ContainerSummary]:
+def _with_plans(
+    summaries: list[ContainerSummary], plans: adoption_store.Plans, settings: Settings
+) -> list[ContainerSummary]:
     # usecases/adoption.with_plans, without importing what that module needs to choose plans.
-    return [replace(s, labels=effective_labels(s.labels, plans[s.id])) if s.id in plans else s for s in summaries]
+    pool = parse_pool(settings.media_port_pool)
+    return [replace(s, labels=trusted_labels(s.labels, plans.get(s.id), pool)) for s in summaries]
 
 
 @dataclass(frozen=True)

@@ -223,7 +223,9 @@ class WakeupProbes:
                     return
                 try:
                     name = c.labels.get(PROFILE_LABEL, "")
-                    priority = load_profile(name, self.settings.profile_dirs).rt_priority if name else 50
+                    priority = (
+                        load_profile(name, self.settings.profile_dirs, installed_only=True).rt_priority if name else 50
+                    )
                     samples = measure_samples(engine, c.id, priority, self.INTERVAL_US, self.PROBE_S)
                 except XmsError as exc:
                     if self._failing.get(c.id) != exc.message:

@@ -313,7 +313,7 @@ def probe_container(
         raise BadInput(f"Container {info.name} is not running ({info.status}).")
     if priority is None:
         profile_name = info.label("profile")
-        priority = load_profile(profile_name, profile_dirs).rt_priority if profile_name else 50
+        priority = load_profile(profile_name, profile_dirs, installed_only=True).rt_priority if profile_name else 50
     return info.name, measure_wakeups(engine, info.id, priority, interval_us, duration_s, tool)
 
 

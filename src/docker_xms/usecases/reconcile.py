@@ -6,7 +6,7 @@ happened on the host (a crash, a `docker rm -f` by hand, an engine restart) the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from docker_xms.adapters import hostnet
@@ -16,7 +16,8 @@ from docker_xms.adapters.netfilter import Netfilter, Reconciled
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.forwards import DnatForward, media_source
 from docker_xms.domain.labels import ADVERTISE_LABEL, forwards_from_labels, unreadable
-from docker_xms.usecases.adoption import Adoption, adopt_locked, with_plans
+from docker_xms.domain.pool import Span
+from docker_xms.usecases.adoption import Adoption, adopt_locked, media_pool, with_plans
 from docker_xms.usecases.boundaries import EngineApi, NetfilterApi
 from docker_xms.usecases.rt import Rebalance, RtHost, rebalance_locked
 
@@ -43,26 +44,33 @@ def live_forwards(
     engine: EngineApi,
     netfilter: NetfilterApi | None = None,
     plans: Mapping[str, Mapping[str, str]] | None = None,
+    pool: Sequence[Span] = (),
     sources: Callable[[str], str] | None = None,
+    listeners: Callable[[], Mapping[str, set[int]]] | None = None,
 ) -> dict[str, list[DnatForward]]:
     """The DNAT forwards every running managed container should have, from its labels and address.
 
-    `plans` are those chosen for adopted containers (usecases/adoption.held_plans): without them, their
-    rules would be taken away as if they belonged to no one.
+    `plans` are what docker-xms decided for each container (usecases/adoption.held_plans: its records, and
+    the plans of adopted containers): forwards come from them alone, never from labels. `pool` is the media
+    port pool, against which the claims of a container without a decision are checked (to report it).
 
-    Host ports that the engine publishes for any other container are cut out of the ranges (`carve`).
+    Host ports that the engine publishes for any other container, and ports a process of the host listens on
+    (`listeners`, by default read from /proc/net at each pass), are cut out of the ranges (`carve`): a
+    forward never takes a port a host service uses.
     `sources` gives the host address media leaves from for a container's advertise label (`media_sources`).
     A container whose labels cannot be read keeps the forwards `netfilter` holds for it (`rt.Skipped`).
     One list request gives both: every running container's published ports and the managed ones.
     """
-    running = with_plans(engine.list_containers(all=False), plans or {})
+    running = with_plans(engine.list_containers(all=False), plans or {}, pool)
     source = sources if sources is not None else media_sources()
     published = published_ports(running)
+    listening = listeners() if listeners is not None else hostnet.listening_ports()
     live: dict[str, list[DnatForward]] = {}
     held = None
     for info in (c for c in running if c.managed):
         if unreadable(info.labels) is not None:
-            if netfilter is not None:
+            # Skipped and reported; a container docker-xms decided for keeps the rules it holds.
+            if netfilter is not None and info.id in (plans or {}):
                 held = netfilter.list_forwards() if held is None else held
                 kept = [f.spec for f in held if info.id.startswith(f.container_id)]
                 if kept:
@@ -72,6 +80,7 @@ def live_forwards(
         if not (info.running and forwards and info.ip_address):
             continue
         taken = [pair for cid, pairs in published.items() if cid != info.id for pair in pairs]
+        taken += [(protocol, port) for protocol, ports in listening.items() for port in ports]
         leaving = source(info.labels.get(ADVERTISE_LABEL, "container"))
         live[info.id] = [
             f.to(info.ip_address).leaving_from(leaving)
@@ -107,5 +116,5 @@ def reconcile(rt: RtHost, netfilter: NetfilterApi | None = None) -> Reconciliati
         rules = None
         if netfilter.available():
             netfilter.ensure_chains()
-            rules = netfilter.reconcile(live_forwards(rt.engine, netfilter, adoption.plans))
+            rules = netfilter.reconcile(live_forwards(rt.engine, netfilter, adoption.plans, media_pool(rt.settings)))
     return Reconciliation(budgets, rules, adoption)

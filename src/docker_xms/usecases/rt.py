@@ -25,6 +25,7 @@ from docker_xms.domain.doctor import Finding, diagnose, idle_findings, inotify_f
 from docker_xms.domain.labels import MANAGED_LABEL, SWARM_TASK, WEIGHT_LABEL, reserved_weight, unreadable, weight_of
 from docker_xms.errors import BadInput, EngineUnavailable, XmsError
 from docker_xms.settings import Settings
+from docker_xms.usecases import adoption
 from docker_xms.usecases.boundaries import CgroupFsApi, EngineApi
 
 
@@ -122,9 +123,16 @@ class Rebalance:
     skipped: tuple[Skipped, ...] = ()
 
 
-def managed_running(engine: EngineApi) -> list[ContainerSummary]:
-    """The running managed containers, from one list request: no container is inspected one by one."""
-    return [c for c in engine.list_containers(all=False, label=f"{MANAGED_LABEL}=true") if c.running]
+def managed_running(engine: EngineApi, settings: Settings | None = None) -> list[ContainerSummary]:
+    """The running managed containers, from one list request: no container is inspected one by one.
+
+    With `settings`, as docker-xms acts on them (usecases/adoption.with_plans): what it decided for each,
+    and a container whose labels claim what they may not marked to be skipped and reported.
+    """
+    running = [c for c in engine.list_containers(all=False, label=f"{MANAGED_LABEL}=true") if c.running]
+    if settings is None:
+        return running
+    return adoption.with_plans(running, adoption.held_plans(settings), adoption.media_pool(settings))
 
 
 def readable(managed: Iterable[ContainerSummary]) -> tuple[list[ContainerSummary], tuple[Skipped, ...]]:
@@ -203,7 +211,7 @@ def _container_id(cgroup_name: str) -> str:
 
 def read_state(rt: RtHost) -> RtState:
     host = rt.host
-    managed, skipped = readable(managed_running(rt.engine))
+    managed, skipped = readable(managed_running(rt.engine, rt.settings))
     weight = weights(rt.engine, managed)
     if not rt.per_group:
         holders = tuple(
@@ -305,7 +313,7 @@ def rebalance_locked(
     rt: RtHost, arriving_weight: int | None = None, exclude: frozenset[str] = frozenset()
 ) -> Rebalance:
     """`rebalance` for a caller that already holds the host lock."""
-    managed, skipped = readable(c for c in managed_running(rt.engine) if c.id not in exclude)
+    managed, skipped = readable(c for c in managed_running(rt.engine, rt.settings) if c.id not in exclude)
     names = {c.id: c.name for c in managed}
     if not rt.per_group:
         return Rebalance(0, 0, {}, (), 0, per_group=False, names=names, skipped=skipped)

@@ -17,7 +17,7 @@ from pathlib import Path
 from docker_xms.adapters import browser, rtp, sipp
 from docker_xms.adapters.engine import ContainerInfo
 from docker_xms.domain import webrtc
-from docker_xms.domain.labels import ADVERTISE_LABEL, PROFILE_LABEL, forwards_from_labels
+from docker_xms.domain.labels import ADVERTISE_LABEL, PROFILE_LABEL, forwards_from_labels, profile_of
 from docker_xms.domain.profiles import PortSpec, Profile
 from docker_xms.domain.stats import interarrival_jitter_ms
 from docker_xms.errors import BadInput, NotFound, XmsError
@@ -157,7 +157,8 @@ def test_call(engine: EngineApi, load_profile: Callable[[str], Profile], request
     profile_name = info.labels.get(PROFILE_LABEL, "")
     if not profile_name:
         raise BadInput(f"Container {request.name} has no profile label: test-call does not know how to call it.")
-    profile = load_profile(profile_name)
+    # The label's value is the container's word: a name of an installed profile, never a file to read.
+    profile = load_profile(profile_of(info.labels) or profile_name)
     if profile.test_call == "rtpengine-ng":
         return _rtpengine(info, profile, request)
     if profile.test_call == "sipp":
