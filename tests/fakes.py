@@ -341,6 +341,10 @@ class FakeEngine:
         self._enter("image_exists", ref)
         return ref in self.images
 
+    def image_command(self, ref: str) -> tuple[str, ...]:
+        self._enter("image_command", ref)
+        return ("/sbin/init",)
+
     def pull(self, repository: str, tag: str, progress: Any = None) -> None:
         self._enter("pull", repository, tag)
         raise NotFound(f"There is no image {repository}:{tag} in its registry.")
@@ -414,7 +418,13 @@ class FakeEngine:
         return []
 
     def exec(
-        self, container_id: str, cmd: list[str], user: str = "", environment: dict[str, str] | None = None
+        self,
+        container_id: str,
+        cmd: list[str],
+        user: str = "",
+        environment: dict[str, str] | None = None,
+        timeout_s: float = 30.0,
+        max_bytes: int = 4 << 20,
     ) -> tuple[int, str]:
         self._enter("exec", container_id, cmd)
         container = self._get(container_id)

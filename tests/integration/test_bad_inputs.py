@@ -76,7 +76,7 @@ def _usage_error(result: Result, sentence: str) -> None:
 @pytest.mark.parametrize("weight", ["0", "-1"])
 def test_run_refuses_a_weight_below_1(docker_client: Any, unchanged: None, weight: str) -> None:
     result = run_cli("run", "-c", "--no-wait", "--name", f"{PREFIX}w", "--rt-weight", weight)
-    _usage_error(result, f"Error: Invalid value for '--rt-weight': {weight} is not in the range x>=1.")
+    _usage_error(result, f"Error: Invalid value for '--rt-weight': {weight} is not in the range 1<=x<=100.")
 
 
 def test_run_refuses_a_name_with_a_slash(docker_client: Any, unchanged: None) -> None:

@@ -324,8 +324,10 @@ def test_start_stop_rm_leave_no_rule(chains_exist: None, container_name: list[st
     cid = summary["id"][:12]
     ours = {cid}
     running = owned_lines(xms_rules(ours), cid)
-    # One range: its DNAT, its masquerade for 127.0.0.1 and its filter ACCEPT.
-    assert len(running) == 3, running
+    # One range: its DNAT, its masquerade for 127.0.0.1, its filter ACCEPT, and the SNAT that sends its media
+    # out from the advertised address (the host's, by default).
+    assert len(running) == 4, running
+    assert len([line for line in running if "-j SNAT" in line]) == 1, running
     stopped = run_cli("stop", name, timeout=120)
     assert stopped.code == 0, stopped.err
     assert owned_lines(xms_rules(ours), cid) == []
@@ -397,7 +399,8 @@ def test_xms_port_set_is_two_rules_and_no_media_proxies(
     assert len(dnat) == len(media) == 2, rules
     for m in media:
         assert any(f"--dport {m['host_start']}:{m['host_end']}" in line for line in dnat), (m, dnat)
-    assert len(rules) == 3 * len(media), rules
+    # Per range: DNAT, masquerade for 127.0.0.1, filter ACCEPT, and the SNAT from the advertised address.
+    assert len(rules) == 4 * len(media), rules
 
     new = {pid: cmd for pid, cmd in proxies_after.items() if pid not in proxies_before}
     address = summary["address"]

@@ -125,6 +125,7 @@ CALLS: dict[str, Callable[[Engine, Path], Any]] = {
     "create_global_service": lambda e, _: e.create_global_service("x", "busybox:latest", [], {}, [], [], {}),
     "events": lambda e, _: next(e.events(filters={"type": ["container"]})),
     "image_exists": lambda e, _: e.image_exists("busybox:latest"),
+    "image_command": lambda e, _: e.image_command("busybox:latest"),
     "inspect_image": lambda e, _: e.inspect_image("busybox:latest"),
     "import_image_file": lambda e, tmp: e.import_image_file(tarball(tmp), "x/y", "1"),
     "import_image_stream": lambda e, _: e.import_image_stream(iter([b"\0" * 10240]), "x/y", "1"),

@@ -55,7 +55,9 @@ def test_media_of_a_server_that_advertises_a_host_address_leaves_from_it_and_of_
         asked.append(label)
         return "" if label == "container" else f"from-{label}"
 
-    live = live_forwards(host.engine, host.netfilter, held_plans(host.rt.settings), sources=source)
+    live = live_forwards(
+        host.engine, host.netfilter, held_plans(host.rt.settings), sources=source, listeners=host.rt.listening
+    )
     assert [f.source_ip for f in live[advertised.id]] == ["from-192.0.2.2"]
     assert [f.source_ip for f in live[own.id]] == [""]
     assert sorted(asked) == ["192.0.2.2", "container"]

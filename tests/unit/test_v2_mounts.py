@@ -15,6 +15,7 @@ import pytest
 from docker_xms.adapters import cgroups
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.profiles import parse_profile
+from docker_xms.domain.recipes import GATE_ENTRYPOINT
 from docker_xms.usecases.containers import RunRequest, _create_spec, v2_systemd_refusal
 from docker_xms.usecases.rt import RtHost
 from tests import layouts
@@ -53,10 +54,14 @@ def test_a_v2_host_gets_a_private_cgroup_namespace_and_no_bind_of_the_hosts_cgro
     assert set(args["tmpfs"]) >= {"/run", "/run/lock"}
 
 
-def test_v1_mounts_are_read_only(tmp_path: Path) -> None:
+def test_v1_binds_no_host_cgroup_and_gates_systemd_in_a_private_namespace(tmp_path: Path) -> None:
     args = _args_for(tmp_path, unified=False)
-    assert args["volumes"] == {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"}}
-    assert "cgroupns" not in args
+    # No cgroup file of the host's in the container: the engine mounts the container's own, read-only.
+    assert _binds_of_host_cgroups(args) == []
+    assert args["cgroupns"] == "private"
+    # The gate waits for docker-xms to open the systemd subtree, then runs the image's own command.
+    assert args["entrypoint"] == list(GATE_ENTRYPOINT)
+    assert args["command"] == ["/sbin/init"]
 
 
 @pytest.mark.parametrize(

@@ -79,5 +79,6 @@ def make_host(tmp: Path) -> Host:
     engine = FakeEngine(fs, PARENT, images={IMAGE: ["/lib/systemd/systemd"], NO_SYSTEMD: ["/bin/sh"]})
     host = HostRt(1, True, 950_000, 1_000_000, "per-group", tmp / "cpu")
     settings = Settings(lock_path=tmp / "host.lock", state_dir=tmp / "state")
-    rt = RtHost(engine, host, fs, "cgroupfs", PARENT, None, settings)
+    # No host service listens on a media port of this host.
+    rt = RtHost(engine, host, fs, "cgroupfs", PARENT, None, settings, listening=lambda: {"tcp": set(), "udp": set()})
     return Host(fs, engine, FakeNetfilter(), rt)

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import tarfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,11 @@ from docker_xms.domain.labels import LABEL_PREFIX, MANAGED_LABEL
 from docker_xms.errors import BadInput, EngineUnavailable, NotFound, XmsError
 
 Progress = Callable[[dict[str, Any]], None]
+
+
+# How long, and how much output, a command run in a container is read for (Engine.exec).
+EXEC_TIMEOUT_S = 30.0
+EXEC_MAX_BYTES = 4 << 20
 
 
 def _ignore(_: dict[str, Any]) -> None:
@@ -99,6 +105,8 @@ class CreateSpec:
     image: str
     name: str | None = None
     command: tuple[str, ...] | None = None
+    # Replaces the image's entrypoint (with `command`, what runs is entrypoint + command).
+    entrypoint: tuple[str, ...] | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     environment: Mapping[str, str] = field(default_factory=dict)
     cap_add: tuple[str, ...] = ()
@@ -124,6 +132,8 @@ class CreateSpec:
         args: dict[str, Any] = {"detach": True, "name": self.name, "labels": dict(self.labels)}
         if self.command is not None:
             args["command"] = list(self.command)
+        if self.entrypoint is not None:
+            args["entrypoint"] = list(self.entrypoint)
         optional: dict[str, Any] = {
             "environment": dict(self.environment),
             "cap_add": list(self.cap_add),
@@ -275,6 +285,11 @@ class Engine:
             except docker.errors.NotFound:
                 return False
         return True
+
+    def image_command(self, ref: str) -> tuple[str, ...]:
+        """What a container of the image runs by default: its entrypoint, then its command."""
+        config = self.inspect_image(ref).get("Config") or {}
+        return (*(config.get("Entrypoint") or ()), *(config.get("Cmd") or ()))
 
     def inspect_image(self, ref: str) -> dict[str, Any]:
         with _translated(f"The engine could not inspect image {ref}", f"There is no image {ref} on this engine."):
@@ -547,14 +562,50 @@ class Engine:
                 raise
 
     def exec(
-        self, container_id: str, cmd: list[str], user: str = "", environment: dict[str, str] | None = None
+        self,
+        container_id: str,
+        cmd: list[str],
+        user: str = "",
+        environment: dict[str, str] | None = None,
+        timeout_s: float = EXEC_TIMEOUT_S,
+        max_bytes: int = EXEC_MAX_BYTES,
     ) -> tuple[int, str]:
-        """Run a command in a running container; returns (exit code, combined output)."""
-        with _translated(f"Running {cmd[0]} in {container_id[:12]} failed"):
+        """Run a command in a running container; returns (exit code, combined output).
+
+        Bounded: what runs in a container is the container's (a hostile image can put any `chrt` or `bash`
+        there), so the output is read for at most `timeout_s` and `max_bytes`, then the stream is closed and
+        the call fails; a caller (the agent's one loop) never waits on it for longer.
+        """
+        what = f"Running {cmd[0]} in {container_id[:12]}"
+        with _translated(f"{what} failed"):
             exec_id = self.api.exec_create(container_id, cmd, user=user, environment=environment)
-            output = self.api.exec_start(exec_id)
+            stream = self.api.exec_start(exec_id, stream=True)
+        chunks: list[bytes] = []
+        size = [0]
+        finished = threading.Event()
+
+        def pump() -> None:
+            try:
+                for chunk in stream:
+                    chunks.append(chunk if isinstance(chunk, bytes) else str(chunk).encode())
+                    size[0] += len(chunks[-1])
+                    if size[0] > max_bytes:
+                        return
+            except Exception:  # noqa: S110 - a stream closed by the timeout below, or cut by the engine
+                pass
+            finally:
+                finished.set()
+
+        threading.Thread(target=pump, name="exec-output", daemon=True).start()
+        if not finished.wait(timeout_s) or size[0] > max_bytes:
+            stream.close()
+            limit = (
+                f"printed more than {max_bytes:,} bytes" if size[0] > max_bytes else f"ran longer than {timeout_s:g} s"
+            )
+            raise XmsError(f"{what} stopped being read: it {limit}.")
+        with _translated(f"{what} failed"):
             code = self.api.exec_inspect(exec_id).get("ExitCode")
-        text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
+        text = b"".join(chunks).decode("utf-8", "replace")
         return (int(code) if code is not None else -1), text
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

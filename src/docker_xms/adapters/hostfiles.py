@@ -18,21 +18,50 @@ def load_bytes(path: Path) -> bytes:
 
 
 def save_text(path: Path, text: str, mode: int | None = None) -> None:
-    """Write a file, creating its directory; `mode` sets its permission bits."""
+    """Write a file, creating its directory; `mode` sets its permission bits (else the old file's, or 0644).
+
+    Atomically: the text goes to a new file beside it, flushed to disk, which then replaces the old one.
+    A process killed in the middle, or a full disk, leaves the old file whole (a dockerd that would not
+    start on a half-written daemon.json, a unit cut short).
+    """
+    save_bytes(path, text.encode(), mode)
+
+
+def save_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    """`save_text` for bytes."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        if mode is not None:
-            path.chmod(mode)
+        if mode is None:
+            mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(temporary, mode)
+            os.replace(temporary, path)
+        finally:
+            if temporary.exists():
+                temporary.unlink()
     except OSError as exc:
         raise XmsError(f"Could not write {path}: {exc.strerror or exc}; run as root.") from None
 
 
-def save_bytes(path: Path, data: bytes) -> None:
-    try:
-        path.write_bytes(data)
-    except OSError as exc:
-        raise XmsError(f"Could not write {path}: {exc.strerror or exc}.") from None
+def owned_by_us(*paths: Path) -> bool:
+    """Whether each path that exists belongs to this process's user and no one else may write it (no group or
+    other write bit): a file from it can be run with this process's privileges."""
+    for path in paths:
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
+        if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            return False
+    return True
 
 
 def package_asset(relative: str) -> bytes:

@@ -7,6 +7,8 @@ for the families afresh, so the series of a container that is gone are simply ab
 from __future__ import annotations
 
 import errno
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -17,19 +19,33 @@ from prometheus_client.registry import Collector
 from docker_xms.domain.metrics import Family
 from docker_xms.errors import BadInput, XmsError
 
+# Scrapes within this many seconds of a computation get its figures: each computation lists the engine's
+# containers and runs `iptables -S`, and the server answers each scrape on a thread of its own.
+FRESH_S = 1.0
+
 
 class _OnScrape(Collector):
     def __init__(self, families: Callable[[], Iterable[Family]], on_error: Callable[[str], None]) -> None:
         self.families = families
         self.on_error = on_error
+        # One computation at a time, whatever the number of scrapers: the others wait and share its result.
+        self._lock = threading.Lock()
+        self._last: tuple[float, list[Family]] | None = None
+
+    def _computed(self) -> list[Family]:
+        with self._lock:
+            if self._last is not None and time.monotonic() - self._last[0] < FRESH_S:
+                return self._last[1]
+            try:
+                found = list(self.families())
+            except Exception as exc:  # a failed scrape must not end the agent; it says why and serves what it can
+                self.on_error(exc.message if isinstance(exc, XmsError) else f"{type(exc).__name__}: {exc}")
+                found = []
+            self._last = (time.monotonic(), found)
+            return found
 
     def collect(self) -> Iterator[Metric]:
-        try:
-            found = list(self.families())
-        except Exception as exc:  # a failed scrape must not end the agent; it says why and serves what it can
-            self.on_error(exc.message if isinstance(exc, XmsError) else f"{type(exc).__name__}: {exc}")
-            found = []
-        for family in found:
+        for family in self._computed():
             metric: GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily
             if family.kind == "histogram":
                 metric = HistogramMetricFamily(family.name, family.help, labels=family.labels)

@@ -158,10 +158,16 @@ def _print_summary(r: object) -> None:
 
 
 @click.command("shell", context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--nsenter",
+    "use_nsenter",
+    is_flag=True,
+    help="Enter the namespaces with nsenter, keeping the host's capabilities and cgroup (not the container's).",
+)
 @click.argument("container")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def shell(container: str, command: tuple[str, ...]) -> None:
-    """Open a shell in CONTAINER's namespaces (mount, uts, ipc, net, pid), or run COMMAND there.
+def shell(container: str, command: tuple[str, ...], use_nsenter: bool) -> None:
+    """Open a shell in CONTAINER with its own privileges (docker exec), or run COMMAND there.
 
     Give the command after `--`: docker-xms shell media1 -- systemctl status
     """
@@ -171,7 +177,16 @@ def shell(container: str, command: tuple[str, ...]) -> None:
     info = resolve(context.engine(), (container,))[0]
     if not info.running:
         raise click.UsageError(f"Container {info.name} is not running.")
-    context.enter_shell(info.pid, info.id, command)
+    context.enter_shell(info.pid, info.id, command, use_nsenter)
+
+
+@click.command("gate")
+def gate() -> None:
+    """Print the shell script a container started by hand runs as PID 1 (`sh -c SCRIPT docker-xms-gate CMD...`):
+    it waits until docker-xms has made the container's own systemd cgroup writable, then runs CMD."""
+    from docker_xms.domain.recipes import SYSTEMD_GATE
+
+    click.echo(SYSTEMD_GATE)
 
 
 @click.command("start")

@@ -65,11 +65,11 @@ def ignore_stopping() -> None:
     signals_ignore_stopping()
 
 
-def enter_shell(pid: int, container_id: str, command: tuple[str, ...]) -> None:
-    """Replace this process with a shell (or `command`) in the container's namespaces."""
+def enter_shell(pid: int, container_id: str, command: tuple[str, ...], use_nsenter: bool = False) -> None:
+    """Replace this process with a shell (or `command`) in the container."""
     from docker_xms.adapters import nsenter
 
-    nsenter.enter(nsenter.shell_argv(pid, container_id, command))
+    nsenter.enter(nsenter.shell_argv(pid, container_id, command, use_nsenter))
 
 
 def cpu_latency_hold(limit_us: int) -> AbstractContextManager[object]:

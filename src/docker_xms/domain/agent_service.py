@@ -21,6 +21,13 @@ SERVICE_LABEL = "io.docker-xms.agent-service"
 CAPABILITIES = ("NET_ADMIN", "SYS_NICE")
 ENGINE_SOCKET = "/var/run/docker.sock"
 CGROUP_TREE = "/sys/fs/cgroup"
+# The node's /run (docker-xms's locks and the plans of adopted containers, under /run/docker-xms) and its
+# /var/lib (docker-xms's records, under /var/lib/docker-xms): shared with the CLI on that node, so that
+# the two take one lock and see one set of ranges. Whole directories, because a bind's source must exist
+# on every node, and these two always do.
+NODE_RUN = "/run"
+NODE_VAR_LIB = "/var/lib"
+STATE_TARGET = "/host/var/lib"
 # At least this long, and longer than the slowest media server's stop with its drain (see linger_for).
 LINGER_S = 60.0
 # After a drained server's stop: time for the engine's events and the rules' removal.
@@ -58,11 +65,16 @@ class AgentService:
 
     @property
     def mounts(self) -> tuple[Mount, ...]:
-        return (Mount(ENGINE_SOCKET, ENGINE_SOCKET), Mount(CGROUP_TREE, CGROUP_TREE))
+        return (
+            Mount(ENGINE_SOCKET, ENGINE_SOCKET),
+            Mount(CGROUP_TREE, CGROUP_TREE),
+            Mount(NODE_RUN, NODE_RUN),
+            Mount(NODE_VAR_LIB, STATE_TARGET),
+        )
 
     @property
     def env(self) -> dict[str, str]:
-        out = {}
+        out = {"DOCKER_XMS_STATE_DIR": f"{STATE_TARGET}/docker-xms"}
         if self.cgroup_parent:
             out["DOCKER_XMS_CGROUP_PARENT"] = self.cgroup_parent
         if self.rt_pool_us is not None:

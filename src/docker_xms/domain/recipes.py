@@ -18,6 +18,15 @@ LABEL_MEDIA = "io.docker-xms.media-ports"
 
 BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "iproute2", "procps")
 
+# PID 1 of a container docker-xms starts, until its `name=systemd` cgroup mount is writable (docker-xms makes
+# its own subtree so from the host: adapters/cgroupns.py); then the image's own command (systemd) as PID 1.
+# At most 60 s; on cgroup v2 and where the mount is writable already, at once.
+SYSTEMD_GATE = (
+    'i=0; while [ -d /sys/fs/cgroup/systemd ] && [ ! -w /sys/fs/cgroup/systemd ] && [ "$i" -lt 600 ]; '
+    'do sleep 0.1; i=$((i + 1)); done; exec "$@"'
+)
+GATE_ENTRYPOINT = ("/bin/sh", "-c", SYSTEMD_GATE, "docker-xms-gate")
+
 # Units that need hardware, a real console or kernel write access a container does not have.
 CONTAINER_MASKS = (
     "systemd-remount-fs.service",

@@ -70,6 +70,7 @@ def describe(rt: RtHost, result: Reconciliation) -> list[str]:
         media = adopted.labels.get(LABEL_HOST_MEDIA, "")
         lines.append(f"adopted {adopted.name} ({adopted.origin})" + (f": host media ports {media}" if media else ""))
     lines.extend(f"port plan given back by {cid[:12]}" for cid in result.adoption.released)
+    lines.extend(result.cgroups)
     if result.rules is not None:
         short_names = {cid[:12]: name for cid, name in balance.names.items()}
         lines.extend(f"rules removed for {cid}" for cid in result.rules.removed)
@@ -435,6 +436,18 @@ def executable() -> str:
     return f"{Path(sys.executable).absolute()} -m docker_xms"
 
 
+def foreign_code(exe: str) -> str | None:
+    """The file or directory of the agent's code that someone other than this process's user may write (an
+    editable install in another user's clone), or None when it is all this user's alone."""
+    import docker_xms  # noqa: PLC0415 - where this very code is installed
+
+    first = exe.split(maxsplit=1)[0]
+    for path in (Path(first).resolve(), Path(docker_xms.__file__).resolve().parent):
+        if not hostfiles.owned_by_us(path, path.parent):
+            return str(path)
+    return None
+
+
 def agent_command(exe: str, cpu_latency_us: int | None = None, metrics: str | None = None) -> str:
     """The agent's command line, as a service runs it."""
     return (
@@ -509,6 +522,13 @@ def install(
     environment = settings.environment()
     if metrics is not None:
         listen_address(metrics)  # refused here, not by the service when it starts
+    untrusted = foreign_code(exe)
+    if write and untrusted is not None:
+        raise BadInput(
+            f"{untrusted} may be written by another user than root, and a root service started at every boot "
+            "must not run it; install docker-xms where only root can write (e.g. pip install as root into "
+            "/opt), then run agent install from there."
+        )
     text = unit_text(exe, cpu_latency_us, environment, metrics)
     assignments = " ".join(shlex.quote(f"{name}={value}") for name, value in environment.items())
     alternative = (
@@ -551,7 +571,13 @@ def ensure_agent(settings: Settings, wait_s: float = 15.0) -> AgentStart:
     pid = hostlock.holder(lock)
     if pid is not None:
         return AgentStart(False, pid, "already running")
-    if systemd_running():
+    if systemd_running() and UNIT_PATH.exists():
+        # Installed already, with the options and settings someone chose: started as it is, never rewritten.
+        done = hostproc.run(["systemctl", "start", UNIT_NAME], timeout=60)
+        if done.code != 0:
+            raise XmsError(f"systemctl start {UNIT_NAME} failed: {done.last_line()}.")
+        how = f"as {UNIT_NAME}"
+    elif systemd_running() and foreign_code(executable()) is None:
         install(settings)
         how = f"as {UNIT_NAME}"
     else:

@@ -25,6 +25,8 @@ class EngineApi(Protocol):
 
     def image_exists(self, ref: str) -> bool: ...
 
+    def image_command(self, ref: str) -> tuple[str, ...]: ...
+
     def pull(self, repository: str, tag: str, progress: Progress = ...) -> None: ...
 
     def create_container(self, spec: CreateSpec) -> str: ...
@@ -50,7 +52,13 @@ class EngineApi(Protocol):
     def container_pids(self, container_id: str) -> list[int]: ...
 
     def exec(
-        self, container_id: str, cmd: list[str], user: str = "", environment: dict[str, str] | None = None
+        self,
+        container_id: str,
+        cmd: list[str],
+        user: str = "",
+        environment: dict[str, str] | None = None,
+        timeout_s: float = 30.0,
+        max_bytes: int = 4 << 20,
     ) -> tuple[int, str]: ...
 
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from docker_xms.adapters import hostnet, hostproc
+from docker_xms.adapters import cgroupns, hostnet, hostproc
 from docker_xms.adapters.engine import ContainerInfo, CreateSpec, Engine, Healthcheck
 from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.netfilter import Netfilter
@@ -29,7 +29,7 @@ from docker_xms.domain.labels import (
 from docker_xms.domain.names import parse_ref
 from docker_xms.domain.pool import holds
 from docker_xms.domain.profiles import Profile, port_placeholder
-from docker_xms.domain.recipes import STOP_SIGNAL, profile_files
+from docker_xms.domain.recipes import GATE_ENTRYPOINT, STOP_SIGNAL, profile_files
 from docker_xms.errors import BadInput, Interrupted, NotFound, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases import adoption, images, readiness
@@ -112,8 +112,8 @@ def _mode(info: ContainerInfo | ContainerSummary) -> str:
     return info.label("mode", "container-address")
 
 
-def _systemd_mounts(rt: RtHost, profile: Profile) -> dict[str, Any]:
-    """The `CreateSpec` fields systemd needs to boot in the container."""
+def _systemd_mounts(rt: RtHost, profile: Profile, image_command: tuple[str, ...]) -> dict[str, Any]:
+    """The `CreateSpec` fields systemd needs to boot in the container, and no cgroup file of the host's."""
     tmpfs = {"/run": "", "/run/lock": "", **dict.fromkeys(profile.tmpfs, "")}
     if rt.host.cgroup_version == 2:
         # A private cgroup namespace, and no mount of ours: the engine mounts a cgroup2 file system at
@@ -121,8 +121,13 @@ def _systemd_mounts(rt: RtHost, profile: Profile) -> dict[str, Any]:
         # needs, where the engine remaps user namespaces (v2_systemd_refusal); the container's root is
         # then no root on the host, and CAP_SYS_NICE no longer grants SCHED_FIFO: the rtprio limit does.
         return {"tmpfs": tmpfs, "cgroupns": "private", "rtprio": 99}
-    # Read-only on v1 keeps systemd from making cpu sub-cgroups, which would start with a 0 budget.
-    return {"tmpfs": tmpfs, "read_only_mounts": ("/sys/fs/cgroup",)}
+    if not image_command:
+        raise BadInput("The image names no command to run; it needs systemd (/sbin/init) as its command.")
+    # v1: a private cgroup namespace, whose controllers the engine mounts read-only at the container's own
+    # group. The gate waits until docker-xms has made the `name=systemd` one writable (adapters/cgroupns.py),
+    # then runs the image's command; cpu stays read-only, so systemd makes no cpu sub-cgroups (they would
+    # start with a 0 budget).
+    return {"tmpfs": tmpfs, "cgroupns": "private", "entrypoint": GATE_ENTRYPOINT, "command": image_command}
 
 
 def v2_systemd_refusal(cgroup_version: int, security_options: tuple[str, ...]) -> str | None:
@@ -316,7 +321,8 @@ class _Launch:
         # Under the host lock: the ranges other containers hold cannot change meanwhile.
         plan = _plan_ports(engine, profile, self.request, self.mode, self.strategy, self.rt.settings)
         self.plans.append(plan)
-        spec = _create_spec(self.rt, profile, self.request, self.mode, plan, image, budget_us)
+        command = engine.image_command(image)
+        spec = _create_spec(self.rt, profile, self.request, self.mode, plan, image, budget_us, command)
         self.reporter.phase(
             f"Starting {profile.name} from {image}" + (f" with {budget_us:,} us real-time" if budget_us else "")
         )
@@ -338,6 +344,7 @@ class _Launch:
                 if any(rendered.path == f.path for f in profile.instance_files):
                     engine.put_file(container_id, rendered.path, rendered.content.encode(), rendered.mode)
         start_once_freed(engine, container_id)
+        open_gate(self.rt, engine, container_id)
         if plan.forwards:
             self.reporter.phase(
                 f"Forwarding {plan.media_port_count} media ports with {len(plan.forwards)} DNAT rule(s)"
@@ -350,10 +357,27 @@ class _Launch:
             netfilter.ensure_chains()
             netfilter.reconcile(
                 live_forwards(
-                    engine, netfilter, adoption.held_plans(self.rt.settings), adoption.media_pool(self.rt.settings)
+                    engine,
+                    netfilter,
+                    adoption.held_plans(self.rt.settings),
+                    adoption.media_pool(self.rt.settings),
+                    listeners=self.rt.listening,
                 )
             )
         return container_id
+
+
+def open_gate(rt: RtHost, engine: EngineApi, container_id: str) -> None:
+    """Right after a start on cgroup v1: its own systemd cgroup made writable, so that its gate hands over
+    to systemd at once (the agent would too, at its next pass); a failure is the start's failure."""
+    if rt.host.cgroup_version != 1:
+        return
+    info = engine.find_container(container_id)
+    if info is None or not info.pid:
+        return
+    problem = cgroupns.open_systemd_cgroup(info.pid)
+    if problem is not None:
+        raise XmsError(f"{info.name or container_id[:12]}: {problem}.")
 
 
 def _ensure_agent(settings: Settings) -> str:
@@ -453,6 +477,7 @@ def _create_spec(
     plan: port_plans.PortPlan,
     image: str,
     budget_us: int = 0,
+    image_command: tuple[str, ...] = ("/sbin/init",),
 ) -> CreateSpec:
     labels = {
         MANAGED_LABEL: "true",
@@ -485,7 +510,7 @@ def _create_spec(
         cpu_rt_runtime=budget_us,
         # Time for the image's drain (its profile's [drain] grace) before the engine kills.
         stop_timeout=stop_timeout_s(profile),
-        **_systemd_mounts(rt, profile),
+        **_systemd_mounts(rt, profile, image_command),
     )
 
 

@@ -227,10 +227,11 @@ class WakeupProbes:
                         load_profile(name, self.settings.profile_dirs, installed_only=True).rt_priority if name else 50
                     )
                     samples = measure_samples(engine, c.id, priority, self.INTERVAL_US, self.PROBE_S)
-                except XmsError as exc:
-                    if self._failing.get(c.id) != exc.message:
-                        self.log(f"metrics: the wake-up probe in {c.name} failed: {exc.message}")
-                    self._failing[c.id] = exc.message
+                except Exception as exc:  # what a container prints is its own: any fault in reading it is its
+                    reason = exc.message if isinstance(exc, XmsError) else f"{type(exc).__name__}: {str(exc)[:200]}"
+                    if self._failing.get(c.id) != reason:
+                        self.log(f"metrics: the wake-up probe in {c.name} failed: {reason}")
+                    self._failing[c.id] = reason
                     continue
                 if self._failing.pop(c.id, None) is not None:
                     self.log(f"metrics: the wake-up probe in {c.name} runs again")
@@ -246,8 +247,9 @@ class WakeupProbes:
             while not self._stop.is_set():
                 try:
                     self.round()
-                except XmsError as exc:
-                    self.log(f"metrics: a wake-up probe round failed: {exc.message}")
+                except Exception as exc:  # the thread outlives any one round's fault, and says it
+                    reason = exc.message if isinstance(exc, XmsError) else f"{type(exc).__name__}: {str(exc)[:200]}"
+                    self.log(f"metrics: a wake-up probe round failed: {reason}")
                 self._stop.wait(self.every_s)
 
         thread = threading.Thread(target=loop, name="wakeup-probes", daemon=True)

@@ -74,8 +74,13 @@ def build_probe(cache_dir: Path | None = None, compiler: str = "cc") -> Path:
     digest = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
     directory = (cache_dir or default_cache_dir()) / f"probe-{digest}"
     binary = directory / "probe"
-    if binary.is_file():
+    if binary.is_file() and hostfiles.owned_by_us(binary, directory, directory.parent):
         return binary
+    if binary.exists() or not hostfiles.owned_by_us(directory.parent):
+        # A cache someone else could have written (HOME of another user under sudo): the binary runs as
+        # root, so it is built afresh in a directory of this process's own instead.
+        directory = Path(tempfile.mkdtemp(prefix="docker-xms-probe-"))
+        binary = directory / "probe"
     cc = hostproc.which(compiler)
     if cc is None:
         raise BadInput(
@@ -134,6 +139,11 @@ def parse_cyclictest_histogram(output: str) -> Percentiles:
     return histogram_percentiles(buckets, overflows, max_us)
 
 
+def _run_time_s(interval_us: int, count: int) -> float:
+    """How long a probe of `count` wake-ups may run: its own length, and 30 s to start and report."""
+    return interval_us * count / 1_000_000 + 30.0
+
+
 def _has_cyclictest(engine: Engine, container_id: str) -> bool:
     code, _ = engine.exec(container_id, ["cyclictest", "--help"])
     return code not in _EXEC_NOT_FOUND
@@ -141,7 +151,9 @@ def _has_cyclictest(engine: Engine, container_id: str) -> bool:
 
 def _run_cyclictest(engine: Engine, container_id: str, priority: int, interval_us: int, count: int) -> ProbeResult:
     cmd = ["cyclictest", "-q", "-m", "-p", str(priority), "-i", str(interval_us), "-l", str(count)]
-    code, out = engine.exec(container_id, [*cmd, "-h", str(HISTOGRAM_MAX_US)])
+    code, out = engine.exec(
+        container_id, [*cmd, "-h", str(HISTOGRAM_MAX_US)], timeout_s=_run_time_s(interval_us, count)
+    )
     if "Unable to change scheduling policy" in out or "failed to set priority" in out:
         raise SchedulingRefused("cyclictest", priority, out.strip().splitlines()[0])
     if code != 0:
@@ -174,7 +186,7 @@ def static_probe_samples(
     path = _put_probe(engine, container_id, hostfiles.load_bytes(build_probe(cache_dir)))
     cmd = [path, "-u", "-r", "-p", str(priority), "-i", str(interval_us), "-n", str(count)]
     try:
-        code, out = engine.exec(container_id, cmd)
+        code, out = engine.exec(container_id, cmd, timeout_s=_run_time_s(interval_us, count))
     finally:
         # The container is somebody's media server: nothing of the probe stays in it.
         engine.exec(container_id, ["rm", "-f", path])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from docker_xms.adapters import hostnet
+from docker_xms.adapters import cgroupns, hostnet
 from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.adapters.netfilter import Netfilter, Reconciled
@@ -19,7 +19,7 @@ from docker_xms.domain.labels import ADVERTISE_LABEL, forwards_from_labels, unre
 from docker_xms.domain.pool import Span
 from docker_xms.usecases.adoption import Adoption, adopt_locked, media_pool, with_plans
 from docker_xms.usecases.boundaries import EngineApi, NetfilterApi
-from docker_xms.usecases.rt import Rebalance, RtHost, rebalance_locked
+from docker_xms.usecases.rt import Rebalance, RtHost, managed_running, rebalance_locked
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,27 @@ class Reconciliation:
     rules: Reconciled | None
     # Containers adopted by label in this pass, and plans given back (see usecases/adoption.py).
     adoption: Adoption = field(default_factory=Adoption)
+    # Containers whose systemd cgroup was made writable in this pass, and why some could not be.
+    cgroups: tuple[str, ...] = ()
+
+
+def open_cgroups(rt: RtHost, running: Iterable[ContainerSummary]) -> tuple[str, ...]:
+    """Make each running container's own `name=systemd` subtree writable where its gate waits for it
+    (adapters/cgroupns.py): after a start by the engine (a restart policy, a reboot) or by anyone else.
+    A line per container opened, or per one that could not be."""
+    lines = []
+    for c in running:
+        pids = rt.fs.procs_under(rt.cgroup_of(c.id))
+        if not pids:
+            continue
+        pid = min(pids)
+        if not cgroupns.waiting_mount(pid):
+            continue
+        problem = cgroupns.open_systemd_cgroup(pid)
+        lines.append(
+            f"{c.name}: {problem}" if problem else f"systemd cgroup of {c.name} made writable (its own subtree)"
+        )
+    return tuple(lines)
 
 
 def published_ports(summaries: Iterable[ContainerSummary]) -> dict[str, set[tuple[str, int]]]:
@@ -113,8 +134,9 @@ def reconcile(rt: RtHost, netfilter: NetfilterApi | None = None) -> Reconciliati
         # First, so that a container started by Compose or Swarm has its plan before its rules are made.
         adoption = adopt_locked(rt.engine, rt.settings)
         budgets = rebalance_locked(rt)
+        opened = open_cgroups(rt, managed_running(rt.engine)) if rt.host.cgroup_version == 1 else ()
         rules = None
         if netfilter.available():
             netfilter.ensure_chains()
             rules = netfilter.reconcile(live_forwards(rt.engine, netfilter, adoption.plans, media_pool(rt.settings)))
-    return Reconciliation(budgets, rules, adoption)
+    return Reconciliation(budgets, rules, adoption, opened)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from docker_xms.adapters import cgroups, hostproc, pmqos
+from docker_xms.adapters import cgroups, hostnet, hostproc, pmqos
 from docker_xms.adapters.engine import ContainerInfo
 from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.hostlock import host_lock
@@ -39,6 +39,8 @@ class RtHost:
     # An upper bound on the pool, set by the user (rt_pool_us, DOCKER_XMS_RT_POOL_US).
     cap_us: int | None = None
     settings: Settings = field(default_factory=Settings)
+    # The ports a process of this host listens on, by protocol (hostnet.listening_ports): cut out of forwards.
+    listening: Callable[[], Mapping[str, set[int]]] = hostnet.listening_ports
 
     @property
     def lock_path(self) -> Path:
