@@ -182,16 +182,27 @@ def test_a_managed_container_can_write_no_cgroup_file_but_its_own_systemd_subtre
     assert summary["ready"] is True, summary["ready_state"]
     assert summary["rt_verified"] is True
     own = f"/docker/{summary['id']}"
-    # As the container's own root sees it (docker exec: its capabilities, its cgroup), the attacker's view.
-    mounts = inside(name, "cat", "/proc/self/mountinfo")
-    writable = []
-    for line in mounts.splitlines():
-        fields = line.split()
-        kind = fields[fields.index("-") + 1]
-        if kind in ("cgroup", "cgroup2") and "rw" in fields[5].split(","):
-            writable.append((fields[3], fields[4]))
-    # One writable cgroup mount, systemd's, rooted at the container's own group; none above it.
-    assert writable == [(own, "/sys/fs/cgroup/systemd")]
+
+    def writable(mountinfo: str) -> list[tuple[str, str]]:
+        out = []
+        for line in mountinfo.splitlines():
+            fields = line.split()
+            kind = fields[fields.index("-") + 1]
+            if kind in ("cgroup", "cgroup2") and "rw" in fields[5].split(","):
+                out.append((fields[3], fields[4]))
+        return out
+
+    # As the container's own root sees it (docker exec: its capabilities, its cgroup), the attacker's view:
+    # one writable cgroup mount, systemd's, at the root of its private cgroup namespace...
+    assert writable(inside(name, "cat", "/proc/self/mountinfo")) == [("/", "/sys/fs/cgroup/systemd")]
+    # ... which is the container's own group, as the host sees the same mount: none above it.
+    host_pid = json.loads(
+        subprocess.run(
+            ["docker", "inspect", "-f", "{{json .State.Pid}}", name], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    with open(f"/proc/{host_pid}/mountinfo") as mounts:
+        assert writable(mounts.read()) == [(own, "/sys/fs/cgroup/systemd")]
     attempt = (
         "for f in /sys/fs/cgroup/cpu/cpu.rt_runtime_us /sys/fs/cgroup/freezer/freezer.state "
         "/sys/fs/cgroup/cpu/cgroup.procs /sys/fs/cgroup/memory/memory.limit_in_bytes; do "
