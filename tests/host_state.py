@@ -53,7 +53,7 @@ def _children(group: Path) -> dict[str, int]:
 def running_managed(client: Any) -> dict[str, int]:
     """Running managed containers and their weights (the label, 1 when absent).
 
-    One whose weight label is not a whole number of 1 or more, or whose other labels cannot be read,
+    One whose weight label is not a whole number from 1 to 100, or whose other labels cannot be read,
     is no member: docker-xms leaves its budget as it is, like any other holder's.
     """
     found = {}

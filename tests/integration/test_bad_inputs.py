@@ -185,16 +185,16 @@ def _shares_without(client: Any, skipped: set[str]) -> dict[str, int]:
 @pytest.mark.parametrize(
     ("labels", "reason"),
     [
-        ({"io.docker-xms.rt-weight": "0"}, "label io.docker-xms.rt-weight='0' is not a whole number of 1 or more"),
+        ({"io.docker-xms.rt-weight": "0"}, "label io.docker-xms.rt-weight='0' is not a whole number from 1 to 100"),
         (
             {"io.docker-xms.rt-weight": "heavy"},
-            "label io.docker-xms.rt-weight='heavy' is not a whole number of 1 or more",
+            "label io.docker-xms.rt-weight='heavy' is not a whole number from 1 to 100",
         ),
         (
             # What a media range without a name used to give.
             {"io.docker-xms.dnat": "30000/udp/udp:30000-30009>30000-30009"},
             "label io.docker-xms.dnat='30000/udp/udp:30000-30009>30000-30009' is malformed; "
-            "expected rtp/udp:20000-24000>49152-53152",
+            "expected rtp/udp:20000-24000>49152-53152 (a name of up to 32 characters)",
         ),
     ],
     ids=["weight-0", "weight-text", "media-range"],
@@ -203,7 +203,7 @@ def test_a_container_whose_labels_cannot_be_read_is_skipped_and_reported(
     docker_client: Any, rtpengine_image: str, busybox_image: str, cleanup: None, labels: dict[str, str], reason: str
 ) -> None:
     bad = _by_hand(docker_client, busybox_image, f"{PREFIX}labels", labels)
-    sentence = f"Skipped {PREFIX}labels: {reason}; its budget and port rules are left as they are."
+    sentence = f"Skipped {PREFIX}labels: {reason}; it gets no share of the pool and no new port rule."
     # A run beside it still works, and gets its share by the kernel's rule.
     result = run_cli("run", "-c", "--no-wait", "--media-ports", "10", "--name", f"{PREFIX}ok", "--json")
     assert result.code == 0, result.err

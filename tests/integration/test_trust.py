@@ -13,12 +13,13 @@ import json
 import secrets
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.helpers import TEST_LABEL, run_cli
+from tests.helpers import TEST_LABEL, run_cli, wait_for
 from tests.integration.test_media_ports import run_json
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -212,3 +213,31 @@ def test_a_managed_container_can_write_no_cgroup_file_but_its_own_systemd_subtre
     tried = inside(name, "sh", "-c", attempt)
     # Nothing written; and no other container's group (nor the engine's parent) is even visible.
     assert tried.split() == ["0"], tried
+
+
+def test_a_hostile_chrt_cannot_stall_the_agent(docker_client: Any, rtpengine_image: str, hostile: Any) -> None:
+    """The agent checks SCHED_FIFO in every container it adopts (`chrt` inside it); an image's own `chrt` that
+    never ends, printing a byte now and then, holds its one loop for a bounded time only."""
+    from tests.helpers import agent_for_a_test
+    from tests.integration.test_agent import AgentProcess
+
+    tag = f"docker-xms-test/hostile-chrt:{secrets.token_hex(3)}"
+    dockerfile = (
+        f"FROM {rtpengine_image}\n"
+        "RUN printf '#!/bin/sh\\nwhile true; do printf x; sleep 20; done\\n' > /usr/bin/chrt && chmod 755 /usr/bin/chrt\n"
+    )
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+    hostile.images.append(tag)
+    with agent_for_a_test(AgentProcess()) as agent:
+        name = f"{PREFIX}victim-{secrets.token_hex(3)}"
+        victim = run_json("-c", "--ports", "dnat", "--no-wait", "--media-ports", "10", "--name", name)
+        wait_for(lambda: bool(dnat_spans(victim["id"])), 10, what="the victim's rules")
+        stalling = hostile(MANAGED, image=tag)
+        wait_for(lambda: f"adopted {stalling.name}" in agent.log(), 20, what="the hostile container adopted")
+        # Removed by hand while the agent runs the hostile chrt: its rules must still go promptly.
+        began = time.monotonic()
+        docker_client.containers.get(victim["id"]).remove(force=True)
+        wait_for(lambda: not rules_of(victim["id"]), 5, interval=0.05, what="the removed container's rules gone")
+        took = time.monotonic() - began
+        print(f"\nrules of a container removed by hand gone {took:.2f} s later, beside a hostile chrt")
+        wait_for(lambda: "stopped being read" in agent.log(), 10, what="the agent to give up on the hostile chrt")

@@ -26,7 +26,8 @@ def test_a_dnat_service_carries_what_run_gives_and_the_labels_the_agent_adopts_b
     service = data["services"]["rtpengine"]
     assert service["image"] == profile.image
     assert service["tmpfs"][:2] == ["/run", "/run/lock"]
-    assert service["volumes"] == ["/sys/fs/cgroup:/sys/fs/cgroup:ro"]
+    # Only the name=systemd hierarchy: no controller of the host's is reachable from the container.
+    assert service["volumes"] == ["/sys/fs/cgroup/systemd:/sys/fs/cgroup/systemd:rw"]
     assert service["cap_add"] == ["SYS_NICE"]
     assert service["stop_signal"] == "SIGRTMIN+3"
     assert service["network_mode"] == "bridge"
@@ -61,7 +62,7 @@ def test_a_stack_file_names_the_nodes_bridge_as_an_external_network_and_publishe
 
 def test_a_stack_file_gives_systemds_tmpfs_as_tmpfs_mounts_which_stack_deploy_keeps() -> None:
     # `docker stack deploy` drops `tmpfs`; systemd without a tmpfs on /run exits 255 at once.
-    for version, cgroup in ((1, ["/sys/fs/cgroup:/sys/fs/cgroup:ro"]), (2, [])):
+    for version, cgroup in ((1, ["/sys/fs/cgroup/systemd:/sys/fs/cgroup/systemd:rw"]), (2, [])):
         options = ComposeOptions(target="stack", cgroup_version=version)
         service = compose_file(load_profile("rtpengine"), options)["services"]["rtpengine"]
         assert "tmpfs" not in service

@@ -10,14 +10,38 @@ Written whole to a temporary file and renamed over the old one (adoption_store.s
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+from docker_xms.adapters import adoption_store
 from docker_xms.adapters.adoption_store import Plans, load, save
+from docker_xms.settings import Settings
 
 FILE_NAME = "containers.json"
 
-__all__ = ["FILE_NAME", "Plans", "load", "path_for", "save"]
+__all__ = ["FILE_NAME", "Plans", "engine_key", "load", "plans_path", "records_path", "save"]
 
 
-def path_for(state_dir: Path) -> Path:
-    return state_dir / FILE_NAME
+def engine_key(docker_host: str | None) -> str:
+    """What tells this host's engine apart in file names: "" for the local one, else a digest of its address.
+
+    Two engines on one host (another dockerd with its own socket) have containers of their own: each one's
+    records and plans are its own, so that a reconciliation against one never drops the other's.
+    """
+    if docker_host in (None, "", "unix:///var/run/docker.sock", "unix:///run/docker.sock"):
+        return ""
+    return "-" + hashlib.sha256(docker_host.encode()).hexdigest()[:12]
+
+
+def _keyed(path: Path, settings: Settings) -> Path:
+    return path.with_name(f"{path.stem}{engine_key(settings.docker_host)}{path.suffix}")
+
+
+def records_path(settings: Settings) -> Path:
+    """The records of the containers `run` created on the settings' engine."""
+    return _keyed(settings.state_dir / FILE_NAME, settings)
+
+
+def plans_path(settings: Settings) -> Path:
+    """The plans chosen for adopted containers of the settings' engine, beside the host lock."""
+    return _keyed(adoption_store.path_for(settings.lock_path), settings)

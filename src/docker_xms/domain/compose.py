@@ -35,6 +35,7 @@ STOP_MARGIN_S = 10
 # The reservation of a replica without --rt-ms: about a tenth of a node's default pool of 950 ms.
 DEFAULT_RT_MS = 95
 DAEMON_KEY = "node-generic-resources"
+SYSTEMD_HIERARCHY_BIND = "/sys/fs/cgroup/systemd:/sys/fs/cgroup/systemd:rw"
 
 Target = Literal["compose", "stack"]
 TARGETS: tuple[Target, ...] = ("compose", "stack")
@@ -88,8 +89,11 @@ def compose_file(profile: Profile, options: ComposeOptions) -> dict[str, Any]:
         # (see usecases/containers._systemd_mounts, which refuses hosts where systemd cannot boot).
         service["ulimits"] = {"rtprio": 99}
     else:
-        # Read-only, so systemd cannot make cpu sub-cgroups that would start with a 0 budget.
-        service["volumes"] = ["/sys/fs/cgroup:/sys/fs/cgroup:ro"]
+        # systemd needs a writable name=systemd hierarchy, and a Compose or Swarm service cannot ask for a
+        # private cgroup namespace: the host's name=systemd hierarchy alone (it controls no resource), and
+        # every controller the engine's own mount of the container's group, read-only (never the host's
+        # whole /sys/fs/cgroup, whose `ro` engines before 25 do not carry down to the controllers).
+        service["volumes"] = [SYSTEMD_HIERARCHY_BIND]
     if options.target == "stack":
         # `docker stack deploy` drops a service's `tmpfs` key (a Swarm service has tmpfs mounts only):
         # without a tmpfs on /run systemd mounts one itself, lacks CAP_SYS_ADMIN and exits 255 unlogged.

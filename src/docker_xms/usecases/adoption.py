@@ -42,11 +42,11 @@ def host_pool(settings: Settings) -> tuple[int, int]:
 
 
 def plans_path(settings: Settings) -> Path:
-    return adoption_store.path_for(settings.lock_path)
+    return records.plans_path(settings)
 
 
 def records_path(settings: Settings) -> Path:
-    return records.path_for(settings.state_dir)
+    return records.records_path(settings)
 
 
 def held_plans(settings: Settings) -> adoption_store.Plans:
@@ -136,8 +136,11 @@ def adopt_locked(engine: EngineApi, settings: Settings, pool: tuple[int, int] | 
     existing = {c.id for c in managed}
     running = [c for c in managed if c.running]
     running_ids = {c.id for c in running}
-    # Records of containers that are gone go; a stopped one keeps its host range (its rules come back with it).
-    recorded = {cid: labels for cid, labels in created.items() if cid in existing}
+    # Records of containers that are gone go (the engine asked about each, not only its list: a record lost
+    # by mistake would turn the container into an adopted one); a stopped one keeps its host range.
+    recorded = {
+        cid: labels for cid, labels in created.items() if cid in existing or engine.find_container(cid) is not None
+    }
     kept = {cid: labels for cid, labels in plans.items() if cid in running_ids and cid not in recorded}
     released = tuple(cid for cid in plans if cid not in kept)
     used = held_ranges(recorded) + held_ranges(kept)

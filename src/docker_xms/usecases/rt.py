@@ -80,15 +80,16 @@ class Holder:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A running managed container whose labels cannot be read: it keeps the budget it holds (counted
-    like a foreign holder's) and its port rules, and is reported instead of failing every reconcile."""
+    """A running managed container whose labels cannot be read or ask for what they may not: it gets no
+    share of the pool (what it holds counts like a foreign holder's) and no new port rule, and is reported
+    instead of failing every reconcile."""
 
     id: str
     name: str
     reason: str
 
     def sentence(self) -> str:
-        return f"Skipped {self.name}: {self.reason}; its budget and port rules are left as they are."
+        return f"Skipped {self.name}: {self.reason}; it gets no share of the pool and no new port rule."
 
 
 @dataclass(frozen=True)
@@ -509,11 +510,17 @@ class Verification:
         return self.fifo_allowed and bool(self.rt_threads) and not self.zero_budget_groups
 
 
+# How long the agent's checks inside a container (chrt, the raise script: milliseconds when the image is
+# honest) may take: the agent's one loop waits on them, and a hostile image's `chrt` must not hold back the
+# reconciliation of the others.
+IN_CONTAINER_S = 3.0
+
+
 def verify(rt: RtHost, ref: str) -> Verification:
     info = rt.engine.get_container(ref)
     if not info.running:
         raise BadInput(f"Container {info.name} is not running ({info.status}).")
-    code, out = rt.engine.exec(info.id, ["chrt", "--fifo", "1", "true"])
+    code, out = rt.engine.exec(info.id, ["chrt", "--fifo", "1", "true"], timeout_s=IN_CONTAINER_S)
     if code == 0:
         fifo, detail = True, "chrt --fifo 1 succeeded inside the container"
     elif code in (126, 127) or "executable file not found" in out:
@@ -550,7 +557,9 @@ def raise_threads(rt: RtHost, container_id: str, names: Iterable[str], priority:
     wanted = list(names)
     if not wanted:
         return []
-    code, out = rt.engine.exec(container_id, ["bash", "-c", _RAISE_SCRIPT, "raise", str(priority), *wanted])
+    code, out = rt.engine.exec(
+        container_id, ["bash", "-c", _RAISE_SCRIPT, "raise", str(priority), *wanted], timeout_s=IN_CONTAINER_S
+    )
     if code != 0:
         raise XmsError(f"Raising the real-time threads in {container_id[:12]} failed: {out.strip() or f'exit {code}'}.")
     return out.splitlines()
