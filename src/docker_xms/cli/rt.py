@@ -80,7 +80,7 @@ def status(as_json: bool) -> None:
 
 def _print_skipped(skipped: Sequence[Skipped]) -> None:
     for s in skipped:
-        console.print(f"[yellow]{escape(s.sentence())}[/]")
+        console.print(f"[yellow]{escape(s.sentence())}[/]", soft_wrap=True)
 
 
 @rt.command("rebalance")
