@@ -16,7 +16,9 @@ err_console = Console(stderr=True, highlight=False)
 
 
 def error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    # Escaped: a message may quote what a container carries (a label's value), and names such as
+    # `docker-xms[webrtc]` must print as written.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 def print_json(data: Any) -> None:
