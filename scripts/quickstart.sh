@@ -28,6 +28,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# Debian 13 and later ship the docker client apart from the engine (docker-cli); Debian 12's docker.io has it.
+if ! command -v docker >/dev/null 2>&1; then
+  echo "Installing docker-cli"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-cli >/dev/null
+fi
 
 python=""
 for candidate in python3 /usr/bin/python3; do
