@@ -151,3 +151,21 @@ def test_a_replica_whose_profile_is_unknown_gets_its_budget_and_is_reported(host
     assert "no-such-profile" in result.adoption.refused[0].sentence()
     assert host.runtime(odd) == 950_000
     assert host.netfilter.forwards == {}
+
+
+def test_the_adopt_setting_limits_which_containers_are_managed(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    host = make_host(tmp_path)
+    host.fs.write_runtime("/docker", 950_000)
+    host.rt = replace(host.rt, settings=replace(host.rt.settings, adopt="compose"))
+    replica = compose_replica(host, "shop_rtpengine_1")
+    by_hand = host.engine.add("by-hand", dict(ADOPTABLE))
+
+    result = reconcile(host.rt, host.netfilter)
+
+    assert [a.name for a in result.adoption.adopted] == ["shop_rtpengine_1"]
+    assert [s.name for s in result.budgets.skipped] == ["by-hand"]
+    assert "setting adopt" in result.budgets.skipped[0].reason
+    assert (host.runtime(replica), host.runtime(by_hand)) == (950_000, 0)
+    assert by_hand.id[:12] not in host.netfilter.forwards

@@ -31,7 +31,7 @@ host range's numbers, which `ps` shows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from docker_xms.domain.labels import (
     ADVERTISE_LABEL,
@@ -144,7 +144,10 @@ def outside_pool(labels: Mapping[str, str], pool: Sequence[Span]) -> str | None:
 
 
 def trusted_labels(
-    labels: Mapping[str, str], decided: Mapping[str, str] | None, pool: Sequence[Span]
+    labels: Mapping[str, str],
+    decided: Mapping[str, str] | None,
+    pool: Sequence[Span],
+    sources: Collection[str] | None = None,
 ) -> dict[str, str]:
     """A managed container's labels as docker-xms acts on them.
 
@@ -153,7 +156,8 @@ def trusted_labels(
     the labels keep only their requests (managed, profile, strategy, mode, weight): a container that
     copied another's labels, or an image that carries them, gains no rule and no range by them. A
     container whose labels cannot be read or ask for ports outside the pool is marked (REFUSED_LABEL),
-    so that every reader skips it and says why.
+    so that every reader skips it and says why; so is one from a source the `adopt` setting leaves out
+    (`sources`: the sources adopted from; None, all).
     """
     claimed = {k: v for k, v in labels.items() if k != REFUSED_LABEL}
     own = {k: v for k, v in claimed.items() if k not in DECIDED_KEYS}
@@ -163,4 +167,6 @@ def trusted_labels(
         problem = unreadable(claimed) or outside_pool(claimed, pool)
     except BadInput as exc:
         problem = exc.message
+    if not problem and sources is not None and source_of(claimed) not in sources:
+        problem = f"containers started by {source_of(claimed)} are not adopted here (setting adopt)"
     return {**own, REFUSED_LABEL: problem} if problem else own

@@ -9,7 +9,7 @@ plans hold (never from labels, which anyone can write).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -68,11 +68,22 @@ def held_ranges(plans: Mapping[str, Mapping[str, str]]) -> list[tuple[int, int]]
 
 
 def with_plans(
-    summaries: Iterable[ContainerSummary], plans: Mapping[str, Mapping[str, str]], pool: Sequence[Span]
+    summaries: Iterable[ContainerSummary],
+    plans: Mapping[str, Mapping[str, str]],
+    pool: Sequence[Span],
+    sources: Collection[str] | None = None,
 ) -> list[ContainerSummary]:
     """The containers as docker-xms acts on them: managed ones with what it decided for them in their labels
-    (domain/adoption.trusted_labels), the labels' own claims dropped."""
-    return [replace(s, labels=trusted_labels(s.labels, plans.get(s.id), pool)) if s.managed else s for s in summaries]
+    (domain/adoption.trusted_labels), the labels' own claims dropped; with `sources` (the adopt setting's),
+    one from another source is marked refused."""
+    return [
+        replace(s, labels=trusted_labels(s.labels, plans.get(s.id), pool, sources)) if s.managed else s
+        for s in summaries
+    ]
+
+
+def adopt_sources(settings: Settings) -> tuple[str, ...]:
+    return parse_adopt(settings.adopt)
 
 
 @dataclass(frozen=True)

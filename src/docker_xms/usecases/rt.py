@@ -135,7 +135,9 @@ def managed_running(engine: EngineApi, settings: Settings | None = None) -> list
     running = [c for c in engine.list_containers(all=False, label=f"{MANAGED_LABEL}=true") if c.running]
     if settings is None:
         return running
-    return adoption.with_plans(running, adoption.held_plans(settings), adoption.media_pool(settings))
+    return adoption.with_plans(
+        running, adoption.held_plans(settings), adoption.media_pool(settings), adoption.adopt_sources(settings)
+    )
 
 
 def readable(managed: Iterable[ContainerSummary]) -> tuple[list[ContainerSummary], tuple[Skipped, ...]]:
