@@ -138,5 +138,6 @@ def reconcile(rt: RtHost, netfilter: NetfilterApi | None = None) -> Reconciliati
         rules = None
         if netfilter.available():
             netfilter.ensure_chains()
-            rules = netfilter.reconcile(live_forwards(rt.engine, netfilter, adoption.plans, media_pool(rt.settings)))
+            live = live_forwards(rt.engine, netfilter, adoption.plans, media_pool(rt.settings), listeners=rt.listening)
+            rules = netfilter.reconcile(live)
     return Reconciliation(budgets, rules, adoption, opened)
