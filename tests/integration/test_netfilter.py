@@ -652,3 +652,22 @@ def test_a_chain_another_process_made_a_moment_before_counts_as_made(
     nf.ensure_chains()
     assert looks[0] == nf.nat_chain
     assert real("nat", nf.nat_chain)
+
+
+def test_an_iptables_killed_by_a_signal_is_tried_again_or_found_done(nf: Netfilter, tmp_path: Path) -> None:
+    """A storm of signals may kill an iptables on its way to exec (seen: `-X ...: exit status -2` in a
+    rollback): the change is checked, and made again when it is not there."""
+    marker = tmp_path / "killed"
+    wrapper = tmp_path / "iptables"
+    # The first call dies of SIGINT before doing anything; the others are the real iptables.
+    wrapper.write_text(f'#!/bin/sh\nif [ ! -e {marker} ]; then touch {marker}; kill -INT $$; fi\nexec iptables "$@"\n')
+    wrapper.chmod(0o755)
+    flaky = Netfilter(chain=nf.nat_chain, iptables=str(wrapper))
+    chain = f"{nf.nat_chain}-K"
+    try:
+        done = flaky._run("nat", ["-N", chain])
+        assert done.returncode == 0
+        assert marker.exists()
+        assert nf._exists("nat", chain)
+    finally:
+        subprocess.run(["iptables", "-w", "-t", "nat", "-X", chain], capture_output=True)

@@ -207,20 +207,47 @@ class Netfilter:
             yield
 
     def _run(self, table: str, args: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-        command = [self.iptables, "-w", str(int(self.timeout)), "-t", table, *args]
-        try:
-            # A process group of its own: a signal to ours (Ctrl-C on the terminal, kill -TERM -PGID) is
-            # for docker-xms to act on, and must not kill a rule change half-way, least of all a rollback's.
-            done = subprocess.run(
-                command, capture_output=True, text=True, timeout=self.timeout + 5, check=False, process_group=0
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise XmsError(f"Could not run {shlex.join(command)}: {exc}.") from None
+        done = self._spawn(table, args)
+        for _ in range(3):
+            if done.returncode >= 0:
+                break
+            # Killed by a signal (one that reached it before it left our process group, in a storm of them):
+            # done if its change is there, else tried again.
+            if self._in_effect(table, args):
+                return subprocess.CompletedProcess(done.args, 0, "", "")
+            done = self._spawn(table, args)
         if check and done.returncode != 0:
             message = (done.stderr or done.stdout).strip().splitlines()
             reason = message[-1] if message else f"exit status {done.returncode}"
             raise XmsError(f"iptables refused '{shlex.join(['-t', table, *args])}': {reason.rstrip('.')}.")
         return done
+
+    def _spawn(self, table: str, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        command = [self.iptables, "-w", str(int(self.timeout)), "-t", table, *args]
+        try:
+            # A process group of its own: a signal to ours (Ctrl-C on the terminal, kill -TERM -PGID) is
+            # for docker-xms to act on, and must not kill a rule change half-way, least of all a rollback's.
+            return subprocess.run(
+                command, capture_output=True, text=True, timeout=self.timeout + 5, check=False, process_group=0
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise XmsError(f"Could not run {shlex.join(command)}: {exc}.") from None
+
+    def _in_effect(self, table: str, args: Sequence[str]) -> bool:
+        """Whether a change that was cut short by a signal took effect all the same."""
+        if not args:
+            return False
+        op, rest = args[0], list(args[1:])
+        if op in ("-A", "-D") and rest:
+            present = self._spawn(table, ["-C", *rest]).returncode == 0
+            return present if op == "-A" else not present
+        if op == "-I" and len(rest) >= 2 and rest[1].isdigit():
+            return self._spawn(table, ["-C", rest[0], *rest[2:]]).returncode == 0
+        if op == "-X" and rest:
+            return self._spawn(table, ["-S", rest[0]]).returncode != 0
+        if op == "-N" and rest:
+            return self._spawn(table, ["-S", rest[0]]).returncode == 0
+        return False
 
     def _exists(self, table: str, chain: str) -> bool:
         return self._run(table, ["-S", chain], check=False).returncode == 0
