@@ -10,6 +10,7 @@ touches.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import secrets
 import subprocess
@@ -169,3 +170,10 @@ class Links:
 
     def close(self) -> None:
         _close(self.peers, self.bridge)
+
+
+def json_outputs(*processes: subprocess.Popen[str], timeout: float) -> list[Any]:
+    """What each process (a leg run in its namespace) printed as JSON, once every one has exited 0."""
+    done = [process.communicate(timeout=timeout) for process in processes]
+    assert all(process.returncode == 0 for process in processes), "".join(err for _, err in done)
+    return [json.loads(out) for out, _ in done]

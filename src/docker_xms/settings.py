@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from docker_xms.domain.pool import DEFAULT_ADOPT, DEFAULT_MEDIA_PORT_POOL
+
 DEFAULT_CONFIG = Path("/etc/docker-xms/config.toml")
 CONFIG_ENV = "DOCKER_XMS_CONFIG"
 DEFAULT_LOCK = Path("/run/docker-xms/host.lock")
@@ -71,8 +73,8 @@ class Settings:
     agent_lock: Path = Path("/run/docker-xms/agent.lock")
     # What docker-xms decided for the containers it created (forwards, weight, host ranges), kept across reboots.
     state_dir: Path = Path("/var/lib/docker-xms")
-    media_port_pool: str = "10000-32767,49152-53152,57344-57840"
-    adopt: str = "compose,swarm,docker"
+    media_port_pool: str = DEFAULT_MEDIA_PORT_POOL
+    adopt: str = DEFAULT_ADOPT
     # Where the settings were read from, so that an agent can be told to read the same.
     config_path: Path = DEFAULT_CONFIG
     # The user's profile directory ($XDG_CONFIG_HOME/docker-xms/profiles).

@@ -33,7 +33,7 @@ from docker_xms.adapters import hostnet
 from tests.helpers import run_cli
 from tests.integration.test_media_ports import port_row, run_json
 from tests.integration.test_sip_profile import MEDIA_PORT, sip_call
-from tests.peer_links import LinkPeer, Outside
+from tests.peer_links import LinkPeer, Outside, json_outputs
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -91,8 +91,8 @@ def ng_client(ng_port: int, command: str, *args: str) -> str:
     return result.stdout.split("New SDP:", 1)[-1]
 
 
-def sdp_for(address: str) -> str:
-    return f"v=0\no=- 1 1 IN IP4 {address}\ns=-\nc=IN IP4 {address}\nt=0 0\nm=audio {MEDIA_PORT} RTP/AVP 0\n"
+def sdp_for(address: str, port: int = MEDIA_PORT) -> str:
+    return f"v=0\no=- 1 1 IN IP4 {address}\ns=-\nc=IN IP4 {address}\nt=0 0\nm=audio {port} RTP/AVP 0\n"
 
 
 def media_of(sdp: str) -> tuple[str, int]:
@@ -131,11 +131,10 @@ def rtp_both_ways(caller: LinkPeer, callee: LinkPeer, call: NgCall) -> tuple[dic
         args = (peer.address, str(MEDIA_PORT), to[0], str(to[1]), str(PACKETS), str(at))
         return peer.popen(sys.executable, "-c", SENDER, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
-    a, b = start(caller, call.caller_sends_to), start(callee, call.callee_sends_to)
-    out_a, err_a = a.communicate(timeout=30)
-    out_b, err_b = b.communicate(timeout=30)
-    assert a.returncode == b.returncode == 0, err_a + err_b
-    return json.loads(out_a), json.loads(out_b)
+    at_caller, at_callee = json_outputs(
+        start(caller, call.caller_sends_to), start(callee, call.callee_sends_to), timeout=30
+    )
+    return at_caller, at_callee
 
 
 @pytest.mark.parametrize("mode", ["1:1", "-c"])

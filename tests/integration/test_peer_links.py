@@ -31,7 +31,7 @@ import pytest
 
 from tests.helpers import wait_for
 from tests.integration.test_media_ports import port_row, run_json
-from tests.integration.test_outside import media_of, ng_client
+from tests.integration.test_outside import media_of, ng_client, sdp_for
 from tests.integration.test_sip_profile import (
     MEDIA_PORT,
     PCAP,
@@ -39,9 +39,9 @@ from tests.integration.test_sip_profile import (
     bridge_subnet,
     numsessions,
     pcap_packets,
-    sipp_stats,
+    sipp_call,
 )
-from tests.peer_links import LinkPeer, Links, Peer
+from tests.peer_links import LinkPeer, Links, Peer, json_outputs
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -124,10 +124,6 @@ def _name(kind: str) -> str:
     return f"rtp-link-{kind}-{secrets.token_hex(3)}"
 
 
-def sdp_for(address: str, port: int) -> str:
-    return f"v=0\no=- 1 1 IN IP4 {address}\ns=-\nc=IN IP4 {address}\nt=0 0\nm=audio {port} RTP/AVP 0\n"
-
-
 @dataclass(frozen=True)
 class Call:
     call_id: str
@@ -175,11 +171,8 @@ def run_legs(caller: LinkPeer, callee: LinkPeer, calls: list[Call]) -> tuple[lis
             stderr=subprocess.PIPE,
         )
 
-    a, b = leg(caller, True), leg(callee, False)
-    out_a, err_a = a.communicate(timeout=60)
-    out_b, err_b = b.communicate(timeout=60)
-    assert a.returncode == b.returncode == 0, err_a + err_b
-    return json.loads(out_a), json.loads(out_b)
+    at_caller, at_callee = json_outputs(leg(caller, True), leg(callee, False), timeout=60)
+    return at_caller, at_callee
 
 
 @pytest.mark.parametrize("mode", ["1:1", "-c"])
@@ -260,31 +253,10 @@ def test_a_sip_call_whose_callee_sends_from_the_start_is_heard_both_ways(
     assert summary["ready"] is True, summary["ready_state"]
     sip_port = int(port_row(summary, "sip")["host"])
     played = pcap_packets(PCAP)
-    sipps: list[subprocess.Popen[str]] = []
-    try:
-        uas = callee.popen(
-            "sipp", "-sf", str(UAS_SCENARIO), "-i", callee.address, "-p", "5060", "-mi", callee.address,
-            "-mp", str(MEDIA_PORT), "-m", "1", "-nostdin", "-timeout", "60s", "-trace_err", "-error_file",
-            str(tmp_path / "uas-errors.log"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        sipps.append(uas)
-        time.sleep(0.5)
-        stats_file = tmp_path / "uac-stats.csv"
-        uac = caller.popen(
-            "sipp", f"{callee.address}:5060", "-rsa", f"{links.advertised}:{sip_port}", "-sf", str(SCENARIO),
-            "-i", caller.address, "-p", "5060", "-mi", caller.address, "-mp", str(MEDIA_PORT), "-m", "1",
-            "-nostdin", "-timeout", "60s", "-trace_stat", "-stf", str(stats_file), "-trace_err",
-            "-error_file", str(tmp_path / "uac-errors.log"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        sipps.append(uac)
-        uac_code, uas_code = uac.wait(timeout=60), uas.wait(timeout=30)
-        errors = "".join(p.read_text() for p in tmp_path.glob("*-errors.log"))
-        assert (uac_code, uas_code) == (0, 0), errors or (uac.stderr.read() if uac.stderr else "")
-    finally:
-        for sipp in sipps:
-            sipp.kill()
-            sipp.wait()
-    stats = sipp_stats(stats_file)
+    # The callee plays its own recording from the ACK on, to the address its SDP names: no echo.
+    stats, _ = sipp_call(
+        caller, callee, (links.advertised, sip_port), tmp_path, ("-sf", str(UAS_SCENARIO)), lambda: None
+    )
     (caller_from_advertised, caller_in), (callee_from_advertised, callee_in) = (
         counters(caller, "INPUT"),
         counters(callee, "INPUT"),

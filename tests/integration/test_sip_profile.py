@@ -15,9 +15,9 @@ import shutil
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -148,13 +148,24 @@ def test_sip_profile_is_ready_and_answers_options(sip_container: dict[str, Any])
     assert not [p for p in sip_container["ports"] if p["name"] == "ng"]
 
 
-def sip_call(name: str, proxy: tuple[str, int], caller: Peer, callee: Peer, tmp_path: Path, what: str) -> None:
-    """One SIPp call through the proxy: answered, its media echoed back, torn down, no session left."""
-    expected = pcap_packets(PCAP)
+T = TypeVar("T")
+
+
+def sipp_call(
+    caller: Peer,
+    callee: Peer,
+    proxy: tuple[str, int],
+    tmp_path: Path,
+    callee_scenario: Sequence[str],
+    during: Callable[[], T],
+) -> tuple[dict[str, int], T]:
+    """One SIPp call through the proxy: the callee (`callee_scenario`: SIPp's built-in echo, or a scenario
+    file) listening first, the caller playing the G.711 recording; both end without error. The caller's
+    statistics, and what `during` gave while the call ran."""
     sipps: list[subprocess.Popen[str]] = []
     try:
         uas = callee.popen(
-            "sipp", "-sn", "uas", "-rtp_echo", "-i", callee.address, "-p", "5060", "-mi", callee.address,
+            "sipp", *callee_scenario, "-i", callee.address, "-p", "5060", "-mi", callee.address,
             "-mp", str(MEDIA_PORT), "-m", "1", "-nostdin", "-timeout", "60s", "-trace_err", "-error_file",
             str(tmp_path / "uas-errors.log"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
@@ -168,27 +179,40 @@ def sip_call(name: str, proxy: tuple[str, int], caller: Peer, callee: Peer, tmp_
             "-error_file", str(tmp_path / "uac-errors.log"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         sipps.append(uac)
-        during = wait_for(lambda: numsessions(name), timeout=8, interval=0.5, what="an rtpengine session")
+        seen = during()
         uac_code, uas_code = uac.wait(timeout=60), uas.wait(timeout=30)
         errors = "".join(p.read_text() for p in tmp_path.glob("*-errors.log"))
         assert (uac_code, uas_code) == (0, 0), errors or (uac.stderr.read() if uac.stderr else "")
-        stats = sipp_stats(stats_file)
-        sent, echoed_back = caller.count("OUTPUT"), caller.count("INPUT")
-        reached_callee, echoed = callee.count("INPUT"), callee.count("OUTPUT")
-        wait_for(lambda: numsessions(name) == 0, timeout=10, what="no rtpengine session left")
-        print(
-            f"\nsip {what}: calls {stats['OutgoingCall(C)']}, successful {stats['SuccessfulCall(C)']}, "
-            f"failed {stats['FailedCall(C)']}; rtpengine sessions during {during}, after 0; RTP packets: pcap "
-            f"{expected}, caller sent {sent}, callee received {reached_callee}, callee echoed {echoed}, "
-            f"caller received {echoed_back}"
-        )
-        assert (stats["OutgoingCall(C)"], stats["SuccessfulCall(C)"], stats["FailedCall(C)"]) == (1, 1, 0)
-        assert during == 1
-        assert (sent, reached_callee, echoed, echoed_back) == (expected, expected, expected, expected)
+        return sipp_stats(stats_file), seen
     finally:
         for sipp in sipps:
             sipp.kill()
             sipp.wait()
+
+
+def sip_call(name: str, proxy: tuple[str, int], caller: Peer, callee: Peer, tmp_path: Path, what: str) -> None:
+    """One SIPp call through the proxy: answered, its media echoed back, torn down, no session left."""
+    expected = pcap_packets(PCAP)
+    stats, during = sipp_call(
+        caller,
+        callee,
+        proxy,
+        tmp_path,
+        ("-sn", "uas", "-rtp_echo"),
+        lambda: wait_for(lambda: numsessions(name), timeout=8, interval=0.5, what="an rtpengine session"),
+    )
+    sent, echoed_back = caller.count("OUTPUT"), caller.count("INPUT")
+    reached_callee, echoed = callee.count("INPUT"), callee.count("OUTPUT")
+    wait_for(lambda: numsessions(name) == 0, timeout=10, what="no rtpengine session left")
+    print(
+        f"\nsip {what}: calls {stats['OutgoingCall(C)']}, successful {stats['SuccessfulCall(C)']}, "
+        f"failed {stats['FailedCall(C)']}; rtpengine sessions during {during}, after 0; RTP packets: pcap "
+        f"{expected}, caller sent {sent}, callee received {reached_callee}, callee echoed {echoed}, "
+        f"caller received {echoed_back}"
+    )
+    assert (stats["OutgoingCall(C)"], stats["SuccessfulCall(C)"], stats["FailedCall(C)"]) == (1, 1, 0)
+    assert during == 1
+    assert (sent, reached_callee, echoed, echoed_back) == (expected, expected, expected, expected)
 
 
 def test_a_call_through_the_proxy_is_answered_and_its_media_relayed_by_rtpengine(

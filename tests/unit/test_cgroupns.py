@@ -55,3 +55,14 @@ def test_nothing_is_done_for_a_process_that_is_gone_or_does_not_wait(tmp_path: P
     assert open_systemd_cgroup(999999, tmp_path) is None
     proc = proc_with(tmp_path, "")
     assert open_systemd_cgroup(4242, proc) is None
+
+
+def test_a_pid_given_to_another_process_meanwhile_is_not_entered(tmp_path: Path) -> None:
+    """The namespace handle is taken first, then the process must still show the waiting mount: a pid reused
+    by a host process between the look and the remount is refused, never entered."""
+    from docker_xms.adapters.cgroupns import _remount
+
+    proc = proc_with(tmp_path, "")  # now a process without the waiting mount holds pid 4242
+    (proc / "4242" / "ns").mkdir()
+    (proc / "4242" / "ns" / "mnt").write_text("")
+    assert _remount(4242, proc) == "the process left before its namespace was entered"

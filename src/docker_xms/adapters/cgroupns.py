@@ -11,38 +11,25 @@ makes that one mount writable in the container's mount namespace (a bind remount
 flag, not the hierarchy's) and the gate hands PID 1 over to systemd. The container can then write its own
 subtree of that hierarchy, and no other cgroup file at all.
 
-The remount is done by a short-lived process of docker-xms's own Python that enters only the container's
-mount namespace, checks that the path is a cgroup file system (statfs), and calls mount(2): no program of
-the container's runs with the host's privileges.
+The remount is done by a short-lived process of docker-xms's own (this module, run with `-m`) that enters
+only the container's mount namespace, checks that the path is a cgroup file system (statfs), and calls
+mount(2): no program of the container's runs with the host's privileges.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 SYSTEMD_MOUNT = "/sys/fs/cgroup/systemd"
 
-# Run by `sys.executable -I -c`: argv[1] the pid whose mount namespace to enter, argv[2] the mount point.
-_REMOUNT = r"""
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNS, CGROUP_SUPER_MAGIC = 0x00020000, 0x27E0EB
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_RELATIME = 2, 4, 8, 32, 4096, 1 << 21
-fd = os.open(f"/proc/{int(sys.argv[1])}/ns/mnt", os.O_RDONLY)
-if libc.setns(fd, CLONE_NEWNS) != 0:
-    sys.exit(f"setns: {os.strerror(ctypes.get_errno())}")
-target = sys.argv[2].encode()
-buf = ctypes.create_string_buffer(256)
-if libc.statfs(target, buf) != 0:
-    sys.exit(f"statfs: {os.strerror(ctypes.get_errno())}")
-if int.from_bytes(buf.raw[:8], sys.byteorder) != CGROUP_SUPER_MAGIC:
-    sys.exit("not a cgroup file system")
-flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RELATIME
-if libc.mount(None, target, None, flags, None) != 0:
-    sys.exit(f"mount: {os.strerror(ctypes.get_errno())}")
-"""
+_CLONE_NEWNS = 0x00020000
+_CGROUP_SUPER_MAGIC = 0x27E0EB
+# Per-mount flags kept as the engine set them; MS_REMOUNT | MS_BIND changes the mount point's flags only.
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT, _MS_BIND, _MS_RELATIME = 2, 4, 8, 32, 4096, 1 << 21
 
 
 def waiting_mount(pid: int, proc_root: Path = Path("/proc")) -> bool:
@@ -71,8 +58,9 @@ def open_systemd_cgroup(pid: int, proc_root: Path = Path("/proc")) -> str | None
     if not waiting_mount(pid, proc_root):
         return None
     try:
+        # A process of its own: entering a mount namespace needs a single-threaded caller.
         done = subprocess.run(
-            [sys.executable, "-I", "-c", _REMOUNT, str(pid), SYSTEMD_MOUNT],
+            [sys.executable, "-I", "-m", "docker_xms.adapters.cgroupns", str(pid)],
             capture_output=True,
             text=True,
             timeout=10,
@@ -84,3 +72,31 @@ def open_systemd_cgroup(pid: int, proc_root: Path = Path("/proc")) -> str | None
         reason = (done.stderr.strip().splitlines() or ["exit status " + str(done.returncode)])[-1]
         return f"could not make its systemd cgroup writable: {reason[:200]}"
     return None
+
+
+def _remount(pid: int, proc_root: Path = Path("/proc")) -> str | None:
+    """In this single-threaded process: enter the container's mount namespace and make its systemd mount
+    writable; why not, or None when done."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(proc_root / str(pid) / "ns" / "mnt", os.O_RDONLY)
+    # The pid may have ended and been given to another process since it was looked at: the namespace held
+    # is the container's only if the process still shows the waiting mount now that the handle is held.
+    if not waiting_mount(pid, proc_root):
+        return "the process left before its namespace was entered"
+    if libc.setns(fd, _CLONE_NEWNS) != 0:
+        return f"setns: {os.strerror(ctypes.get_errno())}"
+    target = SYSTEMD_MOUNT.encode()
+    buf = ctypes.create_string_buffer(256)
+    if libc.statfs(target, buf) != 0:
+        return f"statfs: {os.strerror(ctypes.get_errno())}"
+    if int.from_bytes(buf.raw[:8], sys.byteorder) != _CGROUP_SUPER_MAGIC:
+        return "not a cgroup file system"
+    flags = _MS_REMOUNT | _MS_BIND | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC | _MS_RELATIME
+    if libc.mount(None, target, None, flags, None) != 0:
+        return f"mount: {os.strerror(ctypes.get_errno())}"
+    return None
+
+
+if __name__ == "__main__":
+    problem = _remount(int(sys.argv[1]))
+    sys.exit(problem)

@@ -129,18 +129,7 @@ class Netfilter:
             return False
 
     def list_forwards(self) -> list[Forward]:
-        sources: dict[tuple[str, str, str], str] = {}
-        for (cid, name), args in self._owned("nat", self.post_chain):
-            source, sport = _option(args, "--to-source"), _option(args, "--sport")
-            if _target(args) == "SNAT" and source is not None and sport is not None:
-                sources[(cid, name, sport)] = source
-        out: list[Forward] = []
-        for (cid, name), args in self._owned("nat", self.nat_chain):
-            spec = _parse_dnat(name, args)
-            if spec is not None:
-                sport = _span(spec.container_start, spec.container_end, ":")
-                out.append(Forward(cid, spec.leaving_from(sources.get((cid, name, sport), ""))))
-        return out
+        return _forwards_of(self._owned("nat", self.nat_chain), self._owned("nat", self.post_chain))
 
     # Changing
 
@@ -163,15 +152,18 @@ class Netfilter:
         changed: set[DnatForward] = set()
         with self._locked():
             self._ensure_chains()
+            owned = {(table, chain): self._owned(table, chain) for table, chain in self._chains()}
             have: dict[str, Counter[_Rule]] = {}
-            for table, chain in self._chains():
-                for (cid, _), args in self._owned(table, chain):
+            for (table, chain), rules in owned.items():
+                for (cid, _), args in rules:
                     have.setdefault(cid, Counter())[_Rule(table, chain, tuple(args))] += 1
-            held = self._held_forwards()
+            held: dict[str, set[DnatForward]] = {}
+            for forward in _forwards_of(owned[("nat", self.nat_chain)], owned[("nat", self.post_chain)]):
+                held.setdefault(forward.container_id, set()).add(_unplaced(forward.spec))
             for cid in sorted(set(have) - set(wanted)):
                 self._remove_owner(cid)
                 removed.append(cid)
-                changed.update(held.get(cid, ()))
+                changed |= held.get(cid, set())
             if any(planned.values()):
                 self._localnet_on()
             for cid, specs in wanted.items():
@@ -181,20 +173,13 @@ class Netfilter:
                     self._remove_owner(cid)
                 self._add_all(planned[cid])
                 added.append(cid)
-                old = {_unplaced(f) for f in held.get(cid, ())}
-                new = {_unplaced(f) for f in specs}
-                changed.update(f for f in (*held.get(cid, ()), *specs) if _unplaced(f) in old.symmetric_difference(new))
+                # Forwards that came or went (not those only leaving from another address now).
+                changed |= held.get(cid, set()) ^ {_unplaced(f) for f in specs}
             if not any(planned.values()):
                 self._localnet_off()
             if changed:
                 self.conntrack.forget(sorted(changed, key=lambda f: (f.protocol, f.host_start)))
         return Reconciled(tuple(removed), tuple(added))
-
-    def _held_forwards(self) -> dict[str, list[DnatForward]]:
-        out: dict[str, list[DnatForward]] = {}
-        for forward in self.list_forwards():
-            out.setdefault(forward.container_id, []).append(forward.spec)
-        return out
 
     # Inside
 
@@ -494,6 +479,24 @@ def _check_spec(spec: DnatForward) -> None:
             raise BadInput(f"Ports {low}-{high} of {where} must lie within 1-65535, low to high.")
     if spec.host_end - spec.host_start != spec.container_end - spec.container_start:
         raise BadInput(f"The host and container ranges of {where} differ in size.")
+
+
+def _forwards_of(
+    nat: Sequence[tuple[tuple[str, str], list[str]]], post: Sequence[tuple[tuple[str, str], list[str]]]
+) -> list[Forward]:
+    """The forwards the owned DNAT rules hold, each with the address its SNAT rule (if any) sends media from."""
+    sources: dict[tuple[str, str, str], str] = {}
+    for (cid, name), args in post:
+        source, sport = _option(args, "--to-source"), _option(args, "--sport")
+        if _target(args) == "SNAT" and source is not None and sport is not None:
+            sources[(cid, name, sport)] = source
+    out: list[Forward] = []
+    for (cid, name), args in nat:
+        spec = _parse_dnat(name, args)
+        if spec is not None:
+            sport = _span(spec.container_start, spec.container_end, ":")
+            out.append(Forward(cid, spec.leaving_from(sources.get((cid, name, sport), ""))))
+    return out
 
 
 def _unplaced(spec: DnatForward) -> DnatForward:

@@ -19,7 +19,7 @@ from docker_xms.settings import Settings
 
 FILE_NAME = "containers.json"
 
-__all__ = ["FILE_NAME", "Plans", "engine_key", "load", "plans_path", "records_path", "save"]
+__all__ = ["FILE_NAME", "Plans", "decided", "engine_key", "load", "plans_path", "records_path", "save"]
 
 
 def engine_key(docker_host: str | None) -> str:
@@ -45,3 +45,9 @@ def records_path(settings: Settings) -> Path:
 def plans_path(settings: Settings) -> Path:
     """The plans chosen for adopted containers of the settings' engine, beside the host lock."""
     return _keyed(adoption_store.path_for(settings.lock_path), settings)
+
+
+def decided(settings: Settings) -> Plans:
+    """What docker-xms decided for each managed container of the settings' engine, by id: its records of the
+    containers `run` created over the plans chosen for adopted ones (for readers; no lock needed)."""
+    return {**load(plans_path(settings)), **load(records_path(settings))}

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from docker_xms.domain.forwards import DnatForward
 from docker_xms.domain.labels import LABEL_DNAT, LABEL_HOST_MEDIA, LABEL_STRATEGY, STRATEGIES
+from docker_xms.domain.pool import merge
 from docker_xms.domain.profiles import MANAGEMENT_ROLES, PortSpec
 from docker_xms.errors import BadInput
 
@@ -88,7 +89,7 @@ class PortPlan:
 
     @property
     def host_media_ranges(self) -> tuple[tuple[int, int], ...]:
-        return tuple(_merge((m.host_start, m.host_end) for m in self.media))
+        return tuple(merge((m.host_start, m.host_end) for m in self.media))
 
     def labels(self) -> dict[str, str]:
         out = {LABEL_STRATEGY: self.strategy}
@@ -198,7 +199,7 @@ def ephemeral_outside(
     """An ephemeral range clear of `taken`: None when the default is clear; else the widest free stretch of
     the default if it holds `minimum` ports, else the widest free stretch of 1024-65535.
     """
-    spans = _merge(taken)
+    spans = merge(taken)
     if not any(_overlap(default, span) for span in spans):
         return None
     for low, high in (default, (1024, 65535)):
@@ -440,13 +441,3 @@ def _runs(ports: Sequence[tuple[PortSpec, int]]) -> tuple[MediaRange, ...]:
         else:
             out.append(MediaRange(spec.name, spec.protocol, port, port, port, port))
     return tuple(out)
-
-
-def _merge(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for a, b in sorted(spans):
-        if out and a <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from docker_xms.adapters import adoption_store, hostnet, hostproc, records
 from docker_xms.adapters.engine_list import ContainerSummary
@@ -41,23 +40,14 @@ def host_pool(settings: Settings) -> tuple[int, int]:
     return allocation_block(media_pool(settings), low)
 
 
-def plans_path(settings: Settings) -> Path:
-    return records.plans_path(settings)
-
-
-def records_path(settings: Settings) -> Path:
-    return records.records_path(settings)
-
-
 def held_plans(settings: Settings) -> adoption_store.Plans:
-    """What docker-xms decided for each managed container, by id: its record of the containers it created,
-    and the plans it chose for adopted ones; for readers that do not change them (no lock needed)."""
-    return {**adoption_store.load(plans_path(settings)), **records.load(records_path(settings))}
+    """What docker-xms decided for each managed container, by id (adapters/records.decided)."""
+    return records.decided(settings)
 
 
 def record(settings: Settings, container_id: str, labels: dict[str, str]) -> None:
     """Keep what `run` decided for a container it has just created; the caller holds the host lock."""
-    path = records_path(settings)
+    path = records.records_path(settings)
     kept = records.load(path)
     kept[container_id] = {k: v for k, v in labels.items() if k != MANAGED_LABEL}
     records.save(path, kept)
@@ -141,7 +131,7 @@ def set_ephemeral(engine: EngineApi, adopted: Adopted) -> str | None:
 def adopt_locked(engine: EngineApi, settings: Settings, pool: tuple[int, int] | None = None) -> Adoption:
     """Keep the plans of adopted containers and the records of created ones right; the caller holds the host
     lock. The plans returned are every decision in force: the records and the plans."""
-    path, kept_path = plans_path(settings), records_path(settings)
+    path, kept_path = records.plans_path(settings), records.records_path(settings)
     plans, created = adoption_store.load(path), records.load(kept_path)
     managed = engine.list_containers(all=True, label=f"{MANAGED_LABEL}=true")
     existing = {c.id for c in managed}

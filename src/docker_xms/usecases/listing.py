@@ -31,7 +31,7 @@ def managed_summaries(settings: Settings) -> list[ContainerSummary]:
     Each shows what docker-xms decided for it (its record, or the plan chosen for an adopted one) as if its
     labels carried it; a label's own claim shows nothing.
     """
-    plans = {**records.load(records.plans_path(settings)), **records.load(records.records_path(settings))}
+    plans = records.decided(settings)
     path = engine_list.local_socket(settings.docker_host)
     if path is not None:
         return _with_plans(engine_list.list_containers(path, label=f"{MANAGED_LABEL}=true"), plans, settings)

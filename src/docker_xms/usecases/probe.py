@@ -64,6 +64,10 @@ def probe_source() -> bytes:
     return hostfiles.package_asset("assets/probe/probe.c")
 
 
+# Where the probe is built when the user's cache is not theirs alone.
+PRIVATE_CACHE = Path("/var/cache/docker-xms")
+
+
 def default_cache_dir() -> Path:
     return hostfiles.user_cache_dir()
 
@@ -74,13 +78,15 @@ def build_probe(cache_dir: Path | None = None, compiler: str = "cc") -> Path:
     digest = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
     directory = (cache_dir or default_cache_dir()) / f"probe-{digest}"
     binary = directory / "probe"
-    if binary.is_file() and hostfiles.owned_by_us(binary, directory, directory.parent):
-        return binary
-    if binary.exists() or not hostfiles.owned_by_us(directory.parent):
-        # A cache someone else could have written (HOME of another user under sudo): the binary runs as
-        # root, so it is built afresh in a directory of this process's own instead.
-        directory = Path(tempfile.mkdtemp(prefix="docker-xms-probe-"))
+    if not hostfiles.owned_by_us(binary, directory, directory.parent):
+        # A cache someone else could write (the HOME of another user under sudo): the binary runs with this
+        # process's privileges, so it is kept under /var/cache, where only root may write, instead.
+        directory = PRIVATE_CACHE / f"probe-{digest}"
         binary = directory / "probe"
+        if not hostfiles.owned_by_us(binary, directory, PRIVATE_CACHE):
+            raise BadInput(f"{PRIVATE_CACHE} may be written by another user; make it root's alone (chmod 700).")
+    if binary.is_file():
+        return binary
     cc = hostproc.which(compiler)
     if cc is None:
         raise BadInput(

@@ -19,7 +19,7 @@ from docker_xms.domain.labels import ADVERTISE_LABEL, forwards_from_labels, unre
 from docker_xms.domain.pool import Span
 from docker_xms.usecases.adoption import Adoption, adopt_locked, media_pool, with_plans
 from docker_xms.usecases.boundaries import EngineApi, NetfilterApi
-from docker_xms.usecases.rt import Rebalance, RtHost, managed_running, rebalance_locked
+from docker_xms.usecases.rt import Rebalance, RtHost, managed_running, readable, rebalance_locked
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,9 @@ def reconcile(rt: RtHost, netfilter: NetfilterApi | None = None) -> Reconciliati
         # First, so that a container started by Compose or Swarm has its plan before its rules are made.
         adoption = adopt_locked(rt.engine, rt.settings)
         budgets = rebalance_locked(rt)
-        opened = open_cgroups(rt, managed_running(rt.engine)) if rt.host.cgroup_version == 1 else ()
+        # Only those docker-xms acts on: not one skipped for its labels or left out by the adopt setting.
+        acted_on, _ = readable(managed_running(rt.engine, rt.settings))
+        opened = open_cgroups(rt, acted_on) if rt.host.cgroup_version == 1 else ()
         rules = None
         if netfilter.available():
             netfilter.ensure_chains()
