@@ -13,13 +13,15 @@ import docker
 import pytest
 
 from tests import host_state
-from tests.helpers import BASE_IMAGE, RTPENGINE_IMAGE, TEST_LABEL, run_cli
+from tests.helpers import BASE_IMAGE, RTPENGINE_IMAGE, SUITE_LABEL, TEST_LABEL, run_cli
 
 BUSYBOX_IMAGE = "docker-xms-test/busybox:latest"
 
 # Every docker-xms the suite starts, through run_cli or not, leaves no agent behind it; the tests of
 # `run` starting one ask for it and stop it.
 os.environ["DOCKER_XMS_START_AGENT"] = "0"
+# Every container the suite's `docker-xms run`s create carries the suite's label as well.
+os.environ["DOCKER_XMS_LABELS"] = f"{SUITE_LABEL}=1"
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +43,7 @@ def host_as_found(engine_client: Any) -> Iterator[None]:
     with its budget at the end; every other container must then be exactly as it was.
     """
     client = engine_client
+    _remove_what_an_interrupted_run_left(client)
     before = host_state.snapshot(client)
     demo = next((cid for cid, f in before.items() if f.name == host_state.DEMO and f.status == "running"), None)
     if demo is not None:
@@ -58,6 +61,23 @@ def host_as_found(engine_client: Any) -> Iterator[None]:
             problems.append(f"could not start {host_state.DEMO} again: {result.err}")
     problems += host_state.differences(client, before, {demo} if demo else set())
     assert not problems, "the test run changed what it found on the host:\n" + "\n".join(problems)
+
+
+def _remove_what_an_interrupted_run_left(client: Any) -> None:
+    """A run that was cut short (killed, the machine stopped) leaves its containers: only the suite's own
+    labels mark them, and they would hold names, ports and budgets this run needs."""
+    left = {
+        c.id: c
+        for label in (TEST_LABEL, SUITE_LABEL)
+        for c in client.containers.list(all=True, filters={"label": label})
+    }
+    if not left:
+        return
+    print(f"\nremoving {len(left)} containers an earlier, interrupted test run left:", *(c.name for c in left.values()))
+    for container in left.values():
+        container.remove(force=True)
+    result = run_cli("rt", "rebalance", timeout=120)
+    assert result.code == 0, f"rt rebalance after removing them failed: {result.err}"
 
 
 @pytest.fixture(scope="session")

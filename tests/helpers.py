@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TEST_LABEL = "io.docker-xms.test"
+# On every container the suite has `docker-xms run` create (through the labels setting, set in conftest):
+# what a run that was cut short left behind is found by it, and only by it.
+SUITE_LABEL = "docker-xms-tests.suite"
 RTPENGINE_IMAGE = os.environ.get("DOCKER_XMS_RTPENGINE_IMAGE", "docker-xms/rtpengine:latest")
 BASE_IMAGE = "docker-xms-test/debian12-systemd:latest"
 

@@ -51,6 +51,7 @@ KEYS: tuple[Key, ...] = (
     Key("state_dir", "DOCKER_XMS_STATE_DIR", "path", "where docker-xms keeps what it decided for its containers"),
     Key("media_port_pool", "DOCKER_XMS_MEDIA_PORT_POOL", "str", "the host ports media ranges are forwarded from"),
     Key("adopt", "DOCKER_XMS_ADOPT", "str", "which containers others start are adopted: compose, swarm, docker, none"),
+    Key("labels", "DOCKER_XMS_LABELS", "str", "labels every container run creates carries too: KEY=VALUE,KEY=VALUE"),
 )
 KEYS_BY_NAME = {key.name: key for key in KEYS}
 
@@ -75,6 +76,8 @@ class Settings:
     state_dir: Path = Path("/var/lib/docker-xms")
     media_port_pool: str = DEFAULT_MEDIA_PORT_POOL
     adopt: str = DEFAULT_ADOPT
+    # Labels of the user's own on every container `run` creates, before those of its --label options.
+    labels: str = ""
     # Where the settings were read from, so that an agent can be told to read the same.
     config_path: Path = DEFAULT_CONFIG
     # The user's profile directory ($XDG_CONFIG_HOME/docker-xms/profiles).
@@ -94,6 +97,10 @@ class Settings:
     @property
     def profile_dirs(self) -> tuple[Path, ...]:
         return self.profile_path + ((self.user_profiles,) if self.user_profiles else ())
+
+    @property
+    def label_pairs(self) -> tuple[str, ...]:
+        return tuple(filter(None, (part.strip() for part in self.labels.split(","))))
 
     def environment(self) -> dict[str, str]:
         """What a process needs in its environment to read exactly these settings again."""

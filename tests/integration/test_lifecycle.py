@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import (
+    SUITE_LABEL,
     TEST_LABEL,
     cli_path,
     managed_names,
@@ -97,9 +98,13 @@ def test_three_container_address_servers_share_and_give_back(
 ) -> None:
     started = []
     for i in range(3):
-        result = run_cli("run", "-c", "--name", f"{PREFIX}c{i}", "--json")
+        result = run_cli("run", "-c", "--name", f"{PREFIX}c{i}", "--json", "--label", f"position={i}")
         assert result.code == 0, result.err
         started.append(json.loads(result.out))
+    # The user's own labels (the suite's, from the labels setting, and --label's) are on each container.
+    for i, s in enumerate(started):
+        labels = docker_client.containers.get(s["id"]).labels
+        assert (labels["position"], labels[SUITE_LABEL]) == (str(i), "1")
     shares = fair_shares(docker_client)
     others = len(shares) - 3
     for s in started:
@@ -157,6 +162,16 @@ def test_image_without_systemd(docker_client: Any, image_without_systemd: str, c
     err = _refused(docker_client, "run", "-c", "-i", image_without_systemd, "--name", f"{PREFIX}nosd")
     assert "has no systemd" in err
     assert not docker_client.containers.list(all=True, filters={"name": f"{PREFIX}nosd"})
+
+
+def test_a_label_in_docker_xms_namespace(docker_client: Any) -> None:
+    line = _refused(
+        docker_client, "run", "-c", "--name", f"{PREFIX}l", "--label", "io.docker-xms.dnat=x/tcp:22-22>22-22"
+    )
+    assert (
+        line
+        == "error: Label 'io.docker-xms.dnat' is in docker-xms's own namespace (io.docker-xms.); choose another key."
+    )
 
 
 def test_unknown_profile(docker_client: Any) -> None:

@@ -117,6 +117,7 @@ def test_relative_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.Monk
         ("[agent]\nx = 1\n", r"line 1: there is no setting 'agent'"),
         ("rt_pool_us = \n", r"config.toml is not valid TOML: .*line 1"),
         ("rt_pool_us = 1\nrt_pool_us = 2\n", r"config.toml is not valid TOML"),
+        ('labels = "io.docker-xms.dnat=x"\n', r"line 1: Label 'io.docker-xms.dnat' is in docker-xms's own namespace"),
     ],
 )
 def test_a_bad_file_is_refused_with_its_path_and_line(tmp_path: Path, text: str, message: str) -> None:
@@ -136,6 +137,8 @@ def test_a_bad_file_is_refused_with_its_path_and_line(tmp_path: Path, text: str,
         ("DOCKER_XMS_RT_POOL_US", "-5", r"DOCKER_XMS_RT_POOL_US: rt_pool_us must be 0 or more"),
         ("DOCKER_XMS_START_AGENT", "maybe", r"DOCKER_XMS_START_AGENT must be 1 or 0"),
         ("DOCKER_XMS_CGROUP_DRIVER", "upstart", r"DOCKER_XMS_CGROUP_DRIVER: cgroup_driver must be cgroupfs or systemd"),
+        ("DOCKER_XMS_LABELS", "team", r"DOCKER_XMS_LABELS: Label 'team' is not KEY=VALUE"),
+        ("DOCKER_XMS_LABELS", "a=" + "x" * 300, r"DOCKER_XMS_LABELS: The value of label 'a' must be printable"),
     ],
 )
 def test_a_bad_variable_is_refused_by_name(tmp_path: Path, name: str, value: str, message: str) -> None:

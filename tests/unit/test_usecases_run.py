@@ -8,10 +8,12 @@ of forwards per container. A neighbour runs beside with its budget and its forwa
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from docker_xms.adapters import records
 from docker_xms.errors import BadInput, XmsError
 from docker_xms.usecases import rt as rt_module
 from docker_xms.usecases.containers import RunRequest, run
@@ -61,6 +63,24 @@ def test_a_run_that_succeeds_shares_the_pool_and_adds_its_rules(host: Host) -> N
     assert host.runtime(cid) == 475_000
     assert host.engine.containers[cid].cpu_rt_runtime == 475_000
     assert set(host.netfilter.forwards) == {neighbour.id[:12], cid[:12]}
+
+
+def test_the_users_own_labels_are_on_the_container_and_not_in_docker_xms_record(host: Host) -> None:
+    host.rt = replace(host.rt, settings=replace(host.rt.settings, labels="team=media, site=lab"))
+
+    cid = _run(host, labels=("site=edge", "owner=ops"))
+
+    labels = host.engine.containers[cid].labels
+    assert {k: labels[k] for k in ("team", "site", "owner")} == {"team": "media", "site": "edge", "owner": "ops"}
+    assert not {"team", "site", "owner"} & set(records.load(records.records_path(host.rt.settings))[cid])
+
+
+@pytest.mark.parametrize("label", ["io.docker-xms.dnat=x/tcp:22-22>22-22", "io.docker-xms=1", "novalue", "=v"])
+def test_a_label_in_docker_xms_namespace_or_without_a_key_is_refused_before_anything(host: Host, label: str) -> None:
+    before = _state(host)
+    with pytest.raises(BadInput, match=r"^Label '"):
+        _run(host, labels=(label,))
+    _as_before(host, before)
 
 
 def _fail_on(method: str) -> Callable[[Host], None]:

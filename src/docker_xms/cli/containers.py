@@ -66,6 +66,13 @@ from docker_xms.domain.labels import MAX_WEIGHT, PORT_CHOICES
     help="Do not start the docker-xms agent when none runs (then rules of a container removed by hand stay "
     "until the next docker-xms command).",
 )
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A label of your own on the container (repeatable; not in docker-xms's io.docker-xms. namespace).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def run(
     image: str | None,
@@ -82,6 +89,7 @@ def run(
     keep_on_failure: bool,
     build_missing: bool,
     no_agent: bool,
+    labels: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Start a media-server container with its real-time budget and print how to reach it."""
@@ -105,6 +113,7 @@ def run(
         build_missing=build_missing,
         bind=bind,
         advertise=advertise,
+        labels=labels,
         start_agent=not no_agent and context.settings().start_agent,
     )
     engine = context.engine()

@@ -53,6 +53,35 @@ _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_WEIGHT = 100
 
 
+# Labels a user asks `run` to put on a container as well (`--label`, the `labels` setting): never in
+# docker-xms's own namespace, bounded like everything else a label carries.
+_OWNER_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,127}$")
+MAX_OWNER_LABELS = 32
+MAX_OWNER_VALUE = 256
+
+
+def owner_labels(pairs: Iterable[str]) -> dict[str, str]:
+    """The user's own labels from KEY=VALUE texts, checked; the last of two with one key stands."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not _OWNER_KEY.match(key):
+            raise BadInput(
+                f"Label {pair[:70]!r} is not KEY=VALUE with a key of letters, digits, '.', '_', '/' or '-' "
+                "(up to 128 characters)."
+            )
+        if key == LABEL_PREFIX or key.startswith(LABEL_PREFIX + "."):
+            raise BadInput(
+                f"Label {key[:70]!r} is in docker-xms's own namespace ({LABEL_PREFIX}.); choose another key."
+            )
+        if len(value) > MAX_OWNER_VALUE or not value.isprintable():
+            raise BadInput(f"The value of label {key!r} must be printable and at most {MAX_OWNER_VALUE} characters.")
+        out[key] = value
+    if len(out) > MAX_OWNER_LABELS:
+        raise BadInput(f"At most {MAX_OWNER_LABELS} labels of your own, not {len(out)}.")
+    return out
+
+
 def weight_of(labels: Mapping[str, str]) -> int:
     """The container's weight in the real-time pool (1 when it has no weight label)."""
     text = labels.get(WEIGHT_LABEL, "1")

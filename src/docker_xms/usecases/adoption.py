@@ -16,7 +16,7 @@ from docker_xms.adapters import adoption_store, hostnet, hostproc, records
 from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.domain.adoption import origin, outside_pool, plan_labels, source_of, trusted_labels
-from docker_xms.domain.labels import MANAGED_LABEL, host_ranges_from_labels, profile_of, unreadable
+from docker_xms.domain.labels import LABEL_PREFIX, MANAGED_LABEL, host_ranges_from_labels, profile_of, unreadable
 from docker_xms.domain.pool import Span, allocation_block, holds, parse_adopt, parse_pool
 from docker_xms.domain.ports import ephemeral_outside
 from docker_xms.domain.profiles import Profile
@@ -49,7 +49,8 @@ def record(settings: Settings, container_id: str, labels: dict[str, str]) -> Non
     """Keep what `run` decided for a container it has just created; the caller holds the host lock."""
     path = records.records_path(settings)
     kept = records.load(path)
-    kept[container_id] = {k: v for k, v in labels.items() if k != MANAGED_LABEL}
+    # Only docker-xms's own decisions: not the managed mark, not the user's own labels.
+    kept[container_id] = {k: v for k, v in labels.items() if k.startswith(LABEL_PREFIX + ".") and k != MANAGED_LABEL}
     records.save(path, kept)
 
 

@@ -24,6 +24,7 @@ from docker_xms.domain.labels import (
     MODE_LABEL,
     PROFILE_LABEL,
     WEIGHT_LABEL,
+    owner_labels,
     weight_of,
 )
 from docker_xms.domain.names import parse_ref
@@ -63,6 +64,8 @@ class RunRequest:
     # The address the media server advertises: "host" (the default-route interface's), "container" (its
     # own, reached by a static route), or an IPv4 address in front of the host.
     advertise: str = "host"
+    # The user's own labels, KEY=VALUE (`--label`), after those of the settings.
+    labels: tuple[str, ...] = ()
 
 
 @dataclass
@@ -208,6 +211,7 @@ def run(
     if request.timeout is not None and request.timeout <= 0:
         raise BadInput(f"--timeout must be above 0 seconds, not {request.timeout}.")
     port_plans.check_advertise(request.advertise)
+    owner_labels(settings.label_pairs + request.labels)
     image = request.image or profile.image
     parse_ref(image)
     require_root()
@@ -480,6 +484,7 @@ def _create_spec(
     image_command: tuple[str, ...] = ("/sbin/init",),
 ) -> CreateSpec:
     labels = {
+        **owner_labels(rt.settings.label_pairs + request.labels),
         MANAGED_LABEL: "true",
         PROFILE_LABEL: profile.name,
         MODE_LABEL: mode,
