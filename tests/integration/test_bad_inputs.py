@@ -18,6 +18,8 @@ import pytest
 
 from tests.helpers import PARENT, TEST_LABEL, Result, cli_path, run_cli, runtime_of
 
+pytestmark = pytest.mark.engine
+
 PREFIX = "bad-"
 PROFILE = Path(__file__).parents[2] / "src/docker_xms/profiles/rtpengine.toml"
 # A registry nobody listens on: a pull fails at once, without leaving this machine.

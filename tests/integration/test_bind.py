@@ -10,6 +10,8 @@ import pytest
 
 from tests.helpers import ng_ping, run_cli, wait_for
 
+pytestmark = pytest.mark.engine
+
 PREFIX = "bind-"
 WARNING = (
     "warning: ng (2223/udp) has no authentication and it is published on every address of this host: anyone who "

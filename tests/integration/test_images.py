@@ -16,6 +16,8 @@ from docker_xms.domain.names import parse_ref
 from docker_xms.usecases import images
 from tests.helpers import TEST_LABEL, run_cli, systemd_run_kwargs, wait_for
 
+pytestmark = pytest.mark.engine
+
 
 def _system_state(container: Any) -> str:
     _code, out = container.exec_run(["systemctl", "is-system-running"])

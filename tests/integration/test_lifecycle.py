@@ -23,6 +23,8 @@ from tests.helpers import (
 )
 from tests.host_state import fair_shares, foreign_runtime, kernel_pool, one_to_one_holder
 
+pytestmark = pytest.mark.engine
+
 PREFIX = "lc-"
 
 

@@ -22,6 +22,8 @@ import docker_xms
 from docker_xms.domain.flatten import FIELDS
 from tests.helpers import TEST_LABEL, run_cli, systemd_run_kwargs, wait_for
 
+pytestmark = pytest.mark.engine
+
 PIPELINE = "pipeline"
 
 # Every field flatten must keep is set, with values that need quoting; a file deleted in a later

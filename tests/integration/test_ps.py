@@ -10,6 +10,8 @@ import pytest
 
 from tests.helpers import run_cli
 
+pytestmark = pytest.mark.engine
+
 PREFIX = "ps-"
 NAMES = [f"{PREFIX}media-server-{i}" for i in range(3)]
 

@@ -23,6 +23,8 @@ from tests.helpers import (
 )
 from tests.host_state import fair_shares, foreign_runtime, kernel_pool, running_managed
 
+pytestmark = pytest.mark.engine
+
 PREFIX = "rtb-"
 
 

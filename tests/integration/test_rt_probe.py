@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from tests.helpers import run_cli
+
+pytestmark = pytest.mark.engine
 
 
 def test_probe_runs_at_the_profiles_priority_and_verify_lists_real_time_threads(

@@ -24,6 +24,8 @@ from docker_xms.adapters.rtp import (
 from docker_xms.domain.stats import percentiles
 from tests.helpers import RTPENGINE_IMAGE, systemd_run_kwargs, wait_for
 
+pytestmark = pytest.mark.engine
+
 PACKETS = 150  # 3 s of 20 ms packets
 
 
