@@ -43,6 +43,28 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def counter(port: int, name: str) -> float:
+    """One unlabelled sample from an agent's /metrics on 127.0.0.1 (0 when it has none yet)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key in (name, f"{name}_total"):
+            return float(value)
+    return 0.0
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     last = None

@@ -171,13 +171,15 @@ def test_agent_killed_mid_burst_and_restarted_leaves_nothing_inconsistent(
     first = AgentProcess()
     try:
         wait_share(ids, 10)
-        # A burst: two removals and a kill at once, and the agent dies while handling them.
+        logged = len(first.lines)
+        # A burst: two removals and a kill at once, and the agent dies while handling them: right after
+        # the first change it logs for the burst.
         with ThreadPoolExecutor(3) as pool:
             pool.submit(docker_client.api.remove_container, ids[0], force=True)
             pool.submit(docker_client.api.remove_container, ids[1], force=True)
             pid = docker_client.api.inspect_container(ids[2])["State"]["Pid"]
             pool.submit(os.kill, pid, signal.SIGKILL)
-            time.sleep(0.12)
+            wait_for(lambda: len(first.lines) > logged, 10, 0.002, "the agent's first change for the burst")
             first.proc.kill()
         first.proc.wait(10)
     finally:

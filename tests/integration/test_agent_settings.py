@@ -13,7 +13,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import docker
 import pytest
 
 from docker_xms.adapters.config import load_settings
-from tests.helpers import LoggedAgent, run_cli, running_agents, wait_for
+from tests.helpers import LoggedAgent, counter, free_port, run_cli, running_agents, wait_for
 from tests.host_state import PARENT, kernel_pool, running_managed
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -105,6 +104,12 @@ class ServiceAgent(LoggedAgent):
         super().__init__([*exec_start(unit), *extra], env, cwd="/")
 
 
+def _reconciliations(port: int) -> float:
+    with contextlib.suppress(OSError):
+        return counter(port, "docker_xms_reconciliations")
+    return 0.0
+
+
 def budgets() -> dict[str, int]:
     return {cid: int((PARENT / cid / "cpu.rt_runtime_us").read_text()) for cid in _running()}
 
@@ -158,13 +163,16 @@ def test_an_agent_from_the_unit_keeps_the_budgets_a_capped_rebalance_set(
 
     unit = run_cli("agent", "install", "--print", env=env)
     assert unit.code == 0, unit.err
-    agent = ServiceAgent(unit.out, "--interval", "1")
+    port = free_port()
+    agent = ServiceAgent(unit.out, "--interval", "1", "--metrics", f"127.0.0.1:{port}")
     try:
-        # A start event and a few periodic passes: each reconciles with the unit's settings.
+        # A start event and three periodic passes after it, counted by the agent itself: each reconciles
+        # with the unit's settings.
         third = run_cli("run", "-c", "--no-wait", "--json", "--name", PREFIX + "c", "--media-ports", "10", env=env)
         assert third.code == 0, third.err + third.out
         wait_for(lambda: budgets() == shares(cap), 5, 0.1, "capped shares after the third container")
-        time.sleep(3.5)  # three periodic passes at --interval 1
+        passes = wait_for(lambda: _reconciliations(port), 10, 0.1, "the agent's metrics")
+        wait_for(lambda: _reconciliations(port) >= passes + 3, 10, 0.1, "three more reconciliations")
         assert budgets() == shares(cap), agent.lines
     finally:
         code = agent.terminate()

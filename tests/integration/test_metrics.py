@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.parse
@@ -20,19 +19,13 @@ from typing import Any
 import docker
 import pytest
 
-from tests.helpers import LoggedAgent, agent_for_a_test, run_cli, wait_for
+from tests.helpers import LoggedAgent, agent_for_a_test, free_port, run_cli, wait_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 PREFIX = "metrics-test-"
 PARENT = Path("/sys/fs/cgroup/cpu/docker")
 ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str) -> str:

@@ -249,7 +249,13 @@ def test_an_installer_build_whose_profile_drains_stops_only_once_the_drain_ends(
         stopper = threading.Thread(target=lambda: subprocess.run(["docker", "stop", name], capture_output=True))
         started = time.monotonic()
         stopper.start()
-        time.sleep(3)
+
+        def draining() -> bool:
+            _, state = container.exec_run(["systemctl", "is-active", "docker-xms-drain.service"])
+            return bool(state.decode().strip() == "deactivating")
+
+        # The stop has reached systemd, whose drain unit now holds it while the call is under way.
+        wait_for(draining, 30, 0.1, "the drain unit stopping")
         container.reload()
         assert container.status == "running", "the container stopped while its drain had a call under way"
         code, out = container.exec_run(["rm", "-f", busy])

@@ -43,7 +43,8 @@ class TerminalRun:
         os.close(side)
         self._main = main
         self.text = ""
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         while True:
@@ -57,7 +58,8 @@ class TerminalRun:
 
     def wait(self, timeout: float = 120) -> int:
         code = self.proc.wait(timeout=timeout)
-        time.sleep(0.2)  # the last output
+        # Its last output: read until the terminal's other end is closed by all that held it.
+        self._reader.join(10)
         return code
 
 

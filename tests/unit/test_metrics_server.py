@@ -12,12 +12,7 @@ import pytest
 
 from docker_xms.adapters import prometheus
 from docker_xms.domain.metrics import Family
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.helpers import free_port
 
 
 def get(port: int) -> tuple[int, str]:
