@@ -27,8 +27,8 @@ import pytest
 
 from docker_xms.adapters.config import load_settings
 from docker_xms.adapters.pmqos import read_idle_state
+from docker_xms.domain.agent_unit import unit_text
 from docker_xms.domain.labels import MANAGED_LABEL, forwards_from_labels
-from docker_xms.usecases.agent import unit_text
 from tests.helpers import LoggedAgent, agent_for_a_test, run_cli, running_agents, wait_for
 from tests.host_state import fair_shares, foreign_runtime, kernel_pool
 

@@ -132,7 +132,6 @@ CALLS: dict[str, Callable[[Engine, Path], Any]] = {
     "refusal_of_import_changes": lambda e, _: e.refusal_of_import_changes(["ENV A=1"]),
     "build": lambda e, _: e.build(b"\0" * 10240, "x/y:1"),
     "remove_image": lambda e, _: e.remove_image("x/y:1"),
-    "tag": lambda e, _: e.tag("x/y:1", "x/z", "2"),
     "pull": lambda e, _: e.pull("x/y", "1"),
     "push": lambda e, _: e.push("localhost:5000/x/y", "1"),
     "export_container": lambda e, _: b"".join(e.export_container(ID)),

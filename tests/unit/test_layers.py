@@ -1,5 +1,6 @@
-"""The layers hold: the domain is pure, the CLI reaches adapters only through its composition root, and use
-cases leave raw I/O to the adapters. Checked on the source text, so no module is imported to check it.
+"""The layers hold: the domain is pure, the CLI reaches adapters only through its composition root, use
+cases leave raw I/O to the adapters, adapters know nothing of the use cases, and nothing below the CLI
+imports it. Checked on the source text, so no module is imported to check it.
 
 The errors module is part of the core: every layer raises its one-sentence errors, the domain included.
 """
@@ -15,6 +16,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "docker_xms"
 # The one CLI module that builds adapters (engine, settings, profile store) for the commands.
 COMPOSITION_ROOT = "docker_xms.cli.context"
+# The executable hands every invocation to the command line: the one module outside it that may import it.
+EXECUTABLES = {"docker_xms.entry", "docker_xms.__main__"}
 # Standard modules that reach the host: the domain may not use them.
 HOST_MODULES = {"os", "subprocess", "socket", "pathlib", "importlib", "shutil", "tempfile", "io", "urllib", "http"}
 # Calls and attributes that do raw I/O: in a use case they belong in an adapter.
@@ -55,6 +58,10 @@ def violations(module: str, source: str) -> list[str]:
                 found.append(f"imports {name}")
     if module.startswith("docker_xms.cli") and module != COMPOSITION_ROOT:
         found += [f"imports {name}" for name in names if name.startswith("docker_xms.adapters")]
+    if module.startswith("docker_xms.adapters"):
+        found += [f"imports {name}" for name in names if _within(name, "docker_xms.usecases")]
+    if not _within(module, "docker_xms.cli") and module not in EXECUTABLES:
+        found += [f"imports {name}" for name in names if _within(name, "docker_xms.cli")]
     if module.startswith("docker_xms.usecases"):
         found += [f"imports {name}" for name in names if name.split(".")[0] in ("subprocess", "socket")]
         for node in ast.walk(tree):
@@ -63,6 +70,10 @@ def violations(module: str, source: str) -> list[str]:
             if isinstance(node, ast.Attribute) and node.attr in RAW_IO_ATTRIBUTES:
                 found.append(f"uses .{node.attr}")
     return sorted(set(found))
+
+
+def _within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
 
 
 def all_violations() -> set[tuple[str, str]]:
@@ -97,6 +108,12 @@ def test_every_layer_keeps_to_its_own() -> None:
         ("docker_xms.usecases.x", "with open('/etc/x') as f:\n    pass\n", "calls open()"),
         ("docker_xms.usecases.x", "def f(p):\n    return p.read_text()\n", "uses .read_text"),
         ("docker_xms.usecases.x", "def f(p):\n    p.write_text('x')\n", "uses .write_text"),
+        ("docker_xms.adapters.x", "from docker_xms.usecases.rt import RtHost\n", "imports docker_xms.usecases"),
+        ("docker_xms.adapters.x", "def f():\n    from ..usecases import reconcile\n", "imports docker_xms.usecases"),
+        ("docker_xms.usecases.x", "from docker_xms.cli.render import console\n", "imports docker_xms.cli"),
+        ("docker_xms.adapters.x", "from docker_xms.cli import context\n", "imports docker_xms.cli"),
+        ("docker_xms.domain.x", "import docker_xms.cli\n", "imports docker_xms.cli"),
+        ("docker_xms.settings", "from docker_xms import cli\n", "imports docker_xms.cli"),
     ],
 )
 def test_a_planted_violation_is_found(module: str, source: str, expected: str) -> None:
@@ -113,6 +130,10 @@ def test_a_planted_violation_is_found(module: str, source: str, expected: str) -
         ("docker_xms.cli.context", "from docker_xms.adapters.engine import Engine\n"),
         ("docker_xms.cli.x", "from docker_xms.usecases.rt import status\n"),
         ("docker_xms.usecases.x", "from docker_xms.adapters import cgroups\nx = cgroups.procs('/docker')\n"),
+        ("docker_xms.adapters.x", "from docker_xms.domain.labels import MANAGED_LABEL\n"),
+        ("docker_xms.entry", "def main():\n    from docker_xms.cli import main as cli_main\n"),
+        ("docker_xms.__main__", "from docker_xms.cli import main\n"),
+        ("docker_xms.cli.agent", "from docker_xms.cli import context\n"),
     ],
 )
 def test_what_a_layer_may_do_is_not_reported(module: str, source: str) -> None:

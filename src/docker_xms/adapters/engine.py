@@ -382,9 +382,6 @@ class Engine:
             except docker.errors.NotFound:
                 return
 
-    def tag(self, ref: str, repository: str, tag: str) -> None:
-        self._call(self.api.tag, ref, repository, tag)
-
     def pull(self, repository: str, tag: str, progress: Progress = _ignore) -> None:
         with _translated(
             f"Pulling {repository}:{tag} failed", f"There is no image {repository}:{tag} in its registry."

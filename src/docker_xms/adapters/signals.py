@@ -5,6 +5,9 @@ rollback catches like any other failure. Steps that must not be cut in two (a bu
 creating a container and recording its id, a rollback) run `deferred()`: a signal that arrives
 meanwhile waits for the step to end; one that arrives while a rollback is already under way is dropped,
 since stopping is what that rollback is doing.
+
+A long-running process (the agent) stops by itself once asked: `call_on_stop` turns SIGINT and SIGTERM
+into a call that only asks.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -83,6 +86,22 @@ def deferred() -> Iterator[None]:
             # Delivered again to whatever handles it outside: `Interrupted`, the agent's stop flag, or
             # the default action.
             signal.raise_signal(held[0])
+
+
+def call_on_stop(stop: Callable[[], None]) -> None:
+    """From now on SIGINT and SIGTERM call `stop`, for the rest of the process.
+
+    `stop` runs in a signal handler, between two bytecodes of whatever the main thread was doing: it
+    may set a flag, and must take no lock that the interrupted code could hold.
+    """
+    if not _main_thread():
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        stop()
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, handler)
 
 
 def ignore_stopping() -> None:

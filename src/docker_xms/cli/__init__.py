@@ -1,7 +1,7 @@
 """The `docker-xms` command line.
 
 Commands are loaded only when invoked so that `docker-xms --help` starts fast: each entry below names
-the module and attribute of a Click command.
+the module and attribute of a Click command, and the line `--help` shows for it.
 """
 
 from __future__ import annotations
@@ -9,60 +9,54 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
 from docker_xms import __version__
 from docker_xms.errors import Interrupted, XmsError
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    "build-base": (
-        "docker_xms.cli.images",
-        "build_base",
-    ),
-    "build": ("docker_xms.cli.images", "build"),
-    "flatten": ("docker_xms.cli.images", "flatten"),
-    "push": ("docker_xms.cli.images", "push"),
-    "login": ("docker_xms.cli.images", "login"),
-    "run": ("docker_xms.cli.containers", "run"),
-    "ps": ("docker_xms.cli.listing", "ps"),
-    "shell": ("docker_xms.cli.containers", "shell"),
-    "start": ("docker_xms.cli.containers", "start"),
-    "stop": ("docker_xms.cli.containers", "stop"),
-    "rm": ("docker_xms.cli.containers", "rm"),
-    "route": ("docker_xms.cli.containers", "route"),
-    "gate": ("docker_xms.cli.containers", "gate"),
-    "profiles": ("docker_xms.cli.containers", "profiles"),
-    "rt": ("docker_xms.cli.rt", "rt"),
-    "agent": ("docker_xms.cli.agent", "agent"),
-    "top": ("docker_xms.cli.top", "top"),
-    "test-call": ("docker_xms.cli.testcall", "test_call"),
-    "compose": ("docker_xms.cli.fleet", "compose"),
-    "node": ("docker_xms.cli.fleet", "node"),
-}
 
-SHORT_HELP: dict[str, str] = {
-    "build-base": "Build a base image that boots full systemd.",
-    "build": "Build a media-server image from a profile's recipe.",
-    "flatten": "Squash an image to one layer, keeping its configuration.",
-    "push": "Push an image to its registry with per-layer progress.",
-    "login": "Log in to a registry (wraps `docker login`).",
-    "run": "Start a media-server container with its real-time budget.",
-    "ps": "List the media-server containers docker-xms manages.",
-    "shell": "Open a shell inside a container, with its own privileges.",
-    "start": "Start stopped containers again with their real-time budget.",
-    "stop": "Stop containers and rebalance the others' budgets.",
-    "rm": "Remove containers and rebalance the others' budgets.",
-    "route": "Show the static route that reaches container addresses.",
-    "gate": "Print the PID 1 gate that waits for docker-xms to open a container's systemd cgroup.",
-    "profiles": "List the media-server profiles.",
-    "rt": "Real-time CPU budgets: status, rebalance, verify, doctor, probe.",
-    "agent": "Keep budgets and port rules right as containers come and go.",
-    "top": "Live view of budgets, real-time threads, readiness and port rules.",
-    "test-call": "Place a short test call through a container: answered, packets, jitter.",
-    "compose": "Print a Compose/stack file of a profile's service for a fleet.",
-    "node": "This host as a fleet node: the engine setting for its real-time pool.",
+class Entry(NamedTuple):
+    module: str
+    attribute: str
+    # Shown by `docker-xms --help` without importing the command's module.
+    short_help: str
+
+
+COMMANDS: dict[str, Entry] = {
+    "build-base": Entry("docker_xms.cli.images", "build_base", "Build a base image that boots full systemd."),
+    "build": Entry("docker_xms.cli.images", "build", "Build a media-server image from a profile's recipe."),
+    "flatten": Entry("docker_xms.cli.images", "flatten", "Squash an image to one layer, keeping its configuration."),
+    "push": Entry("docker_xms.cli.images", "push", "Push an image to its registry with per-layer progress."),
+    "login": Entry("docker_xms.cli.images", "login", "Log in to a registry (wraps `docker login`)."),
+    "run": Entry("docker_xms.cli.containers", "run", "Start a media-server container with its real-time budget."),
+    "ps": Entry("docker_xms.cli.listing", "ps", "List the media-server containers docker-xms manages."),
+    "shell": Entry("docker_xms.cli.containers", "shell", "Open a shell inside a container, with its own privileges."),
+    "start": Entry("docker_xms.cli.containers", "start", "Start stopped containers again with their real-time budget."),
+    "stop": Entry("docker_xms.cli.containers", "stop", "Stop containers and rebalance the others' budgets."),
+    "rm": Entry("docker_xms.cli.containers", "rm", "Remove containers and rebalance the others' budgets."),
+    "route": Entry("docker_xms.cli.containers", "route", "Show the static route that reaches container addresses."),
+    "gate": Entry(
+        "docker_xms.cli.containers",
+        "gate",
+        "Print the PID 1 gate that waits for docker-xms to open a container's systemd cgroup.",
+    ),
+    "profiles": Entry("docker_xms.cli.containers", "profiles", "List the media-server profiles."),
+    "rt": Entry("docker_xms.cli.rt", "rt", "Real-time CPU budgets: status, rebalance, verify, doctor, probe."),
+    "agent": Entry("docker_xms.cli.agent", "agent", "Keep budgets and port rules right as containers come and go."),
+    "top": Entry("docker_xms.cli.top", "top", "Live view of budgets, real-time threads, readiness and port rules."),
+    "test-call": Entry(
+        "docker_xms.cli.testcall",
+        "test_call",
+        "Place a short test call through a container: answered, packets, jitter.",
+    ),
+    "compose": Entry(
+        "docker_xms.cli.fleet", "compose", "Print a Compose/stack file of a profile's service for a fleet."
+    ),
+    "node": Entry(
+        "docker_xms.cli.fleet", "node", "This host as a fleet node: the engine setting for its real-time pool."
+    ),
 }
 
 
@@ -74,12 +68,12 @@ class LazyGroup(click.Group):
         target = COMMANDS.get(cmd_name)
         if target is None:
             return None
-        module = importlib.import_module(target[0])
-        command: click.Command = getattr(module, target[1])
+        module = importlib.import_module(target.module)
+        command: click.Command = getattr(module, target.attribute)
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
+        rows = [(name, COMMANDS[name].short_help) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 

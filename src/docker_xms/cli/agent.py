@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from datetime import datetime
-from types import FrameType
 
 import click
 
@@ -83,20 +81,19 @@ def agent(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from contextlib import nullcontext
-
-    from docker_xms.errors import BadInput
-    from docker_xms.usecases.agent import Agent
+    from docker_xms.cli import context
+    from docker_xms.usecases.agent import AgentRequest, run_agent
     from docker_xms.usecases.containers import require_root
 
-    if once and cpu_latency_us is not None:
-        raise BadInput("--cpu-latency-us holds a limit while the agent runs; with --once it would do nothing.")
-    if once and metrics is not None:
-        raise BadInput("--metrics serves while the agent runs; with --once it would serve nothing.")
-    if probe_every is not None and metrics is None:
-        raise BadInput("--probe-every serves its histograms with the metrics: give it with --metrics.")
-    if no_reconcile and (metrics is None or once):
-        raise BadInput("--no-reconcile leaves only the metrics to serve: give it with --metrics, without --once.")
+    request = AgentRequest(
+        interval=interval,
+        once=once,
+        cpu_latency_us=cpu_latency_us,
+        metrics=metrics,
+        probe_every=probe_every,
+        linger=linger,
+        no_reconcile=no_reconcile,
+    )
 
     def log(line: str) -> None:
         prefix = datetime.now().astimezone().isoformat(timespec="milliseconds") + " " if timestamps else ""
@@ -104,55 +101,8 @@ def agent(
         sys.stdout.write(prefix + line + "\n")
         sys.stdout.flush()
 
-    from docker_xms.cli import context
-
     require_root()
-    runner = Agent(log, context.settings(), interval=interval, linger_s=linger)
-    if once:
-        runner.once()
-        return
-    stop_metrics = None
-    if metrics is not None:
-        from docker_xms.usecases.metrics import start_exporter
-
-        # Refused (exit 2) before the agent starts when the address is taken or malformed.
-        stop_metrics = start_exporter(
-            context.settings(), metrics, None if no_reconcile else runner.stats, log, probe_every_s=probe_every
-        )
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        runner.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    from docker_xms.usecases.agent import agent_lock
-
-    # Held until the process ends: `run` looks at it to know whether an agent runs on this host.
-    lock = agent_lock(context.settings())
-    # An exporter only is no agent for `run` to rely on: it leaves the lock to one that reconciles.
-    held = no_reconcile or context.hold_lock(lock) is not None
-    hold = context.cpu_latency_hold(cpu_latency_us) if cpu_latency_us is not None else nullcontext()
-    with hold:
-        if no_reconcile:
-            log("agent started (metrics only: not reconciling)")
-        else:
-            log(f"agent started (reconciling every {interval:g} s and on container events)")
-        if metrics is not None:
-            log(f"serving metrics on {metrics} at /metrics")
-        if probe_every is not None:
-            log(f"probing wake-ups in each managed container every {probe_every:g} s")
-        if not held:
-            # Two agents do no harm (both reconcile under the host lock); this one only does not hold it.
-            log(f"another docker-xms agent (pid {context.lock_holder(lock)}) holds {lock}; this one reconciles too")
-        if cpu_latency_us is not None:
-            log(f"holding the CPU wake-up latency limit at {cpu_latency_us} us")
-        if no_reconcile:
-            runner.wait_for_stop()
-        else:
-            runner.run()
-    if stop_metrics is not None:
-        stop_metrics()
-    log("agent stopped")
+    run_agent(context.settings(), request, log)
 
 
 @agent.command("install")
@@ -168,7 +118,7 @@ def install(print_only: bool, cpu_latency_us: int | None, metrics: str | None) -
     """Install the agent as a systemd service (docker-xms-agent.service), enabled and started."""
     from docker_xms.cli import context
     from docker_xms.cli.render import err_console
-    from docker_xms.usecases.agent import install as install_unit
+    from docker_xms.usecases.agent_install import install as install_unit
 
     if print_only:
         result = install_unit(context.settings(), write=False, cpu_latency_us=cpu_latency_us, metrics=metrics)

@@ -38,9 +38,9 @@ def service(
     from docker_xms.cli import context
     from docker_xms.domain.agent_service import render
     from docker_xms.usecases.agent_service import create as create_service
-    from docker_xms.usecases.agent_service import describe
+    from docker_xms.usecases.agent_service import service_from_settings
 
-    spec = describe(context.settings(), image, cgroup_parent, rt_pool_us, metrics, interval)
+    spec = service_from_settings(context.settings(), image, cgroup_parent, rt_pool_us, metrics, interval)
     if not create:
         click.echo(render(spec), nl=False)
         return

@@ -1,4 +1,4 @@
-"""Container commands: run, ps, shell, stop, rm, route, profiles."""
+"""Container commands: run, shell, gate, start, stop, rm, route, profiles."""
 
 from __future__ import annotations
 

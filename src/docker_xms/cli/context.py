@@ -6,7 +6,6 @@ imported where they are first needed so that `docker-xms --help` starts fast.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -70,22 +69,3 @@ def enter_shell(pid: int, container_id: str, command: tuple[str, ...], use_nsent
     from docker_xms.adapters import nsenter
 
     nsenter.enter(nsenter.shell_argv(pid, container_id, command, use_nsenter))
-
-
-def cpu_latency_hold(limit_us: int) -> AbstractContextManager[object]:
-    from docker_xms.adapters.pmqos import CpuLatencyHold
-
-    return CpuLatencyHold(limit_us)
-
-
-def hold_lock(path: Path) -> int | None:
-    """Take `path`'s lock for the rest of this process; None when another process holds it."""
-    from docker_xms.adapters import hostlock
-
-    return hostlock.try_hold(path)
-
-
-def lock_holder(path: Path) -> int | None:
-    from docker_xms.adapters import hostlock
-
-    return hostlock.holder(path)

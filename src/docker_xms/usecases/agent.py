@@ -3,32 +3,32 @@
 It follows the engine's event stream and runs the one reconciliation routine on every container start,
 die, destroy and update, at start, after the engine comes back, and every `interval` seconds in case an
 event was missed. Commands run the same routine under the same host lock, so the agent and commands
-may run together: whichever reconciles last sees the containers as they are.
+may run together: whichever reconciles last sees the containers as they are. `run_agent` is the agent's
+process around that loop: its lock, its metrics exporter, its signals.
 """
 
 from __future__ import annotations
 
 import queue
-import shlex
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from docker_xms.adapters import hostfiles, hostlock, hostproc
+from docker_xms.adapters import hostlock, signals
 from docker_xms.adapters.engine import Engine
 from docker_xms.adapters.netfilter import Netfilter
+from docker_xms.adapters.pmqos import CpuLatencyHold
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.domain import budget
 from docker_xms.domain.labels import LABEL_HOST_MEDIA, MANAGED_LABEL, PROFILE_LABEL, unreadable, weight_of
-from docker_xms.domain.metrics import listen_address
 from docker_xms.errors import BadInput, EngineUnavailable, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases.adoption import Adopted, set_ephemeral
-from docker_xms.usecases.metrics import ReconcileStats
+from docker_xms.usecases.metrics import ReconcileStats, start_exporter
 from docker_xms.usecases.reconcile import Reconciliation, reconcile
 from docker_xms.usecases.rt import (
     NEW,
@@ -56,7 +56,7 @@ FAILED_PASS_PAUSE_S = 0.2
 Log = Callable[[str], None]
 
 
-def describe(rt: RtHost, result: Reconciliation) -> list[str]:
+def change_lines(rt: RtHost, result: Reconciliation) -> list[str]:
     """One line per change a reconciliation made, in the order it made them."""
     balance = result.budgets
     lines = []
@@ -178,7 +178,7 @@ class Agent:
     def reconcile(self, rt: RtHost) -> None:
         """Reconcile, then start managed containers whose start by the engine failed, now that there is room."""
         result = reconcile(rt, self.netfilter)
-        for line in describe(rt, result):
+        for line in change_lines(rt, result):
             self.log(line)
         self._log_skipped(
             [s.sentence() for s in result.budgets.skipped] + [r.sentence() for r in result.adoption.refused]
@@ -192,7 +192,7 @@ class Agent:
                 if said:
                     self.log(said)
         if self._restart_failed(rt):
-            for line in describe(rt, reconcile(rt, self.netfilter)):
+            for line in change_lines(rt, reconcile(rt, self.netfilter)):
                 self.log(line)
 
     def _log_skipped(self, sentences: list[str]) -> None:
@@ -416,178 +416,80 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else text
 
 
-# --- installing as a service ----------------------------------------------------------------------
-
-UNIT_PATH = Path("/etc/systemd/system/docker-xms-agent.service")
-UNIT_NAME = UNIT_PATH.name
-
-
-def executable() -> str:
-    """The absolute path of this docker-xms, for ExecStart (systemd needs an absolute path)."""
-    argv0 = Path(sys.argv[0])
-    if argv0.name == "docker-xms" and argv0.exists():
-        return str(argv0.absolute())
-    beside = Path(sys.executable).parent / "docker-xms"
-    if beside.exists():
-        return str(beside.absolute())
-    found = hostproc.which("docker-xms")
-    if found:
-        return str(Path(found).absolute())
-    return f"{Path(sys.executable).absolute()} -m docker_xms"
-
-
-def foreign_code(exe: str) -> str | None:
-    """The file or directory of the agent's code that someone other than this process's user may write (an
-    editable install in another user's clone), or None when it is all this user's alone."""
-    import docker_xms  # noqa: PLC0415 - where this very code is installed
-
-    first = exe.split(maxsplit=1)[0]
-    for path in (Path(first).resolve(), Path(docker_xms.__file__).resolve().parent):
-        if not hostfiles.owned_by_us(path, path.parent):
-            return str(path)
-    return None
-
-
-def agent_command(exe: str, cpu_latency_us: int | None = None, metrics: str | None = None) -> str:
-    """The agent's command line, as a service runs it."""
-    return (
-        f"{exe} agent"
-        + ("" if cpu_latency_us is None else f" --cpu-latency-us {cpu_latency_us}")
-        + ("" if metrics is None else f" --metrics {shlex.quote(metrics)}")
-    )
-
-
-def unit_text(
-    exe: str,
-    cpu_latency_us: int | None = None,
-    environment: Mapping[str, str] | None = None,
-    metrics: str | None = None,
-) -> str:
-    """The service unit; `environment` is what the agent needs to read the installer's settings."""
-    lines = "".join(_environment_line(name, value) + "\n" for name, value in (environment or {}).items())
-    return f"""[Unit]
-Description=docker-xms agent: real-time budgets and media port rules kept right
-After=docker.service
-Wants=docker.service
-
-[Service]
-Type=simple
-# The settings of the command that installed the unit: the same config file, the same overrides.
-{lines}ExecStart={agent_command(exe, cpu_latency_us, metrics)}
-Restart=always
-RestartSec=1
-# The agent finishes the reconciliation under way and exits on SIGTERM.
-KillSignal=SIGTERM
-TimeoutStopSec=30
-
-[Install]
-WantedBy=multi-user.target
-"""
-
-
-def _environment_line(name: str, value: str) -> str:
-    if "\n" in value or not value.isprintable():
-        raise BadInput(f"{name} holds a line break or control character; a service unit cannot carry it.")
-    # Quoted, so spaces stay in the value; % is systemd's specifier sign, doubled to mean itself.
-    quoted = f"{name}={value}".replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
-    return f'Environment="{quoted}"'
-
-
-def systemd_running(run_root: Path = Path("/run")) -> bool:
-    """Whether systemd is the init system (sd_booted(3)'s test)."""
-    return (run_root / "systemd/system").is_dir()
+# --- the agent's process --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Installed:
-    unit: str
-    path: str
-    installed: bool
-    alternative: str
+class AgentRequest:
+    """What `docker-xms agent` was asked; a combination that could not work is refused when it is made."""
+
+    interval: float = 30.0
+    once: bool = False
+    cpu_latency_us: int | None = None
+    metrics: str | None = None
+    probe_every: float | None = None
+    linger: float = 0.0
+    no_reconcile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.once and self.cpu_latency_us is not None:
+            raise BadInput("--cpu-latency-us holds a limit while the agent runs; with --once it would do nothing.")
+        if self.once and self.metrics is not None:
+            raise BadInput("--metrics serves while the agent runs; with --once it would serve nothing.")
+        if self.probe_every is not None and self.metrics is None:
+            raise BadInput("--probe-every serves its histograms with the metrics: give it with --metrics.")
+        if self.no_reconcile and (self.metrics is None or self.once):
+            raise BadInput("--no-reconcile leaves only the metrics to serve: give it with --metrics, without --once.")
 
 
-def install(
-    settings: Settings,
-    write: bool = True,
-    unit_path: Path = UNIT_PATH,
-    cpu_latency_us: int | None = None,
-    metrics: str | None = None,
-) -> Installed:
-    """Write the unit and enable it when systemd runs the host; otherwise only describe what to do.
-
-    The agent must read the settings this command reads: with another pool cap it would undo the
-    budgets commands set, and with another lock path it would write beside them instead of in turn.
-    """
-    exe = executable()
-    environment = settings.environment()
-    if metrics is not None:
-        listen_address(metrics)  # refused here, not by the service when it starts
-    untrusted = foreign_code(exe)
-    if write and untrusted is not None:
-        raise BadInput(
-            f"{untrusted} may be written by another user than root, and a root service started at every boot "
-            "must not run it; install docker-xms where only root can write (e.g. pip install as root into "
-            "/opt), then run agent install from there."
+def run_agent(settings: Settings, request: AgentRequest, log: Log) -> None:
+    """Reconcile once, or run the agent until SIGTERM or SIGINT: its metrics, its lock, its CPU latency hold."""
+    runner = Agent(log, settings, interval=request.interval, linger_s=request.linger)
+    if request.once:
+        runner.once()
+        return
+    stop_metrics = None
+    if request.metrics is not None:
+        # Refused (exit 2) before the agent starts when the address is taken or malformed.
+        stop_metrics = start_exporter(
+            settings,
+            request.metrics,
+            None if request.no_reconcile else runner.stats,
+            log,
+            probe_every_s=request.probe_every,
         )
-    text = unit_text(exe, cpu_latency_us, environment, metrics)
-    assignments = " ".join(shlex.quote(f"{name}={value}") for name, value in environment.items())
-    alternative = (
-        f"nohup env {assignments} {agent_command(exe, cpu_latency_us, metrics)} >/var/log/docker-xms-agent.log 2>&1 &"
+    signals.call_on_stop(runner.stop)
+    # Held until the process ends: `run` looks at it to know whether an agent runs on this host.
+    lock = settings.agent_lock
+    # An exporter only is no agent for `run` to rely on: it leaves the lock to one that reconciles.
+    held = request.no_reconcile or hostlock.try_hold(lock) is not None
+    hold: AbstractContextManager[object] = (
+        CpuLatencyHold(request.cpu_latency_us) if request.cpu_latency_us is not None else nullcontext()
     )
-    if not write or not systemd_running():
-        return Installed(text, str(unit_path), False, alternative)
-    hostfiles.save_text(unit_path, text)
-    for command in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", UNIT_NAME]):
-        done = hostproc.run(command, timeout=60)
-        if done.code != 0:
-            raise XmsError(f"{' '.join(command)} failed: {done.last_line()}; {unit_path} was written.")
-    return Installed(text, str(unit_path), True, alternative)
+    with hold:
+        for line in _started_lines(request, held, lock):
+            log(line)
+        if request.no_reconcile:
+            runner.wait_for_stop()
+        else:
+            runner.run()
+    if stop_metrics is not None:
+        stop_metrics()
+    log("agent stopped")
 
 
-# --- making sure one runs -------------------------------------------------------------------------
-
-AGENT_LOG = Path("/var/log/docker-xms-agent.log")
-
-
-def agent_lock(settings: Settings) -> Path:
-    """The flock a running agent holds; the agent and `run` read it from the same settings."""
-    return settings.agent_lock
-
-
-@dataclass(frozen=True)
-class AgentStart:
-    started: bool
-    pid: int
-    how: str
-
-
-def ensure_agent(settings: Settings, wait_s: float = 15.0) -> AgentStart:
-    """Start an agent unless one runs: through its systemd unit where systemd runs the host, else detached.
-
-    Without an agent, rules of a container removed by hand (`docker rm -f`) would stay until the next
-    docker-xms command, and deliver its media range to whatever container gets its address next.
-    """
-    lock = agent_lock(settings)
-    pid = hostlock.holder(lock)
-    if pid is not None:
-        return AgentStart(False, pid, "already running")
-    if systemd_running() and UNIT_PATH.exists():
-        # Installed already, with the options and settings someone chose: started as it is, never rewritten.
-        done = hostproc.run(["systemctl", "start", UNIT_NAME], timeout=60)
-        if done.code != 0:
-            raise XmsError(f"systemctl start {UNIT_NAME} failed: {done.last_line()}.")
-        how = f"as {UNIT_NAME}"
-    elif systemd_running() and foreign_code(executable()) is None:
-        install(settings)
-        how = f"as {UNIT_NAME}"
+def _started_lines(request: AgentRequest, held: bool, lock: Path) -> list[str]:
+    if request.no_reconcile:
+        lines = ["agent started (metrics only: not reconciling)"]
     else:
-        argv = [sys.executable, "-m", "docker_xms", "agent", "--timestamps"]
-        hostproc.spawn_detached(argv, AGENT_LOG, extra_env=settings.environment())
-        how = f"in the background, logging to {AGENT_LOG}"
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        pid = hostlock.holder(lock)
-        if pid is not None:
-            return AgentStart(True, pid, how)
-        time.sleep(0.1)
-    raise XmsError(f"The docker-xms agent started {how} did not take {lock} within {wait_s:.0f} s.")
+        lines = [f"agent started (reconciling every {request.interval:g} s and on container events)"]
+    if request.metrics is not None:
+        lines.append(f"serving metrics on {request.metrics} at /metrics")
+    if request.probe_every is not None:
+        lines.append(f"probing wake-ups in each managed container every {request.probe_every:g} s")
+    if not held:
+        # Two agents do no harm (both reconcile under the host lock); this one only does not hold it.
+        lines.append(f"another docker-xms agent (pid {hostlock.holder(lock)}) holds {lock}; this one reconciles too")
+    if request.cpu_latency_us is not None:
+        lines.append(f"holding the CPU wake-up latency limit at {request.cpu_latency_us} us")
+    return lines

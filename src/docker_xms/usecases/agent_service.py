@@ -9,7 +9,7 @@ from docker_xms.domain.names import parse_ref
 from docker_xms.settings import Settings
 
 
-def describe(
+def service_from_settings(
     settings: Settings,
     image: str,
     cgroup_parent: str | None = None,

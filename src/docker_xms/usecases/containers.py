@@ -34,7 +34,7 @@ from docker_xms.domain.recipes import GATE_ENTRYPOINT, STOP_SIGNAL, profile_file
 from docker_xms.errors import BadInput, Interrupted, NotFound, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases import adoption, images, readiness
-from docker_xms.usecases.agent import ensure_agent
+from docker_xms.usecases.agent_install import ensure_agent
 from docker_xms.usecases.boundaries import EngineApi, NetfilterApi
 from docker_xms.usecases.images import Reporter
 from docker_xms.usecases.reconcile import live_forwards, reconcile
