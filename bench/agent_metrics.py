@@ -17,8 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.common import remove_bench_containers
-from bench.sections import _start_managed
+from bench.containers import remove_bench_containers, start_numbered
 
 SCRAPE_S = 15.0
 WINDOW_S = 60.0
@@ -75,7 +74,7 @@ def agent_metrics(n: int = 20) -> dict[str, Any]:
     """The agent's CPU over WINDOW_S with N managed containers, without and with --metrics scraped each SCRAPE_S."""
     remove_bench_containers()
     try:
-        _start_managed(n)
+        start_numbered(n)
         time.sleep(10)  # the containers' systemd and servers start up before anything is counted
         with tempfile.TemporaryDirectory() as tmp:
             without = _measure(False, Path(tmp) / "agent.lock")

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 from bench.common import cli, client
+from bench.containers import remove, rt_budget, start_managed
 
 UNMANAGED = "unmanaged"
 HAND_MADE = "hand-made"
@@ -108,8 +109,6 @@ def create_plain(
 
 def setup_of(container_id: str, profile: str = "rtpengine") -> dict[str, Any]:
     """What a container was given, as the engine and the kernel hold it: the record that shows like with like."""
-    from bench.latency import rt_budget
-
     api = client().api
     attrs = api.inspect_container(container_id)
     config, host = attrs["Config"], attrs["HostConfig"]
@@ -193,8 +192,6 @@ def fair_share(n: int) -> int:
 
 def template(name: str) -> dict[str, Any]:
     """A snapshot of a managed container started for the purpose and removed again (its budget given back)."""
-    from bench.latency import remove, start_managed
-
     try:
         return snapshot(start_managed(name))
     finally:

@@ -1,7 +1,7 @@
 """SIP calls with media through the `sip` profile's container (Kamailio + rtpengine): managed against plain Docker.
 
 Callers and callees are where remote phones are: SIPp (Debian sip-tester) in network namespaces of their own, each
-on its own link to the host (tests/peer_links.py), whose only route is the host's address on that link. They reach
+on its own link to the host (lab/peer_links.py), whose only route is the host's address on that link. They reach
 the server at the address it advertises, which the host holds on a bridge of the benchmark's own (no traffic
 leaves this machine), never at the container's address. The callee talks as a phone does: it plays its own G.711
 recording from the answer on, to the address and port its SDP names (assets/sipp/uas_g711a.xml), not an echo of
@@ -45,11 +45,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tests.peer_links import Peer
+    from lab.peer_links import Peer
 
 from bench.baselines import UNMANAGED, check_like_with_like, create_plain, rotated, setup_of, snapshot, start
 from bench.common import cli, client, plan_from_setting
-from bench.latency import cpu_cgroups, host_load, remove, start_managed, wait_booted
+from bench.containers import cpu_cgroups, remove, start_managed, wait_booted
+from bench.load import host_load
 
 CALLS_PREFIX = "bench-calls-"
 PROFILE = "sip"
@@ -128,16 +129,6 @@ def nearest_rank(samples: Sequence[float], percent: float) -> float | None:
     return rank(sorted(samples), percent) if samples else None
 
 
-def rfc3550_jitter_ms(arrivals: Iterable[tuple[int, int]], clock_rate: int = CLOCK_RATE) -> float:
-    """RFC 3550 interarrival jitter of one stream from (RTP timestamp, arrival ns) in arrival order."""
-    from bench.rtpstats import JitterMeter
-
-    meter = JitterMeter(clock_rate)
-    for timestamp, arrival_ns in arrivals:
-        meter.add(timestamp, arrival_ns)
-    return meter.jitter_ms
-
-
 def split_calls(arrivals: Sequence[tuple[int, int]], gap_ns: int = 500_000_000) -> list[list[tuple[int, int]]]:
     """The calls in what arrived at one local port from one relay port: rtpengine hands a freed port to a later call
     (delete-delay 0), and every call plays the same recording (same SSRC and timestamps), so a pause in arrivals
@@ -176,7 +167,9 @@ def rtp_summary(
     played by the other leg.
     """
     streams = [c for (port, _), v in received.items() if port in (caller, callee) for c in split_calls(v) if len(c) > 1]
-    jitters = [rfc3550_jitter_ms(v) for v in streams]
+    from docker_xms.domain.stats import interarrival_jitter_ms
+
+    jitters = [interarrival_jitter_ms(v, CLOCK_RATE) for v in streams]
     return {
         "sent_by_caller": sent.get(caller, 0),
         "relayed_to_callee": arrived.get(callee, 0),
@@ -274,7 +267,7 @@ def _counter_class() -> Any:
 
 
 def _counted(peer: Peer, chain: str, rule: int = -1) -> int:
-    """Packets a counting rule of the leg's namespace saw (tests/peer_links.py: INPUT from the advertised address,
+    """Packets a counting rule of the leg's namespace saw (lab/peer_links.py: INPUT from the advertised address,
     INPUT from anywhere, OUTPUT); by default the chain's last rule."""
     out = peer.run("iptables", "-w", "-nvxL", chain).stdout
     rows = [line.split() for line in out.splitlines() if "udp" in line.split()]
@@ -402,7 +395,7 @@ def _turn(kind: str, ids: Mapping[str, str]) -> float:
 def calls(plan: CallsPlan | None = None, hogs: int = 8) -> dict[str, Any]:
     """Calls with media through the sip profile's proxy from peers outside the host, managed against plain Docker,
     under the `inside` load."""
-    from tests.peer_links import Links
+    from lab.peer_links import Links
 
     from bench.media import rtpengine_threads
 

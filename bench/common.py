@@ -47,14 +47,6 @@ def client() -> docker.DockerClient:
     return docker.from_env(version="auto", timeout=900)
 
 
-def remove_bench_containers() -> None:
-    c = client()
-    for container in c.containers.list(all=True):
-        if container.name.startswith(PREFIX):
-            container.remove(force=True)
-    cli("rt", "rebalance", check=False)
-
-
 def proxy_processes() -> tuple[int, int]:
     """Count of docker-proxy processes and their total resident memory in bytes."""
     from docker_xms.adapters.hostproc import pids_named

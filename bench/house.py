@@ -13,23 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.common import CLI, cli, client, timed
+from bench.common import CLI, client, timed
+from bench.containers import remove_bench_containers, start_numbered
 
 RUNS = 15
 # Its own prefix: another section's bench- containers may run beside it and are not this section's to remove.
 PREFIX = "house-"
-
-
-def _start_managed(n: int, start_index: int = 0) -> None:
-    for i in range(start_index, start_index + n):
-        cli("run", "-c", "--no-wait", "--media-ports", "10", "--name", f"{PREFIX}{i}", "--json")
-
-
-def remove_bench_containers() -> None:
-    for container in client().containers.list(all=True):
-        if container.name.startswith(PREFIX):
-            container.remove(force=True)
-    cli("rt", "rebalance", check=False)
 
 
 def _paired(commands: dict[str, list[str]], runs: int = RUNS) -> dict[str, float]:
@@ -71,7 +60,7 @@ def house(ps_containers: int = 20, rebalance_containers: int = 32) -> dict[str, 
     python = sys.executable
     floor = _paired({"python -c pass": [python, "-c", "pass"], "import docker": [python, "-c", "import docker"]})
     help_ms = _paired({"docker-xms --help": [CLI, "--help"], "docker --help": ["docker", "--help"]})
-    remove_bench_containers()
+    remove_bench_containers(PREFIX)
     inotify = Path("/proc/sys/fs/inotify/max_user_instances")
     instances = int(inotify.read_text())
     # Each systemd container takes a few inotify instances of root's 128 by default: past about 20
@@ -79,14 +68,14 @@ def house(ps_containers: int = 20, rebalance_containers: int = 32) -> dict[str, 
     if instances < 1024:
         inotify.write_text("1024\n")
     try:
-        _start_managed(ps_containers)
+        start_numbered(ps_containers, prefix=PREFIX)
         ps = _paired(
             {"docker-xms ps --json": [CLI, "ps", "--json"], "docker ps": ["docker", "ps"], "docker-xms ps": [CLI, "ps"]}
         )
-        _start_managed(rebalance_containers - ps_containers, ps_containers)
+        start_numbered(rebalance_containers - ps_containers, ps_containers, PREFIX)
         mend, noop = _rebalance_ms(rebalance_containers)
     finally:
-        remove_bench_containers()
+        remove_bench_containers(PREFIX)
         inotify.write_text(f"{instances}\n")
     rows = [
         ("python -c pass (floor)", floor["python -c pass"], ""),

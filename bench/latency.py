@@ -25,15 +25,9 @@ Percentiles use the same nearest-rank code as `measure_wakeups`.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import signal
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from bench.baselines import (
@@ -48,112 +42,15 @@ from bench.baselines import (
     start,
     template,
 )
-from bench.common import cli, client
+from bench.common import cli
+from bench.containers import cpu_cgroups, remove, rt_budget, start_managed, wait_booted
+from bench.load import host_load
 
 LAT_PREFIX = "bench-lat-"
 KINDS = ("floor", "managed", UNMANAGED, HAND_MADE)
 LOADS = ("idle", "host", "inside")
 # Log-spaced histogram bins for the plots: 0..1 us, then 10 bins per decade up to 1 s.
 BIN_EDGES = [0.0, *[10 ** (k / 10) for k in range(61)]]
-
-
-# --- shared with the media section ----------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def host_load(cpus: int = 8, limit_s: float = 600, cgroups: tuple[Path, ...] = ()) -> Iterator[str]:
-    """stress-ng --cpu N for the duration of the block; killed (its whole group) afterwards.
-
-    With `cgroups`, one stress-ng per cgroup directory, each with N workers, started inside that cpu cgroup (the
-    process writes itself into cgroup.procs before it runs stress-ng, so that every worker is born there).
-    """
-    cmd = ["stress-ng", "--cpu", str(cpus), "--timeout", f"{int(limit_s)}s", "--quiet"]
-    procs = [
-        subprocess.Popen(
-            cmd,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=(lambda d=directory: (d / "cgroup.procs").write_text(str(os.getpid()))),  # noqa: PLW1509
-        )
-        for directory in cgroups
-    ] or [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
-    try:
-        time.sleep(1.5)  # let the hogs start and spread over the CPUs
-        for proc in procs:
-            if proc.poll() is not None:
-                raise RuntimeError(f"stress-ng exited at once (code {proc.returncode})")
-        yield " ".join(cmd[:3])
-    finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def start_managed(name: str, wait: bool = False, extra: tuple[str, ...] = ("--media-ports", "10")) -> str:
-    """A docker-xms container with a real-time budget; returns its id."""
-    args = ["run", "-c", *extra, "--name", name, "--json"]
-    if not wait:
-        args.insert(2, "--no-wait")
-    for attempt in range(5):
-        proc = cli(*args, check=False)
-        if proc.returncode == 0:
-            return str(json.loads(proc.stdout)["id"])
-        # Other users of this engine may take the media ports docker-xms picked a moment ago: try again.
-        if "already allocated" not in proc.stderr or attempt == 4:
-            raise RuntimeError(f"docker-xms {' '.join(args)} failed: {proc.stderr.strip()}")
-        cli("rm", "-f", name, check=False)
-        time.sleep(1 + attempt)
-    raise AssertionError("unreachable")
-
-
-def wait_booted(container_id: str, timeout_s: float = 120, profile: str = "rtpengine") -> None:
-    """Until the server is ready as `docker-xms run` waits for it (systemd up, rtpengine's unit, ng ping)."""
-    from docker_xms.adapters.engine import Engine
-    from docker_xms.adapters.profile_store import load_profile
-    from docker_xms.usecases.readiness import wait_ready
-
-    engine = Engine.connect()
-    try:
-        wait_ready(engine, container_id, load_profile(profile), timeout_s)
-    finally:
-        engine.close()
-
-
-def remove(prefix: str) -> None:
-    """Remove every container whose name starts with `prefix`: managed ones through docker-xms."""
-    api = client().api
-    # The list view only (no inspect per container): other users of the engine remove containers meanwhile.
-    for summary in api.containers(all=True, filters={"name": prefix}):
-        name = (summary.get("Names") or ["/"])[0].lstrip("/")
-        if not name.startswith(prefix):
-            continue
-        if (summary.get("Labels") or {}).get("io.docker-xms.managed") == "true":
-            proc = cli("rm", "-f", name, check=False)
-            if proc.returncode == 0:
-                continue
-        with contextlib.suppress(Exception):
-            api.remove_container(summary["Id"], force=True)
-
-
-def rt_budget(container_id: str) -> int | None:
-    """The container's kernel budget, read as `docker-xms ps` reads it."""
-    from docker_xms.adapters.config import load_settings
-    from docker_xms.usecases.listing import budget_reader
-
-    return budget_reader(load_settings())(container_id)
-
-
-def address_of(container_id: str) -> str:
-    container = client().containers.get(container_id)
-    return str(container.attrs["NetworkSettings"]["IPAddress"])
 
 
 # --- the probe --------------------------------------------------------------------------------------------
@@ -259,21 +156,6 @@ def _fifo_refused(container_id: str, priority: int) -> str:
     finally:
         engine.close()
     return ""
-
-
-def cpu_cgroups(ids: list[str]) -> tuple[Path, ...]:
-    """The cpu-controller cgroup directories of these containers, wherever this host keeps them."""
-    from docker_xms.adapters.config import load_settings
-    from docker_xms.adapters.engine import Engine
-    from docker_xms.usecases.rt import open_host
-
-    settings = load_settings()
-    engine = Engine.connect(host=settings.docker_host)
-    try:
-        rt = open_host(engine, settings)
-        return tuple(rt.fs.path(rt.cgroup_of(cid)) for cid in ids)
-    finally:
-        engine.close()
 
 
 def _measure_load(

@@ -34,7 +34,8 @@ from bench.baselines import (
     start,
     template,
 )
-from bench.latency import address_of, host_load, remove, start_managed, wait_booted
+from bench.containers import address_of, remove, start_managed, wait_booted
+from bench.load import host_load
 
 MEDIA_PREFIX = "bench-media-"
 KINDS = ("managed", UNMANAGED, HAND_MADE)
@@ -65,8 +66,8 @@ def tool_policy(policy: str) -> Iterator[str]:
 
 
 def _running_jitter(arrivals: list[Any]) -> list[float]:
-    from bench.rtpstats import JitterMeter
     from docker_xms.adapters.rtp_wire import PCMU_CLOCK_RATE
+    from docker_xms.domain.stats import JitterMeter
 
     meter = JitterMeter(PCMU_CLOCK_RATE)
     series = []
@@ -80,7 +81,8 @@ def _two_streams(
     leg_a: Any, leg_b: Any, a_sends_to: tuple[str, int], b_sends_to: tuple[str, int], packets: int
 ) -> dict[str, Any]:
     """Send A->B and B->A at once; stats of what each leg received."""
-    from bench.rtpstats import stream_stats
+    from lab.rtpstats import stream_stats
+
     from docker_xms.adapters.rtp import exchange
     from docker_xms.domain.stats import percentiles
 
@@ -267,7 +269,7 @@ def _measure(
     rounds: int,
     hogs: int,
 ) -> None:
-    from bench.latency import cpu_cgroups
+    from bench.containers import cpu_cgroups
 
     addresses = {}
     for kind, cid in ids.items():

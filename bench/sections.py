@@ -6,12 +6,8 @@ import subprocess
 import time
 from typing import Any
 
-from bench.common import IMAGE, PREFIX, cli, client, median_ms, proxy_processes, remove_bench_containers, timed
-
-
-def _start_managed(n: int, start_index: int = 0) -> None:
-    for i in range(start_index, start_index + n):
-        cli("run", "-c", "--no-wait", "--media-ports", "10", "--name", f"{PREFIX}{i}", "--json")
+from bench.common import IMAGE, PREFIX, cli, client, median_ms, proxy_processes, timed
+from bench.containers import remove_bench_containers, start_numbered
 
 
 def rebalance(counts: tuple[int, ...] = (1, 8, 32)) -> dict[str, Any]:
@@ -29,7 +25,7 @@ def rebalance(counts: tuple[int, ...] = (1, 8, 32)) -> dict[str, Any]:
     running = 0
     try:
         for n in counts:
-            _start_managed(n - running, running)
+            start_numbered(n - running, running)
             running = n
             ids = [
                 c.id
@@ -59,7 +55,7 @@ def ps(n: int = 20, runs: int = 10) -> dict[str, Any]:
     """`docker-xms ps` against `docker ps` on N managed containers, end to end as a user runs them."""
     remove_bench_containers()
     try:
-        _start_managed(n)
+        start_numbered(n)
         xms = median_ms(lambda: cli("ps", "--json"), runs)
         xms_table = median_ms(lambda: cli("ps"), runs)
         plain = median_ms(lambda: subprocess.run(["docker", "ps"], capture_output=True, check=True), runs)

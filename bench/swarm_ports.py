@@ -1,7 +1,7 @@
 """Benchmark section swarm-ports: a 6-replica rtpengine service's 1,000 media ports on the 3-node lab swarm.
 
 The same service (docker-xms/rtpengine, the demo profile: media 30000-30999/udp in the container, ng on 2223/udp)
-is deployed three ways into the same lab (tests/swarm_lab.py), one after the other, torn down between:
+is deployed three ways into the same lab (lab/swarm.py), one after the other, torn down between:
 
 - docker-xms: the stack from `docker-xms compose rtpengine --replicas 6 --ports dnat --for stack`, with the
   docker-xms agent as a global service; each node's agent adds one DNAT rule per task for its whole range.
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tests.swarm_lab import (
+from lab.swarm import (
     AGENT_SERVICE,
     forwards,
     in_netns,

@@ -27,7 +27,8 @@ from typing import Any
 
 from bench.baselines import UNMANAGED, check_like_with_like, create_plain, rotated, setup_of, snapshot, start
 from bench.common import RESULTS, cli, plan_from_setting
-from bench.latency import address_of, cpu_cgroups, host_load, remove, start_managed, wait_booted
+from bench.containers import address_of, cpu_cgroups, remove, start_managed, wait_booted
+from bench.load import host_load
 
 PREFIX = "bench-webrtc-"
 PROFILE = "janus"

@@ -71,8 +71,8 @@ case "$job" in
     exec .venv/bin/docker-xms run --profile rtpengine --build-missing --name docker-xms-demo
     ;;
   test)
-    .venv/bin/ruff check src tests bench
-    .venv/bin/ruff format --check src tests bench
+    .venv/bin/ruff check src tests bench lab
+    .venv/bin/ruff format --check src tests bench lab
     .venv/bin/mypy
     exec .venv/bin/pytest -p no:cacheprovider "${@:2}"
     ;;

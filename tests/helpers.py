@@ -4,43 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-TEST_LABEL = "io.docker-xms.test"
+# The tests import these from here; they live in the lab, which the benchmark uses too.
+from lab.helpers import TEST_LABEL, Result, cli_path, run_cli, wait_for  # noqa: F401
+
 # On every container the suite has `docker-xms run` create (through the labels setting, set in conftest):
 # what a run that was cut short left behind is found by it, and only by it.
 SUITE_LABEL = "docker-xms-tests.suite"
 RTPENGINE_IMAGE = os.environ.get("DOCKER_XMS_RTPENGINE_IMAGE", "docker-xms/rtpengine:latest")
 BASE_IMAGE = "docker-xms-test/debian12-systemd:latest"
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def cli_path() -> str:
-    found = Path(sys.executable).parent / "docker-xms"
-    return str(found) if found.exists() else (shutil.which("docker-xms") or "docker-xms")
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600, input: str | None = None) -> Result:
-    # No agent left running behind the suite: the tests that start one say so in `env` and stop it.
-    full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "DOCKER_XMS_START_AGENT": "0", **(env or {})}
-    proc = subprocess.run(
-        [cli_path(), *args], capture_output=True, text=True, env=full_env, timeout=timeout, input=input
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
 def free_port() -> int:
@@ -63,17 +40,6 @@ def counter(port: int, name: str) -> float:
         if key in (name, f"{name}_total"):
             return float(value)
     return 0.0
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 def systemd_run_kwargs(test_name: str) -> dict[str, object]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from tests.peer_links import Outside
+    from lab.peer_links import Outside
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -18,9 +18,10 @@ def _host_left_as_found(host_as_found: None) -> None:
 
 @pytest.fixture
 def outside(docker_client: Any) -> Iterator[Outside]:
-    """Network namespaces as remote machines: see tests.peer_links.Outside."""
+    """Network namespaces as remote machines: see lab.peer_links.Outside."""
+    from lab.peer_links import Outside
+
     from tests.integration.test_sip_profile import bridge_subnet
-    from tests.peer_links import Outside
 
     spaces = Outside(bridge_subnet(docker_client))
     try:

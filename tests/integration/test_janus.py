@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab.peer_links import LinkPeer, Outside
 
 from docker_xms.adapters import hostnet
 from tests.helpers import cli_path
 from tests.integration.test_media_ports import port_row, run_json
 from tests.integration.test_outside import _name
-from tests.peer_links import LinkPeer, Outside
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

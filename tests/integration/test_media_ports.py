@@ -27,7 +27,7 @@ from typing import Any
 
 import docker
 import pytest
-from bench.rtpstats import StreamStats, stream_stats
+from lab.rtpstats import StreamStats, stream_stats
 
 from docker_xms.adapters.hostproc import pids_named
 from docker_xms.adapters.rtp import (

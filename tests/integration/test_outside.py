@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from lab.peer_links import LinkPeer, Outside, json_outputs
 
 from docker_xms.adapters import hostnet
 from tests.helpers import run_cli
 from tests.integration.test_media_ports import port_row, run_json
 from tests.integration.test_sip_profile import MEDIA_PORT, sip_call
-from tests.peer_links import LinkPeer, Outside, json_outputs
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

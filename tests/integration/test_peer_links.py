@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab.peer_links import LinkPeer, Links, Peer, json_outputs
 
 from tests.helpers import wait_for
 from tests.integration.test_media_ports import port_row, run_json
@@ -41,7 +42,6 @@ from tests.integration.test_sip_profile import (
     pcap_packets,
     sipp_call,
 )
-from tests.peer_links import LinkPeer, Links, Peer, json_outputs
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import docker
 import pytest
-from bench.rtpstats import stream_stats
+from lab.rtpstats import stream_stats
 
 from docker_xms.adapters.rtp import (
     NgClient,

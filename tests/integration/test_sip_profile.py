@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from lab.peer_links import Peer, pick_block, sh
 
 import docker_xms
 from tests.helpers import run_cli, wait_for
-from tests.peer_links import Peer, pick_block, sh
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""A fleet on a 3-node lab swarm (tests/swarm_lab.py): the agent as a global service adopts a stack's tasks.
+"""A fleet on a 3-node lab swarm (lab/swarm.py): the agent as a global service adopts a stack's tasks.
 
 Select with `-m swarm`. The lab, its registry and its agents are made once for the module and taken
 away at its end, and the test checks that nothing of them is left on this machine.
@@ -18,12 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from docker_xms.adapters.rtp import NgClient, NgError, exchange, open_call, udp_socket
-from docker_xms.adapters.sipp import UdpCounter
-from tests.helpers import RTPENGINE_IMAGE, run_cli, wait_for
-from tests.integration.test_sip_profile import PCAP, SCENARIO, pcap_packets, sipp_stats
-from tests.swarm_lab import (
+from lab.swarm import (
     NODE_POOL_US,
     Lab,
     Node,
@@ -38,6 +33,11 @@ from tests.swarm_lab import (
     task_states,
     tasks_on,
 )
+
+from docker_xms.adapters.rtp import NgClient, NgError, exchange, open_call, udp_socket
+from docker_xms.adapters.sipp import UdpCounter
+from tests.helpers import RTPENGINE_IMAGE, run_cli, wait_for
+from tests.integration.test_sip_profile import PCAP, SCENARIO, pcap_packets, sipp_stats
 
 pytestmark = [
     pytest.mark.engine,

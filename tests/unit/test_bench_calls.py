@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import pytest
 from bench.calls import (
+    CLOCK_RATE,
     CallsPlan,
     peak_overlap,
     plan_from,
     pooled,
     response_times_ms,
-    rfc3550_jitter_ms,
     rtp_summary,
     sipp_statistics,
     split_calls,
 )
+
+from docker_xms.domain.stats import interarrival_jitter_ms
 
 # The header and a last row as SIPp 3.6.1 writes them with -trace_stat (trimmed to the columns read, plus a few
 # around them; StartTime holds a tab, as SIPp's own does).
@@ -71,9 +73,9 @@ def _stream(packets: int, start_ns: int = 0, spacing_ns: int = 20_000_000, wobbl
 
 
 def test_a_steady_stream_has_no_jitter_and_a_wobbling_one_has() -> None:
-    assert rfc3550_jitter_ms(_stream(50)) == 0.0
+    assert interarrival_jitter_ms(_stream(50), CLOCK_RATE) == 0.0
     # |D| = 1 ms for every pair: the estimate climbs towards 1 ms.
-    assert 0.9 < rfc3550_jitter_ms(_stream(200, wobble_ns=1_000_000)) <= 1.0
+    assert 0.9 < interarrival_jitter_ms(_stream(200, wobble_ns=1_000_000), CLOCK_RATE) <= 1.0
 
 
 def test_a_port_handed_to_a_later_call_is_split_at_the_pause_between_them() -> None:
@@ -104,7 +106,7 @@ def test_loss_is_counted_each_way_and_jitter_per_stream_either_way() -> None:
     assert rtp["lost_to_caller"] == 2
     assert rtp["streams"] == 4
     assert rtp["streams_at_once"] == 4
-    assert rtp["jitter_ms_max"] == pytest.approx(rfc3550_jitter_ms(_stream(46, wobble_ns=1_000_000)))
+    assert rtp["jitter_ms_max"] == pytest.approx(interarrival_jitter_ms(_stream(46, wobble_ns=1_000_000), CLOCK_RATE))
     assert rtp["jitter_ms_mean"] == pytest.approx(rtp["jitter_ms_max"] / 4)
 
 

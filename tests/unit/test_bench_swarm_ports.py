@@ -17,8 +17,7 @@ from bench.swarm_ports import (
     table_rows,
     totals,
 )
-
-from tests.swarm_lab import parse_forwards
+from lab.swarm import parse_forwards
 
 # What DUMP prints on a node: its own namespace, then its engine's (the node's again as "default", the ingress
 # sandbox, a container's sandbox).

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import pytest
-from bench.rtpstats import JitterMeter, interarrival_jitter_ms, stream_stats
 from hypothesis import given
 from hypothesis import strategies as st
+from lab.rtpstats import interarrival_jitter_ms, stream_stats
 
 from docker_xms.adapters.rtp_wire import (
     PCMU_SILENCE,
@@ -21,7 +21,7 @@ from docker_xms.adapters.rtp_wire import (
     sdp_audio_address,
     sdp_offer,
 )
-from docker_xms.domain.stats import histogram_percentiles, nearest_rank, percentiles
+from docker_xms.domain.stats import JitterMeter, histogram_percentiles, nearest_rank, percentiles
 
 MS = 1_000_000
 

@@ -6,6 +6,7 @@ refused with its path, the line and the field at fault.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from collections.abc import Sequence
@@ -361,6 +362,22 @@ def _instance_file(reader: _Reader, known: dict[str, Any]) -> InstanceFile:
     return InstanceFile(path, template, mode_value, verbatim)
 
 
+# The tables a profile may hold, each read by its own reader below.
+_TABLES = {
+    "profile",
+    "ports",
+    "media",
+    "readiness",
+    "build",
+    "instance_files",
+    "summary",
+    "run",
+    "vars",
+    "test_call",
+    "drain",
+}
+
+
 def parse_profile(text: str, source: str) -> Profile:
     """Parse and validate one profile's TOML text; `source` names the file in error messages."""
     try:
@@ -368,111 +385,163 @@ def parse_profile(text: str, source: str) -> Profile:
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"Profile {source} is not valid TOML: {exc}.") from None
     root = _Reader(data, source, text)
-    root.unknown(
-        {"profile", "ports", "media", "readiness", "build", "instance_files", "summary", "run", "vars", "test_call"}
-        | {"drain"}
+    root.unknown(_TABLES)
+    head = _head(root.table("profile"))
+    ports = tuple(_port(r) for r in root.tables("ports"))
+    media = _media(root.table("media"))
+    _check_overlaps(ports + media.ranges, root)
+    readiness = _readiness(root.table("readiness"))
+    variables = _variables(root)
+    known = template_defaults(ports, variables)
+    build = _build(root.table("build"), known, head.image)
+    tmpfs, run_env = _run(root.table("run"))
+    test_call = _test_call(root.table("test_call"), ports)
+    drain = _drain(root.table("drain"), readiness)
+    if drain.command:
+        build = _with_drain(build, drain)
+    summary = _summary(root)
+
+    return Profile(
+        name=head.name,
+        description=head.description,
+        image=head.image,
+        docs_url=head.docs_url,
+        ports=ports,
+        media=media.ranges[0] if media.ranges else None,
+        media_ranges=media.ranges,
+        tmpfs=tmpfs,
+        env=run_env,
+        readiness=readiness,
+        build=build,
+        instance_files=tuple(_instance_file(r, known) for r in root.tables("instance_files")),
+        summary=summary,
+        logins=head.logins,
+        media_config=media.config,
+        rt_priority=head.rt_priority,
+        source=source,
+        variables=variables,
+        advertise_form=media.advertise_form,
+        test_call=test_call,
+        drain=drain,
+        rt_threads=head.rt_threads,
     )
-    head = root.table("profile")
-    head.unknown({"name", "description", "image", "docs_url", "logins", "rt_priority", "rt_threads"})
-    name = head.get("name", str, required=True)
+
+
+@dataclass(frozen=True)
+class _Head:
+    """What the [profile] table says about the server."""
+
+    name: str
+    description: str
+    image: str
+    docs_url: str
+    logins: dict[str, str]
+    rt_priority: int
+    rt_threads: tuple[str, ...]
+
+
+def _head(reader: _Reader) -> _Head:
+    reader.unknown({"name", "description", "image", "docs_url", "logins", "rt_priority", "rt_threads"})
+    name = reader.get("name", str, required=True)
     if not NAME_RE.match(name):
-        raise head.fail("name", f"must be lower-case letters, digits, '.', '_' or '-', not {name!r}")
-    logins = head.get("logins", dict, default={})
+        raise reader.fail("name", f"must be lower-case letters, digits, '.', '_' or '-', not {name!r}")
+    logins = reader.get("logins", dict, default={})
     for key, value in logins.items():
         if not isinstance(value, str):
-            raise head.fail("logins", f"entry {key!r} must be a string")
-    rt_priority = head.get("rt_priority", int, default=50)
+            raise reader.fail("logins", f"entry {key!r} must be a string")
+    rt_priority = reader.get("rt_priority", int, default=50)
     if not 1 <= rt_priority <= 99:
-        raise head.fail("rt_priority", "must lie within 1-99")
-    rt_threads = head.strings("rt_threads")
+        raise reader.fail("rt_priority", "must lie within 1-99")
+    return _Head(
+        name=name,
+        description=reader.get("description", str, default=""),
+        image=reader.get("image", str, default=""),
+        docs_url=reader.get("docs_url", str, default=""),
+        logins={str(k): str(v) for k, v in logins.items()},
+        rt_priority=rt_priority,
+        rt_threads=reader.strings("rt_threads"),
+    )
 
-    ports = tuple(_port(r) for r in root.tables("ports"))
-    media_reader = root.table("media")
-    media_reader.unknown({"ranges", "config", "advertise"})
-    media_ranges = tuple(_port(r, "media") for r in media_reader.tables("ranges"))
-    media_config = media_reader.get("config", str, default="none")
-    if media_config not in ("instance-file", "env", "none"):
-        raise media_reader.fail("config", f"must be instance-file, env or none, not {media_config!r}")
-    advertise_form = media_reader.get("advertise", str, default="")
+
+@dataclass(frozen=True)
+class _Media:
+    """What the [media] table says: the media ranges, how the server learns them, how it advertises an address."""
+
+    ranges: tuple[PortSpec, ...]
+    config: str
+    advertise_form: str
+
+
+def _media(reader: _Reader) -> _Media:
+    reader.unknown({"ranges", "config", "advertise"})
+    ranges = tuple(_port(r, "media") for r in reader.tables("ranges"))
+    config = reader.get("config", str, default="none")
+    if config not in ("instance-file", "env", "none"):
+        raise reader.fail("config", f"must be instance-file, env or none, not {config!r}")
+    advertise_form = reader.get("advertise", str, default="")
     if advertise_form:
         try:
             advertise_form.format(address="192.0.2.1")
         except (KeyError, IndexError, ValueError):
-            raise media_reader.fail("advertise", "may hold only the placeholder {address}") from None
-    _check_overlaps(ports + media_ranges, root)
+            raise reader.fail("advertise", "may hold only the placeholder {address}") from None
+    return _Media(ranges, config, advertise_form)
 
-    ready = root.table("readiness")
-    ready.unknown({"systemd", "allowed_down", "required_units", "check", "timeout"})
-    check = ready.get("check", str, default="none")
+
+def _readiness(reader: _Reader) -> Readiness:
+    reader.unknown({"systemd", "allowed_down", "required_units", "check", "timeout"})
+    check = reader.get("check", str, default="none")
     if check not in CHECKS:
-        raise ready.fail("check", f"must be one of {', '.join(CHECKS)}, not {check!r}")
-    timeout = ready.get("timeout", (int, float), default=120)
+        raise reader.fail("check", f"must be one of {', '.join(CHECKS)}, not {check!r}")
+    timeout = reader.get("timeout", (int, float), default=120)
     if timeout <= 0:
-        raise ready.fail("timeout", "must be above 0")
-    readiness = Readiness(
-        systemd=ready.get("systemd", bool, default=True),
-        allowed_down=ready.strings("allowed_down"),
-        required_units=ready.strings("required_units"),
+        raise reader.fail("timeout", "must be above 0")
+    return Readiness(
+        systemd=reader.get("systemd", bool, default=True),
+        allowed_down=reader.strings("allowed_down"),
+        required_units=reader.strings("required_units"),
         check=check,
         timeout=float(timeout),
     )
 
+
+def _variables(root: _Reader) -> dict[str, str]:
+    """The profile's own placeholders ([vars]), each a string."""
     variables = root.get("vars", dict, default={})
     for key, value in variables.items():
         if not isinstance(value, str):
-            raise _fail(source, f"vars.{key}", "must be a string", text)
-    known = template_defaults(ports, variables)
+            raise _fail(root.source, f"vars.{key}", "must be a string", root.text)
+    return {str(k): str(v) for k, v in variables.items()}
 
-    build = root.table("build")
-    build.unknown({"distro", "packages", "enable_units", "mask_units", "files", "env", "tag"})
-    env = build.get("env", dict, default={})
-    build_recipe = BuildRecipe(
-        distro=build.get("distro", str, default="debian12"),
-        packages=build.strings("packages"),
-        enable_units=build.strings("enable_units"),
-        mask_units=build.strings("mask_units"),
-        files=tuple(_instance_file(r, known) for r in build.tables("files")),
+
+def _build(reader: _Reader, known: dict[str, Any], image: str) -> BuildRecipe:
+    """The image recipe ([build]); its tag is the profile's image unless it names one."""
+    reader.unknown({"distro", "packages", "enable_units", "mask_units", "files", "env", "tag"})
+    env = reader.get("env", dict, default={})
+    return BuildRecipe(
+        distro=reader.get("distro", str, default="debian12"),
+        packages=reader.strings("packages"),
+        enable_units=reader.strings("enable_units"),
+        mask_units=reader.strings("mask_units"),
+        files=tuple(_instance_file(r, known) for r in reader.tables("files")),
         env={str(k): str(v) for k, v in env.items()},
-        default_tag=build.get("tag", str, default=head.get("image", str, default="")),
+        default_tag=reader.get("tag", str, default=image),
     )
-    run = root.table("run")
-    run.unknown({"tmpfs", "env"})
-    run_env = run.get("env", dict, default={})
 
-    test_call = _test_call(root.table("test_call"), ports)
-    drain = _drain(root.table("drain"), readiness)
-    if drain.command:
-        build_recipe = _with_drain(build_recipe, drain)
 
+def _run(reader: _Reader) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The tmpfs mounts and environment every container of the profile runs with ([run])."""
+    reader.unknown({"tmpfs", "env"})
+    env = reader.get("env", dict, default={})
+    return reader.strings("tmpfs"), {str(k): str(v) for k, v in env.items()}
+
+
+def _summary(root: _Reader) -> str:
+    """The post-start summary's text ([summary] text)."""
     summary = root.get("summary", dict, default={})
-    summary_text = summary.get("text", "")
-    if not isinstance(summary_text, str):
-        raise _fail(source, "summary.text", "must be a string", text)
-
-    return Profile(
-        name=name,
-        description=head.get("description", str, default=""),
-        image=head.get("image", str, default=""),
-        docs_url=head.get("docs_url", str, default=""),
-        ports=ports,
-        media=media_ranges[0] if media_ranges else None,
-        media_ranges=media_ranges,
-        tmpfs=run.strings("tmpfs"),
-        env={str(k): str(v) for k, v in run_env.items()},
-        readiness=readiness,
-        build=build_recipe,
-        instance_files=tuple(_instance_file(r, known) for r in root.tables("instance_files")),
-        summary=summary_text,
-        logins={str(k): str(v) for k, v in logins.items()},
-        media_config=media_config,
-        rt_priority=rt_priority,
-        source=source,
-        variables={str(k): str(v) for k, v in variables.items()},
-        advertise_form=advertise_form,
-        test_call=test_call,
-        drain=drain,
-        rt_threads=rt_threads,
-    )
+    text = summary.get("text", "")
+    if not isinstance(text, str):
+        raise _fail(root.source, "summary.text", "must be a string", root.text)
+    return text
 
 
 def _drain(reader: _Reader, readiness: Readiness) -> Drain:
@@ -526,15 +595,8 @@ def drain_files(drain: Drain) -> tuple[InstanceFile, InstanceFile]:
 
 def _with_drain(build: BuildRecipe, drain: Drain) -> BuildRecipe:
     """The image recipe with the drain's unit and script, so that every image built from it drains."""
-    files = drain_files(drain)
-    return BuildRecipe(
-        distro=build.distro,
-        packages=build.packages,
-        enable_units=(*build.enable_units, DRAIN_UNIT),
-        mask_units=build.mask_units,
-        files=(*build.files, *files),
-        env=build.env,
-        default_tag=build.default_tag,
+    return dataclasses.replace(
+        build, enable_units=(*build.enable_units, DRAIN_UNIT), files=(*build.files, *drain_files(drain))
     )
 
 

@@ -1,4 +1,5 @@
-"""Nearest-rank percentiles, as latency reports show them (p50, p99, p99.9, max)."""
+"""Nearest-rank percentiles, as latency reports show them (p50, p99, p99.9, max), and RFC 3550 interarrival
+jitter, as a test call and the media measurements report it."""
 
 from __future__ import annotations
 
@@ -75,21 +76,45 @@ def histogram_percentiles(buckets: Mapping[int, int], overflow: int = 0, overflo
     return Percentiles(count=total, p50=at(50), p99=at(99), p999=at(99.9), max=top)
 
 
-def interarrival_jitter_ms(packets: Iterable[tuple[int, int]], clock_rate: int) -> float:
-    """RFC 3550 6.4.1 interarrival jitter of (RTP timestamp, arrival ns) pairs in the order they arrived, in ms.
+_TS_MOD = 1 << 32
+
+
+def wrapped(delta: int, modulus: int) -> int:
+    """A difference of two wrapping counters (RTP sequence numbers, timestamps), as the signed value nearest zero."""
+    delta %= modulus
+    return delta - modulus if delta >= modulus // 2 else delta
+
+
+class JitterMeter:
+    """RFC 3550 6.4.1 interarrival jitter, fed packet by packet in the order they arrive.
 
     The running estimate J += (|D| - J) / 16, where D is the change in transit time from one packet to the next
     in timestamp units; timestamps wrap at 2^32, so their difference is taken as the signed value nearest zero.
     """
-    if clock_rate <= 0:
-        raise ValueError("the RTP clock rate must be positive")
-    jitter = 0.0
-    last: tuple[int, int] | None = None
+
+    def __init__(self, clock_rate: int) -> None:
+        if clock_rate <= 0:
+            raise ValueError("the RTP clock rate must be positive")
+        self.clock_rate = clock_rate
+        self._jitter = 0.0  # in timestamp units, as the RFC keeps it
+        self._last: tuple[int, int] | None = None
+
+    def add(self, timestamp: int, arrival_ns: int) -> None:
+        if self._last is not None:
+            last_ts, last_arrival = self._last
+            arrival_units = (arrival_ns - last_arrival) * self.clock_rate / 1e9
+            d = arrival_units - wrapped(timestamp - last_ts, _TS_MOD)
+            self._jitter += (abs(d) - self._jitter) / 16
+        self._last = (timestamp, arrival_ns)
+
+    @property
+    def jitter_ms(self) -> float:
+        return self._jitter * 1000 / self.clock_rate
+
+
+def interarrival_jitter_ms(packets: Iterable[tuple[int, int]], clock_rate: int) -> float:
+    """RFC 3550 interarrival jitter of (RTP timestamp, arrival ns) pairs in the order they arrived, in ms."""
+    meter = JitterMeter(clock_rate)
     for timestamp, arrival_ns in packets:
-        if last is not None:
-            step = (timestamp - last[0]) % (1 << 32)
-            step = step - (1 << 32) if step >= 1 << 31 else step
-            d = (arrival_ns - last[1]) * clock_rate / 1e9 - step
-            jitter += (abs(d) - jitter) / 16
-        last = (timestamp, arrival_ns)
-    return jitter * 1000 / clock_rate
+        meter.add(timestamp, arrival_ns)
+    return meter.jitter_ms

@@ -1,4 +1,5 @@
-"""A swarm on this machine for the fleet tests: Docker engines in containers, joined into one swarm.
+"""A swarm on this machine for the fleet tests and the swarm-ports benchmark: Docker engines in containers,
+joined into one swarm.
 
 Each node is a container running `dockerd` from an offline Debian root file system (mmdebstrap), started
 without --privileged: SYS_ADMIN, NET_ADMIN and SYS_NICE, no seccomp filter, tmpfs /run, a volume for /var/lib/docker, and the
@@ -36,7 +37,7 @@ import docker
 
 from docker_xms.adapters import rootfs
 from docker_xms.domain.recipes import LABEL_RECIPE, recipe_hash
-from tests.helpers import TEST_LABEL, run_cli, wait_for
+from lab.helpers import TEST_LABEL, run_cli, wait_for
 
 NODE_IMAGE = "docker-xms-test/swarm-node:latest"
 NODE_PACKAGES = ("docker.io", "iptables", "iproute2", "procps", "util-linux")

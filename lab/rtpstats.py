@@ -1,5 +1,5 @@
-"""What a receiver saw of an RTP stream: RFC 3550 interarrival jitter, loss, duplicates, reordering and
-lateness. Used by the media benchmark and the media tests.
+"""What a receiver saw of an RTP stream: loss, duplicates, reordering, lateness and RFC 3550 interarrival jitter
+(the domain's, docker_xms.domain.stats). Used by the media benchmark and the media tests.
 """
 
 from __future__ import annotations
@@ -8,50 +8,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from docker_xms.adapters.rtp_wire import PCMU_CLOCK_RATE, Arrival
-from docker_xms.domain.stats import Percentiles, percentiles
+from docker_xms.domain import stats
+from docker_xms.domain.stats import JitterMeter, Percentiles, percentiles, wrapped
 
 _SEQ_MOD = 1 << 16
 _TS_MOD = 1 << 32
 _NS_PER_MS = 1_000_000
 
-# --- jitter, loss, lateness --------------------------------------------------------------------------
-
-
-def _wrapped(delta: int, modulus: int) -> int:
-    """A difference of two wrapping counters, as the signed value nearest zero."""
-    delta %= modulus
-    return delta - modulus if delta >= modulus // 2 else delta
-
-
-class JitterMeter:
-    """RFC 3550 6.4.1 interarrival jitter, fed packet by packet in the order they arrive."""
-
-    def __init__(self, clock_rate: int) -> None:
-        if clock_rate <= 0:
-            raise ValueError("the RTP clock rate must be positive")
-        self.clock_rate = clock_rate
-        self._jitter = 0.0  # in timestamp units, as the RFC keeps it
-        self._last: tuple[int, int] | None = None
-
-    def add(self, timestamp: int, arrival_ns: int) -> None:
-        if self._last is not None:
-            last_ts, last_arrival = self._last
-            # D in timestamp units: the change in transit time between this packet and the one before.
-            arrival_units = (arrival_ns - last_arrival) * self.clock_rate / 1e9
-            d = arrival_units - _wrapped(timestamp - last_ts, _TS_MOD)
-            self._jitter += (abs(d) - self._jitter) / 16
-        self._last = (timestamp, arrival_ns)
-
-    @property
-    def jitter_ms(self) -> float:
-        return self._jitter * 1000 / self.clock_rate
-
 
 def interarrival_jitter_ms(arrivals: Iterable[Arrival], clock_rate: int = PCMU_CLOCK_RATE) -> float:
-    meter = JitterMeter(clock_rate)
-    for arrival in arrivals:
-        meter.add(arrival.timestamp, arrival.arrival_ns)
-    return meter.jitter_ms
+    """The RFC 3550 interarrival jitter of received packets, in the order they arrived."""
+    return stats.interarrival_jitter_ms(((a.timestamp, a.arrival_ns) for a in arrivals), clock_rate)
 
 
 @dataclass(frozen=True)
@@ -110,7 +77,7 @@ def stream_stats(
     meter = JitterMeter(clock_rate)
     for arrival in arrivals:
         # Extended sequence numbers, relative to the first packet, so that a 16-bit wrap is not 65,535 losses.
-        extended = 0 if highest is None else highest + _wrapped(arrival.seq - base_seq - highest, _SEQ_MOD)
+        extended = 0 if highest is None else highest + wrapped(arrival.seq - base_seq - highest, _SEQ_MOD)
         if extended in seen:
             duplicates += 1
             continue
@@ -119,7 +86,7 @@ def stream_stats(
         seen.add(extended)
         highest = extended if highest is None else max(highest, extended)
         meter.add(arrival.timestamp, arrival.arrival_ns)
-        scheduled_ns = origin_ns + _wrapped(arrival.timestamp - origin_ts, _TS_MOD) * 1e9 / clock_rate
+        scheduled_ns = origin_ns + wrapped(arrival.timestamp - origin_ts, _TS_MOD) * 1e9 / clock_rate
         delay = (arrival.arrival_ns - scheduled_ns) / _NS_PER_MS
         delays.append(delay)
         if delay > late_after_ms:
