@@ -4,7 +4,7 @@ They obey the rules of the real things where the use cases depend on them: `Fake
 the kernel refuses on cpu.rt_runtime_us (tests/integration/test_fakes_match.py runs the same writes on
 this machine's cgroups and on the fake and compares the outcomes); `FakeEngine` starts a container
 into its cgroup with the budget stored in its configuration, as dockerd does, and fails the start when
-the kernel refuses that budget; `FakeNetfilter` keeps one set of forwards per container.
+the kernel refuses that budget, with the error the engine adapter raises then (`StartBudgetRefused`); `FakeNetfilter` keeps one set of forwards per container.
 
 Faults are injected per call: `engine.fail["start"] = XmsError(...)` makes the next start raise it,
 and `engine.before["update_rt_runtime"] = fn` runs `fn(*args)` first (a container vanishing between a
@@ -27,7 +27,7 @@ from docker_xms.adapters.engine_list import ContainerSummary, PublishedPort
 from docker_xms.adapters.netfilter import Forward, Reconciled
 from docker_xms.domain.budget import PERIOD_US
 from docker_xms.domain.forwards import DnatForward
-from docker_xms.errors import BadInput, NotFound, XmsError
+from docker_xms.errors import BadInput, NotFound, StartBudgetRefused, XmsError
 
 # The kernel compares bandwidths as runtime/period in this fixed point (kernel/sched/core.c, to_ratio).
 BW_SHIFT = 20
@@ -315,7 +315,7 @@ class FakeEngine:
                 except CgroupWriteError as exc:
                     self.fs.rmdir(group)
                     container.error = "failed to write cpu.rt_runtime_us: invalid argument"
-                    raise XmsError(f"The engine could not start the container: {exc.message}") from exc
+                    raise StartBudgetRefused(f"The engine could not start the container: {exc.message}") from exc
                 # Its server's threads run SCHED_FIFO as soon as it starts.
                 self.fs.attach_rt_thread(group)
         container.status = "running"

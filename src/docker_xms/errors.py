@@ -7,13 +7,29 @@ from __future__ import annotations
 
 
 class XmsError(Exception):
-    """A failure with a message meant for the user."""
+    """A failure with a message meant for the user.
+
+    Code the error passes through on its way up adds what it did about it (`add_context`) instead of raising
+    a new error made of this one's words: the error keeps its type, so that callers can still tell it apart.
+    """
 
     exit_code = 1
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.message = message
+        self.reason = message
+        self.context: tuple[str, ...] = ()
+
+    @property
+    def message(self) -> str:
+        """What the user reads: the error's own sentence, then the context added on its way up."""
+        return " ".join((self.reason, *self.context))
+
+    def add_context(self, sentence: str) -> None:
+        self.context = (*self.context, sentence)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class BadInput(XmsError):
@@ -28,6 +44,16 @@ class EngineUnavailable(XmsError):
 
 class NotFound(BadInput):
     """A container, image or profile the user named does not exist."""
+
+
+class StartBudgetRefused(XmsError):
+    """The engine could not start a container because the kernel refused the real-time budget its configuration
+    carries, written into its new group: the parent had too little room left, for now (a group removed a moment
+    ago still counts) or for good."""
+
+
+class ContainerBeingRemoved(XmsError):
+    """The engine refused to change a container it is removing: what the change was for no longer matters."""
 
 
 class Interrupted(KeyboardInterrupt):

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from docker_xms.adapters.engine import Engine
-from docker_xms.errors import XmsError
-from docker_xms.usecases import rt as rt_module
+from docker_xms.errors import StartBudgetRefused
 from tests.helpers import (
     TEST_LABEL,
     children_runtime,
@@ -171,7 +170,8 @@ def test_the_engine_reports_a_budget_the_kernel_refused_at_start_as_a_start_retr
     docker_client: Any, busybox_image: str
 ) -> None:
     """A start whose budget the kernel refuses is tried again (a group removed a moment ago may still
-    count): the engine's own wording must be the one `start_once_freed` looks for."""
+    count): the engine's own wording must be the one the engine adapter raises as the refusal
+    `start_once_freed` tries again."""
     # More than the whole host's real-time runtime: refused whatever else runs.
     container = docker_client.api.create_container(
         busybox_image,
@@ -182,9 +182,9 @@ def test_the_engine_reports_a_budget_the_kernel_refused_at_start_as_a_start_retr
     )
     engine = Engine.connect()
     try:
-        with pytest.raises(XmsError) as refused:
+        with pytest.raises(StartBudgetRefused) as refused:
             engine.start(container["Id"])
-        assert rt_module.REFUSED_START in refused.value.message
+        assert refused.value.message.startswith("The engine could not start the container: ")
     finally:
         engine.close()
         docker_client.api.remove_container(container["Id"], force=True)

@@ -17,6 +17,7 @@ from docker_xms.domain.budget import (
     compute_pool,
     plan,
     rollback,
+    room,
     split,
     to_period,
 )
@@ -73,6 +74,22 @@ def test_pool_is_capacity_minus_foreign_capped_never_negative() -> None:
     assert compute_pool(950_000, 100_000, cap_us=400_000) == 400_000
     assert compute_pool(950_000, 100_000, cap_us=900_000) == 850_000
     assert compute_pool(100_000, 200_000) == 0
+
+
+@dataclass(frozen=True)
+class Child:
+    name: str
+    runtime_us: int
+    period_us: int = 1_000_000
+
+
+def test_the_room_counts_every_other_group_that_holds_runtime_as_foreign_per_period() -> None:
+    children = [Child("ours", 300_000), Child("other", 50_000, 500_000), Child("idle", 0), Child("free", -1)]
+    assert room(950_000, 0, children, {"ours"}).foreign == {"other": 100_000, "free": 1_000_000}
+    found = room(950_000, 150_000, children[:3], {"ours"}, cap_us=500_000)
+    assert (found.capacity_us, found.siblings_us, found.foreign_us) == (800_000, 150_000, 100_000)
+    assert found.held == {"ours": 300_000}
+    assert found.pool_us == compute_pool(800_000, 100_000, 500_000) == 500_000
 
 
 def test_capacity_is_root_minus_siblings_and_unlimited_root_is_the_period() -> None:

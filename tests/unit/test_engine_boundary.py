@@ -1,4 +1,5 @@
-"""Every engine call, when the engine is not there or goes away, raises EngineUnavailable and nothing raw.
+"""Every engine call, when the engine is not there or goes away, raises EngineUnavailable and nothing raw;
+a refusal that only the engine's words tell apart is raised as its own type.
 
 A real Engine over the real SDK talks to real unix sockets that misbehave the ways an engine going away
 does: no socket file, a socket nobody listens on, a connection accepted and closed, an answer cut off
@@ -8,6 +9,7 @@ after a few bytes, a stream cut off mid-body, an engine that accepts and never a
 from __future__ import annotations
 
 import inspect
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -19,7 +21,7 @@ import pytest
 
 from docker_xms.adapters import engine_list
 from docker_xms.adapters.engine import CreateSpec, Engine
-from docker_xms.errors import EngineUnavailable
+from docker_xms.errors import ContainerBeingRemoved, EngineUnavailable, StartBudgetRefused, XmsError
 
 ID = "0" * 64
 
@@ -264,3 +266,92 @@ def test_the_list_view_gives_up_on_an_engine_that_never_answers(
 ) -> None:
     with pytest.raises(EngineUnavailable):
         engine_list.list_containers(str(sockets(never_answer)), timeout=0.3)
+
+
+def refusing(status: int, message: str) -> Callable[[socket.socket], None]:
+    """An engine that answers every request with this error status and message, as dockerd does."""
+    body = json.dumps({"message": message}).encode()
+
+    def behave(conn: socket.socket) -> None:
+        read_head(conn)
+        reason = {409: "Conflict", 500: "Internal Server Error"}[status]
+        head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        conn.sendall(head.encode() + body)
+
+    return behave
+
+
+# The engine's own words for the refusals that only their words tell apart (runc's, and dockerd's over
+# its versions), each with the type it is raised as and the sentence the user reads.
+REFUSALS = [
+    (
+        "start",
+        500,
+        "OCI runtime start failed: container_linux.go:380: starting container process caused: process_linux.go:"
+        "545: container init caused: process_linux.go:508: setting cgroup config for procHooks process caused: "
+        'failed to write "990000": write /sys/fs/cgroup/cpu,cpuacct/docker/0000/cpu.rt_runtime_us: invalid '
+        "argument: unknown",
+        StartBudgetRefused,
+        "The engine could not start the container: OCI runtime start failed: ",
+    ),
+    (
+        "update_rt_runtime",
+        500,
+        f'Cannot update container {ID}: container is marked for removal and cannot be "update"',
+        ContainerBeingRemoved,
+        f"The engine could not set the real-time budget of {ID[:12]} to 1000 us: Cannot update container ",
+    ),
+    (
+        "update_rt_runtime",
+        500,
+        f'Cannot update container {ID}: Container is marked for removal and cannot be "update".',
+        ContainerBeingRemoved,
+        f"The engine could not set the real-time budget of {ID[:12]} to 1000 us: Cannot update container ",
+    ),
+    ("start", 500, "OCI runtime start failed: no such file: unknown", XmsError, "The engine could not start the"),
+    ("update_rt_runtime", 500, "Cannot update container: out of memory", XmsError, "The engine could not set the"),
+    ("remove", 409, f"You cannot remove a running container {ID}", XmsError, f"The engine could not remove {ID[:12]}"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "message", "kind", "sentence"),
+    REFUSALS,
+    ids=[
+        "start-budget-refused",
+        "update-marked-for-removal",
+        "update-marked-for-removal-older-wording",
+        "start-other-refusal",
+        "update-other-refusal",
+        "remove-other-conflict",
+    ],
+)
+def test_a_refusal_told_apart_by_the_engines_words_is_raised_as_its_type_with_the_same_sentence(
+    sockets: Callable[[Callable[[socket.socket], None]], Path],
+    tmp_path: Path,
+    method: str,
+    status: int,
+    message: str,
+    kind: type[XmsError],
+    sentence: str,
+) -> None:
+    engine = engine_at(sockets(refusing(status, message)))
+    try:
+        with pytest.raises(XmsError) as refused:
+            CALLS[method](engine, tmp_path)
+    finally:
+        engine.close()
+    assert type(refused.value) is kind
+    assert refused.value.exit_code == 1
+    assert refused.value.message.startswith(sentence)
+    assert refused.value.message.endswith(f"{message.rstrip('.')}.")
+
+
+def test_a_removal_that_another_removal_is_already_doing_is_done(
+    sockets: Callable[[Callable[[socket.socket], None]], Path], tmp_path: Path
+) -> None:
+    engine = engine_at(sockets(refusing(409, f"removal of container {ID} is already in progress")))
+    try:
+        assert engine.remove(ID) is None
+    finally:
+        engine.close()

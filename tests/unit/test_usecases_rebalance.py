@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from docker_xms.adapters.cgroups import CgroupWriteError
 from docker_xms.domain.labels import MANAGED_LABEL, PROFILE_LABEL, reserved_weight
-from docker_xms.errors import XmsError
+from docker_xms.errors import ContainerBeingRemoved, EngineUnavailable, XmsError
 from docker_xms.usecases import rt as rt_module
 from docker_xms.usecases.rt import rebalance, reserve
 from tests.fakes import FakeEngine
@@ -119,12 +120,43 @@ def test_a_group_the_kernel_never_frees_fails_in_one_sentence_after_the_wait(hos
     b = host.managed("b", runtime=475_000)
     host.engine.vanish(b.id)
 
-    with pytest.raises(XmsError) as failed:
+    with pytest.raises(CgroupWriteError) as failed:
         rebalance(host.rt)
 
     assert "The kernel refused 950000" in failed.value.message
     assert failed.value.message.endswith("The rebalance was rolled back to the previous budgets.")
+    assert str(failed.value) == failed.value.message
     assert host.runtime(a) == 475_000
+
+
+def test_a_rebalance_the_engine_leaves_mid_plan_is_still_engine_unavailable_once_rolled_back(host: Host) -> None:
+    # The agent tells an engine that went away (it waits for it) from any other failure (it starts over).
+    a = host.managed("a", runtime=950_000)
+    b = host.managed("b")
+    gone = EngineUnavailable("The Docker engine did not answer (connection refused): start dockerd, or wait for it.")
+    before_update_of(host.engine, b.id, lambda: host.engine.fail.update(update_rt_runtime=gone))
+
+    with pytest.raises(EngineUnavailable) as failed:
+        rebalance(host.rt)
+
+    assert failed.value.message == f"{gone.reason} The rebalance was rolled back to the previous budgets."
+    assert host.runtime(a) == 950_000
+
+
+def test_a_container_the_engine_is_removing_is_passed_over_like_one_removed(host: Host) -> None:
+    # `docker rm -f` has begun: the engine refuses to store the container's budget, and its group goes with it.
+    a = host.managed("a", runtime=950_000)
+    b = host.managed("b")
+    refusal = ContainerBeingRemoved(
+        f"The engine could not set the real-time budget of {b.id[:12]} to 475000 us: Cannot update container "
+        f'{b.id}: container is marked for removal and cannot be "update".'
+    )
+    before_update_of(host.engine, b.id, lambda: host.engine.fail.update(update_rt_runtime=refusal))
+
+    assert rebalance(host.rt).budgets == {a.id: 475_000, b.id: 475_000}
+    assert host.runtime(a) == 475_000
+    host.engine.vanish(b.id)
+    assert rebalance(host.rt).budgets == {a.id: 950_000}
 
 
 def test_a_reservation_gives_the_others_their_share_back_when_its_block_raises(host: Host) -> None:

@@ -80,5 +80,13 @@ def make_host(tmp: Path) -> Host:
     host = HostRt(1, True, 950_000, 1_000_000, "per-group", tmp / "cpu")
     settings = Settings(lock_path=tmp / "host.lock", state_dir=tmp / "state")
     # No host service listens on a media port of this host.
-    rt = RtHost(engine, host, fs, "cgroupfs", PARENT, None, settings, listening=lambda: {"tcp": set(), "udp": set()})
+    rt = RtHost(
+        engine=engine,
+        host=host,
+        fs=fs,
+        driver="cgroupfs",
+        parent=PARENT,
+        settings=settings,
+        listening=lambda: {"tcp": set(), "udp": set()},
+    )
     return Host(fs, engine, FakeNetfilter(), rt)

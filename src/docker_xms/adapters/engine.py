@@ -1,8 +1,9 @@
 """The Docker engine: the one module that imports the Docker SDK.
 
 Every engine error is turned into an `XmsError` with one sentence a user can act on, in one place
-(`_translated`): a refusal into `XmsError`/`NotFound`/`BadInput`, and an engine that is not there, or
-goes away in the middle of a call, into `EngineUnavailable`, which the agent waits out. Streams from
+(`_translated`): a refusal into `XmsError`/`NotFound`/`BadInput`, or into its own type where only the
+engine's wording tells it apart (`StartBudgetRefused`, `ContainerBeingRemoved`), and an engine that is not
+there, or goes away in the middle of a call, into `EngineUnavailable`, which the agent waits out. Streams from
 build, import, pull and push report failures inside a successful response, so every chunk is checked.
 """
 
@@ -26,7 +27,14 @@ import urllib3.exceptions
 
 from docker_xms.adapters.engine_list import ContainerSummary, summary_of
 from docker_xms.domain.labels import LABEL_PREFIX, MANAGED_LABEL
-from docker_xms.errors import BadInput, EngineUnavailable, NotFound, XmsError
+from docker_xms.errors import (
+    BadInput,
+    ContainerBeingRemoved,
+    EngineUnavailable,
+    NotFound,
+    StartBudgetRefused,
+    XmsError,
+)
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -34,6 +42,14 @@ Progress = Callable[[dict[str, Any]], None]
 # How long, and how much output, a command run in a container is read for (Engine.exec).
 EXEC_TIMEOUT_S = 30.0
 EXEC_MAX_BYTES = 4 << 20
+
+# Refusals that only the engine's wording tells apart from others of the same status code, read here and
+# nowhere else. runc, when the kernel refuses the budget it writes into a starting container's new group:
+BUDGET_REFUSED_AT_START = "cpu.rt_runtime_us: invalid argument"
+# An update of a container that a removal has marked ("container is marked for removal and cannot be ..."):
+MARKED_FOR_REMOVAL = "marked for removal"
+# A removal of a container that another removal is removing ("removal of container ... is already in progress"):
+REMOVAL_IN_PROGRESS = "already in progress"
 
 
 def _ignore(_: dict[str, Any]) -> None:
@@ -477,7 +493,9 @@ class Engine:
         return str(self.api.create_container(**create)["Id"])
 
     def start(self, container_id: str) -> None:
-        with _translated("The engine could not start the container"):
+        with _translated(
+            "The engine could not start the container", kinds={BUDGET_REFUSED_AT_START: StartBudgetRefused}
+        ):
             self.api.start(container_id)
 
     def put_file(self, container_id: str, path: str, content: bytes, mode: int = 0o644) -> None:
@@ -532,6 +550,7 @@ class Engine:
         with _translated(
             f"The engine could not set the real-time budget of {container_id[:12]} to {runtime_us} us",
             f"There is no container {container_id[:12]}.",
+            kinds={MARKED_FOR_REMOVAL: ContainerBeingRemoved},
         ):
             url = self.api._url("/containers/{0}/update", container_id)
             response = self.api._post_json(url, data={"CpuRealtimeRuntime": int(runtime_us)})
@@ -554,7 +573,8 @@ class Engine:
             except docker.errors.NotFound:
                 return
             except docker.errors.APIError as exc:
-                if exc.status_code == 409 and "already in progress" in _explanation(exc):
+                # The other removal finishes the job: for the caller, the container is gone.
+                if exc.status_code == 409 and REMOVAL_IN_PROGRESS in _explanation(exc):
                     return
                 raise
 
@@ -625,11 +645,15 @@ _SDK_REFUSALS = (docker.errors.InvalidArgument, docker.errors.InvalidRepository,
 
 
 @contextmanager
-def _translated(refused: str, missing: str | None = None) -> Iterator[None]:
+def _translated(
+    refused: str, missing: str | None = None, kinds: Mapping[str, type[XmsError]] | None = None
+) -> Iterator[None]:
     """The one place where what the SDK raises becomes the project's errors.
 
     `refused` begins the sentence for an engine's refusal, `missing` is the whole sentence for a 404
-    (without it a 404 is a refusal too). The project's own errors (a `StreamError`) pass unchanged.
+    (without it a 404 is a refusal too). `kinds` gives the type of a refusal whose explanation holds
+    one of its wordings (the sentence stays the same). The project's own errors (a `StreamError`) pass
+    unchanged.
     """
     try:
         yield
@@ -638,7 +662,9 @@ def _translated(refused: str, missing: str | None = None) -> Iterator[None]:
     except docker.errors.NotFound as exc:
         raise NotFound(missing or f"{refused}: {_explanation(exc)}.") from exc
     except docker.errors.APIError as exc:
-        raise XmsError(f"{refused}: {_explanation(exc)}.") from exc
+        explanation = _explanation(exc)
+        kind = next((k for wording, k in (kinds or {}).items() if wording in explanation), XmsError)
+        raise kind(f"{refused}: {explanation}.") from exc
     except _SDK_REFUSALS as exc:
         raise BadInput(f"{refused}: {_short(exc)}.") from exc
     except CONNECTION_ERRORS as exc:

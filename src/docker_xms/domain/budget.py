@@ -8,8 +8,9 @@ therefore a sequence of writes, each of which must leave the kernel in a state i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from docker_xms.errors import BadInput, XmsError
 
@@ -64,6 +65,65 @@ def compute_pool(capacity_us: int, foreign_us: int, cap_us: int | None = None) -
     if cap_us is not None:
         pool = min(pool, cap_us)
     return max(0, pool)
+
+
+class Group(Protocol):
+    """A child group of the engine's parent as its files show it (adapters/cgroups.GroupRuntime)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def runtime_us(self) -> int: ...
+
+    @property
+    def period_us(self) -> int: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Room:
+    """What the engine's parent can hold, who holds what in it, and the pool the managed containers share."""
+
+    capacity_us: int
+    # What the parent's siblings hold: it limits what the parent can hold.
+    siblings_us: int
+    pool_us: int
+    # The managed containers' groups, by group name: the runtime their file holds.
+    held: Mapping[str, int]
+    # Every other group that holds runtime, by group name: its runtime per PERIOD_US.
+    foreign: Mapping[str, int]
+
+    @property
+    def foreign_us(self) -> int:
+        return sum(self.foreign.values())
+
+
+def room(
+    root_runtime_us: int,
+    siblings_us: int,
+    children: Iterable[Group],
+    ours: Container[str],
+    cap_us: int | None = None,
+) -> Room:
+    """The parent's room from its files: the root's runtime, its siblings' and its children's, of which
+    those named in `ours` are the managed containers' groups."""
+    held: dict[str, int] = {}
+    foreign: dict[str, int] = {}
+    for child in children:
+        if child.name in ours:
+            held[child.name] = child.runtime_us
+            continue
+        runtime = to_period(child.runtime_us, child.period_us)
+        if runtime > 0:
+            foreign[child.name] = runtime
+    capacity_us = capacity(root_runtime_us, siblings_us)
+    return Room(
+        capacity_us=capacity_us,
+        siblings_us=siblings_us,
+        pool_us=compute_pool(capacity_us, sum(foreign.values()), cap_us),
+        held=held,
+        foreign=foreign,
+    )
 
 
 def split(pool_us: int, members: Sequence[Member]) -> dict[str, int]:

@@ -261,7 +261,7 @@ def run(
                 else "nothing had been started."
             )
         if isinstance(exc, XmsError) and created and request.keep_on_failure:
-            exc.message += f" Container {created[0][:12]} was kept for inspection (--keep-on-failure)."
+            exc.add_context(f"Container {created[0][:12]} was kept for inspection (--keep-on-failure).")
         raise
     result = _result(
         engine,

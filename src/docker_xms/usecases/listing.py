@@ -7,7 +7,7 @@ those costs more than the listing itself.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 from docker_xms.adapters import adoption_store, cgroups, engine_list, records
@@ -108,15 +108,38 @@ def budget_reader(settings: Settings) -> Callable[[str], int | None]:
     if host.mode != "per-group":
         return lambda _: None
     fs = cgroups.CgroupFs(host.cpu_root)
-    custom = settings.cgroup_parent
-    candidates = [("cgroupfs", cgroups.engine_parent(host, "cgroupfs", custom))]
-    candidates.append(("systemd", cgroups.engine_parent(host, "systemd", custom if custom.endswith(".slice") else "")))
+    places = engine_parents(host, settings.cgroup_parent)
 
     def read(container_id: str) -> int | None:
-        for driver, parent in candidates:
-            rel = cgroups.container_cgroup(parent, driver, container_id)
-            if fs.exists(rel):
-                return fs.read_runtime(rel)
-        return None
+        group = container_group(fs, places, container_id)
+        return None if group is None else fs.read_runtime(group)
 
     return read
+
+
+DRIVERS = ("cgroupfs", "systemd")
+
+
+def engine_parents(
+    host: cgroups.HostRt, cgroup_parent: str, drivers: Sequence[str] = DRIVERS
+) -> tuple[tuple[str, str], ...]:
+    """Where the engine puts its containers' cgroups with each of these cgroup drivers: (driver, parent).
+
+    Looked for in each driver's place, a container's group is found without asking the engine which
+    driver it runs.
+    """
+    places = []
+    for driver in drivers:
+        # The settings' parent names the systemd driver's only when it is a slice, as the engine reads it.
+        custom = cgroup_parent if driver == "cgroupfs" or cgroup_parent.endswith(".slice") else ""
+        places.append((driver, cgroups.engine_parent(host, driver, custom)))
+    return tuple(places)
+
+
+def container_group(fs: cgroups.CgroupFs, places: Sequence[tuple[str, str]], container_id: str) -> str | None:
+    """The container's cgroup in the first of `places` (engine_parents) where it exists, if any."""
+    for driver, parent in places:
+        group = cgroups.container_cgroup(parent, driver, container_id)
+        if fs.exists(group):
+            return group
+    return None

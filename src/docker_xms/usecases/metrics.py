@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from docker_xms.adapters import cgroups, pmqos
 from docker_xms.adapters.engine_list import ContainerSummary
@@ -30,7 +30,7 @@ from docker_xms.domain.metrics import (
 )
 from docker_xms.errors import XmsError
 from docker_xms.settings import Settings
-from docker_xms.usecases.listing import managed_summaries
+from docker_xms.usecases.listing import DRIVERS, container_group, engine_parents, managed_summaries
 
 
 class ReconcileStats:
@@ -40,10 +40,10 @@ class ReconcileStats:
         self._counts = ReconcileCounts()
 
     def done(self) -> None:
-        self._counts = ReconcileCounts(self._counts.done + 1, self._counts.failed, time.time())
+        self._counts = replace(self._counts, done=self._counts.done + 1, last_at=time.time())
 
     def failed(self) -> None:
-        self._counts = ReconcileCounts(self._counts.done, self._counts.failed + 1, self._counts.last_at)
+        self._counts = replace(self._counts, failed=self._counts.failed + 1)
 
     def counts(self) -> ReconcileCounts:
         # One immutable value swapped whole: a reader never sees half an update.
@@ -73,14 +73,13 @@ class Figures:
         self.wakeups = wakeups
         self.netfilter = Netfilter()
         host = cgroups.detect_host(*settings.roots)
-        custom = settings.cgroup_parent
-        # Both drivers' places, as `ps` reads them: no engine request is needed to know which one runs.
-        drivers = (settings.cgroup_driver,) if settings.cgroup_driver else ("cgroupfs", "systemd")
-        parents = tuple(
-            (d, cgroups.engine_parent(host, d, custom if d == "cgroupfs" or custom.endswith(".slice") else ""))
-            for d in drivers
+        # Both drivers' places, as `ps` reads them, unless the settings name the driver: no engine request.
+        drivers = (settings.cgroup_driver,) if settings.cgroup_driver else DRIVERS
+        self._place = _Place(
+            host=host,
+            fs=cgroups.CgroupFs(host.cpu_root),
+            parents=engine_parents(host, settings.cgroup_parent, drivers),
         )
-        self._place = _Place(host, cgroups.CgroupFs(host.cpu_root), parents)
 
     def __call__(self) -> HostFigures:
         place = self._place
@@ -93,10 +92,10 @@ class Figures:
         if parent is not None:
             children = place.fs.children(parent)
             ours = {g.rsplit("/", 1)[-1] for g in groups.values() if g}
-            held = {c.name: c.runtime_us for c in children if c.name in ours}
-            foreign = sum(budget.to_period(c.runtime_us, c.period_us) for c in children if c.name not in ours)
-            capacity = budget.capacity(place.fs.read_runtime("/"), place.fs.sibling_runtime(parent))
-            pool = budget.compute_pool(capacity, foreign, self.settings.rt_pool_us)
+            room = budget.room(
+                place.fs.read_runtime("/"), place.fs.sibling_runtime(parent), children, ours, self.settings.rt_pool_us
+            )
+            held, pool = dict(room.held), room.pool_us
             parent_us = place.fs.read_runtime(parent)
         forwards = self._forwards()
         containers = tuple(self._container(c, groups.get(c.id), held, pool, forwards, per_group) for c in running)
@@ -114,11 +113,7 @@ class Figures:
         )
 
     def _group(self, container_id: str) -> str | None:
-        for driver, parent in self._place.parents:
-            rel = cgroups.container_cgroup(parent, driver, container_id)
-            if self._place.fs.exists(rel):
-                return rel
-        return None
+        return container_group(self._place.fs, self._place.parents, container_id)
 
     def _forwards(self) -> list[Forward] | None:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +23,13 @@ from docker_xms.domain import budget
 from docker_xms.domain.adoption import origin
 from docker_xms.domain.doctor import Finding, diagnose, idle_findings, inotify_findings
 from docker_xms.domain.labels import MANAGED_LABEL, SWARM_TASK, WEIGHT_LABEL, reserved_weight, unreadable, weight_of
-from docker_xms.errors import BadInput, EngineUnavailable, XmsError
+from docker_xms.errors import BadInput, ContainerBeingRemoved, StartBudgetRefused, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases import adoption
 from docker_xms.usecases.boundaries import CgroupFsApi, EngineApi
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RtHost:
     engine: EngineApi
     host: cgroups.HostRt
@@ -60,10 +60,18 @@ def open_host(engine: EngineApi, settings: Settings) -> RtHost:
     # The engine's parent cannot be read from the engine; the settings name it when it is not the default.
     driver = settings.cgroup_driver or info.cgroup_driver
     parent = cgroups.engine_parent(host, driver, settings.cgroup_parent)
-    return RtHost(engine, host, cgroups.CgroupFs(host.cpu_root), driver, parent, settings.rt_pool_us, settings)
+    return RtHost(
+        engine=engine,
+        host=host,
+        fs=cgroups.CgroupFs(host.cpu_root),
+        driver=driver,
+        parent=parent,
+        cap_us=settings.rt_pool_us,
+        settings=settings,
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Holder:
     """A container or cgroup holding real-time runtime inside the engine's parent."""
 
@@ -92,29 +100,32 @@ class Skipped:
         return f"Skipped {self.name}: {self.reason}; it gets no share of the pool and no new port rule."
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RtState:
+    """The host's real-time figures and who holds what; the parent's stay 0 where containers get no budget
+    of their own (no per-group mode)."""
+
     mode: str
     cgroup_version: int
     global_runtime_us: int
     global_period_us: int
     parent: str
-    parent_runtime_us: int
-    capacity_us: int
-    siblings_us: int
-    foreign_us: int
-    pool_us: int
+    parent_runtime_us: int = 0
+    capacity_us: int = 0
+    siblings_us: int = 0
+    foreign_us: int = 0
+    pool_us: int = 0
     managed: tuple[Holder, ...]
-    foreign: tuple[Holder, ...]
+    foreign: tuple[Holder, ...] = ()
     skipped: tuple[Skipped, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Rebalance:
-    pool_us: int
-    parent_us: int
-    budgets: Mapping[str, int]
-    writes: tuple[budget.Write, ...]
+    pool_us: int = 0
+    parent_us: int = 0
+    budgets: Mapping[str, int] = field(default_factory=dict)
+    writes: tuple[budget.Write, ...] = ()
     arriving_us: int = 0
     per_group: bool = True
     names: Mapping[str, str] = field(default_factory=dict)
@@ -178,36 +189,38 @@ def _stored_budget(engine: EngineApi, container_id: str) -> int:
     return info.cpu_rt_runtime if info is not None else 0
 
 
-def _scan(rt: RtHost, managed: list[ContainerSummary]) -> tuple[dict[str, int], list[Holder], int]:
-    """Kernel runtime of each managed container, the foreign holders, and the parent's siblings."""
+def parent_room(rt: RtHost, ours: Collection[str] = ()) -> budget.Room:
+    """The engine's parent's room and the pool, as the cgroup files show them now; of its groups, those
+    named in `ours` are the managed containers', every other one that holds runtime is foreign."""
     rt.fs.ensure(rt.parent)
+    children = rt.fs.children(rt.parent)
+    return budget.room(rt.fs.read_runtime("/"), rt.fs.sibling_runtime(rt.parent), children, ours, rt.cap_us)
+
+
+def _scan(rt: RtHost, managed: list[ContainerSummary]) -> tuple[dict[str, int], list[Holder], budget.Room]:
+    """Kernel runtime of each managed container, the foreign holders, and the parent's room."""
     by_cgroup = {rt.cgroup_of(c.id).rsplit("/", 1)[-1]: c for c in managed}
-    now: dict[str, int] = {}
+    room = parent_room(rt, by_cgroup)
+    now = {by_cgroup[group].id: runtime for group, runtime in room.held.items()}
     foreign: list[Holder] = []
-    for child in rt.fs.children(rt.parent):
-        info = by_cgroup.get(child.name)
-        if info is not None:
-            now[info.id] = child.runtime_us
-            continue
-        runtime = budget.to_period(child.runtime_us, child.period_us)
-        if runtime > 0:
-            other = rt.engine.find_container(_container_id(child.name))
-            foreign.append(
-                Holder(
-                    id=other.id if other else child.name,
-                    name=other.name if other else child.name,
-                    runtime_us=runtime,
-                    engine_runtime_us=other.cpu_rt_runtime if other else 0,
-                    weight=0,
-                    managed=False,
-                )
+    for group, runtime in room.foreign.items():
+        other = rt.engine.find_container(_container_id(group))
+        foreign.append(
+            Holder(
+                id=other.id if other else group,
+                name=other.name if other else group,
+                runtime_us=runtime,
+                engine_runtime_us=other.cpu_rt_runtime if other else 0,
+                weight=0,
+                managed=False,
             )
+        )
     # A managed container without a cgroup has just stopped or not yet started: it holds nothing and
     # is no member; one whose cgroup lacks the file's runtime counts as holding 0.
     for info in managed:
         if info.id not in now and rt.fs.exists(rt.cgroup_of(info.id)):
             now[info.id] = 0
-    return now, foreign, rt.fs.sibling_runtime(rt.parent)
+    return now, foreign, room
 
 
 def _container_id(cgroup_name: str) -> str:
@@ -219,58 +232,56 @@ def read_state(rt: RtHost) -> RtState:
     managed, skipped = readable(managed_running(rt.engine, rt.settings))
     weight = weights(rt.engine, managed)
     if not rt.per_group:
-        holders = tuple(
-            Holder(c.id, c.name, 0, _stored_budget(rt.engine, c.id), weight[c.id], True, 0.0, origin(c.labels))
-            for c in managed
-        )
         return RtState(
-            host.mode,
-            host.cgroup_version,
-            host.rt_runtime_us,
-            host.rt_period_us,
-            rt.parent,
-            0,
-            0,
-            0,
-            0,
-            0,
-            holders,
-            (),
-            skipped,
+            mode=host.mode,
+            cgroup_version=host.cgroup_version,
+            global_runtime_us=host.rt_runtime_us,
+            global_period_us=host.rt_period_us,
+            parent=rt.parent,
+            managed=tuple(
+                Holder(
+                    id=c.id,
+                    name=c.name,
+                    runtime_us=0,
+                    engine_runtime_us=_stored_budget(rt.engine, c.id),
+                    weight=weight[c.id],
+                    managed=True,
+                    origin=origin(c.labels),
+                )
+                for c in managed
+            ),
+            skipped=skipped,
         )
-    now, foreign, siblings = _scan(rt, managed)
-    root = rt.fs.read_runtime("/")
-    capacity = budget.capacity(root, siblings)
-    foreign_us = sum(h.runtime_us for h in foreign)
-    pool = budget.compute_pool(capacity, foreign_us, rt.cap_us)
+    now, foreign, room = _scan(rt, managed)
+    pool = room.pool_us
     # `rt status` shows the stored budget beside the kernel's: one inspect per managed container, here only.
     holders = tuple(
         Holder(
-            c.id,
-            c.name,
-            now.get(c.id, 0),
-            _stored_budget(rt.engine, c.id),
-            weight[c.id],
-            True,
-            now.get(c.id, 0) / pool if pool else 0.0,
-            origin(c.labels),
+            id=c.id,
+            name=c.name,
+            runtime_us=now.get(c.id, 0),
+            engine_runtime_us=_stored_budget(rt.engine, c.id),
+            weight=weight[c.id],
+            managed=True,
+            share=now.get(c.id, 0) / pool if pool else 0.0,
+            origin=origin(c.labels),
         )
         for c in managed
     )
     return RtState(
-        host.mode,
-        host.cgroup_version,
-        host.rt_runtime_us,
-        host.rt_period_us,
-        rt.parent,
-        rt.fs.read_runtime(rt.parent),
-        capacity,
-        siblings,
-        foreign_us,
-        pool,
-        holders,
-        tuple(foreign),
-        skipped,
+        mode=host.mode,
+        cgroup_version=host.cgroup_version,
+        global_runtime_us=host.rt_runtime_us,
+        global_period_us=host.rt_period_us,
+        parent=rt.parent,
+        parent_runtime_us=rt.fs.read_runtime(rt.parent),
+        capacity_us=room.capacity_us,
+        siblings_us=room.siblings_us,
+        foreign_us=room.foreign_us,
+        pool_us=pool,
+        managed=holders,
+        foreign=tuple(foreign),
+        skipped=skipped,
     )
 
 
@@ -282,8 +293,6 @@ NEW = "(new container)"
 # this long before the refusal stands.
 RELEASE_WAIT_S = 2.0
 _RELEASE_POLL_S = 0.01
-# How the engine (runc) and its stand-in report the kernel refusing a new group's budget that way.
-REFUSED_START = "cpu.rt_runtime_us: invalid argument"
 
 
 def rebalance(rt: RtHost, exclude: frozenset[str] = frozenset()) -> Rebalance:
@@ -321,8 +330,8 @@ def rebalance_locked(
     managed, skipped = readable(c for c in managed_running(rt.engine, rt.settings) if c.id not in exclude)
     names = {c.id: c.name for c in managed}
     if not rt.per_group:
-        return Rebalance(0, 0, {}, (), 0, per_group=False, names=names, skipped=skipped)
-    now, foreign, siblings = _scan(rt, managed)
+        return Rebalance(per_group=False, names=names, skipped=skipped)
+    now, foreign, room = _scan(rt, managed)
     # Containers whose cgroup is gone cannot hold a budget; they are not members.
     weight = weights(rt.engine, (c for c in managed if c.id in now))
     members = [budget.Member(c.id, weight[c.id]) for c in managed if c.id in now]
@@ -330,22 +339,19 @@ def rebalance_locked(
         del _RESERVED[gone]
     if arriving_weight is not None:
         members.append(budget.Member(NEW, arriving_weight))
-    capacity = budget.capacity(rt.fs.read_runtime("/"), siblings)
-    foreign_us = sum(h.runtime_us for h in foreign)
-    pool = budget.compute_pool(capacity, foreign_us, rt.cap_us)
-    targets = budget.split(pool, members)
+    targets = budget.split(room.pool_us, members)
     parent_now = rt.fs.read_runtime(rt.parent)
-    parent_target = pool + foreign_us
-    writes = budget.plan(parent_now, parent_target, now, targets, foreign_us)
+    parent_target = room.pool_us + room.foreign_us
+    writes = budget.plan(parent_now, parent_target, now, targets, room.foreign_us)
     _apply(rt, [w for w in writes if w.target != NEW], now, parent_now)
     return Rebalance(
-        pool,
-        parent_target,
-        targets,
-        tuple(writes),
-        targets.get(NEW, 0),
-        True,
-        names,
+        pool_us=room.pool_us,
+        parent_us=parent_target,
+        budgets=targets,
+        writes=tuple(writes),
+        arriving_us=targets.get(NEW, 0),
+        per_group=True,
+        names=names,
         before=dict(now),
         parent_before=parent_now,
         foreign={h.id: h.runtime_us for h in foreign},
@@ -377,7 +383,7 @@ def start_once_freed(engine: EngineApi, container_id: str) -> None:
     """Start a container whose configuration carries its share: the engine writes it into the new group,
     which the kernel refuses while a group removed a moment ago still counts (see RELEASE_WAIT_S), so a
     start refused that way is tried again for as long as a write is."""
-    _once_freed(lambda: engine.start(container_id), lambda exc: REFUSED_START in exc.message)
+    _once_freed(lambda: engine.start(container_id), lambda exc: isinstance(exc, StartBudgetRefused))
 
 
 def grow_parent(rt: RtHost) -> tuple[int, int] | None:
@@ -392,10 +398,8 @@ def grow_parent(rt: RtHost) -> tuple[int, int] | None:
     if not rt.per_group:
         return None
     with host_lock(rt.lock_path):
-        rt.fs.ensure(rt.parent)
-        held = sum(budget.to_period(c.runtime_us, c.period_us) for c in rt.fs.children(rt.parent))
-        capacity = budget.capacity(rt.fs.read_runtime("/"), rt.fs.sibling_runtime(rt.parent))
-        target = min(capacity, budget.compute_pool(capacity, held, rt.cap_us) + held)
+        room = parent_room(rt)
+        target = min(room.capacity_us, room.pool_us + room.foreign_us)
         now = rt.fs.read_runtime(rt.parent)
         if now == budget.UNLIMITED or now >= target:
             return None
@@ -424,14 +428,13 @@ def _apply(rt: RtHost, writes: list[budget.Write], before: Mapping[str, int], pa
                     _write(rt, write)
                 except XmsError as again:
                     problems.append(again.message)
-        if not isinstance(exc, XmsError):
-            raise
-        restored = (
-            "rolled back to the previous budgets" if not problems else "rollback failed too: " + "; ".join(problems)
-        )
-        # Still EngineUnavailable when the engine went away: the agent then waits for it instead of retrying.
-        kind = EngineUnavailable if isinstance(exc, EngineUnavailable) else XmsError
-        raise kind(f"{exc.message} The rebalance was {restored}.") from exc
+        if isinstance(exc, XmsError):
+            # The error keeps its type: EngineUnavailable when the engine went away, which the agent waits out.
+            restored = (
+                "rolled back to the previous budgets" if not problems else "rollback failed too: " + "; ".join(problems)
+            )
+            exc.add_context(f"The rebalance was {restored}.")
+        raise
 
 
 def _write(rt: RtHost, write: budget.Write) -> None:
@@ -447,8 +450,7 @@ def _write(rt: RtHost, write: budget.Write) -> None:
         except XmsError as exc:
             # A container being removed or stopped by someone else while we plan (`docker rm -f` by
             # hand, another command): its stored budget no longer matters. Any other refusal does.
-            other = rt.engine.find_container(write.target)
-            going = other is None or not other.running or "marked for removal" in exc.message
+            going = isinstance(exc, ContainerBeingRemoved) or not _running(rt.engine, write.target)
             if not going:
                 raise
     try:
@@ -458,6 +460,11 @@ def _write(rt: RtHost, write: budget.Write) -> None:
         # children's sum, so the rest of the plan stays acceptable to the kernel.
         if not (going or exc.errno == errno.ENOENT) or rt.fs.exists(rt.cgroup_of(write.target)):
             raise
+
+
+def _running(engine: EngineApi, container_id: str) -> bool:
+    other = engine.find_container(container_id)
+    return other is not None and other.running
 
 
 def _write_group(rt: RtHost, group: str, value: int) -> None:
@@ -484,7 +491,7 @@ def _once_freed(attempt: Callable[[], None], refused_for_now: Callable[[XmsError
 # --- proof inside a container ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RtThread:
     pid: int
     tid: int
@@ -495,7 +502,7 @@ class RtThread:
     cgroup_runtime_us: int | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Verification:
     container: str
     name: str
@@ -532,7 +539,15 @@ def verify(rt: RtHost, ref: str) -> Verification:
     threads, total, zero_groups = _rt_threads(rt, info)
     budget_us = rt.fs.read_runtime(rt.cgroup_of(info.id)) if rt.per_group and rt.fs.exists(rt.cgroup_of(info.id)) else 0
     return Verification(
-        info.id, info.name, rt.host.mode, budget_us, fifo, detail, tuple(threads), total, tuple(sorted(zero_groups))
+        container=info.id,
+        name=info.name,
+        mode=rt.host.mode,
+        budget_us=budget_us,
+        fifo_allowed=fifo,
+        fifo_detail=detail,
+        rt_threads=tuple(threads),
+        threads_total=total,
+        zero_budget_groups=tuple(sorted(zero_groups)),
     )
 
 
@@ -591,7 +606,15 @@ def _rt_threads(rt: RtHost, info: ContainerInfo) -> tuple[list[RtThread], int, s
                 if runtime == 0:
                     zero.add(thread.cgroup)
             found.append(
-                RtThread(pid, thread.tid, thread.comm, thread.policy, thread.rt_priority, thread.cgroup, runtime)
+                RtThread(
+                    pid=pid,
+                    tid=thread.tid,
+                    comm=thread.comm,
+                    policy=thread.policy,
+                    priority=thread.rt_priority,
+                    cgroup=thread.cgroup,
+                    cgroup_runtime_us=runtime,
+                )
             )
     return found, total, zero
 
