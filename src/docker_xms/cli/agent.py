@@ -87,7 +87,7 @@ def agent(
 
     from docker_xms.errors import BadInput
     from docker_xms.usecases.agent import Agent
-    from docker_xms.usecases.containers import require_root
+    from docker_xms.usecases.root import require_root
 
     if once and cpu_latency_us is not None:
         raise BadInput("--cpu-latency-us holds a limit while the agent runs; with --once it would do nothing.")
@@ -174,7 +174,7 @@ def install(print_only: bool, cpu_latency_us: int | None, metrics: str | None) -
         result = install_unit(context.settings(), write=False, cpu_latency_us=cpu_latency_us, metrics=metrics)
         click.echo(result.unit, nl=False)
         return
-    from docker_xms.usecases.containers import require_root
+    from docker_xms.usecases.root import require_root
 
     require_root()
     result = install_unit(context.settings(), cpu_latency_us=cpu_latency_us, metrics=metrics)
