@@ -18,8 +18,8 @@ from docker_xms.domain.labels import ADVERTISE_LABEL
 from docker_xms.domain.profiles import parse_profile
 from docker_xms.domain.recipes import profile_files
 from docker_xms.errors import BadInput
-from docker_xms.usecases.containers import RunRequest, RunResult, run
 from docker_xms.usecases.images import Quiet
+from docker_xms.usecases.run import RunRequest, RunResult, run
 from tests.unit.usecase_host import IMAGE, Host, make_host
 
 RTPENGINE_CONF = "/etc/rtpengine/rtpengine.conf"

@@ -16,8 +16,8 @@ import pytest
 from docker_xms.adapters import records
 from docker_xms.errors import BadInput, XmsError
 from docker_xms.usecases import rt as rt_module
-from docker_xms.usecases.containers import RunRequest, run
 from docker_xms.usecases.images import Quiet
+from docker_xms.usecases.run import RunRequest, run
 from tests.unit.usecase_host import IMAGE, NO_SYSTEMD, Host, make_host
 
 NEIGHBOUR_DNAT = "rtp/udp:30000-30099>30000-30099"

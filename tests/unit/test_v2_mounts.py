@@ -14,10 +14,11 @@ import pytest
 
 from docker_xms.adapters import cgroups
 from docker_xms.domain import ports as port_plans
+from docker_xms.domain.boot import v2_systemd_refusal
 from docker_xms.domain.profiles import parse_profile
 from docker_xms.domain.recipes import GATE_ENTRYPOINT
-from docker_xms.usecases.containers import RunRequest, _create_spec, v2_systemd_refusal
 from docker_xms.usecases.rt import RtHost
+from docker_xms.usecases.run import RunRequest, _create_spec
 from tests import layouts
 
 

@@ -83,7 +83,7 @@ def agent(
         return
     from docker_xms.cli import context
     from docker_xms.usecases.agent import AgentRequest, run_agent
-    from docker_xms.usecases.containers import require_root
+    from docker_xms.usecases.root import require_root
 
     request = AgentRequest(
         interval=interval,
@@ -124,7 +124,7 @@ def install(print_only: bool, cpu_latency_us: int | None, metrics: str | None) -
         result = install_unit(context.settings(), write=False, cpu_latency_us=cpu_latency_us, metrics=metrics)
         click.echo(result.unit, nl=False)
         return
-    from docker_xms.usecases.containers import require_root
+    from docker_xms.usecases.root import require_root
 
     require_root()
     result = install_unit(context.settings(), cpu_latency_us=cpu_latency_us, metrics=metrics)

@@ -94,8 +94,9 @@ def run(
 ) -> None:
     """Start a media-server container with its real-time budget and print how to reach it."""
     from docker_xms.cli import context
-    from docker_xms.usecases.containers import RunRequest, require_root
-    from docker_xms.usecases.containers import run as run_container
+    from docker_xms.usecases.root import require_root
+    from docker_xms.usecases.run import RunRequest
+    from docker_xms.usecases.run import run as run_container
 
     # Before anything else: as another user the engine's socket refuses, with a misleading message.
     require_root()
@@ -131,7 +132,7 @@ def run(
 
 
 def _print_summary(r: object) -> None:
-    from docker_xms.usecases.containers import RunResult
+    from docker_xms.usecases.run import RunResult
 
     assert isinstance(r, RunResult)
     console.print(
@@ -142,9 +143,9 @@ def _print_summary(r: object) -> None:
     console.print(f"Media ports: {r.strategy} ({escape(r.strategy_reason)})")
     table = Table("port", "role", "container", "host", "host address")
     for row in r.ports:
-        host = f"{row['host']}/{row['protocol']}" if row["host"] else "-"
-        address = "every address" if row["bind"] == "0.0.0.0" else row["bind"] or "-"  # noqa: S104 - shown only
-        table.add_row(row["name"], row["role"], f"{row['container']}/{row['protocol']}", host, address)
+        host = f"{row.host}/{row.protocol}" if row.host else "-"
+        address = "every address" if row.bind == "0.0.0.0" else row.bind or "-"  # noqa: S104 - shown only
+        table.add_row(row.name, row.role, f"{row.container}/{row.protocol}", host, address)
     console.print(table)
     if r.per_group:
         console.print(
@@ -181,7 +182,7 @@ def shell(container: str, command: tuple[str, ...], use_nsenter: bool) -> None:
     Give the command after `--`: docker-xms shell media1 -- systemctl status
     """
     from docker_xms.cli import context
-    from docker_xms.usecases.containers import resolve
+    from docker_xms.usecases.lifecycle import resolve
 
     info = resolve(context.engine(), (container,))[0]
     if not info.running:
@@ -203,7 +204,7 @@ def gate() -> None:
 def start(containers: tuple[str, ...]) -> None:
     """Start stopped containers again, each with its share of the real-time pool and its port rules."""
     from docker_xms.cli import context
-    from docker_xms.usecases.containers import start as start_containers
+    from docker_xms.usecases.lifecycle import start as start_containers
 
     for started in start_containers(context.engine(), containers, context.settings()):
         if started.already_running:
@@ -227,7 +228,7 @@ def start(containers: tuple[str, ...]) -> None:
 def stop(containers: tuple[str, ...], timeout: int | None) -> None:
     """Stop containers and share their real-time budget among the others."""
     from docker_xms.cli import context
-    from docker_xms.usecases.containers import stop as stop_containers
+    from docker_xms.usecases.lifecycle import stop as stop_containers
 
     for name in stop_containers(context.engine(), containers, context.settings(), timeout):
         console.print(f"Stopped {name}")
@@ -239,7 +240,7 @@ def stop(containers: tuple[str, ...], timeout: int | None) -> None:
 def rm(containers: tuple[str, ...], force: bool) -> None:
     """Remove containers and share their real-time budget among the others."""
     from docker_xms.cli import context
-    from docker_xms.usecases.containers import remove
+    from docker_xms.usecases.lifecycle import remove
 
     for name in remove(context.engine(), containers, force, context.settings()):
         console.print(f"Removed {name}")
@@ -250,7 +251,7 @@ def rm(containers: tuple[str, ...], force: bool) -> None:
 def route(as_json: bool) -> None:
     """The static route that makes container addresses reachable from the LAN (-c mode)."""
     from docker_xms.cli import context
-    from docker_xms.usecases.containers import route as route_advice
+    from docker_xms.usecases.route import route as route_advice
 
     advice = route_advice(context.engine())
     if as_json:

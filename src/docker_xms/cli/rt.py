@@ -87,8 +87,8 @@ def _print_skipped(skipped: Sequence[Skipped]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def rebalance_cmd(as_json: bool) -> None:
     """Share the pool again among the running managed containers, and mend port rules."""
-    from docker_xms.usecases.containers import require_root
     from docker_xms.usecases.reconcile import reconcile
+    from docker_xms.usecases.root import require_root
 
     require_root()
     result = reconcile(_open()).budgets

@@ -36,16 +36,19 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from docker_xms.domain.labels import (
     ADVERTISE_LABEL,
     COMPOSE_PROJECT,
+    CONTAINER_ADDRESS,
     LABEL_DNAT,
     LABEL_HOST_MEDIA,
     LABEL_STRATEGY,
     MODE_LABEL,
+    ONE_TO_ONE,
     REFUSED_LABEL,
     STRATEGIES,
     SWARM_SERVICE,
     SWARM_TASK,
     forwards_from_labels,
     host_ranges_from_labels,
+    mode_of,
     unreadable,
 )
 from docker_xms.domain.pool import Span, holds
@@ -109,7 +112,7 @@ def plan_labels(
     uses inside. host: the profile's own ports on the host, refused when another container holds them.
     """
     strategy = strategy_of(labels, network_mode)
-    mode = labels.get(MODE_LABEL) or ("container-address" if strategy == "dnat" else "one-to-one")
+    mode = labels.get(MODE_LABEL) or (CONTAINER_ADDRESS if strategy == "dnat" else ONE_TO_ONE)
     if strategy == "publish":
         return {LABEL_STRATEGY: strategy, MODE_LABEL: mode}
     # Imported here: `ps` reads origins and plans from this module on every call, and needs no planner.
@@ -119,7 +122,7 @@ def plan_labels(
     plan = port_plans.plan_ports(
         profile.ports,
         profile.media_ranges,
-        "one-to-one" if strategy == "host" else mode,
+        ONE_TO_ONE if strategy == "host" else mode_of(mode),
         strategy,
         used_host_ranges=used_host_ranges,
         host_pool=host_pool,

@@ -20,7 +20,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from docker_xms.domain.labels import LABEL_STRATEGY, MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL
+from docker_xms.domain.labels import (
+    CONTAINER_ADDRESS,
+    LABEL_STRATEGY,
+    MANAGED_LABEL,
+    MODE_LABEL,
+    ONE_TO_ONE,
+    PROFILE_LABEL,
+)
 from docker_xms.domain.ports import ephemeral_outside
 from docker_xms.domain.profiles import MANAGEMENT_ROLES, Profile
 from docker_xms.domain.recipes import STOP_SIGNAL
@@ -69,7 +76,7 @@ def service_labels(profile: Profile, options: ComposeOptions) -> dict[str, str]:
         MANAGED_LABEL: "true",
         PROFILE_LABEL: profile.name,
         LABEL_STRATEGY: options.ports,
-        MODE_LABEL: "container-address" if options.ports == "dnat" else "one-to-one",
+        MODE_LABEL: CONTAINER_ADDRESS if options.ports == "dnat" else ONE_TO_ONE,
     }
 
 
@@ -86,7 +93,7 @@ def compose_file(profile: Profile, options: ComposeOptions) -> dict[str, Any]:
     }
     if options.cgroup_version == 2:
         # The engine's own cgroup2 mount of a private namespace; SCHED_FIFO through the rtprio limit
-        # (see usecases/containers._systemd_mounts, which refuses hosts where systemd cannot boot).
+        # (see domain/boot.systemd_boot, and v2_systemd_refusal for the hosts where systemd cannot boot).
         service["ulimits"] = {"rtprio": 99}
     else:
         # systemd needs a writable name=systemd hierarchy, and a Compose or Swarm service cannot ask for a

@@ -27,6 +27,7 @@ LABEL_HOST_MEDIA = f"{LABEL_PREFIX}.host-media-ports"
 LABEL_DNAT = f"{LABEL_PREFIX}.dnat"
 # The address the media server puts in its SDP (and a SIP proxy in its headers), or "container": its own.
 ADVERTISE_LABEL = f"{LABEL_PREFIX}.advertise"
+ADVERTISE_OWN = "container"
 # Set by docker-xms's own reading of a container (domain/adoption.trusted_labels) on one it will not act on,
 # with the reason; never taken from the container (a container's own is dropped before that reading).
 REFUSED_LABEL = f"{LABEL_PREFIX}.refused"
@@ -43,8 +44,15 @@ if TYPE_CHECKING:
     from typing import Literal
 
     Strategy = Literal["publish", "dnat", "host"]
+    Mode = Literal["one-to-one", "container-address"]
 STRATEGIES: tuple[Strategy, ...] = ("publish", "dnat", "host")
 PORT_CHOICES = ("auto", *STRATEGIES)
+
+# Where a container's ports are reached (MODE_LABEL): its own port numbers on the host, one such container
+# per host (`run` without -c), or host ports of the engine's or the pool's choosing (`run -c`).
+ONE_TO_ONE: Mode = "one-to-one"
+CONTAINER_ADDRESS: Mode = "container-address"
+MODES: tuple[Mode, ...] = (ONE_TO_ONE, CONTAINER_ADDRESS)
 
 _SPAN = re.compile(r"^(\d{1,5})-(\d{1,5})$")
 _FORWARD = re.compile(r"^([A-Za-z0-9_.-]{1,32})/(tcp|udp):(\d{1,5})-(\d{1,5})>(\d{1,5})-(\d{1,5})$")
@@ -92,6 +100,14 @@ def weight_of(labels: Mapping[str, str]) -> int:
     if not 1 <= weight <= MAX_WEIGHT:
         raise BadInput(f"Label {WEIGHT_LABEL}={text[:16]!r} is not a whole number from 1 to {MAX_WEIGHT}.")
     return weight
+
+
+def mode_of(text: str) -> Mode:
+    """The port mode a text names, refused in one sentence when it names none."""
+    for mode in MODES:
+        if text == mode:
+            return mode
+    raise BadInput(f"Unknown port mode {text!r}: use {' or '.join(MODES)}.")
 
 
 def profile_of(labels: Mapping[str, str]) -> str | None:

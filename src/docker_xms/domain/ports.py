@@ -23,15 +23,14 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from docker_xms.domain.forwards import DnatForward
-from docker_xms.domain.labels import LABEL_DNAT, LABEL_HOST_MEDIA, LABEL_STRATEGY, STRATEGIES
+from docker_xms.domain.labels import LABEL_DNAT, LABEL_HOST_MEDIA, LABEL_STRATEGY, ONE_TO_ONE, STRATEGIES, mode_of
 from docker_xms.domain.pool import merge
 from docker_xms.domain.profiles import MANAGEMENT_ROLES, PortSpec
 from docker_xms.errors import BadInput
 
 if TYPE_CHECKING:
-    from docker_xms.domain.labels import Strategy
+    from docker_xms.domain.labels import Mode, Strategy
 
-MODES = ("one-to-one", "container-address")
 # Above this many media ports, docker-proxy processes cost more (memory, start time) than one rule.
 DNAT_THRESHOLD = 20
 # Linux's default net.ipv4.ip_local_port_range in a new network namespace.
@@ -63,7 +62,7 @@ class MediaRange:
 @dataclass(frozen=True)
 class PortPlan:
     strategy: str
-    mode: str
+    mode: Mode
     # "bridge" or "host".
     network_mode: str
     # The docker SDK's `ports=` form: {"5060/udp": 5060}, or None for a port the engine picks.
@@ -146,9 +145,10 @@ def open_everywhere(name: str, label: str, host_network: bool) -> str:
     return f"{name} ({label}) has no authentication and {how}: anyone who reaches it controls the server; {fix}."
 
 
-def decide_strategy(requested: str, mode: str, media_port_count: int, netfilter_available: bool) -> StrategyChoice:
+def decide_strategy(requested: str, mode: Mode, media_port_count: int, netfilter_available: bool) -> StrategyChoice:
     """The strategy to use and why; "auto" prefers DNAT when there are many media ports."""
-    _check_mode(mode)
+    # Checked as well at run time: a mode may come from a label or a caller the type checker never saw.
+    mode_of(mode)
     if requested != "auto" and requested not in STRATEGIES:
         raise BadInput(f"Unknown port strategy {requested!r}: use auto, {', '.join(STRATEGIES)}.")
     if requested == "dnat" and not netfilter_available:
@@ -221,7 +221,7 @@ def ephemeral_outside(
 def plan_ports(
     profile_ports: Sequence[PortSpec],
     media_ranges: Sequence[PortSpec],
-    mode: str,
+    mode: Mode,
     strategy: str,
     media_ports: int | None = None,
     used_host_ranges: Iterable[tuple[int, int]] = (),
@@ -240,7 +240,7 @@ def plan_ports(
     `own_numbers_first` (a server that cannot be told, as an adopted one), the container's own media ports
     are taken on the host when they are free and in the pool, for the same reason.
     """
-    _check_mode(mode)
+    mode_of(mode)
     if strategy not in STRATEGIES:
         raise BadInput(f"Unknown port strategy {strategy!r}: use {', '.join(STRATEGIES)}.")
     available = sum(r.count for r in media_ranges)
@@ -251,7 +251,7 @@ def plan_ports(
             raise BadInput(f"--media-ports {media_ports} is more than the profile's {available} media ports.")
     count = available if media_ports is None else media_ports
     used = list(used_host_ranges)
-    one_to_one = mode == "one-to-one"
+    one_to_one = mode == ONE_TO_ONE
 
     if strategy == "host":
         if one_to_one:
@@ -331,11 +331,6 @@ def _piece(forward: DnatForward, host_start: int, host_end: int) -> DnatForward:
         container_start=host_start + shift,
         container_end=host_end + shift,
     )
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise BadInput(f"Unknown port mode {mode!r}: use {' or '.join(MODES)}.")
 
 
 def _first(ranges: Sequence[PortSpec], count: int) -> list[PortSpec]:

@@ -11,7 +11,7 @@ import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from docker_xms.errors import BadInput
 
@@ -19,6 +19,13 @@ PORT_ROLES = ("signalling", "media", "web", "ssh", "control", "other")
 # Ports that control or manage the server: `run --bind` chooses the host address they are published on.
 MANAGEMENT_ROLES = ("control", "web", "ssh")
 PROTOCOLS = ("tcp", "udp")
+# How a media server learns its media range: rendered into its instance files, from its environment
+# (DOCKER_XMS_MEDIA_START / _END), or not at all (it always uses the profile's full range).
+MediaConfig = Literal["instance-file", "env", "none"]
+MEDIA_INSTANCE_FILE: MediaConfig = "instance-file"
+MEDIA_ENV: MediaConfig = "env"
+MEDIA_NONE: MediaConfig = "none"
+MEDIA_CONFIGS: tuple[MediaConfig, ...] = (MEDIA_INSTANCE_FILE, MEDIA_ENV, MEDIA_NONE)
 CHECKS = ("none", "rtpengine-ng", "xms-oam", "sip-options", "janus-info")
 # The clients `docker-xms test-call` places a call with: ng offer/answer + RTP, SIPp through the proxy, or a
 # headless browser's echo call through Janus.
@@ -128,9 +135,7 @@ class Profile:
     instance_files: tuple[InstanceFile, ...]
     summary: str
     logins: dict[str, str]
-    # How the media server learns its media range: "instance-file" (rendered into instance_files),
-    # "env" (DOCKER_XMS_MEDIA_START / _END), or "none" (it always uses the profile's full range).
-    media_config: str
+    media_config: MediaConfig
     # Real-time priority the media server runs its workers at (used by the probe).
     rt_priority: int
     source: str
@@ -468,16 +473,17 @@ class _Media:
     """What the [media] table says: the media ranges, how the server learns them, how it advertises an address."""
 
     ranges: tuple[PortSpec, ...]
-    config: str
+    config: MediaConfig
     advertise_form: str
 
 
 def _media(reader: _Reader) -> _Media:
     reader.unknown({"ranges", "config", "advertise"})
     ranges = tuple(_port(r, "media") for r in reader.tables("ranges"))
-    config = reader.get("config", str, default="none")
-    if config not in ("instance-file", "env", "none"):
-        raise reader.fail("config", f"must be instance-file, env or none, not {config!r}")
+    config_text = reader.get("config", str, default=MEDIA_NONE)
+    config = next((c for c in MEDIA_CONFIGS if c == config_text), None)
+    if config is None:
+        raise reader.fail("config", f"must be instance-file, env or none, not {config_text!r}")
     advertise_form = reader.get("advertise", str, default="")
     if advertise_form:
         try:

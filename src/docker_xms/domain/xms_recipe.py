@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from docker_xms.domain import recipes
-from docker_xms.domain.profiles import DRAIN_UNIT, PortSpec, Profile, drain_files
+from docker_xms.domain.profiles import DRAIN_UNIT, MEDIA_ENV, PortSpec, Profile, drain_files
 from docker_xms.errors import BadInput
 
 # Preferred first; any executable *install*.sh in the top directory is taken otherwise.
@@ -134,7 +134,7 @@ def render(
         lines += [f"COPY {name} {path}" for name, (path, _) in drain.items()]
         lines.append(f"RUN systemctl enable {DRAIN_UNIT}")
     env = {**profile.build.env}
-    if profile.media_config == "env" and ranges:
+    if profile.media_config == MEDIA_ENV and ranges:
         env["DOCKER_XMS_MEDIA_START"] = str(ranges[0].start)
         env["DOCKER_XMS_MEDIA_END"] = str(ranges[0].end)
     for key, value in env.items():

@@ -1,0 +1,64 @@
+"""What a container needs so that systemd boots as its PID 1, and the engines where it cannot.
+
+No cgroup file of the host's is ever given to a container: the engine mounts the container's own subtree
+in a private cgroup namespace, and on cgroup v1 the gate (domain/recipes.GATE_ENTRYPOINT) holds systemd
+back until docker-xms has made that subtree's `name=systemd` hierarchy writable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from docker_xms.domain.recipes import GATE_ENTRYPOINT
+from docker_xms.errors import BadInput
+
+# Where an image keeps systemd: one of them must exist for the container to boot.
+SYSTEMD_PATHS = ("/lib/systemd/systemd", "/usr/lib/systemd/systemd")
+
+
+@dataclass(frozen=True)
+class SystemdBoot:
+    """The create arguments systemd needs in the container (None: the engine's default)."""
+
+    tmpfs: Mapping[str, str]
+    cgroupns: str
+    entrypoint: tuple[str, ...] | None = None
+    command: tuple[str, ...] | None = None
+    # The RLIMIT_RTPRIO soft and hard limit (see systemd_boot for when it is needed).
+    rtprio: int | None = None
+
+
+def systemd_boot(cgroup_version: int, tmpfs: tuple[str, ...], image_command: tuple[str, ...]) -> SystemdBoot:
+    """The mounts and entrypoint for systemd on this host; `tmpfs` are the profile's own, beside /run."""
+    mounts = {"/run": "", "/run/lock": "", **dict.fromkeys(tmpfs, "")}
+    if cgroup_version == 2:
+        # A private cgroup namespace, and no mount of ours: the engine mounts a cgroup2 file system at
+        # /sys/fs/cgroup that shows the container's own subtree only. It is writable, as systemd >= 248
+        # needs, where the engine remaps user namespaces (v2_systemd_refusal); the container's root is
+        # then no root on the host, and CAP_SYS_NICE no longer grants SCHED_FIFO: the rtprio limit does.
+        return SystemdBoot(mounts, "private", rtprio=99)
+    if not image_command:
+        raise BadInput("The image names no command to run; it needs systemd (/sbin/init) as its command.")
+    # v1: a private cgroup namespace, whose controllers the engine mounts read-only at the container's own
+    # group. The gate waits until docker-xms has made the `name=systemd` one writable (adapters/cgroupns.py),
+    # then runs the image's command; cpu stays read-only, so systemd makes no cpu sub-cgroups (they would
+    # start with a 0 budget).
+    return SystemdBoot(mounts, "private", entrypoint=GATE_ENTRYPOINT, command=image_command)
+
+
+def v2_systemd_refusal(cgroup_version: int, security_options: tuple[str, ...]) -> str | None:
+    """Why systemd could not boot in a container of this engine, or None.
+
+    On cgroup v2 the engine mounts a private cgroup namespace's /sys/fs/cgroup read-only unless the
+    container is privileged or the engine remaps user namespaces, and systemd >= 248 stops on a
+    read-only cgroup2; the only other ways (the host's tree read-write, the host's cgroup namespace)
+    let the container's root write the host's cgroups.
+    """
+    if cgroup_version != 2 or any(option.startswith("name=userns") for option in security_options):
+        return None
+    return (
+        "On cgroup v2 this engine mounts a container's /sys/fs/cgroup read-only, where systemd 248 and later "
+        "cannot start: run dockerd with --userns-remap=default, or boot the host on cgroup v1 "
+        "(systemd.unified_cgroup_hierarchy=0), which real-time budgets need as well."
+    )
