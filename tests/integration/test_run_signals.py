@@ -141,7 +141,8 @@ def test_a_second_signal_does_not_cut_the_rollback_short(docker_client: Any, rtp
         assert run.proc.poll() is None, run.text
         short = docker_client.containers.get(name).id[:12]
         run.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.1)  # so that SIGTERM, not one of the later signals, is the one acted on
+        # SIGTERM, not one of the later signals, is the one acted on: the rollback it started says so.
+        wait_for(lambda: "undoing:" in run.text or run.proc.poll() is not None, 30, 0.005, "the rollback")
         # Signals keep coming while it undoes what it did, and until it exits.
         deadline = time.monotonic() + 30
         while run.proc.poll() is None and time.monotonic() < deadline:

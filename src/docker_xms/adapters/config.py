@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from docker_xms.domain.labels import owner_labels
+from docker_xms.domain.labels import owner_labels_problem
 from docker_xms.domain.pool import parse_adopt, parse_pool
 from docker_xms.errors import BadInput
 from docker_xms.settings import CONFIG_ENV, DEFAULT_CONFIG, KEYS, KEYS_BY_NAME, Key, Settings
@@ -137,10 +137,9 @@ def _check_str(key: Key, value: str, where: str) -> str:
     if key.name == "adopt":
         parse_adopt(value, where)
     if key.name == "labels":
-        try:
-            owner_labels(filter(None, (part.strip() for part in value.split(","))))
-        except BadInput as exc:
-            raise BadInput(f"{where}: {exc.message}") from None
+        problem = owner_labels_problem(filter(None, (part.strip() for part in value.split(","))))
+        if problem is not None:
+            raise BadInput(f"{where}: {problem}")
     return value
 
 

@@ -70,24 +70,34 @@ MAX_OWNER_VALUE = 256
 
 def owner_labels(pairs: Iterable[str]) -> dict[str, str]:
     """The user's own labels from KEY=VALUE texts, checked; the last of two with one key stands."""
+    labels, problem = _owner_labels(pairs)
+    if problem is not None:
+        raise BadInput(problem)
+    return labels
+
+
+def owner_labels_problem(pairs: Iterable[str]) -> str | None:
+    """Why these KEY=VALUE texts are no labels of the user's own, or None when they are."""
+    return _owner_labels(pairs)[1]
+
+
+def _owner_labels(pairs: Iterable[str]) -> tuple[dict[str, str], str | None]:
     out: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not _OWNER_KEY.match(key):
-            raise BadInput(
+            return out, (
                 f"Label {pair[:70]!r} is not KEY=VALUE with a key of letters, digits, '.', '_', '/' or '-' "
                 "(up to 128 characters)."
             )
         if key == LABEL_PREFIX or key.startswith(LABEL_PREFIX + "."):
-            raise BadInput(
-                f"Label {key[:70]!r} is in docker-xms's own namespace ({LABEL_PREFIX}.); choose another key."
-            )
+            return out, f"Label {key[:70]!r} is in docker-xms's own namespace ({LABEL_PREFIX}.); choose another key."
         if len(value) > MAX_OWNER_VALUE or not value.isprintable():
-            raise BadInput(f"The value of label {key!r} must be printable and at most {MAX_OWNER_VALUE} characters.")
+            return out, f"The value of label {key!r} must be printable and at most {MAX_OWNER_VALUE} characters."
         out[key] = value
     if len(out) > MAX_OWNER_LABELS:
-        raise BadInput(f"At most {MAX_OWNER_LABELS} labels of your own, not {len(out)}.")
-    return out
+        return out, f"At most {MAX_OWNER_LABELS} labels of your own, not {len(out)}."
+    return out, None
 
 
 def weight_of(labels: Mapping[str, str]) -> int:

@@ -185,6 +185,7 @@ def run(
         # A second signal must not cut the rollback short: the first already asked to stop.
         with deferred():
             if created and not request.keep_on_failure:
+                reporter.detail(UNDOING)
                 _undo(engine, rt, netfilter, created[0])
         if isinstance(exc, Interrupted):
             exc.message = f"Stopped by {exc.name}: " + (
@@ -501,6 +502,10 @@ def _ephemeral_sysctl(plan: port_plans.PortPlan) -> dict[str, str]:
         return {}
     low, high = plan.container_ephemeral
     return {"net.ipv4.ip_local_port_range": f"{low} {high}"}
+
+
+# Shown while a failed or stopped run removes what it made: the second or so that takes is not a hang.
+UNDOING = "undoing: removing the container, giving its budget back, removing its port rules"
 
 
 def _undo(engine: EngineApi, rt: RtHost, netfilter: NetfilterApi, container_id: str) -> None:
