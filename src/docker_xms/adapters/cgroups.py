@@ -12,14 +12,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from docker_xms.domain.rt_mode import GLOBAL, NONE, PER_GROUP, V2_RT_GROUP
 from docker_xms.errors import BadInput, NotFound, XmsError
 
-# `ps --json` imports this module: typing is only for the type checker (its import costs the listing ~2 ms).
+# The mode's type exists only for the type checker (see domain/rt_mode.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Literal
-
-    Mode = Literal["per-group", "global", "v2-rt-group", "none"]
+    from docker_xms.domain.rt_mode import RtMode
 
 RUNTIME_FILE = "cpu.rt_runtime_us"
 PERIOD_FILE = "cpu.rt_period_us"
@@ -63,7 +62,7 @@ class HostRt:
     rt_group_sched: bool | None
     rt_runtime_us: int
     rt_period_us: int
-    mode: Mode
+    mode: RtMode
     cpu_root: Path
 
 
@@ -102,14 +101,14 @@ def detect_host(
     return HostRt(version, group_sched, runtime, period, _mode(version, group_sched, runtime), cpu_root)
 
 
-def _mode(version: int, group_sched: bool | None, runtime: int) -> Mode:
+def _mode(version: int, group_sched: bool | None, runtime: int) -> RtMode:
     if runtime == 0:
-        return "none"
+        return NONE
     if group_sched and version == 1:
-        return "per-group"
+        return PER_GROUP
     if group_sched and version == 2:
-        return "v2-rt-group"
-    return "global"
+        return V2_RT_GROUP
+    return GLOBAL
 
 
 def _v1_cpu_mount(sys_root: Path, proc_root: Path) -> Path | None:

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from docker_xms.cli.render import console, print_json
+from docker_xms.domain.rt_mode import PER_GROUP
 
 if TYPE_CHECKING:
     from docker_xms.usecases.rt import RtHost, Skipped
@@ -43,7 +44,7 @@ def status(as_json: bool) -> None:
         f"Host: [bold]{state.mode}[/] real-time scheduling, cgroup v{state.cgroup_version}, "
         f"kernel limit {state.global_runtime_us} us per {state.global_period_us} us"
     )
-    if state.mode != "per-group":
+    if state.mode != PER_GROUP:
         console.print(
             "No per-container budgets on this host: containers with CAP_SYS_NICE may use SCHED_FIFO "
             "within the kernel's global limit."
@@ -128,7 +129,7 @@ def verify_cmd(container: str, as_json: bool) -> None:
     else:
         mark = "[green]yes[/]" if result.fifo_allowed else "[red]no[/]"
         console.print(f"{result.name}: SCHED_FIFO allowed: {mark} ({result.fifo_detail})")
-        if result.mode == "per-group":
+        if result.mode == PER_GROUP:
             console.print(f"Budget of its cgroup: {result.budget_us:,} us per second")
         table = Table("pid", "tid", "thread", "policy", "priority", "cgroup budget")
         for t in result.rt_threads:

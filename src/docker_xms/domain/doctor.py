@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from docker_xms.domain.rt_mode import GLOBAL, PER_GROUP, V2_RT_GROUP
+
+if TYPE_CHECKING:
+    from docker_xms.domain.rt_mode import RtMode
 
 Level = Literal["ok", "warn", "fail"]
 
@@ -27,7 +32,7 @@ class HostRt(Protocol):
     @property
     def rt_period_us(self) -> int: ...
     @property
-    def mode(self) -> str: ...
+    def mode(self) -> RtMode: ...
 
 
 @dataclass(frozen=True)
@@ -45,9 +50,9 @@ def diagnose(
     parent_path: str,
 ) -> list[Finding]:
     findings = _global_limit(host)
-    if host.mode == "per-group":
+    if host.mode == PER_GROUP:
         findings += _per_group(engine_cgroup_driver, engine_cgroup_version, parent_runtime, parent_path)
-    elif host.mode == "v2-rt-group":
+    elif host.mode == V2_RT_GROUP:
         findings.append(
             Finding(
                 "fail",
@@ -58,7 +63,7 @@ def diagnose(
                 "not set (Linux 6.16 and later: boot with rt_group_sched=0).",
             )
         )
-    elif host.mode == "global":
+    elif host.mode == GLOBAL:
         findings += _global_only(host)
     return findings
 

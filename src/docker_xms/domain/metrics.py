@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from docker_xms.domain.labels import COMPOSE_PROJECT, SWARM_SERVICE, SWARM_TASK
+from docker_xms.domain.rt_mode import GLOBAL, NONE, PER_GROUP, V2_RT_GROUP
 from docker_xms.errors import BadInput
 
+if TYPE_CHECKING:
+    from docker_xms.domain.rt_mode import RtMode
+
 RT_POLICIES = frozenset({"SCHED_FIFO", "SCHED_RR"})
-MODES = ("per-group", "global", "none")
+# The modes exported: a v2 host with group scheduling counts as per-group (exported_mode).
+MODES: tuple[RtMode, ...] = (PER_GROUP, GLOBAL, NONE)
 DEFAULT_ADDRESS = "127.0.0.1"
 US_PER_S = 1_000_000
 
@@ -47,9 +52,9 @@ def count_policies(policies: list[str]) -> tuple[int, int]:
     return rt, len(policies) - rt
 
 
-def exported_mode(mode: str) -> str:
+def exported_mode(mode: RtMode) -> RtMode:
     """The host's real-time mode as exported: a v2 host with group scheduling counts as per-group."""
-    return "per-group" if mode in ("per-group", "v2-rt-group") else mode
+    return PER_GROUP if mode in (PER_GROUP, V2_RT_GROUP) else mode
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,7 @@ class WakeupHistogram:
 
 @dataclass(frozen=True)
 class HostFigures:
-    mode: str
+    mode: RtMode
     pool_us: int | None
     parent_us: int | None
     steal_seconds: float | None

@@ -18,6 +18,7 @@ import yaml
 from docker_xms.adapters import cgroups, hostfiles
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.domain import compose as compose_files
+from docker_xms.domain.rt_mode import PER_GROUP
 from docker_xms.errors import BadInput
 from docker_xms.settings import Settings
 from docker_xms.usecases.boundaries import EngineApi
@@ -81,7 +82,7 @@ def node_setup(
         if engine is None:
             raise BadInput("Without an engine the pool cannot be read; give it with --pool-ms.")
         state = read_state(open_host(engine, settings))
-        if state.mode != "per-group":
+        if state.mode != PER_GROUP:
             raise BadInput("This host has no per-container real-time budgets; give the pool with --pool-ms.")
         pool_ms = compose_files.pool_ms(state.pool_us, state.global_period_us)
     existing: dict[str, Any] = {}

@@ -22,6 +22,7 @@ from docker_xms.domain.labels import (
     PROFILE_LABEL,
 )
 from docker_xms.domain.pool import parse_pool
+from docker_xms.domain.rt_mode import PER_GROUP
 from docker_xms.settings import Settings
 
 
@@ -105,7 +106,7 @@ def budget_reader(settings: Settings) -> Callable[[str], int | None]:
     It tries where either cgroup driver puts containers, so it need not ask the engine which one runs.
     """
     host = cgroups.detect_host(*settings.roots)
-    if host.mode != "per-group":
+    if host.mode != PER_GROUP:
         return lambda _: None
     fs = cgroups.CgroupFs(host.cpu_root)
     places = engine_parents(host, settings.cgroup_parent)

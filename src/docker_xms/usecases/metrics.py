@@ -28,6 +28,7 @@ from docker_xms.domain.metrics import (
     listen_address,
     origin_labels,
 )
+from docker_xms.domain.rt_mode import PER_GROUP
 from docker_xms.errors import XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases.listing import DRIVERS, container_group, engine_parents, managed_summaries
@@ -84,7 +85,7 @@ class Figures:
     def __call__(self) -> HostFigures:
         place = self._place
         running = [c for c in self.list_managed() if c.running]
-        per_group = place.host.mode == "per-group"
+        per_group = place.host.mode == PER_GROUP
         groups = {c.id: self._group(c.id) for c in running}
         parent = next((p for _, p in place.parents if place.fs.exists(p)), None) if per_group else None
         held: dict[str, int] = {}

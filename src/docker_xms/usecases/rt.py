@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from docker_xms.adapters import cgroups, hostnet, hostproc, pmqos
 from docker_xms.adapters.engine import ContainerInfo
@@ -23,10 +24,14 @@ from docker_xms.domain import budget
 from docker_xms.domain.adoption import origin
 from docker_xms.domain.doctor import Finding, diagnose, idle_findings, inotify_findings
 from docker_xms.domain.labels import MANAGED_LABEL, SWARM_TASK, WEIGHT_LABEL, reserved_weight, unreadable, weight_of
+from docker_xms.domain.rt_mode import PER_GROUP
 from docker_xms.errors import BadInput, ContainerBeingRemoved, StartBudgetRefused, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases import adoption
 from docker_xms.usecases.boundaries import CgroupFsApi, EngineApi
+
+if TYPE_CHECKING:
+    from docker_xms.domain.rt_mode import RtMode
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,7 +53,7 @@ class RtHost:
 
     @property
     def per_group(self) -> bool:
-        return self.host.mode == "per-group"
+        return self.host.mode == PER_GROUP
 
     def cgroup_of(self, container_id: str) -> str:
         return cgroups.container_cgroup(self.parent, self.driver, container_id)
@@ -105,7 +110,7 @@ class RtState:
     """The host's real-time figures and who holds what; the parent's stay 0 where containers get no budget
     of their own (no per-group mode)."""
 
-    mode: str
+    mode: RtMode
     cgroup_version: int
     global_runtime_us: int
     global_period_us: int
@@ -506,7 +511,7 @@ class RtThread:
 class Verification:
     container: str
     name: str
-    mode: str
+    mode: RtMode
     budget_us: int
     fifo_allowed: bool
     fifo_detail: str
