@@ -16,7 +16,11 @@ from docker_xms.errors import BadInput, XmsError
 
 PERIOD_US = 1_000_000
 MIN_RUNTIME_US = 1000
+# The keys of a plan that are not container ids (64 hex digits, so neither can be taken for one): the
+# engine's parent group, and the container about to be created, whose write is its creation with that
+# budget (a share too small for it names it in the refusal's sentence).
 PARENT = "parent"
+ARRIVING = "(new container)"
 UNLIMITED = -1
 
 

@@ -31,7 +31,6 @@ from docker_xms.usecases.adoption import Adopted, set_ephemeral
 from docker_xms.usecases.metrics import ReconcileStats, start_exporter
 from docker_xms.usecases.reconcile import Reconciliation, reconcile
 from docker_xms.usecases.rt import (
-    NEW,
     RtHost,
     grow_parent,
     managed_running,
@@ -63,7 +62,7 @@ def change_lines(rt: RtHost, result: Reconciliation) -> list[str]:
     for write in balance.writes:
         if write.target == budget.PARENT:
             lines.append(f"parent {rt.parent} {balance.parent_before} -> {write.value} us")
-        elif write.target != NEW:
+        elif write.target != budget.ARRIVING:
             name = balance.names.get(write.target, write.target[:12])
             lines.append(f"budget {name} {balance.before.get(write.target, 0)} -> {write.value} us")
     for adopted in result.adoption.adopted:

@@ -290,8 +290,6 @@ def read_state(rt: RtHost) -> RtState:
     )
 
 
-NEW = "(new container)"
-
 # The kernel counts a removed group's runtime until it frees the group, a moment after its directory is
 # gone (an RCU grace period and a work item later: seen when a container is removed and the rebalance
 # follows at once). A write the plan made fit, refused as too much for the parent, is tried again for
@@ -343,18 +341,18 @@ def rebalance_locked(
     for gone in set(_RESERVED) - set(names):
         del _RESERVED[gone]
     if arriving_weight is not None:
-        members.append(budget.Member(NEW, arriving_weight))
+        members.append(budget.Member(budget.ARRIVING, arriving_weight))
     targets = budget.split(room.pool_us, members)
     parent_now = rt.fs.read_runtime(rt.parent)
     parent_target = room.pool_us + room.foreign_us
     writes = budget.plan(parent_now, parent_target, now, targets, room.foreign_us)
-    _apply(rt, [w for w in writes if w.target != NEW], now, parent_now)
+    _apply(rt, [w for w in writes if w.target != budget.ARRIVING], now, parent_now)
     return Rebalance(
         pool_us=room.pool_us,
         parent_us=parent_target,
         budgets=targets,
         writes=tuple(writes),
-        arriving_us=targets.get(NEW, 0),
+        arriving_us=targets.get(budget.ARRIVING, 0),
         per_group=True,
         names=names,
         before=dict(now),
