@@ -56,6 +56,23 @@ class ContainerBeingRemoved(XmsError):
     """The engine refused to change a container it is removing: what the change was for no longer matters."""
 
 
+class StepFailed(XmsError):
+    """A step of longer work (building, finishing or pushing an image) failed: the sentence names the step first.
+
+    `add_context` only appends, and these sentences must say which step before why, so the step is a field of its
+    own. The failure itself stays whole in `cause` (also `__cause__`), type and all, and so does its exit code.
+    `why` replaces the cause's own sentence where the step explains it in the user's words; `detail` (the engine's
+    log, say) follows on a line of its own.
+    """
+
+    def __init__(self, step: str, cause: XmsError, why: str | None = None, detail: str | None = None) -> None:
+        text = f"{step} failed: {cause.message if why is None else why}"
+        super().__init__(text if detail is None else f"{text}\n{detail}")
+        self.step = step
+        self.cause = cause
+        self.exit_code = cause.exit_code
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGINT, SIGTERM or SIGHUP stopped a command; `message` says what was undone."""
 

@@ -18,7 +18,7 @@ from docker_xms.adapters.engine import Engine, StreamError
 from docker_xms.domain import recipes
 from docker_xms.domain.names import ImageRef, parse_ref
 from docker_xms.domain.profiles import Profile
-from docker_xms.errors import BadInput, XmsError
+from docker_xms.errors import BadInput, StepFailed, XmsError
 
 
 class Reporter(Protocol):
@@ -106,7 +106,7 @@ def _import_and_finish(
         try:
             built = engine.build(context_tar(files), str(ref), progress=build_progress(reporter))
         except StreamError as exc:
-            raise XmsError(f"Finishing {ref} failed: {exc.message}\n{exc.log}") from exc
+            raise StepFailed(f"Finishing {ref}", exc, detail=exc.log) from exc
     finally:
         # Untags the temporary name; the layers stay as the parent of `ref` when the build worked.
         engine.remove_image(f"{temp_repo}:rootfs")
@@ -159,6 +159,8 @@ def build_base(engine: Engine, tag: str, distro: str, offline: bool, reporter: R
         engine.pull(repository, base_tag, progress=build_progress(reporter))
     except XmsError as exc:
         if distro != "debian12":
+            # A new error on purpose: whatever kind stopped the pull, for this distro it means one thing, that the
+            # registry is its only source, and the way out is the same.
             raise XmsError(
                 f"No registry answered for {base} ({exc.message.rstrip('.')}); only debian12 can be built offline."
             ) from exc
@@ -170,7 +172,7 @@ def build_base(engine: Engine, tag: str, distro: str, offline: bool, reporter: R
     try:
         engine.build(context_tar({"Dockerfile": dockerfile.encode()}), str(ref), build_progress(reporter))
     except StreamError as exc:
-        raise XmsError(f"Building {ref} failed: {exc.message}\n{exc.log}") from exc
+        raise StepFailed(f"Building {ref}", exc, detail=exc.log) from exc
     return _image_result(engine, ref, f"{base} + systemd")
 
 

@@ -18,7 +18,7 @@ from docker_xms.domain import recipes, xms_recipe
 from docker_xms.domain.labels import LABEL_PREFIX
 from docker_xms.domain.names import parse_ref
 from docker_xms.domain.profiles import Profile
-from docker_xms.errors import BadInput, NotFound, XmsError
+from docker_xms.errors import BadInput, NotFound, StepFailed, XmsError
 from docker_xms.usecases.images import Reporter, build_progress, context_tar
 
 FLATTEN_LABEL = f"{LABEL_PREFIX}.flatten-source"
@@ -93,7 +93,7 @@ def flatten(engine: Engine, source: str, target: str, reporter: Reporter) -> Fla
             try:
                 engine.build(context_tar({"Dockerfile": dockerfile.encode()}), str(ref), build_progress(reporter))
             except StreamError as exc:
-                raise XmsError(f"Finishing {ref} failed: {exc.message}\n{exc.log}") from exc
+                raise StepFailed(f"Finishing {ref}", exc, detail=exc.log) from exc
     finally:
         engine.remove(container_id)
         if later:
@@ -164,23 +164,24 @@ def push(engine: Engine, image: str, on_layer: Callable[[LayerEvent], None]) -> 
     try:
         digest = engine.push(ref.repository, ref.tag, progress)
     except StreamError as exc:
-        raise XmsError(_push_failure(str(ref), registry, exc.message)) from exc
+        raise StepFailed(f"Pushing {ref}", exc, why=_push_problem(registry, exc.message)) from exc
     return Pushed(str(ref), digest, len(seen))
 
 
-def _push_failure(ref: str, registry: str, message: str) -> str:
+def _push_problem(registry: str, message: str) -> str:
+    """What a push's failure means and what to do, from the registry's words: its stream carries no other kind."""
     text = message.strip().rstrip(".")
     lowered = text.lower()
     if "connection refused" in lowered or "no such host" in lowered or "i/o timeout" in lowered:
-        return f"Pushing {ref} failed: no registry answered at {registry} ({text}); start it or check the name."
+        return f"no registry answered at {registry} ({text}); start it or check the name."
     if "authentication required" in lowered or "unauthorized" in lowered or "denied" in lowered:
-        return f"Pushing {ref} failed: the registry {registry} refused it ({text}); run `docker-xms login`."
+        return f"the registry {registry} refused it ({text}); run `docker-xms login`."
     if "405" in lowered or "method not allowed" in lowered:
         return (
-            f"Pushing {ref} failed: the registry {registry} does not take uploads (HTTP 405: it is read-only "
+            f"the registry {registry} does not take uploads (HTTP 405: it is read-only "
             "or a pull-through mirror); push to a registry that accepts images."
         )
-    return f"Pushing {ref} failed: the registry {registry} refused it ({text})."
+    return f"the registry {registry} refused it ({text})."
 
 
 # --- the XMS image from its installer ---------------------------------------------------------------
@@ -314,7 +315,7 @@ def build_xms(engine: Engine, plan: XmsBuildPlan, reporter: Reporter) -> XmsBuil
     try:
         image_id = engine.build(context_tar(files), plan.ref, progress)
     except StreamError as exc:
-        raise XmsError(f"Building {plan.ref} failed: {exc.message}\n{exc.log}") from exc
+        raise StepFailed(f"Building {plan.ref}", exc, detail=exc.log) from exc
     status, install_log = xms_recipe.installer_log("".join(log))
     attrs = engine.inspect_image(image_id)
     return XmsBuilt(

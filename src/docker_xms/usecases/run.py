@@ -234,6 +234,8 @@ def _ensure_image(engine: EngineApi, profile: Profile, ref: str, build_missing: 
     except XmsError as exc:
         hint = f" (build it with `docker-xms build --profile {profile.name}`)" if profile.build.packages else ""
         reason = exc.message.rstrip(".")
+        # NotFound on purpose, whatever stopped the pull: the image the user named is not to be had here, which
+        # the user fixes (exit 2), and the pull's own error stays the cause.
         raise NotFound(f"Image {ref} is not on this engine and could not be pulled: {reason}{hint}.") from exc
 
 
