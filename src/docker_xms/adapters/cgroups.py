@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from docker_xms.domain.cgroup_types import GroupRuntime
 from docker_xms.errors import BadInput, NotFound, XmsError
 
 # `ps --json` imports this module: typing is only for the type checker (its import costs the listing ~2 ms).
@@ -65,13 +66,6 @@ class HostRt:
     rt_period_us: int
     mode: Mode
     cpu_root: Path
-
-
-@dataclass(frozen=True)
-class GroupRuntime:
-    name: str
-    runtime_us: int
-    period_us: int
 
 
 @dataclass(frozen=True)

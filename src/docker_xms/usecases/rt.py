@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from docker_xms.adapters import cgroups, hostnet, hostproc, pmqos
-from docker_xms.adapters.engine import ContainerInfo
-from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.adapters.signals import deferred
 from docker_xms.domain import budget
 from docker_xms.domain.adoption import origin
 from docker_xms.domain.doctor import Finding, diagnose, idle_findings, inotify_findings
+from docker_xms.domain.engine_types import ContainerInfo, ContainerSummary
 from docker_xms.domain.labels import MANAGED_LABEL, SWARM_TASK, WEIGHT_LABEL, reserved_weight, unreadable, weight_of
 from docker_xms.errors import BadInput, ContainerBeingRemoved, StartBudgetRefused, XmsError
 from docker_xms.settings import Settings
