@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from docker_xms.adapters.cgroups import CgroupFs, CgroupWriteError, GroupRuntime, container_cgroup
-from docker_xms.adapters.engine import ContainerInfo, CreateSpec, EngineInfo
-from docker_xms.adapters.engine_list import ContainerSummary, PublishedPort
-from docker_xms.adapters.netfilter import Forward, Reconciled
+from docker_xms.adapters.cgroups import CgroupFs, CgroupWriteError, container_cgroup
 from docker_xms.domain.budget import PERIOD_US
-from docker_xms.domain.forwards import DnatForward
+from docker_xms.domain.cgroup_types import GroupRuntime
+from docker_xms.domain.engine_types import ContainerInfo, ContainerSummary, CreateSpec, EngineInfo, PublishedPort
+from docker_xms.domain.forwards import DnatForward, Forward, Reconciled
 from docker_xms.errors import BadInput, NotFound, StartBudgetRefused, XmsError
 
 # The kernel compares bandwidths as runtime/period in this fixed point (kernel/sched/core.c, to_ratio).

@@ -11,7 +11,6 @@ import pytest
 from docker_xms.adapters.cgroups import (
     CgroupFs,
     CgroupWriteError,
-    GroupRuntime,
     HostRt,
     container_cgroup,
     cpu_cgroup,
@@ -20,6 +19,7 @@ from docker_xms.adapters.cgroups import (
     parse_steal_ms,
     thread_policies,
 )
+from docker_xms.domain.cgroup_types import GroupRuntime
 from docker_xms.errors import BadInput, NotFound, XmsError
 from tests.layouts import (
     hybrid_host,

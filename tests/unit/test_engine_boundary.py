@@ -20,7 +20,8 @@ import docker
 import pytest
 
 from docker_xms.adapters import engine_list
-from docker_xms.adapters.engine import CreateSpec, Engine
+from docker_xms.adapters.engine import Engine
+from docker_xms.domain.engine_types import CreateSpec
 from docker_xms.errors import ContainerBeingRemoved, EngineUnavailable, StartBudgetRefused, XmsError
 
 ID = "0" * 64

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from docker_xms.adapters import engine_list
-from docker_xms.adapters.engine_list import PublishedPort, summary_of
+from docker_xms.adapters.engine_list import summary_of
+from docker_xms.domain.engine_types import PublishedPort
 from docker_xms.errors import EngineUnavailable, XmsError
 from tests.unit.test_engine_boundary import Server, read_head
 

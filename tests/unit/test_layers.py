@@ -1,6 +1,7 @@
 """The layers hold: the domain is pure, the CLI reaches adapters only through its composition root, use
-cases leave raw I/O to the adapters, adapters know nothing of the use cases, and nothing below the CLI
-imports it. Checked on the source text, so no module is imported to check it.
+cases leave raw I/O to the adapters, the Protocols they take name no adapter, adapters know nothing of the
+use cases, and nothing below the CLI imports it. Checked on the source text, so no module is imported to
+check it.
 
 The errors module is part of the core: every layer raises its one-sentence errors, the domain included.
 """
@@ -16,6 +17,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "docker_xms"
 # The one CLI module that builds adapters (engine, settings, profile store) for the commands.
 COMPOSITION_ROOT = "docker_xms.cli.context"
+# The Protocols the use cases take: the real adapters and the in-memory fakes both satisfy them, so they
+# speak in domain types only.
+BOUNDARIES = "docker_xms.usecases.boundaries"
 # The executable hands every invocation to the command line: the one module outside it that may import it.
 EXECUTABLES = {"docker_xms.entry", "docker_xms.__main__"}
 # Standard modules that reach the host: the domain may not use them.
@@ -58,6 +62,8 @@ def violations(module: str, source: str) -> list[str]:
                 found.append(f"imports {name}")
     if module.startswith("docker_xms.cli") and module != COMPOSITION_ROOT:
         found += [f"imports {name}" for name in names if name.startswith("docker_xms.adapters")]
+    if module == BOUNDARIES:
+        found += [f"imports {name}" for name in names if _within(name, "docker_xms.adapters")]
     if module.startswith("docker_xms.adapters"):
         found += [f"imports {name}" for name in names if _within(name, "docker_xms.usecases")]
     if not _within(module, "docker_xms.cli") and module not in EXECUTABLES:
@@ -108,6 +114,8 @@ def test_every_layer_keeps_to_its_own() -> None:
         ("docker_xms.usecases.x", "with open('/etc/x') as f:\n    pass\n", "calls open()"),
         ("docker_xms.usecases.x", "def f(p):\n    return p.read_text()\n", "uses .read_text"),
         ("docker_xms.usecases.x", "def f(p):\n    p.write_text('x')\n", "uses .write_text"),
+        (BOUNDARIES, "from docker_xms.adapters.engine import ContainerInfo\n", "imports docker_xms.adapters"),
+        (BOUNDARIES, "from ..adapters import netfilter\n", "imports docker_xms.adapters"),
         ("docker_xms.adapters.x", "from docker_xms.usecases.rt import RtHost\n", "imports docker_xms.usecases"),
         ("docker_xms.adapters.x", "def f():\n    from ..usecases import reconcile\n", "imports docker_xms.usecases"),
         ("docker_xms.usecases.x", "from docker_xms.cli.render import console\n", "imports docker_xms.cli"),
@@ -130,6 +138,7 @@ def test_a_planted_violation_is_found(module: str, source: str, expected: str) -
         ("docker_xms.cli.context", "from docker_xms.adapters.engine import Engine\n"),
         ("docker_xms.cli.x", "from docker_xms.usecases.rt import status\n"),
         ("docker_xms.usecases.x", "from docker_xms.adapters import cgroups\nx = cgroups.procs('/docker')\n"),
+        (BOUNDARIES, "from docker_xms.domain.engine_types import ContainerInfo\n"),
         ("docker_xms.adapters.x", "from docker_xms.domain.labels import MANAGED_LABEL\n"),
         ("docker_xms.entry", "def main():\n    from docker_xms.cli import main as cli_main\n"),
         ("docker_xms.__main__", "from docker_xms.cli import main\n"),

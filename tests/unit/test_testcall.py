@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from docker_xms.adapters.engine import ContainerInfo
 from docker_xms.adapters.profile_store import load_profile
+from docker_xms.domain.engine_types import ContainerInfo
 from docker_xms.domain.profiles import PortSpec, parse_profile
 from docker_xms.domain.stats import interarrival_jitter_ms
 from docker_xms.errors import BadInput

@@ -13,6 +13,7 @@ from typing import Any, cast
 import pytest
 
 from docker_xms.adapters import cgroups
+from docker_xms.adapters.engine import sdk_arguments
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.boot import v2_systemd_refusal
 from docker_xms.domain.profiles import parse_profile
@@ -34,7 +35,7 @@ def _args_for(root: Path, unified: bool) -> dict[str, Any]:
         profile.ports, profile.media_ranges, "container-address", "dnat", host_pool=(20000, 32767)
     )
     spec = _create_spec(rt, profile, RunRequest(container_address=True), "container-address", plan, profile.image)
-    return spec.sdk_arguments()
+    return sdk_arguments(spec)
 
 
 def _binds_of_host_cgroups(args: dict[str, Any]) -> list[str]:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from docker_xms.domain.cgroup_types import GroupRuntime
 from docker_xms.domain.rt_mode import GLOBAL, NONE, PER_GROUP, V2_RT_GROUP
 from docker_xms.errors import BadInput, NotFound, XmsError
 
@@ -64,13 +65,6 @@ class HostRt:
     rt_period_us: int
     mode: RtMode
     cpu_root: Path
-
-
-@dataclass(frozen=True)
-class GroupRuntime:
-    name: str
-    runtime_us: int
-    period_us: int
 
 
 @dataclass(frozen=True)

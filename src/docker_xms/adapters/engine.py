@@ -17,7 +17,6 @@ import tarfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import docker
@@ -25,8 +24,8 @@ import docker.errors
 import requests.exceptions
 import urllib3.exceptions
 
-from docker_xms.adapters.engine_list import ContainerSummary, summary_of
-from docker_xms.domain.labels import LABEL_PREFIX, MANAGED_LABEL
+from docker_xms.adapters.engine_list import summary_of
+from docker_xms.domain.engine_types import ContainerInfo, ContainerSummary, CreateSpec, EngineInfo, Progress
 from docker_xms.errors import (
     BadInput,
     ContainerBeingRemoved,
@@ -35,9 +34,6 @@ from docker_xms.errors import (
     StartBudgetRefused,
     XmsError,
 )
-
-Progress = Callable[[dict[str, Any]], None]
-
 
 # How long, and how much output, a command run in a container is read for (Engine.exec).
 EXEC_TIMEOUT_S = 30.0
@@ -56,126 +52,40 @@ def _ignore(_: dict[str, Any]) -> None:
     return None
 
 
-@dataclass(frozen=True)
-class EngineInfo:
-    server_version: str
-    api_version: str
-    cgroup_driver: str
-    cgroup_version: str
-    security_options: tuple[str, ...]
-    docker_root: str
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    """What docker-xms needs to know of a container, read from the engine's inspect data."""
-
-    id: str
-    name: str
-    status: str
-    pid: int
-    image: str
-    labels: dict[str, str]
-    ip_address: str
-    cpu_rt_runtime: int
-    cpu_rt_period: int
-    cgroup_parent: str
-    ports: dict[str, list[dict[str, str]]] = field(default_factory=dict)
-    restart_policy: str = ""
-    network_mode: str = ""
-    started_at: str = ""
-    exit_code: int = 0
-    # Why the engine could not start it last time (empty if it did, or was stopped on purpose).
-    error: str = ""
-    finished_at: str = ""
-    # Its environment as created ("NAME=value"): where Swarm puts a task's reserved generic resources.
-    env: tuple[str, ...] = ()
-
-    @property
-    def managed(self) -> bool:
-        return self.labels.get(MANAGED_LABEL) == "true"
-
-    @property
-    def running(self) -> bool:
-        return self.status in ("running", "restarting") and self.pid > 0
-
-    def label(self, key: str, default: str = "") -> str:
-        return self.labels.get(f"{LABEL_PREFIX}.{key}", default)
-
-
-@dataclass(frozen=True)
-class Healthcheck:
-    """The engine's own health check: a command run in the container, times in seconds."""
-
-    test: tuple[str, ...]
-    interval_s: int
-    timeout_s: int
-    retries: int
-    start_period_s: int
-
-
-@dataclass(frozen=True)
-class CreateSpec:
-    """Everything docker-xms asks of the engine when it creates a container (always detached)."""
-
-    image: str
-    name: str | None = None
-    command: tuple[str, ...] | None = None
-    # Replaces the image's entrypoint (with `command`, what runs is entrypoint + command).
-    entrypoint: tuple[str, ...] | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
-    environment: Mapping[str, str] = field(default_factory=dict)
-    cap_add: tuple[str, ...] = ()
-    stop_signal: str | None = None
-    # Container port ("5060/udp") -> host port, (host address, host port), or None for any free port.
-    ports: Mapping[str, Any] | None = None
-    network_mode: str | None = None
-    healthcheck: Healthcheck | None = None
-    tmpfs: Mapping[str, str] = field(default_factory=dict)
-    # Host paths mounted read-only at the same path in the container.
-    read_only_mounts: tuple[str, ...] = ()
-    cgroupns: str | None = None
-    # The RLIMIT_RTPRIO soft and hard limit, when the engine's default (0) is not enough.
-    rtprio: int | None = None
-    sysctls: Mapping[str, str] = field(default_factory=dict)
-    cpu_rt_runtime: int = 0
-    # Seconds a stop waits after the stop signal before the engine kills (None: the engine's 10).
-    stop_timeout: int | None = None
-
-    def sdk_arguments(self) -> dict[str, Any]:
-        """The keyword arguments of the SDK's `containers.create` for this spec."""
-        second = 1_000_000_000
-        args: dict[str, Any] = {"detach": True, "name": self.name, "labels": dict(self.labels)}
-        if self.command is not None:
-            args["command"] = list(self.command)
-        if self.entrypoint is not None:
-            args["entrypoint"] = list(self.entrypoint)
-        optional: dict[str, Any] = {
-            "environment": dict(self.environment),
-            "cap_add": list(self.cap_add),
-            "stop_signal": self.stop_signal,
-            "ports": self.ports,
-            "network_mode": self.network_mode,
-            "tmpfs": dict(self.tmpfs),
-            "volumes": {path: {"bind": path, "mode": "ro"} for path in self.read_only_mounts},
-            "cgroupns": self.cgroupns,
-            "sysctls": dict(self.sysctls),
-            "cpu_rt_runtime": self.cpu_rt_runtime,
-            "stop_timeout": self.stop_timeout,
+def sdk_arguments(spec: CreateSpec) -> dict[str, Any]:
+    """The keyword arguments of the SDK's `containers.create` for `spec`."""
+    second = 1_000_000_000
+    args: dict[str, Any] = {"detach": True, "name": spec.name, "labels": dict(spec.labels)}
+    if spec.command is not None:
+        args["command"] = list(spec.command)
+    if spec.entrypoint is not None:
+        args["entrypoint"] = list(spec.entrypoint)
+    optional: dict[str, Any] = {
+        "environment": dict(spec.environment),
+        "cap_add": list(spec.cap_add),
+        "stop_signal": spec.stop_signal,
+        "ports": spec.ports,
+        "network_mode": spec.network_mode,
+        "tmpfs": dict(spec.tmpfs),
+        "volumes": {path: {"bind": path, "mode": "ro"} for path in spec.read_only_mounts},
+        "cgroupns": spec.cgroupns,
+        "sysctls": dict(spec.sysctls),
+        "cpu_rt_runtime": spec.cpu_rt_runtime,
+        "stop_timeout": spec.stop_timeout,
+    }
+    if spec.healthcheck is not None:
+        check = spec.healthcheck
+        optional["healthcheck"] = {
+            "test": list(check.test),
+            "interval": check.interval_s * second,
+            "timeout": check.timeout_s * second,
+            "retries": check.retries,
+            "start_period": check.start_period_s * second,
         }
-        if self.healthcheck is not None:
-            check = self.healthcheck
-            optional["healthcheck"] = {
-                "test": list(check.test),
-                "interval": check.interval_s * second,
-                "timeout": check.timeout_s * second,
-                "retries": check.retries,
-                "start_period": check.start_period_s * second,
-            }
-        if self.rtprio is not None:
-            optional["ulimits"] = [{"name": "rtprio", "soft": self.rtprio, "hard": self.rtprio}]
-        args.update({key: value for key, value in optional.items() if value})
-        return args
+    if spec.rtprio is not None:
+        optional["ulimits"] = [{"name": "rtprio", "soft": spec.rtprio, "hard": spec.rtprio}]
+    args.update({key: value for key, value in optional.items() if value})
+    return args
 
 
 def _container_info(attrs: dict[str, Any]) -> ContainerInfo:
@@ -471,7 +381,7 @@ class Engine:
         image = spec.image
         with _translated("The engine could not create the container", f"There is no image {image} on this engine."):
             try:
-                container_id = self._create(image, spec.sdk_arguments())
+                container_id = self._create(image, sdk_arguments(spec))
             except docker.errors.APIError as exc:
                 if exc.status_code == 409:
                     raise BadInput(f"A container with that name already exists ({_explanation(exc)}).") from exc

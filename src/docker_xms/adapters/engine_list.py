@@ -14,9 +14,8 @@ import json
 import socket
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
-from docker_xms.domain.labels import LABEL_PREFIX, MANAGED_LABEL
+from docker_xms.domain.engine_types import ContainerSummary, PublishedPort
 from docker_xms.errors import EngineUnavailable, XmsError
 
 # `ps --json` imports this module: typing is only for the type checker (its import costs the listing ~2 ms).
@@ -25,56 +24,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
-
-
-@dataclass(frozen=True)
-class PublishedPort:
-    protocol: str
-    container_port: int
-    # 0 when the port is exposed but not published on the host.
-    host_port: int = 0
-    host_ip: str = ""
-
-
-@dataclass(frozen=True)
-class ContainerSummary:
-    """A container as the engine's list view shows it (GET /containers/json).
-
-    What the list view lacks (the stored real-time budget, the restart policy, why a start failed) is
-    in the inspect view (`Engine.get_container`), read only where it is needed.
-    """
-
-    id: str
-    name: str
-    image: str
-    # The engine's state word: created, running, restarting, paused, exited, dead.
-    state: str
-    # The engine's human status ("Up 3 minutes (healthy)"): the only place the list view gives health.
-    status: str
-    labels: Mapping[str, str] = field(default_factory=dict)
-    ip_address: str = ""
-    ports: tuple[PublishedPort, ...] = ()
-    network_mode: str = ""
-
-    @property
-    def managed(self) -> bool:
-        return self.labels.get(MANAGED_LABEL) == "true"
-
-    @property
-    def running(self) -> bool:
-        # A restarting container has no process (the engine sets its pid to 0 between attempts).
-        return self.state == "running"
-
-    @property
-    def health(self) -> str:
-        if "(healthy)" in self.status:
-            return "healthy"
-        if "(unhealthy)" in self.status:
-            return "unhealthy"
-        return "starting" if "health: starting" in self.status else "-"
-
-    def label(self, key: str, default: str = "") -> str:
-        return self.labels.get(f"{LABEL_PREFIX}.{key}", default)
 
 
 def summary_of(raw: Mapping[str, Any]) -> ContainerSummary:

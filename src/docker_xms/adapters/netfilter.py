@@ -51,7 +51,7 @@ from pathlib import Path
 
 from docker_xms.adapters.conntrack import Conntrack
 from docker_xms.adapters.hostlock import host_lock
-from docker_xms.domain.forwards import DnatForward
+from docker_xms.domain.forwards import DnatForward, Forward, Reconciled
 from docker_xms.errors import BadInput, XmsError
 
 DEFAULT_LOCK = Path("/run/docker-xms/netfilter.lock")
@@ -67,20 +67,6 @@ _DOCKER_JUMPS = frozenset({"DOCKER", "DOCKER-USER", "DOCKER-FORWARD", "DOCKER-IS
 _OURS = re.compile(rf"^{COMMENT_PREFIX}:([0-9a-f]{{12}}):([A-Za-z0-9_.-]+)$")
 # Longest chain name iptables accepts, minus the longest suffix used here.
 _CHAIN_MAX = 28 - len("-POSTROUTING")
-
-
-@dataclass(frozen=True)
-class Forward:
-    """A forward as netfilter holds it, with the container that owns it."""
-
-    container_id: str
-    spec: DnatForward
-
-
-@dataclass(frozen=True)
-class Reconciled:
-    removed: tuple[str, ...]
-    added: tuple[str, ...]
 
 
 @dataclass(frozen=True)

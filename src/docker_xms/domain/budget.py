@@ -72,7 +72,7 @@ def compute_pool(capacity_us: int, foreign_us: int, cap_us: int | None = None) -
 
 
 class Group(Protocol):
-    """A child group of the engine's parent as its files show it (adapters/cgroups.GroupRuntime)."""
+    """A child group of the engine's parent as its files show it (`cgroup_types.GroupRuntime` is one)."""
 
     @property
     def name(self) -> str: ...

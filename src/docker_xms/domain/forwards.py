@@ -51,6 +51,22 @@ class DnatForward:
         return replace(self, source_ip=source_ip if self.same_numbers else "")
 
 
+@dataclass(frozen=True)
+class Forward:
+    """A forward as netfilter holds it, with the container that owns it."""
+
+    container_id: str
+    spec: DnatForward
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What a reconciliation changed: the containers whose rules went, and those whose rules were written."""
+
+    removed: tuple[str, ...]
+    added: tuple[str, ...]
+
+
 def media_source(advertised: str, is_local: Callable[[str], bool], default_route_address: str) -> str:
     """The host address a container's media leaves from, for the address its server advertises.
 

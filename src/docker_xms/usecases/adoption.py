@@ -13,9 +13,9 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from docker_xms.adapters import adoption_store, hostnet, hostproc, records
-from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.domain.adoption import origin, outside_pool, plan_labels, source_of, trusted_labels
+from docker_xms.domain.engine_types import ContainerSummary
 from docker_xms.domain.labels import LABEL_PREFIX, MANAGED_LABEL, host_ranges_from_labels, profile_of, unreadable
 from docker_xms.domain.pool import Span, allocation_block, holds, parse_adopt, parse_pool
 from docker_xms.domain.ports import ephemeral_outside

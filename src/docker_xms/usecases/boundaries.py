@@ -11,11 +11,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from docker_xms.adapters.cgroups import GroupRuntime
-from docker_xms.adapters.engine import ContainerInfo, CreateSpec, EngineInfo, Progress
-from docker_xms.adapters.engine_list import ContainerSummary
-from docker_xms.adapters.netfilter import Forward, Reconciled
-from docker_xms.domain.forwards import DnatForward
+from docker_xms.domain.cgroup_types import GroupRuntime
+from docker_xms.domain.engine_types import ContainerInfo, ContainerSummary, CreateSpec, EngineInfo, Progress
+from docker_xms.domain.forwards import DnatForward, Forward, Reconciled
 
 
 class EngineApi(Protocol):

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from docker_xms.adapters.engine import ContainerInfo, Engine
+from docker_xms.adapters.engine import Engine
 from docker_xms.adapters.netfilter import Netfilter
+from docker_xms.domain.engine_types import ContainerInfo
 from docker_xms.domain.labels import MANAGED_LABEL, MODE_LABEL, ONE_TO_ONE, WEIGHT_LABEL, weight_of
 from docker_xms.errors import BadInput, NotFound
 from docker_xms.settings import Settings

@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 from docker_xms.adapters import adoption_store, cgroups, engine_list, records
-from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.domain.adoption import origin, trusted_labels
+from docker_xms.domain.engine_types import ContainerSummary
 from docker_xms.domain.labels import (
     ADVERTISE_LABEL,
     LABEL_HOST_MEDIA,

@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from docker_xms.adapters import cgroups, pmqos
-from docker_xms.adapters.engine_list import ContainerSummary
-from docker_xms.adapters.netfilter import Forward, Netfilter
+from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.domain import budget
+from docker_xms.domain.engine_types import ContainerSummary
+from docker_xms.domain.forwards import Forward
 from docker_xms.domain.labels import ADVERTISE_LABEL, MODE_LABEL, PROFILE_LABEL, forwards_from_labels, unreadable
 from docker_xms.domain.metrics import (
     ContainerFigures,

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from docker_xms.adapters import hostfiles
-from docker_xms.adapters.engine import CreateSpec, Engine, StreamError
+from docker_xms.adapters.engine import Engine, StreamError
 from docker_xms.domain import flatten as plan
 from docker_xms.domain import recipes, xms_recipe
+from docker_xms.domain.engine_types import CreateSpec
 from docker_xms.domain.labels import LABEL_PREFIX
 from docker_xms.domain.names import parse_ref
 from docker_xms.domain.profiles import Profile

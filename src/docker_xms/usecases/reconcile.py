@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from docker_xms.adapters import cgroupns, hostnet
-from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.hostlock import host_lock
-from docker_xms.adapters.netfilter import Netfilter, Reconciled
+from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.domain import ports as port_plans
-from docker_xms.domain.forwards import DnatForward, media_source
+from docker_xms.domain.engine_types import ContainerSummary
+from docker_xms.domain.forwards import DnatForward, Reconciled, media_source
 from docker_xms.domain.labels import ADVERTISE_LABEL, forwards_from_labels, unreadable
 from docker_xms.domain.pool import Span
 from docker_xms.usecases.adoption import Adoption, adopt_locked, media_pool, with_plans

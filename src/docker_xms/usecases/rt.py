@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from docker_xms.adapters import cgroups, hostnet, hostproc, pmqos
-from docker_xms.adapters.engine import ContainerInfo
-from docker_xms.adapters.engine_list import ContainerSummary
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.adapters.signals import deferred
 from docker_xms.domain import budget
 from docker_xms.domain.adoption import origin
 from docker_xms.domain.doctor import Finding, diagnose, idle_findings, inotify_findings
+from docker_xms.domain.engine_types import ContainerInfo, ContainerSummary
 from docker_xms.domain.labels import MANAGED_LABEL, SWARM_TASK, WEIGHT_LABEL, reserved_weight, unreadable, weight_of
 from docker_xms.domain.rt_mode import PER_GROUP
 from docker_xms.errors import BadInput, ContainerBeingRemoved, StartBudgetRefused, XmsError

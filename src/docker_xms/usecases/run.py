@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from docker_xms.adapters import cgroupns, hostnet
-from docker_xms.adapters.engine import CreateSpec, Engine, Healthcheck
+from docker_xms.adapters.engine import Engine
 from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.adapters.signals import deferred
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.boot import SYSTEMD_PATHS, systemd_boot, v2_systemd_refusal
 from docker_xms.domain.compose import stop_timeout_s
+from docker_xms.domain.engine_types import CreateSpec, Healthcheck
 from docker_xms.domain.labels import (
     ADVERTISE_LABEL,
     ADVERTISE_OWN,

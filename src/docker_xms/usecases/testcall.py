@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from docker_xms.adapters import browser, rtp, sipp
-from docker_xms.adapters.engine import ContainerInfo
 from docker_xms.domain import webrtc
+from docker_xms.domain.engine_types import ContainerInfo
 from docker_xms.domain.labels import ADVERTISE_LABEL, PROFILE_LABEL, forwards_from_labels, profile_of
 from docker_xms.domain.profiles import PortSpec, Profile
 from docker_xms.domain.stats import interarrival_jitter_ms
