@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import pytest
 
-from docker_xms.adapters.engine import Engine, StreamError
+from docker_xms.adapters.engine import Engine, PushRefused, StreamError
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.domain import recipes
 from docker_xms.domain.names import parse_ref
@@ -176,7 +176,7 @@ def test_a_failed_finish_of_a_flattened_image_keeps_the_engines_error() -> None:
     ],
 )
 def test_a_failed_push_says_what_the_registry_meant_and_keeps_the_engines_error(said: str, expected: str) -> None:
-    stream = _stream(said)
+    stream = PushRefused(said, list(LOG))
     with pytest.raises(XmsError) as raised:
         pipeline.push(_engine(stream), "localhost:5000/x:1", lambda event: None)
     assert _kept(raised, stream).message == expected

@@ -153,6 +153,34 @@ class StreamError(XmsError):
         return "".join(str(c.get("stream", "")) for c in self.chunks)
 
 
+# How a registry refused a push. Its stream carries only words, so they are read here, once.
+PUSH_UNREACHABLE = "unreachable"
+PUSH_UNAUTHORIZED = "unauthorized"
+PUSH_READ_ONLY = "read-only"
+PUSH_REFUSED = "refused"
+
+
+class PushRefused(StreamError):
+    """A registry refused a push; `kind` says how (one of the PUSH_ names), `said` is the registry's own words."""
+
+    def __init__(self, message: str, chunks: list[dict[str, Any]]) -> None:
+        super().__init__(message, chunks)
+        self.said = message.strip().rstrip(".")
+        self.kind = push_refusal_kind(self.said)
+
+
+def push_refusal_kind(said: str) -> str:
+    """The kind of a push's refusal, from the registry's (or the engine's) words."""
+    lowered = said.lower()
+    if "connection refused" in lowered or "no such host" in lowered or "i/o timeout" in lowered:
+        return PUSH_UNREACHABLE
+    if "authentication required" in lowered or "unauthorized" in lowered or "denied" in lowered:
+        return PUSH_UNAUTHORIZED
+    if "405" in lowered or "method not allowed" in lowered:
+        return PUSH_READ_ONLY
+    return PUSH_REFUSED
+
+
 class Engine:
     """A thin facade over the Docker SDK client."""
 
@@ -317,9 +345,12 @@ class Engine:
 
     def push(self, repository: str, tag: str, progress: Progress = _ignore) -> str:
         """Push and return the digest the registry reported."""
-        with _translated(f"Pushing {repository}:{tag} failed"):
-            stream = self.api.push(repository, tag=tag, stream=True, decode=True)
-            chunks = _check_stream(stream, progress)
+        try:
+            with _translated(f"Pushing {repository}:{tag} failed"):
+                stream = self.api.push(repository, tag=tag, stream=True, decode=True)
+                chunks = _check_stream(stream, progress)
+        except StreamError as exc:
+            raise PushRefused(exc.reason, exc.chunks) from exc
         for chunk in reversed(chunks):
             digest = (chunk.get("aux") or {}).get("Digest")
             if digest:

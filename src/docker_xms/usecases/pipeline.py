@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from docker_xms.adapters import hostfiles
-from docker_xms.adapters.engine import Engine, StreamError
+from docker_xms.adapters.engine import (
+    PUSH_READ_ONLY,
+    PUSH_UNAUTHORIZED,
+    PUSH_UNREACHABLE,
+    Engine,
+    PushRefused,
+    StreamError,
+)
 from docker_xms.domain import flatten as plan
 from docker_xms.domain import recipes, xms_recipe
 from docker_xms.domain.engine_types import CreateSpec
@@ -164,25 +171,24 @@ def push(engine: Engine, image: str, on_layer: Callable[[LayerEvent], None]) -> 
     registry = ref.repository.split("/", 1)[0] if "/" in ref.repository else "docker.io"
     try:
         digest = engine.push(ref.repository, ref.tag, progress)
-    except StreamError as exc:
-        raise StepFailed(f"Pushing {ref}", exc, why=_push_problem(registry, exc.message)) from exc
+    except PushRefused as exc:
+        raise StepFailed(f"Pushing {ref}", exc, why=_push_problem(registry, exc)) from exc
     return Pushed(str(ref), digest, len(seen))
 
 
-def _push_problem(registry: str, message: str) -> str:
-    """What a push's failure means and what to do, from the registry's words: its stream carries no other kind."""
-    text = message.strip().rstrip(".")
-    lowered = text.lower()
-    if "connection refused" in lowered or "no such host" in lowered or "i/o timeout" in lowered:
-        return f"no registry answered at {registry} ({text}); start it or check the name."
-    if "authentication required" in lowered or "unauthorized" in lowered or "denied" in lowered:
-        return f"the registry {registry} refused it ({text}); run `docker-xms login`."
-    if "405" in lowered or "method not allowed" in lowered:
+def _push_problem(registry: str, refused: PushRefused) -> str:
+    """What a push's refusal means and what to do about it."""
+    said = refused.said
+    if refused.kind == PUSH_UNREACHABLE:
+        return f"no registry answered at {registry} ({said}); start it or check the name."
+    if refused.kind == PUSH_UNAUTHORIZED:
+        return f"the registry {registry} refused it ({said}); run `docker-xms login`."
+    if refused.kind == PUSH_READ_ONLY:
         return (
             f"the registry {registry} does not take uploads (HTTP 405: it is read-only "
             "or a pull-through mirror); push to a registry that accepts images."
         )
-    return f"the registry {registry} refused it ({text})."
+    return f"the registry {registry} refused it ({said})."
 
 
 # --- the XMS image from its installer ---------------------------------------------------------------
