@@ -23,7 +23,15 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from docker_xms.domain.forwards import DnatForward
-from docker_xms.domain.labels import LABEL_DNAT, LABEL_HOST_MEDIA, LABEL_STRATEGY, ONE_TO_ONE, STRATEGIES, mode_of
+from docker_xms.domain.labels import (
+    ADVERTISE_OWN,
+    LABEL_DNAT,
+    LABEL_HOST_MEDIA,
+    LABEL_STRATEGY,
+    ONE_TO_ONE,
+    STRATEGIES,
+    mode_of,
+)
 from docker_xms.domain.pool import merge
 from docker_xms.domain.profiles import MANAGEMENT_ROLES, PortSpec
 from docker_xms.errors import BadInput
@@ -284,7 +292,7 @@ def plan_ports(
     return PortPlan(strategy, mode, "bridge", publish, forwards, media)
 
 
-ADVERTISE_CHOICES = ("host", "container")
+ADVERTISE_CHOICES = ("host", ADVERTISE_OWN)
 
 
 def check_advertise(value: str) -> str:

@@ -15,6 +15,7 @@ from docker_xms.domain.adoption import origin, trusted_labels
 from docker_xms.domain.engine_types import ContainerSummary
 from docker_xms.domain.labels import (
     ADVERTISE_LABEL,
+    ADVERTISE_OWN,
     LABEL_HOST_MEDIA,
     LABEL_STRATEGY,
     MANAGED_LABEL,
@@ -87,7 +88,7 @@ def ps(summaries: list[ContainerSummary], budget_of: Callable[[str], int | None]
                 ports=", ".join(published + ([f"{host_media}/media"] if host_media else [])),
                 budget_us=budget_of(s.id) if s.running else None,
                 advertise=s.ip_address
-                if s.labels.get(ADVERTISE_LABEL) == "container"
+                if s.labels.get(ADVERTISE_LABEL) == ADVERTISE_OWN
                 else s.labels.get(ADVERTISE_LABEL, ""),
                 origin=origin(s.labels),
             )

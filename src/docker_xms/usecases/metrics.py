@@ -18,7 +18,14 @@ from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.domain import budget
 from docker_xms.domain.engine_types import ContainerSummary
 from docker_xms.domain.forwards import Forward
-from docker_xms.domain.labels import ADVERTISE_LABEL, MODE_LABEL, PROFILE_LABEL, forwards_from_labels, unreadable
+from docker_xms.domain.labels import (
+    ADVERTISE_LABEL,
+    ADVERTISE_OWN,
+    MODE_LABEL,
+    PROFILE_LABEL,
+    forwards_from_labels,
+    unreadable,
+)
 from docker_xms.domain.metrics import (
     ContainerFigures,
     HostFigures,
@@ -150,7 +157,7 @@ class Figures:
             rt_threads=rt,
             other_threads=other,
             ready=c.health == "healthy",
-            advertise=c.ip_address if advertise == "container" else advertise,
+            advertise=c.ip_address if advertise == ADVERTISE_OWN else advertise,
             media_ports=planned,
             forward_rules=None if mine is None else len(mine),
             forwarded_ports=None if mine is None else sum(f.host_end - f.host_start + 1 for f in mine),

@@ -15,7 +15,7 @@ from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.engine_types import ContainerSummary
 from docker_xms.domain.forwards import DnatForward, Reconciled, media_source
-from docker_xms.domain.labels import ADVERTISE_LABEL, forwards_from_labels, unreadable
+from docker_xms.domain.labels import ADVERTISE_LABEL, ADVERTISE_OWN, forwards_from_labels, unreadable
 from docker_xms.domain.pool import Span
 from docker_xms.usecases.adoption import Adoption, adopt_locked, media_pool, with_plans
 from docker_xms.usecases.boundaries import EngineApi, NetfilterApi
@@ -102,7 +102,7 @@ def live_forwards(
             continue
         taken = [pair for cid, pairs in published.items() if cid != info.id for pair in pairs]
         taken += [(protocol, port) for protocol, ports in listening.items() for port in ports]
-        leaving = source(info.labels.get(ADVERTISE_LABEL, "container"))
+        leaving = source(info.labels.get(ADVERTISE_LABEL, ADVERTISE_OWN))
         live[info.id] = [
             f.to(info.ip_address).leaving_from(leaving)
             for forward in forwards
@@ -116,7 +116,7 @@ def media_sources() -> Callable[[str], str]:
     facts: list[tuple[hostnet.LocalAddresses, str]] = []
 
     def source(advertised: str) -> str:
-        if advertised in ("", "container"):
+        if advertised in ("", ADVERTISE_OWN):
             return ""
         if not facts:
             facts.append((hostnet.LocalAddresses.read(), hostnet.host_address()))

@@ -261,7 +261,7 @@ def advertise_address(choice: str) -> str:
     choice = port_plans.check_advertise(choice)
     if choice == "host":
         return hostnet.host_address()
-    return "" if choice == "container" else choice
+    return "" if choice == ADVERTISE_OWN else choice
 
 
 def _instance_values(profile: Profile, plan: port_plans.PortPlan, advertised: str) -> dict[str, object]:

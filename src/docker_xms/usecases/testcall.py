@@ -17,7 +17,7 @@ from pathlib import Path
 from docker_xms.adapters import browser, rtp, sipp
 from docker_xms.domain import webrtc
 from docker_xms.domain.engine_types import ContainerInfo
-from docker_xms.domain.labels import ADVERTISE_LABEL, PROFILE_LABEL, forwards_from_labels, profile_of
+from docker_xms.domain.labels import ADVERTISE_LABEL, ADVERTISE_OWN, PROFILE_LABEL, forwards_from_labels, profile_of
 from docker_xms.domain.profiles import PortSpec, Profile
 from docker_xms.domain.stats import interarrival_jitter_ms
 from docker_xms.errors import BadInput, NotFound, XmsError
@@ -271,10 +271,10 @@ def echo_page_url(info: ContainerInfo, profile: Profile) -> str:
     web = next((p for p in profile.ports if p.role == "web" and p.protocol == "tcp" and not p.is_range), None)
     if web is None:
         raise BadInput(f"Profile {profile.name} has no web port for a browser to open its echo page on.")
-    advertised = info.labels.get(ADVERTISE_LABEL, "container")
+    advertised = info.labels.get(ADVERTISE_LABEL, ADVERTISE_OWN)
     bindings = info.ports.get(f"{web.start}/tcp") or []
     host_port = bindings[0].get("HostPort") if bindings else None
-    if advertised != "container" and host_port:
+    if advertised != ADVERTISE_OWN and host_port:
         return f"http://{advertised}:{host_port}/docker-xms-echo.html"
     if info.ip_address:
         return f"http://{info.ip_address}:{web.start}/docker-xms-echo.html"
