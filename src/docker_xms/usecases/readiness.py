@@ -207,4 +207,5 @@ def wait_ready(
         if time.monotonic() >= deadline:
             detail = f" ({last.detail})" if last.detail else ""
             raise XmsError(f"Not ready after {timeout:.0f} s: {last.state}{detail}.")
-        time.sleep(interval)
+        # Never past the deadline: the last look comes when the time given is up, not up to a poll later.
+        time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
