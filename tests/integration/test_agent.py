@@ -29,6 +29,7 @@ from docker_xms.adapters.config import load_settings
 from docker_xms.adapters.pmqos import read_idle_state
 from docker_xms.domain.agent_unit import unit_text
 from docker_xms.domain.labels import MANAGED_LABEL, forwards_from_labels
+from docker_xms.settings import DEFAULT_LOCK
 from tests.helpers import LoggedAgent, agent_for_a_test, run_cli, running_agents, wait_for
 from tests.host_state import fair_shares, foreign_runtime, kernel_pool
 
@@ -71,6 +72,18 @@ def agent(docker_client: Any, rtpengine_image: str) -> Iterator[AgentProcess]:
 def cleanup(docker_client: Any) -> Iterator[None]:
     yield
     remove_ours(docker_client)
+
+
+def holds_flock(pid: int, path: Path) -> bool:
+    """Whether the process holds a flock on the file (the kernel's own list of held locks)."""
+    device_inode = os.stat(path)
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[4] == str(pid):
+            major, minor, inode = fields[5].split(":")
+            if int(inode) == device_inode.st_ino and os.makedev(int(major, 16), int(minor, 16)) == device_inode.st_dev:
+                return True
+    return False
 
 
 def remove_ours(client: Any) -> None:
@@ -171,15 +184,14 @@ def test_agent_killed_mid_burst_and_restarted_leaves_nothing_inconsistent(
     first = AgentProcess()
     try:
         wait_share(ids, 10)
-        logged = len(first.lines)
-        # A burst: two removals and a kill at once, and the agent dies while handling them: right after
-        # the first change it logs for the burst.
+        # A burst: two removals and a kill at once, and the agent dies while handling them: in the middle of
+        # a reconciliation, seen as the host lock held by it (another agent on the host may hold it in turn).
         with ThreadPoolExecutor(3) as pool:
             pool.submit(docker_client.api.remove_container, ids[0], force=True)
             pool.submit(docker_client.api.remove_container, ids[1], force=True)
             pid = docker_client.api.inspect_container(ids[2])["State"]["Pid"]
             pool.submit(os.kill, pid, signal.SIGKILL)
-            wait_for(lambda: len(first.lines) > logged, 10, 0.002, "the agent's first change for the burst")
+            wait_for(lambda: holds_flock(first.proc.pid, DEFAULT_LOCK), 10, 0.001, "the agent reconciling the burst")
             first.proc.kill()
         first.proc.wait(10)
     finally:
