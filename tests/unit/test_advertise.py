@@ -34,7 +34,7 @@ def host(tmp_path: Path) -> Host:
 def _run(host: Host, **request: object) -> RunResult:
     fields: dict[str, object] = {"image": IMAGE, "container_address": True, "name": "new", "wait": False}
     fields.update(request)
-    return run(host.engine, RunRequest(**fields), Quiet(), host.rt.settings, rt=host.rt, netfilter=host.netfilter)
+    return run(host.given, RunRequest(**fields), Quiet())
 
 
 def _file(host: Host, result: RunResult, path: str) -> str:

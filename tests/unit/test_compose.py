@@ -15,7 +15,6 @@ from docker_xms.domain.compose import ComposeOptions, compose_file, merged_daemo
 from docker_xms.domain.labels import LABEL_STRATEGY, MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL
 from docker_xms.domain.profiles import Drain
 from docker_xms.errors import BadInput
-from docker_xms.settings import Settings
 from docker_xms.usecases.fleet import node_setup
 
 
@@ -146,12 +145,12 @@ def test_daemon_json_keeps_every_other_setting_and_resource_and_replaces_rt_ms()
 def test_node_setup_writes_the_setting_into_daemon_json_keeping_the_rest(tmp_path: Path) -> None:
     daemon = tmp_path / "daemon.json"
     daemon.write_text('{"log-level": "warn"}')
-    done = node_setup(None, Settings(), pool_ms=800, write=True, path=daemon)
+    done = node_setup(None, pool_ms=800, write=True, path=daemon)
     assert done.written
     assert json.loads(daemon.read_text()) == {"log-level": "warn", "node-generic-resources": ["RT_MS=800"]}
-    printed = node_setup(None, Settings(), pool_ms=800, path=tmp_path / "absent.json")
+    printed = node_setup(None, pool_ms=800, path=tmp_path / "absent.json")
     assert json.loads(printed.text) == {"node-generic-resources": ["RT_MS=800"]}
     assert not (tmp_path / "absent.json").exists()
     daemon.write_text("{not json")
     with pytest.raises(BadInput, match="is not JSON"):
-        node_setup(None, Settings(), pool_ms=800, write=True, path=daemon)
+        node_setup(None, pool_ms=800, write=True, path=daemon)

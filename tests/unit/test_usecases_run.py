@@ -34,7 +34,7 @@ def host(tmp_path: Path) -> Host:
 def _run(host: Host, **request: object) -> str:
     fields: dict[str, object] = {"image": IMAGE, "container_address": True, "name": "new", "wait": False}
     fields.update(request)
-    result = run(host.engine, RunRequest(**fields), Quiet(), host.rt.settings, rt=host.rt, netfilter=host.netfilter)
+    result = run(host.given, RunRequest(**fields), Quiet())
     return result.id
 
 

@@ -1,4 +1,5 @@
-"""A host made of the in-memory fakes, for use-case tests: cgroups, engine, netfilter and an RtHost."""
+"""A host made of the in-memory fakes, for use-case tests: cgroups, engine, netfilter and an RtHost, and
+the host object a command hands its use cases, built from them."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from docker_xms.domain.labels import (
 )
 from docker_xms.settings import Settings
 from docker_xms.usecases import adoption
+from docker_xms.usecases.host import Host as CommandHost
 from docker_xms.usecases.reconcile import reconcile
 from docker_xms.usecases.rt import RtHost
 from tests.fakes import FakeCgroupFs, FakeContainer, FakeEngine, FakeNetfilter
@@ -33,6 +35,11 @@ class Host:
     engine: FakeEngine
     netfilter: FakeNetfilter
     rt: RtHost
+
+    @property
+    def given(self) -> CommandHost:
+        """What a command hands its use cases, made of these fakes."""
+        return CommandHost(self.rt, self.netfilter)
 
     def runtime(self, container: FakeContainer | str) -> int:
         cid = container if isinstance(container, str) else container.id

@@ -102,7 +102,7 @@ def agent(
         sys.stdout.flush()
 
     require_root()
-    run_agent(context.settings(), request, log)
+    run_agent(context.settings(), request, log, context.host_opener())
 
 
 @agent.command("install")

@@ -95,7 +95,7 @@ def run(
     """Start a media-server container with its real-time budget and print how to reach it."""
     from docker_xms.cli import context
     from docker_xms.usecases.root import require_root
-    from docker_xms.usecases.run import RunRequest
+    from docker_xms.usecases.run import RunRequest, validate
     from docker_xms.usecases.run import run as run_container
 
     # Before anything else: as another user the engine's socket refuses, with a misleading message.
@@ -120,14 +120,17 @@ def run(
     engine = context.engine()
     # SIGTERM (a service manager, kill) and SIGHUP (a closed terminal) undo the run as Ctrl-C does.
     with context.interruptible():
+        # What the user asked is refused before the host is opened, so that a mistake is told as such.
+        validate(request, context.settings())
+        host = context.host(engine)
         if as_json:
             from docker_xms.usecases.images import Quiet
 
-            result = run_container(engine, request, Quiet(), context.settings())
+            result = run_container(host, request, Quiet())
             print_json({**asdict(result), "share": result.share})
             return
         with reporting() as reporter:
-            result = run_container(engine, request, reporter, context.settings())
+            result = run_container(host, request, reporter)
     _print_summary(result)
 
 
@@ -205,8 +208,11 @@ def start(containers: tuple[str, ...]) -> None:
     """Start stopped containers again, each with its share of the real-time pool and its port rules."""
     from docker_xms.cli import context
     from docker_xms.usecases.lifecycle import start as start_containers
+    from docker_xms.usecases.root import require_root
 
-    for started in start_containers(context.engine(), containers, context.settings()):
+    engine = context.engine()
+    require_root()
+    for started in start_containers(context.host(engine), containers):
         if started.already_running:
             console.print(f"{started.name} already runs")
         elif started.budget_us:
@@ -229,8 +235,11 @@ def stop(containers: tuple[str, ...], timeout: int | None) -> None:
     """Stop containers and share their real-time budget among the others."""
     from docker_xms.cli import context
     from docker_xms.usecases.lifecycle import stop as stop_containers
+    from docker_xms.usecases.root import require_root
 
-    for name in stop_containers(context.engine(), containers, context.settings(), timeout):
+    engine = context.engine()
+    require_root()
+    for name in stop_containers(context.host(engine), containers, timeout):
         console.print(f"Stopped {name}")
 
 
@@ -241,8 +250,11 @@ def rm(containers: tuple[str, ...], force: bool) -> None:
     """Remove containers and share their real-time budget among the others."""
     from docker_xms.cli import context
     from docker_xms.usecases.lifecycle import remove
+    from docker_xms.usecases.root import require_root
 
-    for name in remove(context.engine(), containers, force, context.settings()):
+    engine = context.engine()
+    require_root()
+    for name in remove(context.host(engine), containers, force):
         console.print(f"Removed {name}")
 
 

@@ -1,6 +1,7 @@
-"""What every command shares: the settings, read once per invocation, the engine they name and the
-profiles they find. The composition root: the only CLI module that reaches the adapters; adapters are
-imported where they are first needed so that `docker-xms --help` starts fast.
+"""What every command shares: the settings, read once per invocation, the engine they name, the host they
+work on (opened once per invocation) and the profiles they find. The composition root: the only CLI module
+that reaches the adapters; adapters are imported where they are first needed so that `docker-xms --help`
+starts fast.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from docker_xms.settings import Settings
 if TYPE_CHECKING:
     from docker_xms.adapters.engine import Engine
     from docker_xms.domain.profiles import Profile
+    from docker_xms.usecases.boundaries import NetfilterApi
+    from docker_xms.usecases.host import Host, HostOpener
 
 _KEY = "docker_xms.settings"
+_HOST_KEY = "docker_xms.host"
 
 
 def settings() -> Settings:
@@ -37,6 +41,42 @@ def engine(timeout: int = 120) -> Engine:
     from docker_xms.adapters.engine import Engine
 
     return Engine.connect(timeout=timeout, host=settings().docker_host)
+
+
+def netfilter() -> NetfilterApi:
+    from docker_xms.adapters.netfilter import Netfilter
+
+    return Netfilter()
+
+
+def host(on: Engine | None = None) -> Host:
+    """The host of this invocation, opened on first use only: on `on` when the command has connected to
+    the engine already. The commands that change it check for root first (usecases/root.require_root)."""
+    from docker_xms.usecases.host import Host
+    from docker_xms.usecases.rt import open_host
+
+    ctx = click.get_current_context(silent=True)
+    cached = ctx.meta.get(_HOST_KEY) if ctx is not None else None
+    if isinstance(cached, Host):
+        return cached
+    opened = Host(open_host(on if on is not None else engine(), settings()), netfilter())
+    if ctx is not None:
+        ctx.meta[_HOST_KEY] = opened
+    return opened
+
+
+def host_opener() -> HostOpener:
+    """For the agent, which connects again, and opens the host again, each time the engine comes back."""
+    from docker_xms.adapters.engine import Engine
+    from docker_xms.usecases.host import HostOpener
+    from docker_xms.usecases.rt import open_host
+
+    given = settings()
+    return HostOpener(
+        connect=lambda: Engine.connect(timeout=30, host=given.docker_host),
+        open=lambda engine: open_host(engine, given),
+        netfilter=netfilter(),
+    )
 
 
 def profile(name_or_path: str) -> Profile:

@@ -59,9 +59,10 @@ def setup(write: bool, pool_ms: int | None) -> None:
     """Print (or write) the engine's node-generic-resources setting: this host's real-time pool as RT_MS."""
     from docker_xms.usecases.fleet import node_setup
 
-    settings = context.settings()
-    engine = context.engine() if pool_ms is None else None
-    done = node_setup(engine, settings, pool_ms, write)
+    # Read whatever the options: settings that cannot be read are refused with --pool-ms too.
+    context.settings()
+    rt = context.host().rt if pool_ms is None else None
+    done = node_setup(rt, pool_ms, write)
     if done.written:
         click.echo(
             f"Wrote RT_MS={done.pool_ms} into {done.path}; restart the engine (systemctl restart docker) for Swarm to see it."

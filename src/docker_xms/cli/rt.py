@@ -20,9 +20,8 @@ if TYPE_CHECKING:
 
 def _open() -> RtHost:
     from docker_xms.cli import context
-    from docker_xms.usecases.rt import open_host
 
-    return open_host(context.engine(), context.settings())
+    return context.host().rt
 
 
 @click.group("rt")
@@ -88,11 +87,13 @@ def _print_skipped(skipped: Sequence[Skipped]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def rebalance_cmd(as_json: bool) -> None:
     """Share the pool again among the running managed containers, and mend port rules."""
+    from docker_xms.cli import context
     from docker_xms.usecases.reconcile import reconcile
     from docker_xms.usecases.root import require_root
 
     require_root()
-    result = reconcile(_open()).budgets
+    host = context.host()
+    result = reconcile(host.rt, host.netfilter).budgets
     if as_json:
         print_json(
             {

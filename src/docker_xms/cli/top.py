@@ -62,7 +62,7 @@ def top(once: bool, interval: float) -> None:
     from docker_xms.cli import context
     from docker_xms.usecases.metrics import Figures
 
-    figures = Figures(context.settings())
+    figures = Figures(context.settings(), context.netfilter())
     if once:
         console.print(frame(figures()))
         return

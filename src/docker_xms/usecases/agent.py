@@ -20,7 +20,6 @@ from typing import Any
 
 from docker_xms.adapters import hostlock, signals
 from docker_xms.adapters.engine import Engine
-from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.adapters.pmqos import CpuLatencyHold
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.domain import budget
@@ -28,13 +27,13 @@ from docker_xms.domain.labels import LABEL_HOST_MEDIA, MANAGED_LABEL, PROFILE_LA
 from docker_xms.errors import BadInput, EngineUnavailable, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases.adoption import Adopted, set_ephemeral
+from docker_xms.usecases.host import HostOpener
 from docker_xms.usecases.metrics import ReconcileStats, start_exporter
 from docker_xms.usecases.reconcile import Reconciliation, reconcile
 from docker_xms.usecases.rt import (
     RtHost,
     grow_parent,
     managed_running,
-    open_host,
     raise_threads,
     reserve,
     start_stored,
@@ -118,10 +117,9 @@ class Agent:
     def __init__(
         self,
         log: Log,
-        settings: Settings,
+        opener: HostOpener,
         interval: float = 30.0,
         debounce: float = DEBOUNCE_S,
-        connect: Callable[[], Engine] | None = None,
         stats: ReconcileStats | None = None,
         linger_s: float = 0.0,
     ) -> None:
@@ -133,11 +131,11 @@ class Agent:
         self._stop_asked_at: float | None = None
         # Counted for the agent's metrics (reconciliations done and failed, the time of the last one).
         self.stats = stats or ReconcileStats()
-        self.settings = settings
         self.interval = interval
         self.debounce = debounce
-        self.connect = connect or (lambda: Engine.connect(timeout=30, host=settings.docker_host))
-        self.netfilter = Netfilter()
+        self.connect = opener.connect
+        self.open_host = opener.open
+        self.netfilter = opener.netfilter
         self._stopping = False
         # Start failures already retried once, so a container that cannot start is not retried forever.
         self._retried: set[tuple[str, str, str]] = set()
@@ -168,7 +166,7 @@ class Agent:
     def once(self) -> None:
         engine = self.connect()
         try:
-            rt = open_host(engine, self.settings)
+            rt = self.open_host(engine)
             self._grow_parent(rt)
             self.reconcile(rt)
         finally:
@@ -268,7 +266,7 @@ class Agent:
             started = time.monotonic()
             lost = True
             try:
-                rt = open_host(engine, self.settings)
+                rt = self.open_host(engine)
                 reason = self._follow(rt)
             except EngineUnavailable as exc:
                 reason = exc.message
@@ -441,9 +439,9 @@ class AgentRequest:
             raise BadInput("--no-reconcile leaves only the metrics to serve: give it with --metrics, without --once.")
 
 
-def run_agent(settings: Settings, request: AgentRequest, log: Log) -> None:
+def run_agent(settings: Settings, request: AgentRequest, log: Log, opener: HostOpener) -> None:
     """Reconcile once, or run the agent until SIGTERM or SIGINT: its metrics, its lock, its CPU latency hold."""
-    runner = Agent(log, settings, interval=request.interval, linger_s=request.linger)
+    runner = Agent(log, opener, interval=request.interval, linger_s=request.linger)
     if request.once:
         runner.once()
         return
@@ -452,6 +450,7 @@ def run_agent(settings: Settings, request: AgentRequest, log: Log) -> None:
         # Refused (exit 2) before the agent starts when the address is taken or malformed.
         stop_metrics = start_exporter(
             settings,
+            opener.netfilter,
             request.metrics,
             None if request.no_reconcile else runner.stats,
             log,

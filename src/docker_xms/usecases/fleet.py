@@ -21,9 +21,8 @@ from docker_xms.domain import compose as compose_files
 from docker_xms.domain.rt_mode import PER_GROUP
 from docker_xms.errors import BadInput
 from docker_xms.settings import Settings
-from docker_xms.usecases.boundaries import EngineApi
 from docker_xms.usecases.readiness import health_script
-from docker_xms.usecases.rt import open_host, read_state
+from docker_xms.usecases.rt import RtHost, read_state
 
 DAEMON_JSON = Path("/etc/docker/daemon.json")
 
@@ -71,17 +70,16 @@ class NodeSetup:
 
 
 def node_setup(
-    engine: EngineApi | None,
-    settings: Settings,
+    rt: RtHost | None,
     pool_ms: int | None = None,
     write: bool = False,
     path: Path = DAEMON_JSON,
 ) -> NodeSetup:
     """The engine's `node-generic-resources` for this host's pool, merged into daemon.json when `write`."""
     if pool_ms is None:
-        if engine is None:
+        if rt is None:
             raise BadInput("Without an engine the pool cannot be read; give it with --pool-ms.")
-        state = read_state(open_host(engine, settings))
+        state = read_state(rt)
         if state.mode != PER_GROUP:
             raise BadInput("This host has no per-container real-time budgets; give the pool with --pool-ms.")
         pool_ms = compose_files.pool_ms(state.pool_us, state.global_period_us)

@@ -6,16 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from docker_xms.adapters.engine import Engine
-from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.domain.engine_types import ContainerInfo
 from docker_xms.domain.labels import MANAGED_LABEL, MODE_LABEL, ONE_TO_ONE, WEIGHT_LABEL, weight_of
 from docker_xms.errors import BadInput, NotFound
-from docker_xms.settings import Settings
 from docker_xms.usecases.boundaries import EngineApi
+from docker_xms.usecases.host import Host
 from docker_xms.usecases.reconcile import reconcile
-from docker_xms.usecases.root import require_root
-from docker_xms.usecases.rt import open_host, start_with_budget
+from docker_xms.usecases.rt import start_with_budget
 
 
 def resolve(engine: EngineApi, refs: tuple[str, ...]) -> list[ContainerInfo]:
@@ -40,20 +37,18 @@ class Started:
     already_running: bool = False
 
 
-def start(engine: Engine, refs: tuple[str, ...], settings: Settings) -> list[Started]:
+def start(host: Host, refs: tuple[str, ...]) -> list[Started]:
     """Start stopped managed containers again, each with its share of the pool and its port rules.
 
     A plain `docker start` re-applies the budget the container had when it stopped, which the kernel
     refuses once the others have taken the pool; this makes room first.
     """
-    require_root()
+    engine = host.engine
     targets = resolve(engine, refs)
     foreign = [t.name for t in targets if not t.managed]
     if foreign:
         raise BadInput(f"{', '.join(foreign)} is not managed by docker-xms; start it with docker start.")
     weights = {t.id: _label_weight(t) for t in targets}
-    rt = open_host(engine, settings)
-    netfilter = Netfilter()
     _refuse_second_one_to_one(engine, [t for t in targets if not t.running])
     done: list[Started] = []
     try:
@@ -61,14 +56,14 @@ def start(engine: Engine, refs: tuple[str, ...], settings: Settings) -> list[Sta
             if info.running:
                 done.append(Started(info.name, 0, already_running=True))
             else:
-                done.append(Started(info.name, start_with_budget(rt, info.id, weights[info.id])))
+                done.append(Started(info.name, start_with_budget(host.rt, info.id, weights[info.id])))
     finally:
         # The rules of those already started, even when a later one fails.
-        reconcile(rt, netfilter)
+        reconcile(host.rt, host.netfilter)
     return done
 
 
-def _refuse_second_one_to_one(engine: Engine, stopped: list[ContainerInfo]) -> None:
+def _refuse_second_one_to_one(engine: EngineApi, stopped: list[ContainerInfo]) -> None:
     """Refused before any starts: only one 1:1 container may run on a host."""
     wanted = [t for t in stopped if t.labels.get(MODE_LABEL) == ONE_TO_ONE]
     if len(wanted) > 1:
@@ -100,27 +95,21 @@ def _label_weight(info: ContainerInfo) -> int:
         ) from exc
 
 
-def stop(engine: Engine, refs: tuple[str, ...], settings: Settings, timeout: int | None = None) -> list[str]:
+def stop(host: Host, refs: tuple[str, ...], timeout: int | None = None) -> list[str]:
     """Stop containers; without `timeout` each gets its own stop timeout, so that its media server drains."""
-    require_root()
-    targets = resolve(engine, refs)
-    rt = open_host(engine, settings)
-    netfilter = Netfilter()
+    targets = resolve(host.engine, refs)
     for info in targets:
-        engine.stop(info.id, timeout=timeout)
-    reconcile(rt, netfilter)
+        host.engine.stop(info.id, timeout=timeout)
+    reconcile(host.rt, host.netfilter)
     return [t.name for t in targets]
 
 
-def remove(engine: Engine, refs: tuple[str, ...], force: bool, settings: Settings) -> list[str]:
-    require_root()
-    targets = resolve(engine, refs)
+def remove(host: Host, refs: tuple[str, ...], force: bool) -> list[str]:
+    targets = resolve(host.engine, refs)
     running = [t.name for t in targets if t.running]
     if running and not force:
         raise BadInput(f"{', '.join(running)} is running; stop it first or use rm -f.")
-    rt = open_host(engine, settings)
-    netfilter = Netfilter()
     for info in targets:
-        engine.remove(info.id, force=force)
-    reconcile(rt, netfilter)
+        host.engine.remove(info.id, force=force)
+    reconcile(host.rt, host.netfilter)
     return [t.name for t in targets]

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from docker_xms.adapters import cgroups, pmqos
-from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.domain import budget
 from docker_xms.domain.engine_types import ContainerSummary
 from docker_xms.domain.forwards import Forward
@@ -39,6 +38,7 @@ from docker_xms.domain.metrics import (
 from docker_xms.domain.rt_mode import PER_GROUP
 from docker_xms.errors import XmsError
 from docker_xms.settings import Settings
+from docker_xms.usecases.boundaries import NetfilterApi
 from docker_xms.usecases.listing import DRIVERS, container_group, engine_parents, managed_summaries
 
 
@@ -72,6 +72,7 @@ class Figures:
     def __init__(
         self,
         settings: Settings,
+        netfilter: NetfilterApi,
         stats: ReconcileStats | None = None,
         list_managed: Callable[[], list[ContainerSummary]] | None = None,
         wakeups: Callable[[], Mapping[str, WakeupHistogram]] | None = None,
@@ -80,7 +81,7 @@ class Figures:
         self.stats = stats
         self.list_managed = list_managed or (lambda: managed_summaries(settings))
         self.wakeups = wakeups
-        self.netfilter = Netfilter()
+        self.netfilter = netfilter
         host = cgroups.detect_host(*settings.roots)
         # Both drivers' places, as `ps` reads them, unless the settings name the driver: no engine request.
         drivers = (settings.cgroup_driver,) if settings.cgroup_driver else DRIVERS
@@ -268,6 +269,7 @@ class WakeupProbes:
 
 def start_exporter(
     settings: Settings,
+    netfilter: NetfilterApi,
     listen: str,
     stats: ReconcileStats | None,
     log: Callable[[str], None],
@@ -280,7 +282,7 @@ def start_exporter(
 
     address, port = listen_address(listen)
     probes = WakeupProbes(settings, probe_every_s, log) if probe_every_s is not None else None
-    figures = Figures(settings, stats, wakeups=probes.snapshot if probes is not None else None)
+    figures = Figures(settings, netfilter, stats, wakeups=probes.snapshot if probes is not None else None)
     stop_serving = prometheus.serve(
         address, port, lambda: families(figures()), lambda reason: log(f"metrics: {reason}")
     )

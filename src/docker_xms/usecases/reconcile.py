@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 from docker_xms.adapters import cgroupns, hostnet
 from docker_xms.adapters.hostlock import host_lock
-from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.engine_types import ContainerSummary
 from docker_xms.domain.forwards import DnatForward, Reconciled, media_source
@@ -126,10 +125,9 @@ def media_sources() -> Callable[[str], str]:
     return source
 
 
-def reconcile(rt: RtHost, netfilter: NetfilterApi | None = None) -> Reconciliation:
+def reconcile(rt: RtHost, netfilter: NetfilterApi) -> Reconciliation:
     # One lock around reading the engine and writing rules: `run` adds a new container's rules under
     # it too, so a reconcile can neither miss them with a stale view nor add them a second time.
-    netfilter = netfilter or Netfilter()
     with host_lock(rt.lock_path):
         # First, so that a container started by Compose or Swarm has its plan before its rules are made.
         adoption = adopt_locked(rt.engine, rt.settings)

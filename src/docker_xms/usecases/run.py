@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from docker_xms.adapters import cgroupns, hostnet
 from docker_xms.adapters.engine import Engine
-from docker_xms.adapters.netfilter import Netfilter
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.adapters.signals import deferred
 from docker_xms.domain import ports as port_plans
@@ -42,14 +41,13 @@ from docker_xms.settings import Settings
 from docker_xms.usecases import adoption, images, readiness
 from docker_xms.usecases.agent_install import ensure_agent
 from docker_xms.usecases.boundaries import EngineApi, NetfilterApi
+from docker_xms.usecases.host import Host
 from docker_xms.usecases.images import Reporter
 from docker_xms.usecases.reconcile import live_forwards, reconcile
-from docker_xms.usecases.root import require_root
 from docker_xms.usecases.rt import (
     Rebalance,
     RtHost,
     Verification,
-    open_host,
     reserve,
     start_once_freed,
     verify,
@@ -123,18 +121,8 @@ class RunResult:
         return self.budget_us / self.pool_us if self.pool_us else 0.0
 
 
-def run(
-    engine: EngineApi,
-    request: RunRequest,
-    reporter: Reporter,
-    settings: Settings,
-    rt: RtHost | None = None,
-    netfilter: NetfilterApi | None = None,
-) -> RunResult:
-    """Start a media server with its share of the real-time pool and its ports; undo all of it on failure.
-
-    `rt` and `netfilter` are the host's own unless given (the unit tests give in-memory ones).
-    """
+def validate(request: RunRequest, settings: Settings) -> Profile:
+    """The request's profile; a request that could work on no host is refused before this one is looked at."""
     profile = load_profile(request.profile, settings.profile_dirs)
     if request.name is not None and not NAME_RE.match(request.name):
         raise BadInput(f"{request.name!r} is not a valid container name: use letters, digits, '_', '.' or '-'.")
@@ -146,17 +134,21 @@ def run(
         raise BadInput(f"--timeout must be above 0 seconds, not {request.timeout}.")
     port_plans.check_advertise(request.advertise)
     owner_labels(settings.label_pairs + request.labels)
+    parse_ref(request.image or profile.image)
+    return profile
+
+
+def run(host: Host, request: RunRequest, reporter: Reporter) -> RunResult:
+    """Start a media server with its share of the real-time pool and its ports; undo all of it on failure."""
+    engine, rt, netfilter, settings = host.engine, host.rt, host.netfilter, host.settings
+    profile = validate(request, settings)
     image = request.image or profile.image
-    parse_ref(image)
-    require_root()
-    rt = rt or open_host(engine, settings)
     refusal = v2_systemd_refusal(rt.host.cgroup_version, engine.info().security_options)
     if refusal is not None:
         raise BadInput(refusal)
     mode = CONTAINER_ADDRESS if request.container_address else ONE_TO_ONE
     if request.name and engine.find_container(request.name) is not None:
         raise BadInput(f"A container named {request.name} already exists; choose another --name or remove it.")
-    netfilter = netfilter or Netfilter()
     choice = port_plans.decide_strategy(
         request.ports, mode, request.media_ports or profile.media_port_count, netfilter.available()
     )
