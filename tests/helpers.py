@@ -144,3 +144,40 @@ def agent_for_a_test(process: LoggedAgent) -> Iterator[LoggedAgent]:
     assert code == 0, process.log()
     assert "agent stopped" in process.log()
     assert "Traceback" not in process.log()
+
+
+# As a container's root: tries to write cgroup files of the container's group's ancestors (the engine's parent
+# and the host's roots, had they been mounted) and to make a cpu group; prints what it wrote, then how many
+# `docker` entries its cpu mount shows (0: no other container's group, nor the engine's parent, is visible).
+CGROUP_WRITE_ATTEMPT = (
+    "for f in /sys/fs/cgroup/cpu/cpu.rt_runtime_us /sys/fs/cgroup/freezer/freezer.state "
+    "/sys/fs/cgroup/cpu/cgroup.procs /sys/fs/cgroup/memory/memory.limit_in_bytes; do "
+    'if echo 1 > "$f" 2>/dev/null; then echo "wrote $f"; fi; done; '
+    "mkdir /sys/fs/cgroup/cpu/x 2>/dev/null && echo made; ls /sys/fs/cgroup/cpu | grep -c docker || true"
+)
+
+
+def writable_cgroup_mounts(mountinfo: str) -> list[tuple[str, str]]:
+    """(root in the hierarchy, mount point) of every cgroup mount in a mountinfo text that is writable."""
+    out = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        kind = fields[fields.index("-") + 1]
+        if kind in ("cgroup", "cgroup2") and "rw" in fields[5].split(","):
+            out.append((fields[3], fields[4]))
+    return out
+
+
+def in_container(name: str, *command: str) -> str:
+    """What a command prints, run in a container with `docker exec` (its own capabilities and cgroup)."""
+    done = subprocess.run(["docker", "exec", name, *command], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def host_mountinfo(name: str) -> str:
+    """The container's first process's mountinfo, read from the host."""
+    pid = subprocess.run(
+        ["docker", "inspect", "-f", "{{.State.Pid}}", name], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return Path(f"/proc/{pid}/mountinfo").read_text()

@@ -43,6 +43,7 @@ KEYS: tuple[Key, ...] = (
     Key("lock_path", "DOCKER_XMS_LOCK", "path", "the host-wide lock every change holds"),
     Key("sys_root", "DOCKER_XMS_SYS_ROOT", "path", "where /sys is (a copy of a host's tree, for rt doctor)"),
     Key("proc_root", "DOCKER_XMS_PROC_ROOT", "path", "where /proc is"),
+    Key("engine_proc", "DOCKER_XMS_ENGINE_PROC", "path", "where the engine's processes are seen (its /proc)"),
     Key("boot_root", "DOCKER_XMS_BOOT_ROOT", "path", "where /boot is"),
     Key("profile_path", "DOCKER_XMS_PROFILE_PATH", "paths", "directories of profile files, searched first"),
     Key("docker_host", "DOCKER_HOST", "str", "the engine's address, as for the docker CLI"),
@@ -65,6 +66,8 @@ class Settings:
     lock_path: Path = DEFAULT_LOCK
     sys_root: Path = DEFAULT_SYS
     proc_root: Path = Path("/proc")
+    # The /proc of the engine's pid namespace, where the pids it reports are (the agent service mounts its node's).
+    engine_proc: Path = Path("/proc")
     boot_root: Path = Path("/boot")
     # Searched before the user's own profile directory (below).
     profile_path: tuple[Path, ...] = ()

@@ -25,13 +25,17 @@ import pytest
 from docker_xms.adapters import adoption_store
 from docker_xms.settings import DEFAULT_LOCK
 from tests.helpers import (
+    CGROUP_WRITE_ATTEMPT,
     TEST_LABEL,
     LoggedAgent,
     agent_for_a_test,
+    host_mountinfo,
+    in_container,
     run_cli,
     running_agents,
     systemd_run_kwargs,
     wait_for,
+    writable_cgroup_mounts,
 )
 from tests.host_state import fair_shares
 
@@ -150,6 +154,14 @@ def test_compose_up_gets_budgets_and_rules_within_2_s_and_down_gives_them_back(
         # test's agent has no line to log; `rt verify` above is the proof either way.
         if not [line for line in running_agents() if "--interval" not in line]:
             assert "SCHED_FIFO works in" in agent.log()
+        # No cgroup of the host's reachable: the replica's gate waited until the agent made its own group's
+        # name=systemd mount writable (the replica's root sees it, and the host, at the container's group);
+        # every other cgroup file stays read-only and no other container's group is visible.
+        for cid in ids:
+            own = [(f"/docker/{cid}", "/sys/fs/cgroup/systemd")]
+            assert writable_cgroup_mounts(in_container(cid, "cat", "/proc/self/mountinfo")) == own
+            assert writable_cgroup_mounts(host_mountinfo(cid)) == own
+            assert in_container(cid, "sh", "-c", CGROUP_WRITE_ATTEMPT).split() == ["0"]
 
         down = docker_compose(*base, "down", "-t", "2")
         assert down.returncode == 0, down.stderr

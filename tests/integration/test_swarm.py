@@ -36,7 +36,7 @@ from lab.swarm import (
 
 from docker_xms.adapters.rtp import NgClient, NgError, exchange, open_call, udp_socket
 from docker_xms.adapters.sipp import UdpCounter
-from tests.helpers import RTPENGINE_IMAGE, run_cli, wait_for
+from tests.helpers import CGROUP_WRITE_ATTEMPT, RTPENGINE_IMAGE, run_cli, wait_for, writable_cgroup_mounts
 from tests.integration.test_sip_profile import PCAP, SCENARIO, pcap_packets, sipp_stats
 
 pytestmark = [
@@ -228,7 +228,14 @@ def test_a_stack_of_six_gets_budgets_that_split_each_nodes_pool_and_rules_on_its
     assert max(per_node.values()) <= NODE_POOL_US // 1000 // RT_MS, per_node
     for node in lab.nodes:
         assert sorted(c[:12] for c in _tasks_on(node)) == sorted(forwards(node)), node.name
-    _relay_through(lab, next(n for n in lab.nodes if _tasks_on(n)))
+    node = next(n for n in lab.nodes if _tasks_on(n))
+    # No cgroup of the node's reachable from a task: its gate waited until the node's agent (a Swarm task
+    # itself) made its own group's name=systemd mount writable; nothing else is, and no other group is seen.
+    for cid in _tasks_on(node):
+        mounts = node.docker("exec", cid, "cat", "/proc/self/mountinfo")
+        assert writable_cgroup_mounts(mounts) == [(f"{node.parent}/{cid}", "/sys/fs/cgroup/systemd")]
+        assert node.docker("exec", cid, "sh", "-c", CGROUP_WRITE_ATTEMPT).split() == ["0"]
+    _relay_through(lab, node)
 
 
 def test_draining_a_node_moves_its_tasks_and_their_budgets_and_rules_follow(lab: Lab) -> None:

@@ -20,7 +20,15 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import TEST_LABEL, run_cli, wait_for
+from tests.helpers import (
+    CGROUP_WRITE_ATTEMPT,
+    TEST_LABEL,
+    host_mountinfo,
+    in_container,
+    run_cli,
+    wait_for,
+    writable_cgroup_mounts,
+)
 from tests.integration.test_media_ports import run_json
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -48,10 +56,7 @@ def dnat_spans(container_id: str) -> list[tuple[int, int]]:
     return sorted(spans)
 
 
-def inside(name: str, *command: str) -> str:
-    done = subprocess.run(["docker", "exec", name, *command], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+inside = in_container
 
 
 def reconcile() -> dict[str, Any]:
@@ -184,34 +189,12 @@ def test_a_managed_container_can_write_no_cgroup_file_but_its_own_systemd_subtre
     assert summary["ready"] is True, summary["ready_state"]
     assert summary["rt_verified"] is True
     own = f"/docker/{summary['id']}"
-
-    def writable(mountinfo: str) -> list[tuple[str, str]]:
-        out = []
-        for line in mountinfo.splitlines():
-            fields = line.split()
-            kind = fields[fields.index("-") + 1]
-            if kind in ("cgroup", "cgroup2") and "rw" in fields[5].split(","):
-                out.append((fields[3], fields[4]))
-        return out
-
     # As the container's own root sees it (docker exec: its capabilities, its cgroup), the attacker's view:
     # one writable cgroup mount, systemd's, at the root of its private cgroup namespace...
-    assert writable(inside(name, "cat", "/proc/self/mountinfo")) == [("/", "/sys/fs/cgroup/systemd")]
+    assert writable_cgroup_mounts(inside(name, "cat", "/proc/self/mountinfo")) == [("/", "/sys/fs/cgroup/systemd")]
     # ... which is the container's own group, as the host sees the same mount: none above it.
-    host_pid = json.loads(
-        subprocess.run(
-            ["docker", "inspect", "-f", "{{json .State.Pid}}", name], capture_output=True, text=True, check=True
-        ).stdout
-    )
-    with open(f"/proc/{host_pid}/mountinfo") as mounts:
-        assert writable(mounts.read()) == [(own, "/sys/fs/cgroup/systemd")]
-    attempt = (
-        "for f in /sys/fs/cgroup/cpu/cpu.rt_runtime_us /sys/fs/cgroup/freezer/freezer.state "
-        "/sys/fs/cgroup/cpu/cgroup.procs /sys/fs/cgroup/memory/memory.limit_in_bytes; do "
-        'if echo 1 > "$f" 2>/dev/null; then echo "wrote $f"; fi; done; '
-        "mkdir /sys/fs/cgroup/cpu/x 2>/dev/null && echo made; ls /sys/fs/cgroup/cpu | grep -c docker || true"
-    )
-    tried = inside(name, "sh", "-c", attempt)
+    assert writable_cgroup_mounts(host_mountinfo(name)) == [(own, "/sys/fs/cgroup/systemd")]
+    tried = inside(name, "sh", "-c", CGROUP_WRITE_ATTEMPT)
     # Nothing written; and no other container's group (nor the engine's parent) is even visible.
     assert tried.split() == ["0"], tried
 

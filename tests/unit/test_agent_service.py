@@ -36,12 +36,15 @@ def test_the_agent_image_runs_docker_xms_with_the_agent_as_default() -> None:
     assert 'CMD ["agent"]' in text
 
 
-def test_the_service_is_global_on_the_host_network_with_two_capabilities_and_never_privileged() -> None:
+def test_the_service_is_global_on_the_host_network_with_three_capabilities_and_never_privileged() -> None:
     argv = create_command(AgentService(cgroup_parent="/{{.Node.Hostname}}", rt_pool_us=90000, metrics="0.0.0.0:9477"))
     pairs = list(itertools.pairwise(argv))
     assert ("--mode", "global") in pairs
     assert ("--network", "host") in pairs
-    assert [b for a, b in pairs if a == "--cap-add"] == ["NET_ADMIN", "SYS_NICE"]
+    assert [b for a, b in pairs if a == "--cap-add"] == ["NET_ADMIN", "SYS_NICE", "SYS_ADMIN"]
+    # The node's /proc, read-only, where the pids its engine reports are: to open a task's gate.
+    assert ("--mount", "type=bind,source=/proc,target=/host/proc,readonly") in pairs
+    assert ("--env", "DOCKER_XMS_ENGINE_PROC=/host/proc") in pairs
     assert ("--mount", "type=bind,source=/sys/fs/cgroup,target=/sys/fs/cgroup") in pairs
     assert ("--mount", "type=bind,source=/var/run/docker.sock,target=/var/run/docker.sock") in pairs
     assert ("--env", "DOCKER_XMS_CGROUP_PARENT=/{{.Node.Hostname}}") in pairs

@@ -14,6 +14,7 @@ from docker_xms.domain import compose
 from docker_xms.domain.compose import ComposeOptions, compose_file, merged_daemon_json
 from docker_xms.domain.labels import LABEL_STRATEGY, MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL
 from docker_xms.domain.profiles import Drain
+from docker_xms.domain.recipes import SYSTEMD_GATE
 from docker_xms.errors import BadInput
 from docker_xms.usecases.fleet import node_setup
 
@@ -25,8 +26,13 @@ def test_a_dnat_service_carries_what_run_gives_and_the_labels_the_agent_adopts_b
     service = data["services"]["rtpengine"]
     assert service["image"] == profile.image
     assert service["tmpfs"][:2] == ["/run", "/run/lock"]
-    # Only the name=systemd hierarchy: no controller of the host's is reachable from the container.
-    assert service["volumes"] == ["/sys/fs/cgroup/systemd:/sys/fs/cgroup/systemd:rw"]
+    # No cgroup mount of the host's: the gate holds systemd until the agent opens the container's own
+    # name=systemd subtree; every $ of the script escaped from Compose's interpolation.
+    assert "volumes" not in service
+    assert service["entrypoint"][:2] == ["/bin/sh", "-c"]
+    assert service["entrypoint"][3] == "docker-xms-gate"
+    assert service["entrypoint"][2].replace("$$", "$") == SYSTEMD_GATE
+    assert service["command"] == ["/sbin/init"]
     assert service["cap_add"] == ["SYS_NICE"]
     assert service["stop_signal"] == "SIGRTMIN+3"
     assert service["network_mode"] == "bridge"
@@ -61,12 +67,12 @@ def test_a_stack_file_names_the_nodes_bridge_as_an_external_network_and_publishe
 
 def test_a_stack_file_gives_systemds_tmpfs_as_tmpfs_mounts_which_stack_deploy_keeps() -> None:
     # `docker stack deploy` drops `tmpfs`; systemd without a tmpfs on /run exits 255 at once.
-    for version, cgroup in ((1, ["/sys/fs/cgroup/systemd:/sys/fs/cgroup/systemd:rw"]), (2, [])):
+    # No cgroup mount of the host's on either version.
+    for version in (1, 2):
         options = ComposeOptions(target="stack", cgroup_version=version)
         service = compose_file(load_profile("rtpengine"), options)["services"]["rtpengine"]
         assert "tmpfs" not in service
-        tmpfs = [{"type": "tmpfs", "target": "/run"}, {"type": "tmpfs", "target": "/run/lock"}]
-        assert service["volumes"] == [*cgroup, *tmpfs]
+        assert service["volumes"] == [{"type": "tmpfs", "target": "/run"}, {"type": "tmpfs", "target": "/run/lock"}]
 
 
 def test_a_stack_file_leaves_a_port_without_authentication_unpublished() -> None:

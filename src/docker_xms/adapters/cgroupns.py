@@ -60,7 +60,7 @@ def open_systemd_cgroup(pid: int, proc_root: Path = Path("/proc")) -> str | None
     try:
         # A process of its own: entering a mount namespace needs a single-threaded caller.
         done = subprocess.run(
-            [sys.executable, "-I", "-m", "docker_xms.adapters.cgroupns", str(pid)],
+            [sys.executable, "-I", "-m", "docker_xms.adapters.cgroupns", str(pid), str(proc_root)],
             capture_output=True,
             text=True,
             timeout=10,
@@ -98,5 +98,5 @@ def _remount(pid: int, proc_root: Path = Path("/proc")) -> str | None:
 
 
 if __name__ == "__main__":
-    problem = _remount(int(sys.argv[1]))
+    problem = _remount(int(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else Path("/proc"))
     sys.exit(problem)

@@ -377,18 +377,19 @@ class Engine:
         image: str,
         args: list[str],
         env: Mapping[str, str],
-        binds: Iterable[tuple[str, str]],
+        binds: Iterable[tuple[str, str, bool]],
         cap_add: list[str],
         labels: Mapping[str, str],
         stop_grace_s: float = 10.0,
     ) -> str:
-        """A global service on the host network with bind mounts and added capabilities; returns its ID."""
+        """A global service on the host network with bind mounts (source, target, read-only) and added
+        capabilities; returns its ID."""
         types = docker.types
         container = types.ContainerSpec(
             image,
             args=args,
             env=[f"{key}={value}" for key, value in env.items()],
-            mounts=[types.Mount(target, source, type="bind") for source, target in binds],
+            mounts=[types.Mount(target, source, type="bind", read_only=ro) for source, target, ro in binds],
             cap_add=cap_add,
             stop_grace_period=int(stop_grace_s * 1_000_000_000),
         )

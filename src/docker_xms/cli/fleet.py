@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
+
 import click
 
 from docker_xms.cli import context
+from docker_xms.errors import BadInput
 
 
 @click.command("compose")
@@ -35,14 +38,44 @@ from docker_xms.cli import context
     show_default=True,
     help="compose: docker-compose / docker compose (network_mode); stack: docker stack deploy (external networks).",
 )
+@click.option(
+    "--command",
+    "command",
+    default="/sbin/init",
+    show_default=True,
+    help="The image's command (systemd), run on cgroup v1 hosts once the agent has opened its cgroup.",
+)
 def compose(
-    profile: str, replicas: int, ports: str, name: str | None, image: str | None, rt_ms: int, target: str
+    profile: str,
+    replicas: int,
+    ports: str,
+    name: str | None,
+    image: str | None,
+    rt_ms: int,
+    target: str,
+    command: str,
 ) -> None:
     """Print a Compose file for PROFILE: whatever node runs a replica, its agent adopts it."""
     from docker_xms.usecases.fleet import ComposeRequest, compose_text
 
-    request = ComposeRequest(profile, replicas, ports, name, image, rt_ms, "stack" if target == "stack" else "compose")
+    request = ComposeRequest(
+        profile,
+        replicas,
+        ports,
+        name,
+        image,
+        rt_ms,
+        "stack" if target == "stack" else "compose",
+        _words(command),
+    )
     click.echo(compose_text(request, context.settings()), nl=False)
+
+
+def _words(command: str) -> tuple[str, ...]:
+    try:
+        return tuple(shlex.split(command))
+    except ValueError as exc:
+        raise BadInput(f"--command {command!r} cannot be read as a command line: {exc}.") from None
 
 
 @click.group("node")

@@ -3,7 +3,9 @@
 Swarm services have no --privileged and no --cgroup-parent; what the agent needs is given one item each:
 the node's network namespace (host network: its DNAT rules belong there), the engine's socket, the node's
 cgroup tree writable (budgets are cgroup files), NET_ADMIN for iptables and SYS_NICE to check real-time
-scheduling. Engines from 20.10 take capabilities for services (`docker service create --cap-add`).
+scheduling, and the node's /proc read-only with SYS_ADMIN to open the gate of a media server that Swarm
+started (its own `name=systemd` subtree made writable in its mount namespace: adapters/cgroupns.py; the
+engine's socket gives the agent the node already, so SYS_ADMIN adds no reach). Engines from 20.10 take capabilities for services (`docker service create --cap-add`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from docker_xms.domain.recipes import AGENT_IMAGE
 
 SERVICE_NAME = "docker-xms-agent"
 SERVICE_LABEL = "io.docker-xms.agent-service"
-CAPABILITIES = ("NET_ADMIN", "SYS_NICE")
+CAPABILITIES = ("NET_ADMIN", "SYS_NICE", "SYS_ADMIN")
 ENGINE_SOCKET = "/var/run/docker.sock"
 CGROUP_TREE = "/sys/fs/cgroup"
+# The node's /proc, where the pids its engine reports are (the task's own /proc shows only its own).
+NODE_PROC = "/proc"
+PROC_TARGET = "/host/proc"
 # The node's /run (docker-xms's locks and the plans of adopted containers, under /run/docker-xms) and its
 # /var/lib (docker-xms's records, under /var/lib/docker-xms): shared with the CLI on that node, so that
 # the two take one lock and see one set of ranges. Whole directories, because a bind's source must exist
@@ -38,9 +43,10 @@ RULES_MARGIN_S = 20
 class Mount:
     source: str
     target: str
+    read_only: bool = False
 
     def flag(self) -> str:
-        return f"type=bind,source={self.source},target={self.target}"
+        return f"type=bind,source={self.source},target={self.target}" + (",readonly" if self.read_only else "")
 
 
 @dataclass(frozen=True)
@@ -70,11 +76,12 @@ class AgentService:
             Mount(CGROUP_TREE, CGROUP_TREE),
             Mount(NODE_RUN, NODE_RUN),
             Mount(NODE_VAR_LIB, STATE_TARGET),
+            Mount(NODE_PROC, PROC_TARGET, read_only=True),
         )
 
     @property
     def env(self) -> dict[str, str]:
-        out = {"DOCKER_XMS_STATE_DIR": f"{STATE_TARGET}/docker-xms"}
+        out = {"DOCKER_XMS_STATE_DIR": f"{STATE_TARGET}/docker-xms", "DOCKER_XMS_ENGINE_PROC": PROC_TARGET}
         if self.cgroup_parent:
             out["DOCKER_XMS_CGROUP_PARENT"] = self.cgroup_parent
         if self.rt_pool_us is not None:

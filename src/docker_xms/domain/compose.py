@@ -1,7 +1,7 @@
 """Compose files and engine settings for fleets: what `docker-xms compose` and `node setup` print. Pure data.
 
 A generated service carries everything `run` gives a container that a Compose file can say (image,
-systemd's tmpfs and cgroup mount, CAP_SYS_NICE, the stop signal and grace, the health check, the
+systemd's tmpfs, on cgroup v1 the gate before systemd, CAP_SYS_NICE, the stop signal and grace, the health check, the
 container's ephemeral range) and docker-xms's labels, so that the agent on whichever node runs a replica
 adopts it: grants its budget and forwards its media range (see `domain/adoption.py`). What a file cannot
 say (a real-time budget: Swarm services have no `cpu-rt-runtime`) the agent gives.
@@ -30,7 +30,7 @@ from docker_xms.domain.labels import (
 )
 from docker_xms.domain.ports import ephemeral_outside
 from docker_xms.domain.profiles import MANAGEMENT_ROLES, Profile
-from docker_xms.domain.recipes import STOP_SIGNAL
+from docker_xms.domain.recipes import GATE_ENTRYPOINT, STOP_SIGNAL
 from docker_xms.errors import BadInput
 
 # Swarm's generic resource a node advertises (its real-time pool, in ms per second) and a task reserves.
@@ -42,7 +42,8 @@ STOP_MARGIN_S = 10
 # The reservation of a replica without --rt-ms: about a tenth of a node's default pool of 950 ms.
 DEFAULT_RT_MS = 95
 DAEMON_KEY = "node-generic-resources"
-SYSTEMD_HIERARCHY_BIND = "/sys/fs/cgroup/systemd:/sys/fs/cgroup/systemd:rw"
+# The image's own command, run by the gate on cgroup v1: systemd, as every image docker-xms builds has it.
+DEFAULT_COMMAND = ("/sbin/init",)
 
 Target = Literal["compose", "stack"]
 TARGETS: tuple[Target, ...] = ("compose", "stack")
@@ -63,6 +64,8 @@ class ComposeOptions:
     # The profile's readiness as one shell script (usecases/readiness.health_script); "" for none.
     health_script: str = ""
     target: Target = "compose"
+    # What the gate runs once systemd's cgroup is writable (cgroup v1): the image's command.
+    command: tuple[str, ...] = DEFAULT_COMMAND
 
 
 def stop_timeout_s(profile: Profile) -> int | None:
@@ -96,11 +99,12 @@ def compose_file(profile: Profile, options: ComposeOptions) -> dict[str, Any]:
         # (see domain/boot.systemd_boot, and v2_systemd_refusal for the hosts where systemd cannot boot).
         service["ulimits"] = {"rtprio": 99}
     else:
-        # systemd needs a writable name=systemd hierarchy, and a Compose or Swarm service cannot ask for a
-        # private cgroup namespace: the host's name=systemd hierarchy alone (it controls no resource), and
-        # every controller the engine's own mount of the container's group, read-only (never the host's
-        # whole /sys/fs/cgroup, whose `ro` engines before 25 do not carry down to the controllers).
-        service["volumes"] = [SYSTEMD_HIERARCHY_BIND]
+        # No cgroup mount of the host's: the engine mounts each controller read-only at the container's own
+        # group, and the gate holds systemd back until the agent on the node has made that group's
+        # name=systemd mount writable (as `run` does; adapters/cgroupns.py). systemd then keeps its units
+        # below the container's own group. Every Compose tool interpolates ${...}: $$ is a literal $.
+        service["entrypoint"] = [part.replace("$", "$$") for part in GATE_ENTRYPOINT]
+        service["command"] = [part.replace("$", "$$") for part in options.command]
     if options.target == "stack":
         # `docker stack deploy` drops a service's `tmpfs` key (a Swarm service has tmpfs mounts only):
         # without a tmpfs on /run systemd mounts one itself, lacks CAP_SYS_ADMIN and exits 255 unlogged.
@@ -180,6 +184,8 @@ def _published(profile: Profile, target: Target) -> list[Any]:
 def _check(profile: Profile, options: ComposeOptions) -> None:
     if options.replicas < 0:
         raise BadInput(f"--replicas must be 0 or more, not {options.replicas}.")
+    if not options.command:
+        raise BadInput("--command must name the image's command (systemd), such as /sbin/init.")
     if options.ports not in NETWORKS:
         raise BadInput(f"--ports {options.ports!r} is not one of {', '.join(NETWORKS)} for a Compose file.")
     if options.rt_ms < 1:

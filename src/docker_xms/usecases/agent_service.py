@@ -39,7 +39,7 @@ def create(engine: Engine, service: AgentService) -> str:
         service.image,
         list(service.args),
         service.env,
-        [(m.source, m.target) for m in service.mounts],
+        [(m.source, m.target, m.read_only) for m in service.mounts],
         list(CAPABILITIES),
         service.labels,
         service.stop_grace_s,

@@ -36,6 +36,7 @@ class ComposeRequest:
     image: str | None = None
     rt_ms: int = compose_files.DEFAULT_RT_MS
     target: compose_files.Target = "compose"
+    command: tuple[str, ...] = compose_files.DEFAULT_COMMAND
 
 
 def compose_text(request: ComposeRequest, settings: Settings) -> str:
@@ -51,6 +52,7 @@ def compose_text(request: ComposeRequest, settings: Settings) -> str:
         cgroup_version=host.cgroup_version,
         health_script=health_script(profile),
         target=request.target,
+        command=request.command,
     )
     data = compose_files.compose_file(profile, options)
     header = (

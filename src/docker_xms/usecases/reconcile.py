@@ -33,17 +33,17 @@ class Reconciliation:
 
 def open_cgroups(rt: RtHost, running: Iterable[ContainerSummary]) -> tuple[str, ...]:
     """Make each running container's own `name=systemd` subtree writable where its gate waits for it
-    (adapters/cgroupns.py): after a start by the engine (a restart policy, a reboot) or by anyone else.
+    (adapters/cgroupns.py): after a start by the engine (a restart policy, a reboot, Compose, Swarm) or by
+    anyone else. The container's first process is the engine's to say: its pid is in the engine's pid
+    namespace, seen at `engine_proc` (the node's /proc, mounted into the agent's Swarm service).
     A line per container opened, or per one that could not be."""
+    proc = rt.settings.engine_proc
     lines = []
     for c in running:
-        pids = rt.fs.procs_under(rt.cgroup_of(c.id))
-        if not pids:
+        info = rt.engine.find_container(c.id)
+        if info is None or not info.pid or not cgroupns.waiting_mount(info.pid, proc):
             continue
-        pid = min(pids)
-        if not cgroupns.waiting_mount(pid):
-            continue
-        problem = cgroupns.open_systemd_cgroup(pid)
+        problem = cgroupns.open_systemd_cgroup(info.pid, proc)
         lines.append(
             f"{c.name}: {problem}" if problem else f"systemd cgroup of {c.name} made writable (its own subtree)"
         )

@@ -347,7 +347,7 @@ def open_gate(rt: RtHost, engine: EngineApi, container_id: str) -> None:
     info = engine.find_container(container_id)
     if info is None or not info.pid:
         return
-    problem = cgroupns.open_systemd_cgroup(info.pid)
+    problem = cgroupns.open_systemd_cgroup(info.pid, rt.settings.engine_proc)
     if problem is not None:
         raise XmsError(f"{info.name or container_id[:12]}: {problem}.")
 
