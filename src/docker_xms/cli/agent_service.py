@@ -33,7 +33,8 @@ def service(
     """Print (or --create) the Swarm global service that runs the agent on every node.
 
     Each task runs on its node's host network (DNAT rules go into the node's own netfilter), with the
-    engine's socket, the node's /sys/fs/cgroup writable, and NET_ADMIN and SYS_NICE: never --privileged.
+    engine's socket, the node's /sys/fs/cgroup writable, its /proc read-only, and NET_ADMIN, SYS_NICE and
+    SYS_ADMIN (to open a media server's gate): never --privileged.
     """
     from docker_xms.cli import context
     from docker_xms.domain.agent_service import render
