@@ -6,6 +6,7 @@ driver, other kernel configs) can be read from directory trees laid out like the
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -93,6 +94,21 @@ def detect_host(
     else:
         raise XmsError(f"Cannot find the cpu cgroup controller under {sys_root}/fs/cgroup; is cgroupfs mounted?")
     return HostRt(version, group_sched, runtime, period, _mode(version, group_sched, runtime), cpu_root)
+
+
+def fair_server_reserve(sys_root: Path = Path("/sys")) -> dict[int, int]:
+    """The fair server's runtime per CPU, ns per its period (kernels from 6.12: the time each CPU keeps for
+    normal tasks however busy its real-time ones are), from debugfs where it is mounted; {} elsewhere."""
+    out: dict[int, int] = {}
+    base = sys_root / "kernel/debug/sched/fair_server"
+    try:
+        cpus = [p for p in base.iterdir() if p.name.startswith("cpu") and p.name[3:].isdigit()]
+    except OSError:
+        return out
+    for cpu in cpus:
+        with contextlib.suppress(OSError, ValueError):
+            out[int(cpu.name[3:])] = int((cpu / "runtime").read_text().strip())
+    return dict(sorted(out.items()))
 
 
 def _mode(version: int, group_sched: bool | None, runtime: int) -> RtMode:

@@ -82,8 +82,12 @@ def sdk_arguments(spec: CreateSpec) -> dict[str, Any]:
             "retries": check.retries,
             "start_period": check.start_period_s * second,
         }
+    ulimits = []
     if spec.rtprio is not None:
-        optional["ulimits"] = [{"name": "rtprio", "soft": spec.rtprio, "hard": spec.rtprio}]
+        ulimits.append({"name": "rtprio", "soft": spec.rtprio, "hard": spec.rtprio})
+    if spec.rttime_us is not None:
+        ulimits.append({"name": "rttime", "soft": spec.rttime_us[0], "hard": spec.rttime_us[1]})
+    optional["ulimits"] = ulimits
     args.update({key: value for key, value in optional.items() if value})
     return args
 
@@ -118,7 +122,17 @@ def _container_info(attrs: dict[str, Any]) -> ContainerInfo:
         error=str(state.get("Error") or ""),
         finished_at=str(state.get("FinishedAt") or ""),
         env=tuple(config.get("Env") or ()),
+        rttime_us=_soft_limit(host.get("Ulimits"), "rttime"),
     )
+
+
+def _soft_limit(ulimits: Any, name: str) -> int:
+    """A ulimit's soft value from the inspect view's HostConfig.Ulimits; 0 when it is not set."""
+    for limit in ulimits or ():
+        if isinstance(limit, dict) and limit.get("Name") == name:
+            soft = limit.get("Soft")
+            return max(0, soft) if isinstance(soft, int) and not isinstance(soft, bool) else 0
+    return 0
 
 
 def _check_stream(chunks: Iterable[Any], progress: Progress) -> list[dict[str, Any]]:

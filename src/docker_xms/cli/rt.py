@@ -13,6 +13,7 @@ from rich.table import Table
 
 from docker_xms.cli.render import console, print_json
 from docker_xms.domain.rt_mode import PER_GROUP
+from docker_xms.domain.watchdog import fair_server_text, watchdog_text
 
 if TYPE_CHECKING:
     from docker_xms.usecases.rt import RtHost, Skipped
@@ -42,6 +43,7 @@ def status(as_json: bool) -> None:
     console.print(
         f"Host: [bold]{state.mode}[/] real-time scheduling, cgroup v{state.cgroup_version}, "
         f"kernel limit {state.global_runtime_us} us per {state.global_period_us} us"
+        + (f"; fair server reserve {fair_server_text(state.fair_server_ns)}" if state.fair_server_ns else "")
     )
     if state.mode != PER_GROUP:
         console.print(
@@ -54,7 +56,7 @@ def status(as_json: bool) -> None:
             f"(other groups beside it hold {state.siblings_us} us); foreign containers hold "
             f"{state.foreign_us} us; pool {state.pool_us} us"
         )
-    table = Table("container", "id", "weight", "budget (kernel)", "budget (engine)", "share", "origin")
+    table = Table("container", "id", "weight", "budget (kernel)", "budget (engine)", "share", "watchdog", "origin")
     for h in state.managed:
         table.add_row(
             h.name,
@@ -63,13 +65,14 @@ def status(as_json: bool) -> None:
             f"{h.runtime_us:,}",
             f"{h.engine_runtime_us:,}",
             f"{h.share:.1%}",
+            watchdog_text(h.watchdog_us),
             h.origin,
         )
     skipped = {s.id for s in state.skipped}
     for h in state.foreign:
         kind = "labels unreadable" if h.id in skipped else "not managed"
         table.add_row(
-            f"{h.name} [dim]({kind})[/]", h.id[:12], "-", f"{h.runtime_us:,}", f"{h.engine_runtime_us:,}", "-", "-"
+            f"{h.name} [dim]({kind})[/]", h.id[:12], "-", f"{h.runtime_us:,}", f"{h.engine_runtime_us:,}", "-", "-", "-"
         )
     if state.managed or state.foreign:
         console.print(table)

@@ -31,6 +31,7 @@ from docker_xms.domain.labels import (
 from docker_xms.domain.ports import ephemeral_outside
 from docker_xms.domain.profiles import MANAGEMENT_ROLES, Profile
 from docker_xms.domain.recipes import GATE_ENTRYPOINT, STOP_SIGNAL
+from docker_xms.domain.watchdog import rttime_limit
 from docker_xms.errors import BadInput
 
 # Swarm's generic resource a node advertises (its real-time pool, in ms per second) and a task reserves.
@@ -94,10 +95,16 @@ def compose_file(profile: Profile, options: ComposeOptions) -> dict[str, Any]:
         "stop_signal": STOP_SIGNAL,
         "labels": service_labels(profile, options),
     }
+    limits: dict[str, Any] = {}
+    watchdog = rttime_limit(profile.watchdog_ms)
+    if watchdog is not None:
+        # The runaway watchdog, as `run` gives it (domain/watchdog.py). `docker stack deploy` before
+        # Engine 23 ignores a service's ulimits (it says so): on such nodes the replicas have none.
+        limits["rttime"] = {"soft": watchdog.soft_us, "hard": watchdog.hard_us}
     if options.cgroup_version == 2:
         # The engine's own cgroup2 mount of a private namespace; SCHED_FIFO through the rtprio limit
         # (see domain/boot.systemd_boot, and v2_systemd_refusal for the hosts where systemd cannot boot).
-        service["ulimits"] = {"rtprio": 99}
+        limits["rtprio"] = 99
     else:
         # No cgroup mount of the host's: the engine mounts each controller read-only at the container's own
         # group, and the gate holds systemd back until the agent on the node has made that group's
@@ -105,6 +112,8 @@ def compose_file(profile: Profile, options: ComposeOptions) -> dict[str, Any]:
         # below the container's own group. Every Compose tool interpolates ${...}: $$ is a literal $.
         service["entrypoint"] = [part.replace("$", "$$") for part in GATE_ENTRYPOINT]
         service["command"] = [part.replace("$", "$$") for part in options.command]
+    if limits:
+        service["ulimits"] = limits
     if options.target == "stack":
         # `docker stack deploy` drops a service's `tmpfs` key (a Swarm service has tmpfs mounts only):
         # without a tmpfs on /run systemd mounts one itself, lacks CAP_SYS_ADMIN and exits 255 unlogged.

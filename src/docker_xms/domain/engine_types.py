@@ -55,6 +55,8 @@ class ContainerInfo:
     finished_at: str = ""
     # Its environment as created ("NAME=value"): where Swarm puts a task's reserved generic resources.
     env: tuple[str, ...] = ()
+    # The soft RLIMIT_RTTIME the engine gives its processes, microseconds (the watchdog); 0: none.
+    rttime_us: int = 0
 
     @property
     def managed(self) -> bool:
@@ -102,6 +104,8 @@ class CreateSpec:
     cgroupns: str | None = None
     # The RLIMIT_RTPRIO soft and hard limit, when the engine's default (0) is not enough.
     rtprio: int | None = None
+    # The RLIMIT_RTTIME soft and hard limits in microseconds (domain/watchdog.py), None: the engine's (none).
+    rttime_us: tuple[int, int] | None = None
     sysctls: Mapping[str, str] = field(default_factory=dict)
     cpu_rt_runtime: int = 0
     # Seconds a stop waits after the stop signal before the engine kills (None: the engine's 10).

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from docker_xms.domain.watchdog import DEFAULT_WATCHDOG_MS, MAX_WATCHDOG_MS
 from docker_xms.errors import BadInput
 
 PORT_ROLES = ("signalling", "media", "web", "ssh", "control", "other")
@@ -153,6 +154,9 @@ class Profile:
     advertise_form: str = ""
     # Draining at stop ([drain]); a profile without one stops at once.
     drain: Drain = field(default_factory=Drain)
+    # How long a real-time thread may run without blocking before the kernel stops the server
+    # ([realtime] watchdog_ms, domain/watchdog.py); 0: no watchdog.
+    watchdog_ms: int = DEFAULT_WATCHDOG_MS
 
     @property
     def media_port_count(self) -> int:
@@ -380,6 +384,7 @@ _TABLES = {
     "vars",
     "test_call",
     "drain",
+    "realtime",
 }
 
 
@@ -402,6 +407,7 @@ def parse_profile(text: str, source: str) -> Profile:
     tmpfs, run_env = _run(root.table("run"))
     test_call = _test_call(root.table("test_call"), ports)
     drain = _drain(root.table("drain"), readiness)
+    watchdog_ms = _realtime(root.table("realtime"))
     if drain.command:
         build = _with_drain(build, drain)
     summary = _summary(root)
@@ -429,6 +435,7 @@ def parse_profile(text: str, source: str) -> Profile:
         test_call=test_call,
         drain=drain,
         rt_threads=head.rt_threads,
+        watchdog_ms=watchdog_ms,
     )
 
 
@@ -562,6 +569,14 @@ def _drain(reader: _Reader, readiness: Readiness) -> Drain:
     if command and not before:
         raise reader.fail("before", "must name the server's units the drain runs before (the readiness names none)")
     return Drain(grace_s=grace, command=command.strip(), before=before)
+
+
+def _realtime(reader: _Reader) -> int:
+    reader.unknown({"watchdog_ms"})
+    watchdog_ms: int = reader.get("watchdog_ms", int, default=DEFAULT_WATCHDOG_MS)
+    if not 0 <= watchdog_ms <= MAX_WATCHDOG_MS:
+        raise reader.fail("watchdog_ms", f"must lie within 0-{MAX_WATCHDOG_MS} (0: no watchdog)")
+    return watchdog_ms
 
 
 DRAIN_UNIT = "docker-xms-drain.service"

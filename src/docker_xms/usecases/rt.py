@@ -88,6 +88,8 @@ class Holder:
     share: float = 0.0
     # How a managed container was started (domain/adoption.origin); "" for a foreign holder.
     origin: str = ""
+    # The runaway watchdog its processes run under (RLIMIT_RTTIME's soft limit, us; domain/watchdog.py); 0: none.
+    watchdog_us: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,9 @@ class RtState:
     managed: tuple[Holder, ...]
     foreign: tuple[Holder, ...] = ()
     skipped: tuple[Skipped, ...] = ()
+    # The fair server's runtime per CPU, ns per its period (6.12 and later, where debugfs is mounted): the time
+    # normal tasks keep on each CPU however busy its real-time threads are.
+    fair_server_ns: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,10 +192,11 @@ def weights(engine: EngineApi, managed: Iterable[ContainerSummary]) -> dict[str,
     return out
 
 
-def _stored_budget(engine: EngineApi, container_id: str) -> int:
-    """The budget the engine stores for a container (and re-applies on a restart): in the inspect view only."""
+def _stored(engine: EngineApi, container_id: str) -> tuple[int, int]:
+    """The budget the engine stores for a container (and re-applies on a restart) and its watchdog (the
+    rttime limit, us): in the inspect view only."""
     info = engine.find_container(container_id)
-    return info.cpu_rt_runtime if info is not None else 0
+    return (info.cpu_rt_runtime, info.rttime_us) if info is not None else (0, 0)
 
 
 def parent_room(rt: RtHost, ours: Collection[str] = ()) -> budget.Room:
@@ -235,22 +241,26 @@ def read_state(rt: RtHost) -> RtState:
     host = rt.host
     managed, skipped = readable(managed_running(rt.engine, rt.settings))
     weight = weights(rt.engine, managed)
+    stored = {c.id: _stored(rt.engine, c.id) for c in managed}
+    fair = cgroups.fair_server_reserve(rt.settings.sys_root)
     if not rt.per_group:
         return RtState(
             mode=host.mode,
             cgroup_version=host.cgroup_version,
             global_runtime_us=host.rt_runtime_us,
             global_period_us=host.rt_period_us,
+            fair_server_ns=fair,
             parent=rt.parent,
             managed=tuple(
                 Holder(
                     id=c.id,
                     name=c.name,
                     runtime_us=0,
-                    engine_runtime_us=_stored_budget(rt.engine, c.id),
+                    engine_runtime_us=stored[c.id][0],
                     weight=weight[c.id],
                     managed=True,
                     origin=origin(c.labels),
+                    watchdog_us=stored[c.id][1],
                 )
                 for c in managed
             ),
@@ -258,17 +268,19 @@ def read_state(rt: RtHost) -> RtState:
         )
     now, foreign, room = _scan(rt, managed)
     pool = room.pool_us
-    # `rt status` shows the stored budget beside the kernel's: one inspect per managed container, here only.
+    # `rt status` shows the stored budget beside the kernel's, and the watchdog: one inspect per managed
+    # container, here only.
     holders = tuple(
         Holder(
             id=c.id,
             name=c.name,
             runtime_us=now.get(c.id, 0),
-            engine_runtime_us=_stored_budget(rt.engine, c.id),
+            engine_runtime_us=stored[c.id][0],
             weight=weight[c.id],
             managed=True,
             share=now.get(c.id, 0) / pool if pool else 0.0,
             origin=origin(c.labels),
+            watchdog_us=stored[c.id][1],
         )
         for c in managed
     )
@@ -277,6 +289,7 @@ def read_state(rt: RtHost) -> RtState:
         cgroup_version=host.cgroup_version,
         global_runtime_us=host.rt_runtime_us,
         global_period_us=host.rt_period_us,
+        fair_server_ns=fair,
         parent=rt.parent,
         parent_runtime_us=rt.fs.read_runtime(rt.parent),
         capacity_us=room.capacity_us,

@@ -36,6 +36,7 @@ from docker_xms.domain.pool import holds
 from docker_xms.domain.profiles import MEDIA_ENV, MEDIA_INSTANCE_FILE, MEDIA_NONE, Profile, port_placeholder
 from docker_xms.domain.reach import Addresses, MediaRow, PortRow, media_rows, port_rows, reach
 from docker_xms.domain.recipes import STOP_SIGNAL, profile_files
+from docker_xms.domain.watchdog import rttime_limit
 from docker_xms.errors import BadInput, Interrupted, NotFound, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases import adoption, images, readiness
@@ -489,7 +490,13 @@ def _create_spec(
         entrypoint=boot.entrypoint,
         command=boot.command,
         rtprio=boot.rtprio,
+        rttime_us=_rttime(profile.watchdog_ms),
     )
+
+
+def _rttime(watchdog_ms: int) -> tuple[int, int] | None:
+    limit = rttime_limit(watchdog_ms)
+    return None if limit is None else (limit.soft_us, limit.hard_us)
 
 
 def _ephemeral_sysctl(plan: port_plans.PortPlan) -> dict[str, str]:
