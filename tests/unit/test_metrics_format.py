@@ -139,3 +139,17 @@ def test_the_wakeup_family_has_series_only_for_running_containers_with_a_histogr
     assert family.kind == "histogram"
     assert [dict(zip(family.labels, labels, strict=True))["name"] for labels, _, _ in family.histograms] == ["media1"]
     assert not [f for f in families(host(probed)) if f.name == "docker_xms_container_wakeup_latency_seconds"]
+
+
+def test_the_watchdog_and_the_hosts_guard_are_exported_where_read() -> None:
+    got = samples(host(container(watchdog_us=500_000), container("media2", id="f" * 16, watchdog_us=0)))
+    assert [value for _, value in got["docker_xms_container_watchdog_seconds"]] == [0.5, 0.0]
+    # Not readable (the process went while we looked): no series rather than a false 0.
+    assert samples(host(container()))["docker_xms_container_watchdog_seconds"] == []
+    # The kernel's admission bound and the fair server's reserve, only where they were read.
+    assert "docker_xms_host_rt_runtime_seconds" not in got
+    assert "docker_xms_host_fair_server_runtime_seconds" not in got
+    guarded = samples(host(rt_runtime_us=950_000, fair_server_ns={0: 50_000_000, 1: 50_000_000}))
+    assert guarded["docker_xms_host_rt_runtime_seconds"] == [({}, 0.95)]
+    assert guarded["docker_xms_host_fair_server_runtime_seconds"] == [({"cpu": "0"}, 0.05), ({"cpu": "1"}, 0.05)]
+    assert samples(host(rt_runtime_us=-1))["docker_xms_host_rt_runtime_seconds"] == [({}, -1.0)]

@@ -3,11 +3,12 @@ server's reserve as the kernel's debugfs shows it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from docker_xms.adapters.cgroups import fair_server_reserve
+from docker_xms.adapters.cgroups import fair_server_reserve, parse_rttime, rttime_soft_us
 from docker_xms.adapters.engine import _container_info, sdk_arguments
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.domain.compose import ComposeOptions, compose_file
@@ -79,3 +80,16 @@ def test_the_fair_servers_reserve_is_read_per_cpu_where_debugfs_shows_it(tmp_pat
     assert fair_server_text({0: 50_000_000, 1: 50_000_000}) == "50 ms per period on CPU 0-1"
     assert fair_server_text({0: 50_000_000}) == "50 ms per period on CPU 0"
     assert fair_server_text({0: 50_000_000, 1: 20_000_000}) == "CPU 0 50 ms, CPU 1 20 ms"
+
+
+def test_the_kernels_rttime_limit_is_read_from_a_processs_limits() -> None:
+    head = "Limit                     Soft Limit           Hard Limit           Units     \n"
+    assert (
+        parse_rttime(head + "Max realtime timeout      500000               1000000              us        \n")
+        == 500_000
+    )
+    assert parse_rttime(head + "Max realtime timeout      unlimited            unlimited            us        \n") == 0
+    assert parse_rttime(head) is None
+    assert parse_rttime(head + "Max realtime timeout      lots\n") is None
+    assert rttime_soft_us(os.getpid()) is not None
+    assert rttime_soft_us(999_999_999) is None

@@ -307,6 +307,27 @@ def thread_policies(pid: int, proc_root: Path = Path("/proc")) -> list[ThreadSch
     return threads
 
 
+def rttime_soft_us(pid: int, proc_root: Path = Path("/proc")) -> int | None:
+    """The soft RLIMIT_RTTIME a process runs under, us (0: unlimited), from /proc/PID/limits; None when the
+    process is gone or the line cannot be read."""
+    try:
+        text = (proc_root / str(pid) / "limits").read_text()
+    except OSError:
+        return None
+    return parse_rttime(text)
+
+
+def parse_rttime(limits: str) -> int | None:
+    """The soft value of the "Max realtime timeout" line of a /proc/PID/limits text (0: unlimited)."""
+    for line in limits.splitlines():
+        if line.startswith("Max realtime timeout"):
+            soft = line[len("Max realtime timeout") :].split()[:1]
+            if soft == ["unlimited"]:
+                return 0
+            return int(soft[0]) if soft and soft[0].isdigit() else None
+    return None
+
+
 def parse_stat(stat: str, cgroup: str) -> ThreadSched:
     # comm may hold spaces and ')', so the fields after it start after the last ')'.
     close = stat.rindex(")")

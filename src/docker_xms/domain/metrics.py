@@ -76,6 +76,8 @@ class ContainerFigures:
     media_ports: int
     forward_rules: int | None
     forwarded_ports: int | None
+    # The runaway watchdog its processes run under (RLIMIT_RTTIME soft, us; 0: none); None: not readable.
+    watchdog_us: int | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,10 @@ class HostFigures:
     cpu_latency_limit_us: int | None
     containers: tuple[ContainerFigures, ...]
     reconciles: ReconcileCounts | None = None
+    # kernel.sched_rt_runtime_us (-1: no limit), and the fair server's runtime per CPU in ns (6.12 and later,
+    # where debugfs is mounted; empty elsewhere).
+    rt_runtime_us: int | None = None
+    fair_server_ns: Mapping[int, int] = field(default_factory=dict)
     # Scheduled wake-up probes (agent --probe-every), by container id; empty when none run.
     wakeups: Mapping[str, WakeupHistogram] = field(default_factory=dict)
 
@@ -175,6 +181,11 @@ def families(figures: HostFigures) -> list[Family]:
         "docker_xms_container_media_ports_forwarded", "Host media ports the DNAT rules present forward to it."
     )
     rules = gauge("docker_xms_container_forward_rules", "DNAT range rules netfilter holds for it.")
+    watchdog = gauge(
+        "docker_xms_container_watchdog_seconds",
+        "How long a real-time thread of its may run without blocking before the kernel stops it (RLIMIT_RTTIME); "
+        "0: no watchdog.",
+    )
     wakeups = Family(
         "docker_xms_container_wakeup_latency_seconds",
         "histogram",
@@ -193,13 +204,15 @@ def families(figures: HostFigures) -> list[Family]:
         if c.advertise:
             advertise.samples.append(((*key, c.advertise), 1.0))
         media.samples.append((key, c.media_ports))
+        if c.watchdog_us is not None:
+            watchdog.samples.append((key, c.watchdog_us / US_PER_S))
         if c.forward_rules is not None and c.forwarded_ports is not None:
             rules.samples.append((key, c.forward_rules))
             forwarded.samples.append((key, c.forwarded_ports))
         histogram = figures.wakeups.get(c.id)
         if histogram is not None:
             wakeups.histograms.append((key, histogram.cumulative(), histogram.sum_s))
-    out = [budget, share, threads, ready, advertise, media, forwarded, rules]
+    out = [budget, share, threads, ready, advertise, media, forwarded, rules, watchdog]
     if figures.wakeups:
         out.append(wakeups)
     managed = gauge("docker_xms_managed_containers", "Managed containers running.", ())
@@ -207,6 +220,22 @@ def families(figures: HostFigures) -> list[Family]:
     mode = gauge("docker_xms_host_rt_mode", "The host's real-time mode: 1 for the one in force.", ("mode",))
     mode.samples.extend(((m,), 1.0 if exported_mode(figures.mode) == m else 0.0) for m in MODES)
     out += [managed, mode]
+    if figures.rt_runtime_us is not None:
+        runtime = gauge(
+            "docker_xms_host_rt_runtime_seconds",
+            "Real-time CPU time per period the kernel admits (kernel.sched_rt_runtime_us / 1e6; -1: no limit).",
+            (),
+        )
+        runtime.samples.append(((), figures.rt_runtime_us / US_PER_S if figures.rt_runtime_us >= 0 else -1.0))
+        out.append(runtime)
+    if figures.fair_server_ns:
+        fair = gauge(
+            "docker_xms_host_fair_server_runtime_seconds",
+            "Time per period each CPU keeps for normal tasks however busy its real-time threads are (fair server).",
+            ("cpu",),
+        )
+        fair.samples.extend(((str(cpu),), ns / 1e9) for cpu, ns in figures.fair_server_ns.items())
+        out.append(fair)
     if figures.pool_us is not None:
         pool = gauge(
             "docker_xms_host_rt_pool_seconds", "Real-time CPU time per second shared among managed containers.", ()

@@ -113,6 +113,8 @@ class Figures:
         limit = pmqos.read_idle_state().limit_us if self.settings.real_host else None
         return HostFigures(
             mode=place.host.mode,
+            rt_runtime_us=place.host.rt_runtime_us,
+            fair_server_ns=cgroups.fair_server_reserve(self.settings.sys_root),
             pool_us=pool,
             parent_us=parent_us,
             steal_seconds=None if steal is None else steal / 1000,
@@ -141,7 +143,8 @@ class Figures:
         per_group: bool,
     ) -> ContainerFigures:
         budget_us = held.get(group.rsplit("/", 1)[-1], 0) if group else 0
-        rt, other = count_policies(self._policies(group, c))
+        pids = self._pids(group)
+        rt, other = count_policies(self._policies(pids))
         planned = 0
         if unreadable(c.labels) is None:
             planned = sum(f.host_end - f.host_start + 1 for f in forwards_from_labels(c.labels))
@@ -162,15 +165,20 @@ class Figures:
             media_ports=planned,
             forward_rules=None if mine is None else len(mine),
             forwarded_ports=None if mine is None else sum(f.host_end - f.host_start + 1 for f in mine),
+            # What the kernel holds for its first process (every process inherits the engine's limit).
+            watchdog_us=cgroups.rttime_soft_us(pids[0]) if pids else None,
         )
 
-    def _policies(self, group: str | None, c: ContainerSummary) -> list[str]:
+    def _pids(self, group: str | None) -> list[int]:
         try:
-            pids: Iterable[int] = self._place.fs.procs_under(group) if group else ()
+            return sorted(self._place.fs.procs_under(group)) if group else []
         except OSError:
             return []  # the container stopped while we looked: its series go at the next scrape
+
+    @staticmethod
+    def _policies(pids: Iterable[int]) -> list[str]:
         out: list[str] = []
-        for pid in sorted(pids):
+        for pid in pids:
             try:
                 out += [t.policy for t in cgroups.thread_policies(pid)]
             except XmsError:
