@@ -12,6 +12,7 @@ from docker_xms.adapters.cgroups import fair_server_reserve, parse_rttime, rttim
 from docker_xms.adapters.engine import _container_info, sdk_arguments
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.domain.compose import ComposeOptions, compose_file
+from docker_xms.domain.doctor import fair_server_findings
 from docker_xms.domain.engine_types import CreateSpec
 from docker_xms.domain.profiles import parse_profile
 from docker_xms.domain.watchdog import (
@@ -93,3 +94,10 @@ def test_the_kernels_rttime_limit_is_read_from_a_processs_limits() -> None:
     assert parse_rttime(head + "Max realtime timeout      lots\n") is None
     assert rttime_soft_us(os.getpid()) is not None
     assert rttime_soft_us(999_999_999) is None
+
+
+def test_the_doctor_names_the_fair_servers_reserve_where_the_kernel_shows_it() -> None:
+    assert fair_server_findings({}) == []
+    (finding,) = fair_server_findings({0: 50_000_000, 1: 50_000_000})
+    assert finding.level == "ok"
+    assert "50 ms per period on CPU 0-1" in finding.message

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from docker_xms.domain.rt_mode import GLOBAL, PER_GROUP, V2_RT_GROUP
+from docker_xms.domain.watchdog import fair_server_text
 
 if TYPE_CHECKING:
     from docker_xms.domain.rt_mode import RtMode
@@ -116,6 +117,19 @@ def inotify_findings(max_user_instances: int | None, wanted_containers: int = 64
             f"fs.inotify.max_user_instances is {max_user_instances}: systemd in a container needs a few, so "
             f"only about {room} systemd containers can boot on this host; the next ones exit at start.",
             "sysctl -w fs.inotify.max_user_instances=1024 (and put it in /etc/sysctl.d/ to keep it).",
+        )
+    ]
+
+
+def fair_server_findings(reserve_ns: Mapping[int, int]) -> list[Finding]:
+    """The kernel's own guard against runaway real-time threads, where debugfs shows it (6.12 and later)."""
+    if not reserve_ns:
+        return []
+    return [
+        Finding(
+            "ok",
+            f"The fair server keeps {fair_server_text(reserve_ns)} for normal tasks, however busy the real-time "
+            "threads are; each container's own runaway watchdog is its profile's [realtime] watchdog_ms.",
         )
     ]
 

@@ -20,7 +20,7 @@ from docker_xms.adapters.hostlock import host_lock
 from docker_xms.adapters.signals import deferred
 from docker_xms.domain import budget
 from docker_xms.domain.adoption import origin
-from docker_xms.domain.doctor import Finding, diagnose, idle_findings, inotify_findings
+from docker_xms.domain.doctor import Finding, diagnose, fair_server_findings, idle_findings, inotify_findings
 from docker_xms.domain.engine_types import ContainerInfo, ContainerSummary
 from docker_xms.domain.labels import MANAGED_LABEL, SWARM_TASK, WEIGHT_LABEL, reserved_weight, unreadable, weight_of
 from docker_xms.domain.rt_mode import PER_GROUP
@@ -651,6 +651,7 @@ def doctor(rt: RtHost) -> list[Finding]:
     real_host = rt.settings.real_host
     version = info.cgroup_version if real_host else str(rt.host.cgroup_version)
     findings = diagnose(rt.host, rt.driver, version, parent_runtime, rt.parent)
+    findings += fair_server_findings(cgroups.fair_server_reserve(rt.settings.sys_root))
     if real_host:
         idle = pmqos.read_idle_state()
         findings += idle_findings(idle.driver, idle.limit_us, pmqos.NO_LIMIT_US)
