@@ -58,6 +58,11 @@ def compose_text(request: ComposeRequest, settings: Settings) -> str:
     header = (
         f"# docker-xms compose {profile.name}: {request.replicas} replica(s), media ports by {request.ports}.\n"
         "# The docker-xms agent on each node grants the real-time budget and forwards the media range.\n"
+        + (
+            "# On cgroup v1 it also opens each replica's own systemd cgroup: a replica waits for it (60 s at most).\n"
+            if host.cgroup_version == 1
+            else ""
+        )
     )
     return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
