@@ -12,8 +12,8 @@ import yaml
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.domain import compose
 from docker_xms.domain.compose import ComposeOptions, compose_file, merged_daemon_json
+from docker_xms.domain.drain_unit import Drain
 from docker_xms.domain.labels import LABEL_STRATEGY, MANAGED_LABEL, MODE_LABEL, PROFILE_LABEL
-from docker_xms.domain.profiles import Drain
 from docker_xms.domain.recipes import SYSTEMD_GATE
 from docker_xms.errors import BadInput
 from docker_xms.usecases.fleet import node_setup

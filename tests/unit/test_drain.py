@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from docker_xms.adapters.profile_store import load_profile
-from docker_xms.domain.profiles import DRAIN_SCRIPT, DRAIN_UNIT, parse_profile
+from docker_xms.domain.drain_unit import DRAIN_SCRIPT, DRAIN_UNIT
+from docker_xms.domain.profiles import parse_profile
 from docker_xms.errors import BadInput
 
 MINIMAL = """

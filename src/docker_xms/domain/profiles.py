@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from docker_xms.domain.drain_unit import DRAIN_SCRIPT, DRAIN_UNIT, Drain, drain_script, drain_unit
 from docker_xms.domain.watchdog import DEFAULT_WATCHDOG_MS, MAX_WATCHDOG_MS
 from docker_xms.errors import BadInput
 
@@ -105,19 +106,6 @@ class Readiness:
     required_units: tuple[str, ...] = ()
     check: str = "none"
     timeout: float = 120.0
-
-
-@dataclass(frozen=True)
-class Drain:
-    """How the media server stops without dropping calls ([drain]): at shutdown, `command` runs inside the
-    container before the server's units stop (the image's docker-xms-drain.service), for at most `grace_s`."""
-
-    # Seconds the sessions under way may take to end before the server is stopped all the same.
-    grace_s: int = 0
-    # A shell command: stop taking new sessions, then return once none is left (empty: no drain).
-    command: str = ""
-    # Units the drain must run before (they stop after it); the readiness's required units by default.
-    before: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -579,38 +567,11 @@ def _realtime(reader: _Reader) -> int:
     return watchdog_ms
 
 
-DRAIN_UNIT = "docker-xms-drain.service"
-DRAIN_SCRIPT = "/usr/local/sbin/docker-xms-drain"
-
-
-def drain_unit(drain: Drain) -> str:
-    """The unit whose stop drains: ordered after the server's units, so that at shutdown (whoever stops the
-    container: docker stop, Compose, Swarm, docker-xms stop) systemd runs its ExecStop before stopping them."""
-    after = " ".join(drain.before)
-    return f"""[Unit]
-Description=docker-xms drain: no new sessions, then wait for those under way before the media server stops
-After={after}
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/bin/true
-# Through bash: the image build does not keep a file's mode.
-ExecStop=/bin/bash {DRAIN_SCRIPT}
-# The profile's grace: then the server stops with whatever sessions are left.
-TimeoutStopSec={drain.grace_s}
-
-[Install]
-WantedBy=multi-user.target
-"""
-
-
 def drain_files(drain: Drain) -> tuple[InstanceFile, InstanceFile]:
     """The drain's unit and script, as an image holds them."""
-    script = f"#!/bin/bash\n# docker-xms drain, from the profile's [drain] command.\n{drain.command}\n"
     return (
         InstanceFile("/etc/systemd/system/" + DRAIN_UNIT, drain_unit(drain), 0o644, verbatim=True),
-        InstanceFile(DRAIN_SCRIPT, script, 0o755, verbatim=True),
+        InstanceFile(DRAIN_SCRIPT, drain_script(drain), 0o755, verbatim=True),
     )
 
 

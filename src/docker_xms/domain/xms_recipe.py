@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from docker_xms.domain import recipes
-from docker_xms.domain.profiles import DRAIN_UNIT, MEDIA_ENV, PortSpec, Profile, drain_files
+from docker_xms.domain.drain_unit import DRAIN_UNIT
+from docker_xms.domain.profiles import MEDIA_ENV, PortSpec, Profile, drain_files
 from docker_xms.errors import BadInput
 
 # Preferred first; any executable *install*.sh in the top directory is taken otherwise.
