@@ -204,6 +204,11 @@ def booted(cmd: list[str]) -> tuple[int, str]:
     return 0, ""
 
 
+# A pid above the kernel's largest (pid_max is at most 2^22): nothing under this machine's /proc answers to
+# it, so code that looks a fake container's process up on the host (its mount namespace) finds none.
+FAKE_PID = 99_999_999
+
+
 @dataclass
 class FakeContainer:
     id: str
@@ -214,6 +219,7 @@ class FakeContainer:
     status: str = "created"
     ip_address: str = ""
     cpu_rt_runtime: int = 0
+    cpuset_cpus: str = ""
     files: dict[str, bytes] = field(default_factory=dict)
     restart_policy: str = ""
     error: str = ""
@@ -358,7 +364,14 @@ class FakeEngine:
         files = dict.fromkeys(self.images[spec.image], b"")
         name = spec.name or f"fake_{cid[:6]}"
         self.containers[cid] = FakeContainer(
-            cid, name, spec.image, dict(spec.labels), spec, cpu_rt_runtime=spec.cpu_rt_runtime, files=files
+            cid,
+            name,
+            spec.image,
+            dict(spec.labels),
+            spec,
+            cpu_rt_runtime=spec.cpu_rt_runtime,
+            cpuset_cpus=spec.cpuset_cpus,
+            files=files,
         )
         return cid
 
@@ -412,6 +425,10 @@ class FakeEngine:
         # Stored only: engines before 23 do not apply an update to the running cgroup.
         self._get(container_id).cpu_rt_runtime = runtime_us
 
+    def update_cpuset(self, container_id: str, cpus: str) -> None:
+        self._enter("update_cpuset", container_id, cpus)
+        self._get(container_id).cpuset_cpus = cpus
+
     def container_pids(self, container_id: str) -> list[int]:
         self._enter("container_pids", container_id)
         return []
@@ -441,11 +458,12 @@ class FakeEngine:
             id=c.id,
             name=c.name,
             status=c.status,
-            pid=1000 if c.running else 0,
+            pid=FAKE_PID if c.running else 0,
             image=c.image,
             labels=dict(c.labels),
             ip_address=c.ip_address,
             cpu_rt_runtime=c.cpu_rt_runtime,
+            cpuset_cpus=c.cpuset_cpus,
             cpu_rt_period=0,
             cgroup_parent="",
             ports=ports if c.running else {},
@@ -469,6 +487,8 @@ class FakeEngine:
             labels=dict(c.labels),
             ip_address=c.ip_address,
             ports=ports if c.running else (),
+            # The order containers were made in, as the engine's creation times give it.
+            created=list(self.containers).index(c.id),
         )
 
 

@@ -100,9 +100,9 @@ class PrivateEngine:
     def in_netns(self, argv: list[str]) -> list[str]:
         return ["nsenter", f"--net=/run/netns/{NETNS}", *argv]
 
-    def cli(self, *args: str, timeout: float = 120) -> Result:
-        """docker-xms as a user on this engine's host would run it."""
-        env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **self.env()}
+    def cli(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> Result:
+        """docker-xms as a user on this engine's host would run it (`env`: settings of the user's own)."""
+        env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **self.env(), **(env or {})}
         proc = subprocess.run(
             self.in_netns([cli_path(), *args]), capture_output=True, text=True, env=env, timeout=timeout
         )

@@ -53,6 +53,9 @@ KEYS: tuple[Key, ...] = (
     Key("media_port_pool", "DOCKER_XMS_MEDIA_PORT_POOL", "str", "the host ports media ranges are forwarded from"),
     Key("adopt", "DOCKER_XMS_ADOPT", "str", "which containers others start are adopted: compose, swarm, docker, none"),
     Key("labels", "DOCKER_XMS_LABELS", "str", "labels every container run creates carries too: KEY=VALUE,KEY=VALUE"),
+    Key("rt_mode", "DOCKER_XMS_RT_MODE", "str", "auto, budgets or cpus: how media containers share real-time CPU"),
+    Key("housekeeping_cpus", "DOCKER_XMS_HOUSEKEEPING_CPUS", "int", "CPUs the host keeps in cpus mode (the lowest)"),
+    Key("cpus_when_short", "DOCKER_XMS_CPUS_WHEN_SHORT", "str", "share or refuse, when media CPUs run out"),
 )
 KEYS_BY_NAME = {key.name: key for key in KEYS}
 
@@ -81,6 +84,11 @@ class Settings:
     adopt: str = DEFAULT_ADOPT
     # Labels of the user's own on every container `run` creates, before those of its --label options.
     labels: str = ""
+    # How media containers share real-time CPU (domain/cpusets.py): budgets per group, CPUs of their own, or
+    # auto (budgets where the kernel has them, CPUs elsewhere, as today on a host with one CPU).
+    rt_mode: str = "auto"
+    housekeeping_cpus: int = 1
+    cpus_when_short: str = "share"
     # Where the settings were read from, so that an agent can be told to read the same.
     config_path: Path = DEFAULT_CONFIG
     # The user's profile directory ($XDG_CONFIG_HOME/docker-xms/profiles).

@@ -147,6 +147,7 @@ CALLS: dict[str, Callable[[Engine, Path], Any]] = {
     "find_container": lambda e, _: e.find_container(ID),
     "list_containers": lambda e, _: e.list_containers(),
     "update_rt_runtime": lambda e, _: e.update_rt_runtime(ID, 1000),
+    "update_cpuset": lambda e, _: e.update_cpuset(ID, "1"),
     "container_pids": lambda e, _: e.container_pids(ID),
     "stop": lambda e, _: e.stop(ID),
     "remove": lambda e, _: e.remove(ID),

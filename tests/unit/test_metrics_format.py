@@ -94,7 +94,12 @@ def test_a_host_without_budgets_exports_no_budget_series() -> None:
     got = samples(host(container(budget_us=None, share=None), mode="global", pool_us=None, parent_us=None))
     assert got["docker_xms_container_rt_budget_seconds"] == []
     assert "docker_xms_host_rt_pool_seconds" not in got
-    assert {lab["mode"]: v for lab, v in got["docker_xms_host_rt_mode"]} == {"per-group": 0, "global": 1, "none": 0}
+    assert {lab["mode"]: v for lab, v in got["docker_xms_host_rt_mode"]} == {
+        "per-group": 0,
+        "global": 1,
+        "none": 0,
+        "cpus": 0,
+    }
 
 
 def test_rules_are_left_out_when_netfilter_could_not_be_read() -> None:

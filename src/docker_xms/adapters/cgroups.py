@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from docker_xms.domain.cgroup_types import GroupRuntime
+from docker_xms.domain.cpusets import parse_cpu_list
 from docker_xms.domain.rt_mode import GLOBAL, NONE, PER_GROUP, V2_RT_GROUP
 from docker_xms.errors import BadInput, NotFound, XmsError
 
@@ -94,6 +95,14 @@ def detect_host(
     else:
         raise XmsError(f"Cannot find the cpu cgroup controller under {sys_root}/fs/cgroup; is cgroupfs mounted?")
     return HostRt(version, group_sched, runtime, period, _mode(version, group_sched, runtime), cpu_root)
+
+
+def online_cpus(sys_root: Path = Path("/sys")) -> tuple[int, ...]:
+    """The CPUs the kernel has online (/sys/devices/system/cpu/online), or every CPU this process may use."""
+    try:
+        return parse_cpu_list((sys_root / "devices/system/cpu/online").read_text())
+    except (OSError, BadInput):
+        return tuple(sorted(os.sched_getaffinity(0)))
 
 
 def fair_server_reserve(sys_root: Path = Path("/sys")) -> dict[int, int]:

@@ -71,6 +71,7 @@ def sdk_arguments(spec: CreateSpec) -> dict[str, Any]:
         "cgroupns": spec.cgroupns,
         "sysctls": dict(spec.sysctls),
         "cpu_rt_runtime": spec.cpu_rt_runtime,
+        "cpuset_cpus": spec.cpuset_cpus,
         "stop_timeout": spec.stop_timeout,
     }
     if spec.healthcheck is not None:
@@ -113,6 +114,7 @@ def _container_info(attrs: dict[str, Any]) -> ContainerInfo:
         ip_address=ip,
         cpu_rt_runtime=int(host.get("CpuRealtimeRuntime") or 0),
         cpu_rt_period=int(host.get("CpuRealtimePeriod") or 0),
+        cpuset_cpus=str(host.get("CpusetCpus") or ""),
         cgroup_parent=host.get("CgroupParent") or "",
         ports={k: list(v or []) for k, v in (net.get("Ports") or {}).items()},
         restart_policy=(host.get("RestartPolicy") or {}).get("Name", "") or "",
@@ -511,6 +513,15 @@ class Engine:
             url = self.api._url("/containers/{0}/update", container_id)
             response = self.api._post_json(url, data={"CpuRealtimeRuntime": int(runtime_us)})
             self.api._raise_for_status(response)
+
+    def update_cpuset(self, container_id: str, cpus: str) -> None:
+        """Set the CPUs a container may run on ("1-3"): the engine applies it and keeps it across restarts."""
+        with _translated(
+            f"The engine could not set the CPUs of {container_id[:12]} to {cpus}",
+            f"There is no container {container_id[:12]}.",
+            kinds={MARKED_FOR_REMOVAL: ContainerBeingRemoved},
+        ):
+            self._client.containers.get(container_id).update(cpuset_cpus=cpus)
 
     def container_pids(self, container_id: str) -> list[int]:
         """Host PIDs of a running container's processes."""

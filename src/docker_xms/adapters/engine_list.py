@@ -50,6 +50,7 @@ def summary_of(raw: Mapping[str, Any]) -> ContainerSummary:
             for p in raw.get("Ports") or []
         ),
         network_mode=str((raw.get("HostConfig") or {}).get("NetworkMode", "")),
+        created=raw["Created"] if isinstance(raw.get("Created"), int) else 0,
     )
 
 

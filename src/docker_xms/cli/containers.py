@@ -156,6 +156,8 @@ def _print_summary(r: object) -> None:
         )
     else:
         console.print("Real-time budget: none needed on this host (SCHED_FIFO needs only CAP_SYS_NICE)")
+    if r.cpus:
+        console.print(f"CPUs: [bold]{r.cpus}[/] (CPU-set mode: media containers run on CPUs the host keeps for them)")
     verified = "[green]yes[/]" if r.rt_verified else "[red]no[/]"
     console.print(f"Real-time verified: {verified} ({escape(r.rt_detail)})")
     console.print(f"Ready: {'yes' if r.ready else 'no'} ({escape(r.ready_state)})")

@@ -45,7 +45,12 @@ def status(as_json: bool) -> None:
         f"kernel limit {state.global_runtime_us} us per {state.global_period_us} us"
         + (f"; fair server reserve {fair_server_text(state.fair_server_ns)}" if state.fair_server_ns else "")
     )
-    if state.mode != PER_GROUP:
+    if state.media_cpus:
+        console.print(
+            f"CPU sets: housekeeping CPU {state.housekeeping_cpus or '-'}; media CPU {state.media_cpus}, "
+            "divided among the media containers"
+        )
+    if state.mode != PER_GROUP and not state.capacity_us:
         console.print(
             "No per-container budgets on this host: containers with CAP_SYS_NICE may use SCHED_FIFO "
             "within the kernel's global limit."
@@ -56,7 +61,9 @@ def status(as_json: bool) -> None:
             f"(other groups beside it hold {state.siblings_us} us); foreign containers hold "
             f"{state.foreign_us} us; pool {state.pool_us} us"
         )
-    table = Table("container", "id", "weight", "budget (kernel)", "budget (engine)", "share", "watchdog", "origin")
+    table = Table(
+        "container", "id", "weight", "budget (kernel)", "budget (engine)", "share", "cpus", "watchdog", "origin"
+    )
     for h in state.managed:
         table.add_row(
             h.name,
@@ -65,6 +72,7 @@ def status(as_json: bool) -> None:
             f"{h.runtime_us:,}",
             f"{h.engine_runtime_us:,}",
             f"{h.share:.1%}",
+            h.cpus or "all",
             watchdog_text(h.watchdog_us),
             h.origin,
         )
@@ -72,7 +80,15 @@ def status(as_json: bool) -> None:
     for h in state.foreign:
         kind = "labels unreadable" if h.id in skipped else "not managed"
         table.add_row(
-            f"{h.name} [dim]({kind})[/]", h.id[:12], "-", f"{h.runtime_us:,}", f"{h.engine_runtime_us:,}", "-", "-", "-"
+            f"{h.name} [dim]({kind})[/]",
+            h.id[:12],
+            "-",
+            f"{h.runtime_us:,}",
+            f"{h.engine_runtime_us:,}",
+            "-",
+            "-",
+            "-",
+            "-",
         )
     if state.managed or state.foreign:
         console.print(table)

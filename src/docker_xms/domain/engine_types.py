@@ -57,6 +57,8 @@ class ContainerInfo:
     env: tuple[str, ...] = ()
     # The soft RLIMIT_RTTIME the engine gives its processes, microseconds (the watchdog); 0: none.
     rttime_us: int = 0
+    # The CPUs it may run on as the engine keeps them ("1-3"); "": every CPU.
+    cpuset_cpus: str = ""
 
     @property
     def managed(self) -> bool:
@@ -108,6 +110,8 @@ class CreateSpec:
     rttime_us: tuple[int, int] | None = None
     sysctls: Mapping[str, str] = field(default_factory=dict)
     cpu_rt_runtime: int = 0
+    # The CPUs it may run on ("1-3", domain/cpusets.py); "": every CPU.
+    cpuset_cpus: str = ""
     # Seconds a stop waits after the stop signal before the engine kills (None: the engine's 10).
     stop_timeout: int | None = None
 
@@ -140,6 +144,8 @@ class ContainerSummary:
     ip_address: str = ""
     ports: tuple[PublishedPort, ...] = ()
     network_mode: str = ""
+    # When the engine created it (seconds since the epoch): the order CPU sets are handed out in.
+    created: int = 0
 
     @property
     def managed(self) -> bool:

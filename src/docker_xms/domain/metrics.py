@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from docker_xms.domain.labels import COMPOSE_PROJECT, SWARM_SERVICE, SWARM_TASK
-from docker_xms.domain.rt_mode import GLOBAL, NONE, PER_GROUP, V2_RT_GROUP
+from docker_xms.domain.rt_mode import CPUS, GLOBAL, NONE, PER_GROUP, V2_RT_GROUP
 from docker_xms.errors import BadInput
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 RT_POLICIES = frozenset({"SCHED_FIFO", "SCHED_RR"})
 # The modes exported: a v2 host with group scheduling counts as per-group (exported_mode).
-MODES: tuple[RtMode, ...] = (PER_GROUP, GLOBAL, NONE)
+MODES: tuple[RtMode, ...] = (PER_GROUP, GLOBAL, NONE, CPUS)
 DEFAULT_ADDRESS = "127.0.0.1"
 US_PER_S = 1_000_000
 

@@ -10,7 +10,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Literal
 
-    RtMode = Literal["per-group", "global", "v2-rt-group", "none"]
+    RtMode = Literal["per-group", "global", "v2-rt-group", "none", "cpus"]
 
 # cgroup v1 with CONFIG_RT_GROUP_SCHED: every group has a budget of its own, which docker-xms shares out.
 PER_GROUP: RtMode = "per-group"
@@ -20,3 +20,7 @@ GLOBAL: RtMode = "global"
 V2_RT_GROUP: RtMode = "v2-rt-group"
 # kernel.sched_rt_runtime_us is 0: no real-time thread may run at all.
 NONE: RtMode = "none"
+# How docker-xms shares real-time CPU rather than what the kernel offers: CPU sets of their own for media
+# containers (domain/cpusets.py), with budgets by CPU share where the kernel keeps them per group. Only the
+# shown mode (`rt status`, the metrics) takes it; the kernel's stays one of the above.
+CPUS: RtMode = "cpus"

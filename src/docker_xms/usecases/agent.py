@@ -64,6 +64,8 @@ def change_lines(rt: RtHost, result: Reconciliation) -> list[str]:
         elif write.target != budget.ARRIVING:
             name = balance.names.get(write.target, write.target[:12])
             lines.append(f"budget {name} {balance.before.get(write.target, 0)} -> {write.value} us")
+    for cid, (before, after) in balance.cpu_changes.items():
+        lines.append(f"cpus {balance.names.get(cid, cid[:12])} {before or 'all'} -> {after}")
     for adopted in result.adoption.adopted:
         media = adopted.labels.get(LABEL_HOST_MEDIA, "")
         lines.append(f"adopted {adopted.name} ({adopted.origin})" + (f": host media ports {media}" if media else ""))
@@ -234,7 +236,7 @@ class Agent:
 
             try:
                 with reserve(rt, weight) as share:
-                    start_stored(engine, cid, share.arriving_us)
+                    start_stored(engine, cid, share.arriving_us, share.arriving_cpus)
             except EngineUnavailable:
                 # Not tried after all: the engine went away in the middle; try again when it is back.
                 self._retried.discard(key)

@@ -35,11 +35,12 @@ from docker_xms.domain.metrics import (
     listen_address,
     origin_labels,
 )
-from docker_xms.domain.rt_mode import PER_GROUP
+from docker_xms.domain.rt_mode import CPUS, PER_GROUP
 from docker_xms.errors import XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases.boundaries import NetfilterApi
 from docker_xms.usecases.listing import DRIVERS, container_group, engine_parents, managed_summaries
+from docker_xms.usecases.rt import cpu_layout
 
 
 class ReconcileStats:
@@ -64,6 +65,8 @@ class _Place:
     host: cgroups.HostRt
     fs: cgroups.CgroupFs
     parents: tuple[tuple[str, str], ...]  # (driver, engine parent) where containers' cgroups may be
+    # Whether media containers share real-time CPU by CPU sets here (the metrics' mode is then `cpus`).
+    cpu_sets: bool = False
 
 
 class Figures:
@@ -89,6 +92,7 @@ class Figures:
             host=host,
             fs=cgroups.CgroupFs(host.cpu_root),
             parents=engine_parents(host, settings.cgroup_parent, drivers),
+            cpu_sets=cpu_layout(settings, host.mode, lambda: cgroups.online_cpus(settings.sys_root)) is not None,
         )
 
     def __call__(self) -> HostFigures:
@@ -112,7 +116,7 @@ class Figures:
         steal = cgroups.cpu_steal_ms()
         limit = pmqos.read_idle_state().limit_us if self.settings.real_host else None
         return HostFigures(
-            mode=place.host.mode,
+            mode=CPUS if place.cpu_sets else place.host.mode,
             rt_runtime_us=place.host.rt_runtime_us,
             fair_server_ns=cgroups.fair_server_reserve(self.settings.sys_root),
             pool_us=pool,

@@ -7,9 +7,10 @@ holds now. Every change runs under the host lock, so commands and the agent neve
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +19,12 @@ from typing import TYPE_CHECKING
 from docker_xms.adapters import cgroups, hostnet, hostproc, pmqos
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.adapters.signals import deferred
-from docker_xms.domain import budget
+from docker_xms.domain import budget, cpusets
 from docker_xms.domain.adoption import origin
 from docker_xms.domain.doctor import Finding, diagnose, fair_server_findings, idle_findings, inotify_findings
 from docker_xms.domain.engine_types import ContainerInfo, ContainerSummary
 from docker_xms.domain.labels import MANAGED_LABEL, SWARM_TASK, WEIGHT_LABEL, reserved_weight, unreadable, weight_of
-from docker_xms.domain.rt_mode import PER_GROUP
+from docker_xms.domain.rt_mode import CPUS, PER_GROUP
 from docker_xms.errors import BadInput, ContainerBeingRemoved, StartBudgetRefused, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases import adoption
@@ -45,6 +46,8 @@ class RtHost:
     settings: Settings = field(default_factory=Settings)
     # The ports a process of this host listens on, by protocol (hostnet.listening_ports): cut out of forwards.
     listening: Callable[[], Mapping[str, set[int]]] = hostnet.listening_ports
+    # CPU-set mode (domain/cpusets.py): the host's CPUs and which are for media; None: budgets or global.
+    cpus: cpusets.CpuLayout | None = None
 
     @property
     def lock_path(self) -> Path:
@@ -72,7 +75,36 @@ def open_host(engine: EngineApi, settings: Settings) -> RtHost:
         parent=parent,
         cap_us=settings.rt_pool_us,
         settings=settings,
+        cpus=cpu_layout(settings, host.mode, lambda: cgroups.online_cpus(settings.sys_root)),
     )
+
+
+def cpu_layout(settings: Settings, mode: RtMode, online: Callable[[], tuple[int, ...]]) -> cpusets.CpuLayout | None:
+    """Whether media containers share real-time CPU by CPU sets on this host, and how (the `rt_mode`,
+    `housekeeping_cpus` and `cpus_when_short` settings); None: by budgets, or as today where no CPU is spare."""
+    if settings.rt_mode not in cpusets.RT_MODE_SETTINGS:
+        raise BadInput(f"rt_mode must be one of {', '.join(cpusets.RT_MODE_SETTINGS)}, not {settings.rt_mode!r}.")
+    if settings.cpus_when_short not in cpusets.WHEN_SHORT:
+        raise BadInput(
+            f"cpus_when_short must be one of {', '.join(cpusets.WHEN_SHORT)}, not {settings.cpus_when_short!r}."
+        )
+    when_short: cpusets.WhenShort = "refuse" if settings.cpus_when_short == "refuse" else "share"
+    if settings.rt_mode == "budgets":
+        if mode != PER_GROUP:
+            raise BadInput(
+                f"rt_mode = budgets needs per-group real-time budgets (cgroup v1 and a kernel with "
+                f"CONFIG_RT_GROUP_SCHED), and this host's mode is {mode}: set rt_mode = cpus or auto."
+            )
+        return None
+    if settings.rt_mode == "cpus":
+        return cpusets.layout(online(), settings.housekeeping_cpus, when_short)
+    # auto: budgets where the kernel keeps them per group; CPU sets elsewhere, where a CPU is left for media.
+    if mode == PER_GROUP:
+        return None
+    cpus = online()
+    if len(cpus) <= max(settings.housekeeping_cpus, 0):
+        return None
+    return cpusets.layout(cpus, settings.housekeeping_cpus, when_short)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +122,8 @@ class Holder:
     origin: str = ""
     # The runaway watchdog its processes run under (RLIMIT_RTTIME's soft limit, us; domain/watchdog.py); 0: none.
     watchdog_us: int = 0
+    # The CPUs the engine lets it run on ("1-3"); "": every CPU.
+    cpus: str = ""
 
 
 @dataclass(frozen=True)
@@ -127,6 +161,9 @@ class RtState:
     # The fair server's runtime per CPU, ns per its period (6.12 and later, where debugfs is mounted): the time
     # normal tasks keep on each CPU however busy its real-time threads are.
     fair_server_ns: Mapping[int, int] = field(default_factory=dict)
+    # CPU-set mode: the host's own CPUs and those for media containers ("" in the other modes).
+    housekeeping_cpus: str = ""
+    media_cpus: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,6 +181,11 @@ class Rebalance:
     # Runtime held by groups inside the parent that no running managed container owns, by group name.
     foreign: Mapping[str, int] = field(default_factory=dict)
     skipped: tuple[Skipped, ...] = ()
+    # CPU-set mode: each container's CPUs ("1-3"), the arriving one's, and the CPU sets changed by this pass
+    # (container id -> (before, after)).
+    cpus: Mapping[str, str] = field(default_factory=dict)
+    arriving_cpus: str = ""
+    cpu_changes: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def managed_running(engine: EngineApi, settings: Settings | None = None) -> list[ContainerSummary]:
@@ -192,13 +234,6 @@ def weights(engine: EngineApi, managed: Iterable[ContainerSummary]) -> dict[str,
     return out
 
 
-def _stored(engine: EngineApi, container_id: str) -> tuple[int, int]:
-    """The budget the engine stores for a container (and re-applies on a restart) and its watchdog (the
-    rttime limit, us): in the inspect view only."""
-    info = engine.find_container(container_id)
-    return (info.cpu_rt_runtime, info.rttime_us) if info is not None else (0, 0)
-
-
 def parent_room(rt: RtHost, ours: Collection[str] = ()) -> budget.Room:
     """The engine's parent's room and the pool, as the cgroup files show them now; of its groups, those
     named in `ours` are the managed containers', every other one that holds runtime is foreign."""
@@ -241,64 +276,45 @@ def read_state(rt: RtHost) -> RtState:
     host = rt.host
     managed, skipped = readable(managed_running(rt.engine, rt.settings))
     weight = weights(rt.engine, managed)
-    stored = {c.id: _stored(rt.engine, c.id) for c in managed}
-    fair = cgroups.fair_server_reserve(rt.settings.sys_root)
-    if not rt.per_group:
-        return RtState(
-            mode=host.mode,
-            cgroup_version=host.cgroup_version,
-            global_runtime_us=host.rt_runtime_us,
-            global_period_us=host.rt_period_us,
-            fair_server_ns=fair,
-            parent=rt.parent,
-            managed=tuple(
-                Holder(
-                    id=c.id,
-                    name=c.name,
-                    runtime_us=0,
-                    engine_runtime_us=stored[c.id][0],
-                    weight=weight[c.id],
-                    managed=True,
-                    origin=origin(c.labels),
-                    watchdog_us=stored[c.id][1],
-                )
-                for c in managed
-            ),
-            skipped=skipped,
-        )
-    now, foreign, room = _scan(rt, managed)
-    pool = room.pool_us
-    # `rt status` shows the stored budget beside the kernel's, and the watchdog: one inspect per managed
-    # container, here only.
-    holders = tuple(
-        Holder(
+    # `rt status` shows the stored budget beside the kernel's, the watchdog and the CPUs: one inspect per
+    # managed container, here only.
+    stored = {c.id: rt.engine.find_container(c.id) for c in managed}
+    now, foreign, room = _scan(rt, managed) if rt.per_group else ({}, [], None)
+    pool = room.pool_us if room is not None else 0
+
+    def holder(c: ContainerSummary) -> Holder:
+        info = stored[c.id]
+        return Holder(
             id=c.id,
             name=c.name,
             runtime_us=now.get(c.id, 0),
-            engine_runtime_us=stored[c.id][0],
+            engine_runtime_us=info.cpu_rt_runtime if info else 0,
             weight=weight[c.id],
             managed=True,
             share=now.get(c.id, 0) / pool if pool else 0.0,
             origin=origin(c.labels),
-            watchdog_us=stored[c.id][1],
+            watchdog_us=info.rttime_us if info else 0,
+            cpus=info.cpuset_cpus if info else "",
         )
-        for c in managed
-    )
+
+    layout = rt.cpus
     return RtState(
-        mode=host.mode,
+        mode=CPUS if layout is not None else host.mode,
         cgroup_version=host.cgroup_version,
         global_runtime_us=host.rt_runtime_us,
         global_period_us=host.rt_period_us,
-        fair_server_ns=fair,
+        fair_server_ns=cgroups.fair_server_reserve(rt.settings.sys_root),
         parent=rt.parent,
-        parent_runtime_us=rt.fs.read_runtime(rt.parent),
-        capacity_us=room.capacity_us,
-        siblings_us=room.siblings_us,
-        foreign_us=room.foreign_us,
+        parent_runtime_us=rt.fs.read_runtime(rt.parent) if room is not None else 0,
+        capacity_us=room.capacity_us if room is not None else 0,
+        siblings_us=room.siblings_us if room is not None else 0,
+        foreign_us=room.foreign_us if room is not None else 0,
         pool_us=pool,
-        managed=holders,
+        managed=tuple(holder(c) for c in managed),
         foreign=tuple(foreign),
         skipped=skipped,
+        housekeeping_cpus=cpusets.format_cpu_list(layout.housekeeping) if layout else "",
+        media_cpus=cpusets.format_cpu_list(layout.media) if layout else "",
     )
 
 
@@ -344,16 +360,24 @@ def rebalance_locked(
     """`rebalance` for a caller that already holds the host lock."""
     managed, skipped = readable(c for c in managed_running(rt.engine, rt.settings) if c.id not in exclude)
     names = {c.id: c.name for c in managed}
+    weight = weights(rt.engine, managed)
+    placed = _place_cpus(rt, managed, weight, arriving_weight) if rt.cpus is not None else None
+    cpus = {} if placed is None else {key: placed.text(key) for key in placed.cpus if key != budget.ARRIVING}
+    arriving_cpus = "" if placed is None else placed.text(budget.ARRIVING)
+    changes = {} if placed is None else _apply_cpus(rt, placed, managed)
     if not rt.per_group:
-        return Rebalance(per_group=False, names=names, skipped=skipped)
+        return Rebalance(
+            per_group=False, names=names, skipped=skipped, cpus=cpus, arriving_cpus=arriving_cpus, cpu_changes=changes
+        )
     now, foreign, room = _scan(rt, managed)
-    # Containers whose cgroup is gone cannot hold a budget; they are not members.
-    weight = weights(rt.engine, (c for c in managed if c.id in now))
-    members = [budget.Member(c.id, weight[c.id]) for c in managed if c.id in now]
+    # Containers whose cgroup is gone cannot hold a budget; they are not members. In CPU-set mode a member
+    # weighs what its CPUs are of the media CPUs.
+    share = weight if placed is None else {key: placed.share_weight(key) for key in placed.cpus}
+    members = [budget.Member(c.id, share[c.id]) for c in managed if c.id in now]
     for gone in set(_RESERVED) - set(names):
         del _RESERVED[gone]
     if arriving_weight is not None:
-        members.append(budget.Member(budget.ARRIVING, arriving_weight))
+        members.append(budget.Member(budget.ARRIVING, share.get(budget.ARRIVING, arriving_weight)))
     targets = budget.split(room.pool_us, members)
     parent_now = rt.fs.read_runtime(rt.parent)
     parent_target = room.pool_us + room.foreign_us
@@ -371,7 +395,41 @@ def rebalance_locked(
         parent_before=parent_now,
         foreign={h.id: h.runtime_us for h in foreign},
         skipped=skipped,
+        cpus=cpus,
+        arriving_cpus=arriving_cpus,
+        cpu_changes=changes,
     )
+
+
+def _place_cpus(
+    rt: RtHost, managed: Sequence[ContainerSummary], weight: Mapping[str, int], arriving_weight: int | None
+) -> cpusets.CpuPlan:
+    """The media CPUs divided among the running managed containers (and one arriving, refused where the
+    setting says so and no CPU of its own is left), in the order they started: the first keep theirs."""
+    assert rt.cpus is not None
+    order = sorted(managed, key=lambda c: (c.created, c.id))
+    members = [(c.id, weight[c.id]) for c in order]
+    if arriving_weight is not None:
+        problem = cpusets.shortage(rt.cpus, len(members))
+        if problem is not None:
+            raise BadInput(problem)
+        members.append((budget.ARRIVING, arriving_weight))
+    return cpusets.plan(rt.cpus, members)
+
+
+def _apply_cpus(rt: RtHost, placed: cpusets.CpuPlan, managed: Sequence[ContainerSummary]) -> dict[str, tuple[str, str]]:
+    """Give each running container the CPUs of the plan where the engine holds others (a rebalance, or a
+    hand `docker update --cpuset-cpus`); what changed, by container id."""
+    changes: dict[str, tuple[str, str]] = {}
+    for c in managed:
+        want = placed.text(c.id)
+        info = rt.engine.find_container(c.id)
+        if info is None or not want or info.cpuset_cpus == want:
+            continue
+        with contextlib.suppress(ContainerBeingRemoved):
+            rt.engine.update_cpuset(c.id, want)
+            changes[c.id] = (info.cpuset_cpus, want)
+    return changes
 
 
 def start_with_budget(rt: RtHost, container_id: str, weight: int) -> int:
@@ -383,14 +441,17 @@ def start_with_budget(rt: RtHost, container_id: str, weight: int) -> int:
     """
 
     with reserve(rt, weight) as share:
-        start_stored(rt.engine, container_id, share.arriving_us)
+        start_stored(rt.engine, container_id, share.arriving_us, share.arriving_cpus)
     return share.arriving_us
 
 
-def start_stored(engine: EngineApi, container_id: str, budget_us: int) -> None:
-    """Store the share that fits now as the container's budget, then start it (the engine re-applies it)."""
+def start_stored(engine: EngineApi, container_id: str, budget_us: int, cpus: str = "") -> None:
+    """Store the share that fits now as the container's budget (and in CPU-set mode its CPUs), then start it
+    (the engine re-applies them)."""
     if budget_us > 0:
         engine.update_rt_runtime(container_id, budget_us)
+    if cpus:
+        engine.update_cpuset(container_id, cpus)
     start_once_freed(engine, container_id)
 
 

@@ -116,6 +116,8 @@ class RunResult:
     # was chosen: host, container or address.
     advertise: str = ""
     advertise_choice: str = ""
+    # CPU-set mode: the CPUs it runs on ("1"); "" in the other modes.
+    cpus: str = ""
 
     @property
     def share(self) -> float:
@@ -161,7 +163,7 @@ def run(host: Host, request: RunRequest, reporter: Reporter) -> RunResult:
     created = launch.created
     try:
         with reserve(rt, request.rt_weight) as balance:
-            container_id = launch.start(balance.arriving_us)
+            container_id = launch.start(balance.arriving_us, balance.arriving_cpus)
         # A container gone already fails this run, which is then undone like any other.
         engine.get_container(container_id)
         state = readiness.Check(False, "not waited for")
@@ -289,15 +291,17 @@ class _Launch:
     def plan(self) -> port_plans.PortPlan:
         return self.plans[-1]
 
-    def start(self, budget_us: int) -> str:
+    def start(self, budget_us: int, cpus: str = "") -> str:
         engine, profile, image, netfilter = self.engine, self.profile, self.image, self.netfilter
         # Under the host lock: the ranges other containers hold cannot change meanwhile.
         plan = _plan_ports(engine, profile, self.request, self.mode, self.strategy, self.rt.settings)
         self.plans.append(plan)
         command = engine.image_command(image)
-        spec = _create_spec(self.rt, profile, self.request, self.mode, plan, image, budget_us, command)
+        spec = _create_spec(self.rt, profile, self.request, self.mode, plan, image, budget_us, command, cpus)
         self.reporter.phase(
-            f"Starting {profile.name} from {image}" + (f" with {budget_us:,} us real-time" if budget_us else "")
+            f"Starting {profile.name} from {image}"
+            + (f" with {budget_us:,} us real-time" if budget_us else "")
+            + (f" on CPU {cpus}" if cpus else "")
         )
         # Held together, so that a signal cannot leave a container this run does not know it created.
         with deferred():
@@ -451,6 +455,7 @@ def _create_spec(
     image: str,
     budget_us: int = 0,
     image_command: tuple[str, ...] = ("/sbin/init",),
+    cpus: str = "",
 ) -> CreateSpec:
     labels = {
         **owner_labels(rt.settings.label_pairs + request.labels),
@@ -483,6 +488,7 @@ def _create_spec(
         healthcheck=_healthcheck(profile),
         sysctls=_ephemeral_sysctl(plan),
         cpu_rt_runtime=budget_us,
+        cpuset_cpus=cpus,
         # Time for the image's drain (its profile's [drain] grace) before the engine kills.
         stop_timeout=stop_timeout_s(profile),
         tmpfs=boot.tmpfs,
@@ -565,4 +571,5 @@ def _result(engine: EngineApi, outcome: _Outcome) -> RunResult:
         advertise=reached.advertise,
         advertise_choice=reached.advertise_choice,
         warnings=reached.warnings,
+        cpus=outcome.balance.arriving_cpus,
     )
