@@ -71,3 +71,20 @@ def test_systemd_driver_parent_is_system_slice(tmp_path: Path) -> None:
     doctor = run_cli("rt", "doctor", "--json", env=env)
     text = " ".join(f["message"] for f in json.loads(doctor.out)["findings"])
     assert "/system.slice" in text
+
+
+def test_a_stock_v2_host_with_cpus_to_spare_shares_real_time_by_cpu_sets(tmp_path: Path) -> None:
+    """`rt_mode = auto` on cgroup v2 without group scheduling: CPU sets, housekeeping on CPU 0; `budgets`
+    refused there in one sentence."""
+    roots = unified_host(tmp_path, "# CONFIG_RT_GROUP_SCHED is not set")
+    put(roots[0] / "devices/system/cpu/online", "0-3\n")
+    env = _env(roots)
+    status = json.loads(run_cli("rt", "status", "--json", env=env).out)
+    assert (status["mode"], status["housekeeping_cpus"], status["media_cpus"]) == ("cpus", "0", "1-3")
+    human = run_cli("rt", "status", env=env)
+    assert "CPU sets: housekeeping CPU 0; media CPU 1-3" in human.out
+    two = json.loads(run_cli("rt", "status", "--json", env={**env, "DOCKER_XMS_HOUSEKEEPING_CPUS": "2"}).out)
+    assert two["media_cpus"] == "2-3"
+    refused = run_cli("rt", "status", env={**env, "DOCKER_XMS_RT_MODE": "budgets"})
+    assert refused.code == 2
+    assert "rt_mode = budgets needs per-group real-time budgets" in refused.err

@@ -98,11 +98,12 @@ def detect_host(
 
 
 def online_cpus(sys_root: Path = Path("/sys")) -> tuple[int, ...]:
-    """The CPUs the kernel has online (/sys/devices/system/cpu/online), or every CPU this process may use."""
+    """The CPUs the kernel has online (/sys/devices/system/cpu/online); on this host, where that cannot be
+    read, every CPU this process may use; in a copied tree without the file, none."""
     try:
         return parse_cpu_list((sys_root / "devices/system/cpu/online").read_text())
     except (OSError, BadInput):
-        return tuple(sorted(os.sched_getaffinity(0)))
+        return tuple(sorted(os.sched_getaffinity(0))) if sys_root == Path("/sys") else ()
 
 
 def fair_server_reserve(sys_root: Path = Path("/sys")) -> dict[int, int]:

@@ -24,7 +24,7 @@ from docker_xms.domain.adoption import origin
 from docker_xms.domain.doctor import Finding, diagnose, fair_server_findings, idle_findings, inotify_findings
 from docker_xms.domain.engine_types import ContainerInfo, ContainerSummary
 from docker_xms.domain.labels import MANAGED_LABEL, SWARM_TASK, WEIGHT_LABEL, reserved_weight, unreadable, weight_of
-from docker_xms.domain.rt_mode import CPUS, PER_GROUP
+from docker_xms.domain.rt_mode import CPUS, GLOBAL, PER_GROUP
 from docker_xms.errors import BadInput, ContainerBeingRemoved, StartBudgetRefused, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases import adoption
@@ -98,8 +98,10 @@ def cpu_layout(settings: Settings, mode: RtMode, online: Callable[[], tuple[int,
         return None
     if settings.rt_mode == "cpus":
         return cpusets.layout(online(), settings.housekeeping_cpus, when_short)
-    # auto: budgets where the kernel keeps them per group; CPU sets elsewhere, where a CPU is left for media.
-    if mode == PER_GROUP:
+    # auto: budgets where the kernel keeps them per group; CPU sets where every real-time thread draws on the
+    # host's one budget and a CPU is left for media. (Where containers cannot use SCHED_FIFO at all, v2 with
+    # group scheduling or a runtime of 0, CPU sets would not change that: rt doctor says what to do.)
+    if mode != GLOBAL:
         return None
     cpus = online()
     if len(cpus) <= max(settings.housekeeping_cpus, 0):
