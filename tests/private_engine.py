@@ -321,3 +321,39 @@ class PrivateEngine:
             except OSError as exc:
                 problems.append(f"rmdir {group}: {exc.strerror}")
         return problems
+
+
+@contextlib.contextmanager
+def private_engine(host: Any, images: list[str], skip: Any) -> Iterator[PrivateEngine]:
+    """An engine of the tests' own with `images` for a module; `skip(reason)` (pytest.skip) when none can
+    be started. Taken down at the end, with every cgroup and the room it took given back."""
+    engine = PrivateEngine()
+    try:
+        engine.up(host, images)
+    except Unavailable as exc:
+        engine.down()
+        engine.give_back()
+        skip(f"no engine of the tests' own could be started ({exc}); the host's engine is never restarted")
+    print(f"\nprivate engine up, with {', '.join(images)}, in {engine.up_s:.1f} s")
+    try:
+        yield engine
+    finally:
+        problems = engine.down()
+        given = engine.give_back()
+        assert not problems, problems
+        assert given.code == 0, given.err
+
+
+@contextlib.contextmanager
+def emptied_client(engine: PrivateEngine, env: dict[str, str] | None = None) -> Iterator[Any]:
+    """A client of the engine for one test: every container on it removed afterwards and the pool rebalanced
+    (with `env`: the settings the test ran docker-xms with)."""
+    client = engine.client()
+    try:
+        yield client
+    finally:
+        for container in client.containers.list(all=True):
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+        engine.cli("rt", "rebalance", env=env)
+        client.close()

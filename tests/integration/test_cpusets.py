@@ -9,20 +9,18 @@ demo among them) keep the CPUs they have: switching a host to CPU-set mode is it
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
 from docker_xms.adapters.cgroups import online_cpus
 from docker_xms.domain.cpusets import format_cpu_list
 from tests.helpers import Result, agent_for_a_test, wait_for
 from tests.integration.test_agent import AgentProcess
-from tests.private_engine import CGROUP_PARENT, PrivateEngine, Unavailable
+from tests.private_engine import CGROUP_PARENT, PrivateEngine, emptied_client, private_engine
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -41,33 +39,14 @@ PREFIX = "cpus-"
 def private(docker_client: Any, rtpengine_image: str) -> Iterator[PrivateEngine]:
     if len(ONLINE) < 2:
         pytest.skip("CPU-set mode needs a CPU beside the housekeeping one; this machine has one")
-    engine = PrivateEngine()
-    try:
-        engine.up(docker_client, [rtpengine_image])
-    except Unavailable as exc:
-        engine.down()
-        engine.give_back()
-        pytest.skip(f"no engine of the tests' own could be started ({exc})")
-    try:
+    with private_engine(docker_client, [rtpengine_image], pytest.skip) as engine:
         yield engine
-    finally:
-        problems = engine.down()
-        given = engine.give_back()
-        assert not problems, problems
-        assert given.code == 0, given.err
 
 
 @pytest.fixture
 def client(private: PrivateEngine) -> Iterator[Any]:
-    c = private.client()
-    try:
+    with emptied_client(private, CPUS) as c:
         yield c
-    finally:
-        for container in c.containers.list(all=True):
-            with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
-        private.cli("rt", "rebalance", env=CPUS)
-        c.close()
 
 
 def start(engine: PrivateEngine, name: str, env: dict[str, str] = CPUS) -> Result:

@@ -29,7 +29,7 @@ from docker_xms.domain.labels import MANAGED_LABEL, forwards_from_labels
 from tests import host_state
 from tests.helpers import TEST_LABEL, agent_for_a_test, run_cli, wait_for
 from tests.integration.test_agent import AgentProcess
-from tests.private_engine import CPU_ROOT, PrivateEngine, Unavailable, host_room
+from tests.private_engine import CPU_ROOT, PrivateEngine, emptied_client, host_room, private_engine
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.engine_restart]
 
@@ -116,22 +116,8 @@ def bystanders(docker_client: Any, busybox_image: str, rtpengine_image: str) -> 
 
 @pytest.fixture(scope="module")
 def private(bystanders: dict[str, Seen], docker_client: Any, rtpengine_image: str) -> Iterator[PrivateEngine]:
-    engine = PrivateEngine()
-    try:
-        engine.up(docker_client, [rtpengine_image])
-    except Unavailable as exc:
-        problems = engine.down()
-        engine.give_back()
-        print(f"\nno engine of the tests' own: {exc}; the engine-restart tests are skipped")
-        pytest.skip(f"no engine of the tests' own could be started ({exc}); the host's engine is never restarted")
-    print(f"\nprivate engine up, with the rtpengine image, in {engine.up_s:.1f} s")
-    try:
+    with private_engine(docker_client, [rtpengine_image], pytest.skip) as engine:
         yield engine
-    finally:
-        problems = engine.down()
-        given = engine.give_back()
-        assert not problems, problems
-        assert given.code == 0, given.err
 
 
 # --- the private engine's state, by the kernel's rule --------------------------------------------------
@@ -204,15 +190,8 @@ def start(engine: PrivateEngine, name: str, dnat: bool = False) -> str:
 
 @pytest.fixture
 def client(private: PrivateEngine) -> Iterator[Any]:
-    c = private.client()
-    try:
+    with emptied_client(private) as c:
         yield c
-    finally:
-        for container in c.containers.list(all=True):
-            with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
-        private.cli("rt", "rebalance")
-        c.close()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from docker_xms.adapters.profile_store import load_profile
 from docker_xms.adapters.signals import deferred
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.boot import SYSTEMD_PATHS, systemd_boot, v2_systemd_refusal
-from docker_xms.domain.compose import stop_timeout_s
+from docker_xms.domain.compose import DEFAULT_COMMAND, stop_timeout_s
 from docker_xms.domain.engine_types import CreateSpec, Healthcheck
 from docker_xms.domain.labels import (
     ADVERTISE_LABEL,
@@ -454,7 +454,7 @@ def _create_spec(
     plan: port_plans.PortPlan,
     image: str,
     budget_us: int = 0,
-    image_command: tuple[str, ...] = ("/sbin/init",),
+    image_command: tuple[str, ...] = DEFAULT_COMMAND,
     cpus: str = "",
 ) -> CreateSpec:
     labels = {
