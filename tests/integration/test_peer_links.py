@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from lab.peer_links import LinkPeer, Links, Peer, json_outputs
 
-from tests.helpers import wait_for
+from tests.helpers import conntrack_drops, wait_for
 from tests.integration.test_media_ports import port_row, run_json
 from tests.integration.test_outside import media_of, ng_client, sdp_for
 from tests.integration.test_sip_profile import (
@@ -253,6 +253,7 @@ def test_a_sip_call_whose_callee_sends_from_the_start_is_heard_both_ways(
     assert summary["ready"] is True, summary["ready_state"]
     sip_port = int(port_row(summary, "sip")["host"])
     played = pcap_packets(PCAP)
+    dropped_before = conntrack_drops()
     # The callee plays its own recording from the ACK on, to the address its SDP names: no echo.
     stats, _ = sipp_call(
         caller, callee, (links.advertised, sip_port), tmp_path, ("-sf", str(UAS_SCENARIO)), lambda: None
@@ -262,14 +263,21 @@ def test_a_sip_call_whose_callee_sends_from_the_start_is_heard_both_ways(
         counters(callee, "INPUT"),
     )
     caller_out, callee_out = counters(caller, "OUTPUT")[0], counters(callee, "OUTPUT")[0]
+    clashes = conntrack_drops() - dropped_before
     wait_for(lambda: numsessions(name) == 0, timeout=10, what="no rtpengine session left")
-    print(
-        f"\nsip {mode}, advertised {links.advertised}:{sip_port}, callee sending from the start: calls "
+    seen = (
+        f"sip {mode}, advertised {links.advertised}:{sip_port}, callee sending from the start: calls "
         f"{stats['SuccessfulCall(C)']} of {stats['OutgoingCall(C)']}; pcap {played} packets; caller sent "
         f"{caller_out}, callee received {callee_in} ({callee_from_advertised} from the advertised address); "
-        f"callee sent {callee_out}, caller received {caller_in} ({caller_from_advertised} from it)"
+        f"callee sent {callee_out}, caller received {caller_in} ({caller_from_advertised} from it); "
+        f"{clashes} dropped by the host's connection tracking meanwhile"
     )
-    assert (stats["OutgoingCall(C)"], stats["SuccessfulCall(C)"], stats["FailedCall(C)"]) == (1, 1, 0)
-    assert (caller_out, callee_out) == (played, played)
-    assert (callee_in, caller_in) == (played, played)
-    assert (callee_from_advertised, caller_from_advertised) == (played, played)
+    print("\n" + seen)
+    assert (stats["OutgoingCall(C)"], stats["SuccessfulCall(C)"], stats["FailedCall(C)"]) == (1, 1, 0), seen
+    assert (caller_out, callee_out) == (played, played), seen
+    # Every packet arrives, from the advertised address only. The one loss a real network path has too is
+    # counted by the kernel, not guessed: both ends' first packets of the flow at the same instant (the
+    # relay's to the callee and the callee's to the relay) make one conntrack entry each way, and the
+    # second is dropped at insertion. Any other loss fails.
+    assert 2 * played - (callee_in + caller_in) <= clashes, seen
+    assert (callee_from_advertised, caller_from_advertised) == (callee_in, caller_in), seen
