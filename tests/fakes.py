@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from docker_xms.adapters.cgroups import CgroupFs, CgroupWriteError, container_cgroup
+from docker_xms.domain.boot import WRITABLE_CGROUPS
 from docker_xms.domain.budget import PERIOD_US
 from docker_xms.domain.cgroup_types import GroupRuntime
 from docker_xms.domain.engine_types import ContainerInfo, ContainerSummary, CreateSpec, EngineInfo, PublishedPort
 from docker_xms.domain.forwards import DnatForward, Forward, Reconciled
-from docker_xms.errors import BadInput, NotFound, StartBudgetRefused, XmsError
+from docker_xms.errors import BadInput, CgroupsNotWritable, NotFound, StartBudgetRefused, XmsError
 
 # The kernel compares bandwidths as runtime/period in this fixed point (kernel/sched/core.c, to_ratio).
 BW_SHIFT = 20
@@ -252,6 +253,9 @@ class FakeEngine:
         self.fail: dict[str, BaseException] = {}
         self.before: dict[str, Callable[..., None]] = {}
         self.calls: list[str] = []
+        # Engine 28 and later make a container's own cgroup writable when asked; Docker 26 (Debian 13's) and
+        # Podman's Docker API refuse the option at create, in these words.
+        self.writable_cgroups = True
         self._ids = itertools.count(1)
         self._addresses = itertools.count(2)
 
@@ -360,6 +364,10 @@ class FakeEngine:
             raise NotFound(f"There is no image {spec.image} on this engine.")
         if spec.name and self._find(spec.name) is not None:
             raise BadInput(f"A container with that name already exists (Conflict: {spec.name}).")
+        if WRITABLE_CGROUPS in spec.security_opt and not self.writable_cgroups:
+            raise CgroupsNotWritable(
+                f'The engine could not create the container: invalid --security-opt 2: "{WRITABLE_CGROUPS}".'
+            )
         cid = self._new_id()
         files = dict.fromkeys(self.images[spec.image], b"")
         name = spec.name or f"fake_{cid[:6]}"

@@ -52,6 +52,11 @@ class StartBudgetRefused(XmsError):
     ago still counts) or for good."""
 
 
+class CgroupsNotWritable(BadInput):
+    """The engine refused to make a container's own cgroup writable (writable-cgroups=true, Engine 28 and later),
+    which systemd needs on cgroup v2; nothing was created."""
+
+
 class ContainerBeingRemoved(XmsError):
     """The engine refused to change a container it is removing: what the change was for no longer matters."""
 

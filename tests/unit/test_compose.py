@@ -98,10 +98,11 @@ def test_the_containers_ephemeral_range_moves_off_the_media_ports_as_run_does() 
     assert "sysctls" not in rtpengine
 
 
-def test_cgroup_v2_gets_the_rtprio_limit_instead_of_a_cgroup_mount() -> None:
+def test_cgroup_v2_gets_the_rtprio_limit_and_its_own_cgroup_writable_instead_of_a_cgroup_mount() -> None:
     service = compose_file(load_profile("rtpengine"), ComposeOptions(cgroup_version=2))["services"]["rtpengine"]
     assert "volumes" not in service
     assert service["ulimits"]["rtprio"] == 99
+    assert (service["cgroup"], service["security_opt"]) == ("private", ["writable-cgroups=true"])
 
 
 def test_the_stop_grace_period_is_the_drain_grace_plus_a_margin() -> None:

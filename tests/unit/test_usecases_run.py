@@ -185,3 +185,35 @@ def test_a_run_whose_start_the_kernel_keeps_refusing_is_undone(host: Host, monke
         _run(host)
 
     assert _state(host) == before
+
+
+@pytest.mark.parametrize(("writable", "userns"), [(True, False), (False, True)])
+def test_on_cgroup_v2_systemd_gets_its_own_cgroup_writable_by_the_engine_that_can(
+    tmp_path: Path, writable: bool, userns: bool
+) -> None:
+    """Engine 28's writable-cgroups, or remapped users (which conflict with it): never both, never the host's."""
+    host = make_host(tmp_path, cgroup_version=2, userns=userns)
+    host.engine.writable_cgroups = writable
+
+    cid = _run(host)
+
+    spec = host.engine.containers[cid].spec
+    assert spec.cgroupns == "private"
+    assert spec.security_opt == (() if userns else ("writable-cgroups=true",))
+    assert (spec.cpu_rt_runtime, spec.rtprio) == (0, 99)
+
+
+def test_on_cgroup_v2_an_engine_that_refuses_writable_cgroups_gets_one_sentence_and_nothing_is_left(
+    tmp_path: Path,
+) -> None:
+    host = make_host(tmp_path, cgroup_version=2)
+    host.engine.writable_cgroups = False
+
+    with pytest.raises(BadInput) as refused:
+        _run(host, ports="dnat")
+
+    assert refused.value.exit_code == 2
+    assert refused.value.message.startswith("On cgroup v2 this engine cannot give a container a writable cgroup")
+    assert "\n" not in refused.value.message
+    assert (host.engine.containers, host.netfilter.forwards) == ({}, {})
+    assert records.load(records.records_path(host.rt.settings)) == {}

@@ -80,11 +80,16 @@ class Host:
         reconcile(self.rt, self.netfilter)
 
 
-def make_host(tmp: Path) -> Host:
+def make_host(tmp: Path, cgroup_version: int = 1, userns: bool = False) -> Host:
+    """A v1 host with per-group budgets, or a v2 host of a stock kernel: no group budgets, SCHED_FIFO global."""
     fs = FakeCgroupFs(root_runtime=950_000)
     fs.ensure(PARENT)
     engine = FakeEngine(fs, PARENT, images={IMAGE: ["/lib/systemd/systemd"], NO_SYSTEMD: ["/bin/sh"]})
-    host = HostRt(1, True, 950_000, 1_000_000, "per-group", tmp / "cpu")
+    host = (
+        HostRt(1, True, 950_000, 1_000_000, "per-group", tmp / "cpu")
+        if cgroup_version == 1
+        else HostRt(2, False, 950_000, 1_000_000, "global", tmp / "cpu")
+    )
     settings = Settings(lock_path=tmp / "host.lock", state_dir=tmp / "state")
     # No host service listens on a media port of this host.
     rt = RtHost(
@@ -95,5 +100,6 @@ def make_host(tmp: Path) -> Host:
         parent=PARENT,
         settings=settings,
         listening=lambda: {"tcp": set(), "udp": set()},
+        userns=userns,
     )
     return Host(fs, engine, FakeNetfilter(), rt)

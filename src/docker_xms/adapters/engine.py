@@ -25,9 +25,11 @@ import requests.exceptions
 import urllib3.exceptions
 
 from docker_xms.adapters.engine_list import summary_of
+from docker_xms.domain.boot import WRITABLE_CGROUPS
 from docker_xms.domain.engine_types import ContainerInfo, ContainerSummary, CreateSpec, EngineInfo, Progress
 from docker_xms.errors import (
     BadInput,
+    CgroupsNotWritable,
     ContainerBeingRemoved,
     EngineUnavailable,
     NotFound,
@@ -69,6 +71,7 @@ def sdk_arguments(spec: CreateSpec) -> dict[str, Any]:
         "tmpfs": dict(spec.tmpfs),
         "volumes": {path: {"bind": path, "mode": "ro"} for path in spec.read_only_mounts},
         "cgroupns": spec.cgroupns,
+        "security_opt": list(spec.security_opt),
         "sysctls": dict(spec.sysctls),
         "cpu_rt_runtime": spec.cpu_rt_runtime,
         "cpuset_cpus": spec.cpuset_cpus,
@@ -427,7 +430,11 @@ class Engine:
     def create_container(self, spec: CreateSpec) -> str:
         """Create (not start) a container; returns its ID."""
         image = spec.image
-        with _translated("The engine could not create the container", f"There is no image {image} on this engine."):
+        with _translated(
+            "The engine could not create the container",
+            f"There is no image {image} on this engine.",
+            kinds={WRITABLE_CGROUPS: CgroupsNotWritable},
+        ):
             try:
                 container_id = self._create(image, sdk_arguments(spec))
             except docker.errors.APIError as exc:

@@ -27,17 +27,30 @@ class SystemdBoot:
     command: tuple[str, ...] | None = None
     # The RLIMIT_RTPRIO soft and hard limit (see systemd_boot for when it is needed).
     rtprio: int | None = None
+    security_opt: tuple[str, ...] = ()
 
 
-def systemd_boot(cgroup_version: int, tmpfs: tuple[str, ...], image_command: tuple[str, ...]) -> SystemdBoot:
-    """The mounts and entrypoint for systemd on this host; `tmpfs` are the profile's own, beside /run."""
+# Engine 28 and later (API 1.48): the cgroup mount of the container's own private namespace writable.
+# Older engines refuse it at create, with the option's text in their sentence; so does Podman's Docker API.
+WRITABLE_CGROUPS = "writable-cgroups=true"
+
+
+def systemd_boot(
+    cgroup_version: int, tmpfs: tuple[str, ...], image_command: tuple[str, ...], userns: bool = False
+) -> SystemdBoot:
+    """The mounts and entrypoint for systemd on this host; `tmpfs` are the profile's own, beside /run.
+
+    `userns`: the engine remaps user namespaces (its security options name userns).
+    """
     mounts = {"/run": "", "/run/lock": "", **dict.fromkeys(tmpfs, "")}
     if cgroup_version == 2:
         # A private cgroup namespace, and no mount of ours: the engine mounts a cgroup2 file system at
-        # /sys/fs/cgroup that shows the container's own subtree only. It is writable, as systemd >= 248
-        # needs, where the engine remaps user namespaces (v2_systemd_refusal); the container's root is
-        # then no root on the host, and CAP_SYS_NICE no longer grants SCHED_FIFO: the rtprio limit does.
-        return SystemdBoot(mounts, "private", rtprio=99)
+        # /sys/fs/cgroup that shows the container's own subtree only, writable as systemd >= 248 needs:
+        # by remapped users (the container's root is then no root on the host, and CAP_SYS_NICE no longer
+        # grants SCHED_FIFO: the rtprio limit does), or else by the engine's writable-cgroups option,
+        # which an engine before 28 refuses (v2_systemd_refusal). Never the host's namespace with it: that
+        # would be the host's whole tree.
+        return SystemdBoot(mounts, "private", rtprio=99, security_opt=() if userns else (WRITABLE_CGROUPS,))
     if not image_command:
         raise BadInput("The image names no command to run; it needs systemd (/sbin/init) as its command.")
     # v1: a private cgroup namespace, whose controllers the engine mounts read-only at the container's own
@@ -47,18 +60,22 @@ def systemd_boot(cgroup_version: int, tmpfs: tuple[str, ...], image_command: tup
     return SystemdBoot(mounts, "private", entrypoint=GATE_ENTRYPOINT, command=image_command)
 
 
-def v2_systemd_refusal(cgroup_version: int, security_options: tuple[str, ...]) -> str | None:
-    """Why systemd could not boot in a container of this engine, or None.
+def userns_remapped(security_options: tuple[str, ...]) -> bool:
+    """Whether the engine remaps user namespaces, from the security options its /info lists."""
+    return any(option.startswith("name=userns") for option in security_options)
 
-    On cgroup v2 the engine mounts a private cgroup namespace's /sys/fs/cgroup read-only unless the
-    container is privileged or the engine remaps user namespaces, and systemd >= 248 stops on a
-    read-only cgroup2; the only other ways (the host's tree read-write, the host's cgroup namespace)
-    let the container's root write the host's cgroups.
+
+def v2_systemd_refusal() -> str:
+    """Why systemd cannot boot in a container of an engine that refused WRITABLE_CGROUPS on cgroup v2.
+
+    Such an engine mounts a private cgroup namespace's /sys/fs/cgroup read-only unless the container is
+    privileged or users are remapped, and systemd >= 248 stops on a read-only cgroup2; the only other ways
+    (the host's tree read-write, the host's cgroup namespace) let the container's root write the host's
+    cgroups. The ways out, the least change to the host first.
     """
-    if cgroup_version != 2 or any(option.startswith("name=userns") for option in security_options):
-        return None
     return (
-        "On cgroup v2 this engine mounts a container's /sys/fs/cgroup read-only, where systemd 248 and later "
-        "cannot start: run dockerd with --userns-remap=default, or boot the host on cgroup v1 "
-        "(systemd.unified_cgroup_hierarchy=0), which real-time budgets need as well."
+        "On cgroup v2 this engine cannot give a container a writable cgroup of its own, which systemd 248 and "
+        "later need (it refused writable-cgroups=true: Docker Engine 28 or later has it): upgrade the engine to "
+        "28 or later, or run dockerd with --userns-remap=default, or boot the host on cgroup v1 "
+        "(systemd.unified_cgroup_hierarchy=0)."
     )

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from docker_xms.domain.boot import WRITABLE_CGROUPS
 from docker_xms.domain.labels import (
     CONTAINER_ADDRESS,
     LABEL_STRATEGY,
@@ -102,9 +103,12 @@ def compose_file(profile: Profile, options: ComposeOptions) -> dict[str, Any]:
         # Engine 23 ignores a service's ulimits (it says so): on such nodes the replicas have none.
         limits["rttime"] = {"soft": watchdog.soft_us, "hard": watchdog.hard_us}
     if options.cgroup_version == 2:
-        # The engine's own cgroup2 mount of a private namespace; SCHED_FIFO through the rtprio limit
-        # (see domain/boot.systemd_boot, and v2_systemd_refusal for the hosts where systemd cannot boot).
+        # The engine's own cgroup2 mount of a private namespace, made writable for systemd by Engine 28's
+        # option; SCHED_FIFO through the rtprio limit (see domain/boot.systemd_boot, and v2_systemd_refusal
+        # for the engines where systemd cannot boot).
         limits["rtprio"] = 99
+        service["cgroup"] = "private"
+        service["security_opt"] = [WRITABLE_CGROUPS]
     else:
         # No cgroup mount of the host's: the engine mounts each controller read-only at the container's own
         # group, and the gate holds systemd back until the agent on the node has made that group's

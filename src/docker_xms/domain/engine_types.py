@@ -108,6 +108,8 @@ class CreateSpec:
     rtprio: int | None = None
     # The RLIMIT_RTTIME soft and hard limits in microseconds (domain/watchdog.py), None: the engine's (none).
     rttime_us: tuple[int, int] | None = None
+    # Security options ("writable-cgroups=true", domain/boot.py).
+    security_opt: tuple[str, ...] = ()
     sysctls: Mapping[str, str] = field(default_factory=dict)
     cpu_rt_runtime: int = 0
     # The CPUs it may run on ("1-3", domain/cpusets.py); "": every CPU.

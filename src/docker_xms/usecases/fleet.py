@@ -61,7 +61,8 @@ def compose_text(request: ComposeRequest, settings: Settings) -> str:
         + (
             "# On cgroup v1 it also opens each replica's own systemd cgroup: a replica waits for it (60 s at most).\n"
             if host.cgroup_version == 1
-            else ""
+            else "# cgroup v2: systemd's own cgroup writable by writable-cgroups=true (Engine 28 or later); on an engine\n"
+            "# with --userns-remap, whose cgroups are writable already and which refuses it, drop security_opt.\n"
         )
     )
     return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)

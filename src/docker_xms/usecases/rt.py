@@ -21,6 +21,7 @@ from docker_xms.adapters.hostlock import host_lock
 from docker_xms.adapters.signals import deferred
 from docker_xms.domain import budget, cpusets
 from docker_xms.domain.adoption import origin
+from docker_xms.domain.boot import userns_remapped
 from docker_xms.domain.doctor import Finding, diagnose, fair_server_findings, idle_findings, inotify_findings
 from docker_xms.domain.engine_types import ContainerInfo, ContainerSummary
 from docker_xms.domain.labels import MANAGED_LABEL, SWARM_TASK, WEIGHT_LABEL, reserved_weight, unreadable, weight_of
@@ -48,6 +49,9 @@ class RtHost:
     listening: Callable[[], Mapping[str, set[int]]] = hostnet.listening_ports
     # CPU-set mode (domain/cpusets.py): the host's CPUs and which are for media; None: budgets or global.
     cpus: cpusets.CpuLayout | None = None
+    # The engine remaps user namespaces (its /info says so): on cgroup v2 the container's cgroup is then
+    # writable as it is, and root in a container is no root on the host (domain/boot.systemd_boot).
+    userns: bool = False
 
     @property
     def lock_path(self) -> Path:
@@ -76,6 +80,7 @@ def open_host(engine: EngineApi, settings: Settings) -> RtHost:
         cap_us=settings.rt_pool_us,
         settings=settings,
         cpus=cpu_layout(settings, host.mode, lambda: cgroups.online_cpus(settings.sys_root)),
+        userns=userns_remapped(info.security_options),
     )
 
 

@@ -37,7 +37,7 @@ from docker_xms.domain.profiles import MEDIA_ENV, MEDIA_INSTANCE_FILE, MEDIA_NON
 from docker_xms.domain.reach import Addresses, MediaRow, PortRow, media_rows, port_rows, reach
 from docker_xms.domain.recipes import STOP_SIGNAL, profile_files
 from docker_xms.domain.watchdog import rttime_limit
-from docker_xms.errors import BadInput, Interrupted, NotFound, XmsError
+from docker_xms.errors import BadInput, CgroupsNotWritable, Interrupted, NotFound, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases import adoption, images, readiness
 from docker_xms.usecases.agent_install import ensure_agent
@@ -146,9 +146,6 @@ def run(host: Host, request: RunRequest, reporter: Reporter) -> RunResult:
     engine, rt, netfilter, settings = host.engine, host.rt, host.netfilter, host.settings
     profile = validate(request, settings)
     image = request.image or profile.image
-    refusal = v2_systemd_refusal(rt.host.cgroup_version, engine.info().security_options)
-    if refusal is not None:
-        raise BadInput(refusal)
     mode = CONTAINER_ADDRESS if request.container_address else ONE_TO_ONE
     if request.name and engine.find_container(request.name) is not None:
         raise BadInput(f"A container named {request.name} already exists; choose another --name or remove it.")
@@ -305,7 +302,10 @@ class _Launch:
         )
         # Held together, so that a signal cannot leave a container this run does not know it created.
         with deferred():
-            container_id = engine.create_container(spec)
+            try:
+                container_id = engine.create_container(spec)
+            except CgroupsNotWritable as exc:
+                raise BadInput(v2_systemd_refusal()) from exc
             self.created.append(container_id)
             # What was decided, in docker-xms's own record: the labels are only a copy of it.
             adoption.record(self.rt.settings, container_id, dict(spec.labels))
@@ -471,7 +471,7 @@ def _create_spec(
     if media and profile.media_config == MEDIA_ENV:
         env.update({"DOCKER_XMS_MEDIA_START": str(media[0]), "DOCKER_XMS_MEDIA_END": str(media[1])})
         env["DOCKER_XMS_ADVERTISE_ADDRESS"] = labels[ADVERTISE_LABEL].replace(ADVERTISE_OWN, "")
-    boot = systemd_boot(rt.host.cgroup_version, profile.tmpfs, image_command)
+    boot = systemd_boot(rt.host.cgroup_version, profile.tmpfs, image_command, rt.userns)
     return CreateSpec(
         image,
         name=request.name,
@@ -496,6 +496,7 @@ def _create_spec(
         entrypoint=boot.entrypoint,
         command=boot.command,
         rtprio=boot.rtprio,
+        security_opt=boot.security_opt,
         rttime_us=_rttime(profile.watchdog_ms),
     )
 
