@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up a Debian 12 host for docker-xms and run one job:
+# Set up a Debian 12 or 13 host for docker-xms and run one job:
 #   demo  - build the rtpengine demo image if missing and start it with its real-time budget
 #   test  - lint, type-check and run the whole test suite against the real engine and kernel
 #   setup - only install and start what is needed
@@ -49,16 +49,38 @@ if [ ! -x .venv/bin/docker-xms ] || [ pyproject.toml -nt .venv/.installed ]; the
   touch .venv/.installed
 fi
 
-# A Docker engine: use the one that answers, or start dockerd in the background.
+# A Docker engine: the one that answers; else the one systemd has (started, never replaced or reconfigured
+# when others' containers may run on it); else dockerd started here in the background.
 engine_up() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+wait_engine() { for _ in $(seq 1 60); do engine_up && return 0; sleep 0.5; done; return 1; }
+systemd_engine() { [ -d /run/systemd/system ] && systemctl cat docker.service >/dev/null 2>&1; }
+if ! engine_up && systemd_engine; then
+  echo "Starting docker.service"
+  systemctl start docker.service
+  wait_engine || { echo "error: docker.service did not start; see journalctl -u docker.service" >&2; exit 1; }
+fi
 if ! engine_up; then
   echo "Starting dockerd"
   mkdir -p /run/docker-xms
   # In a subshell that exits at once, so dockerd is nobody's child here: the test job execs pytest,
   # which would otherwise inherit it and never reap it when a test restarts the engine.
   (setsid dockerd >/var/log/docker-xms-dockerd.log 2>&1 </dev/null & echo $! > /run/docker-xms/dockerd.pid)
-  for _ in $(seq 1 60); do engine_up && break; sleep 0.5; done
-  engine_up || { echo "error: dockerd did not start; see /var/log/docker-xms-dockerd.log" >&2; exit 1; }
+  wait_engine || { echo "error: dockerd did not start; see /var/log/docker-xms-dockerd.log" >&2; exit 1; }
+fi
+
+# On cgroup v2 systemd needs its container's own cgroup writable: Engine 28 and later do that per container
+# (writable-cgroups); an older engine only with remapped users. An engine this set-up has just installed,
+# with no container and no configuration of anyone's, is configured for that; any other engine is left as
+# it is, and `docker-xms run` says what it needs.
+if [[ " ${missing[*]} " == *" docker.io "* ]] && [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] \
+  && [ ! -e /etc/docker/daemon.json ] && systemd_engine \
+  && [ "$(docker info --format '{{.Containers}}')" = 0 ] \
+  && [ "$(docker version --format '{{.Server.Version}}' | cut -d. -f1)" -lt 28 ]; then
+  echo "Configuring the new engine with userns-remap=default (cgroup v2, Docker before 28)"
+  mkdir -p /etc/docker
+  printf '{\n  "userns-remap": "default"\n}\n' > /etc/docker/daemon.json
+  systemctl restart docker.service
+  wait_engine || { echo "error: docker.service did not come back; see journalctl -u docker.service" >&2; exit 1; }
 fi
 
 case "$job" in
