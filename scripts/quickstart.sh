@@ -90,7 +90,7 @@ case "$job" in
     if docker container inspect docker-xms-demo >/dev/null 2>&1; then
       .venv/bin/docker-xms rm -f docker-xms-demo >/dev/null
     fi
-    exec .venv/bin/docker-xms run --profile rtpengine --build-missing --name docker-xms-demo
+    exec .venv/bin/docker-xms run --profile rtpengine --build-missing --restart unless-stopped --name docker-xms-demo
     ;;
   test)
     .venv/bin/ruff check src tests bench lab

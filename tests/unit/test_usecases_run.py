@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from docker_xms.adapters import records
+from docker_xms.adapters.engine import sdk_arguments
 from docker_xms.errors import BadInput, XmsError
 from docker_xms.usecases import rt as rt_module
 from docker_xms.usecases.images import Quiet
@@ -217,3 +218,14 @@ def test_on_cgroup_v2_an_engine_that_refuses_writable_cgroups_gets_one_sentence_
     assert "\n" not in refused.value.message
     assert (host.engine.containers, host.netfilter.forwards) == ({}, {})
     assert records.load(records.records_path(host.rt.settings)) == {}
+
+
+def test_a_restart_policy_is_the_engines_and_a_bad_one_is_refused_before_anything(host: Host) -> None:
+    cid = _run(host, restart="unless-stopped")
+    assert host.engine.containers[cid].spec.restart_policy == "unless-stopped"
+    assert sdk_arguments(host.engine.containers[cid].spec)["restart_policy"] == {"Name": "unless-stopped"}
+    assert "restart_policy" not in sdk_arguments(host.engine.containers[_run(host, name="plain")].spec)
+    before = _state(host)
+    with pytest.raises(BadInput, match="^--restart must be one of no, unless-stopped, always, not 'on-failure'"):
+        _run(host, name="other", restart="on-failure")
+    assert _state(host) == before

@@ -72,6 +72,7 @@ def sdk_arguments(spec: CreateSpec) -> dict[str, Any]:
         "volumes": {path: {"bind": path, "mode": "ro"} for path in spec.read_only_mounts},
         "cgroupns": spec.cgroupns,
         "security_opt": list(spec.security_opt),
+        "restart_policy": {"Name": spec.restart_policy} if spec.restart_policy else None,
         "sysctls": dict(spec.sysctls),
         "cpu_rt_runtime": spec.cpu_rt_runtime,
         "cpuset_cpus": spec.cpuset_cpus,

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from docker_xms.cli.render import console, print_json, reporting
+from docker_xms.domain.engine_types import RESTART_CHOICES
 from docker_xms.domain.labels import MAX_WEIGHT, PORT_CHOICES
 
 
@@ -73,6 +74,14 @@ from docker_xms.domain.labels import MAX_WEIGHT, PORT_CHOICES
     metavar="KEY=VALUE",
     help="A label of your own on the container (repeatable; not in docker-xms's io.docker-xms. namespace).",
 )
+@click.option(
+    "--restart",
+    type=click.Choice(RESTART_CHOICES),
+    default="no",
+    show_default=True,
+    help="The engine's restart policy: unless-stopped brings the server back when the engine starts again (after "
+    "a reboot), with its share given by the agent.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def run(
     image: str | None,
@@ -90,6 +99,7 @@ def run(
     build_missing: bool,
     no_agent: bool,
     labels: tuple[str, ...],
+    restart: str,
     as_json: bool,
 ) -> None:
     """Start a media-server container with its real-time budget and print how to reach it."""
@@ -115,6 +125,7 @@ def run(
         bind=bind,
         advertise=advertise,
         labels=labels,
+        restart=restart,
         start_agent=not no_agent and context.settings().start_agent,
     )
     engine = context.engine()

@@ -83,6 +83,11 @@ class Healthcheck:
     start_period_s: int
 
 
+# What `run --restart` offers: the engine's policies, except on-failure (a media server that systemd keeps up
+# inside does not exit on failure, and a count of retries would need a number of its own).
+RESTART_CHOICES = ("no", "unless-stopped", "always")
+
+
 @dataclass(frozen=True)
 class CreateSpec:
     """Everything docker-xms asks of the engine when it creates a container (always detached)."""
@@ -110,6 +115,8 @@ class CreateSpec:
     rttime_us: tuple[int, int] | None = None
     # Security options ("writable-cgroups=true", domain/boot.py).
     security_opt: tuple[str, ...] = ()
+    # The engine's restart policy ("unless-stopped", ...); "": the engine's default (no).
+    restart_policy: str = ""
     sysctls: Mapping[str, str] = field(default_factory=dict)
     cpu_rt_runtime: int = 0
     # The CPUs it may run on ("1-3", domain/cpusets.py); "": every CPU.

@@ -19,7 +19,7 @@ from docker_xms.adapters.signals import deferred
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.boot import SYSTEMD_PATHS, systemd_boot, v2_systemd_refusal
 from docker_xms.domain.compose import DEFAULT_COMMAND, stop_timeout_s
-from docker_xms.domain.engine_types import CreateSpec, Healthcheck
+from docker_xms.domain.engine_types import RESTART_CHOICES, CreateSpec, Healthcheck
 from docker_xms.domain.labels import (
     ADVERTISE_LABEL,
     ADVERTISE_OWN,
@@ -82,6 +82,8 @@ class RunRequest:
     advertise: str = "host"
     # The user's own labels, KEY=VALUE (`--label`), after those of the settings.
     labels: tuple[str, ...] = ()
+    # The engine's restart policy (RESTART_CHOICES).
+    restart: str = "no"
 
 
 @dataclass
@@ -133,6 +135,8 @@ def validate(request: RunRequest, settings: Settings) -> Profile:
         raise BadInput(f"--rt-weight must be 1 or more, not {request.rt_weight}.")
     if request.bind is not None:
         port_plans.check_bind(request.bind)
+    if request.restart not in RESTART_CHOICES:
+        raise BadInput(f"--restart must be one of {', '.join(RESTART_CHOICES)}, not {request.restart!r}.")
     if request.timeout is not None and request.timeout <= 0:
         raise BadInput(f"--timeout must be above 0 seconds, not {request.timeout}.")
     port_plans.check_advertise(request.advertise)
@@ -497,6 +501,7 @@ def _create_spec(
         command=boot.command,
         rtprio=boot.rtprio,
         security_opt=boot.security_opt,
+        restart_policy="" if request.restart == "no" else request.restart,
         rttime_us=_rttime(profile.watchdog_ms),
     )
 
