@@ -17,7 +17,7 @@ fi
 
 packages=(docker.io mmdebstrap iptables iproute2 conntrack python3-venv python3-pip ca-certificates)
 if [ "$job" = test ]; then
-  packages+=(docker-registry rt-tests stress-ng busybox-static gcc libc6-dev util-linux systemd sip-tester rtpengine-utils chromium chromium-driver prometheus docker-compose)
+  packages+=(docker-registry rt-tests stress-ng busybox-static gcc libc6-dev util-linux systemd sip-tester rtpengine-utils chromium chromium-driver prometheus docker-compose qemu-system-x86 qemu-utils openssh-client)
 fi
 missing=()
 for p in "${packages[@]}"; do
@@ -41,12 +41,15 @@ for candidate in python3 /usr/bin/python3; do
   fi
 done
 [ -n "$python" ] || { echo "error: docker-xms needs Python 3.11 or newer (apt-get install python3)." >&2; exit 1; }
-if [ ! -x .venv/bin/docker-xms ] || [ pyproject.toml -nt .venv/.installed ]; then
-  echo "Installing docker-xms into .venv"
-  "$python" -m venv .venv
+# The tests' and benchmarks' own packages only for the test job.
+extras=""; marker=.venv/.installed
+if [ "$job" = test ]; then extras="[test,bench]"; marker=.venv/.installed-test; fi
+if [ ! -x .venv/bin/docker-xms ] || [ ! -e "$marker" ] || [ pyproject.toml -nt "$marker" ]; then
+  echo "Installing docker-xms${extras:+ with its test tools} into .venv"
+  [ -x .venv/bin/pip ] || "$python" -m venv .venv
   .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e '.[test,bench]'
-  touch .venv/.installed
+  .venv/bin/pip install -q -e ".${extras}"
+  touch "$marker"
 fi
 
 # A Docker engine: the one that answers; else the one systemd has (started, never replaced or reconfigured
