@@ -1,0 +1,93 @@
+"""An engine of 28 or later on cgroup v2 (Debian forky's docker.io): systemd containers by the engine's own
+writable-cgroups option, with nothing of the host's cgroups reachable from inside.
+
+One guest for the module, tests in order (tests/lab/conftest.py). The engine is preinstalled, as on a host
+whose operator runs it already: the set-up must use it as it is, with no remapped users.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from lab.vm import Guest
+
+pytestmark = pytest.mark.lab
+
+HERE = Path(__file__).resolve().parents[2]
+PROJECT = "/root/docker-xms"
+CLI = f"{PROJECT}/.venv/bin/docker-xms"
+SERVERS = (("lab-one", ()), ("lab-two", ("-c",)), ("lab-three", ("-c",)))
+HOST_STATE = "docker ps -aq | sort; iptables-save | grep DOCKER-XMS | grep -v '^:' | sort; ls /var/lib/docker-xms"
+
+
+def _sh(guest: Guest, script: str, timeout: float = 600) -> str:
+    return guest.run("bash", "-c", script, timeout=timeout).stdout
+
+
+def test_the_set_up_takes_the_operators_engine_28_as_it_is(forky: Guest) -> None:
+    forky.put_git(HERE, PROJECT)
+    done = forky.run("bash", f"{PROJECT}/scripts/quickstart.sh", "setup", timeout=2400, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    info = json.loads(forky.run("docker", "info", "--format", "{{json .}}").stdout)
+    assert int(info["ServerVersion"].split(".")[0]) >= 28
+    assert (info["CgroupVersion"], info["CgroupDriver"]) == ("2", "systemd")
+    assert not any(option.startswith("name=userns") for option in info["SecurityOptions"])
+    assert forky.run("test", "-e", "/etc/docker/daemon.json", check=False).returncode == 1
+    assert _sh(forky, "pgrep -x dockerd | wc -l").strip() == "1"
+
+
+def test_three_servers_each_boot_systemd_with_real_time_threads_and_reach_no_other_cgroup(
+    forky: Guest, rtpengine_image: str
+) -> None:
+    forky.load_image(rtpengine_image)
+    before = _sh(forky, HOST_STATE)
+    try:
+        for name, args in SERVERS:
+            done = forky.run(CLI, "run", *args, "--name", name, "--json", timeout=900, check=False)
+            assert done.returncode == 0, done.stdout + done.stderr
+            summary = json.loads(done.stdout)
+            assert (summary["ready"], summary["rt_verified"]) == (True, True), summary
+        for name, _ in SERVERS:
+            _one_server_is_right(forky, name)
+    finally:
+        for name, _ in SERVERS:
+            forky.run(CLI, "rm", "-f", name, check=False)
+    # Everything given back: no container, no rule, no record left of the three.
+    after = _sh(forky, HOST_STATE)
+    assert after.replace("containers.json\n", "") == before.replace("containers.json\n", ""), (before, after)
+    assert _sh(forky, "cat /var/lib/docker-xms/containers.json 2>/dev/null || echo '{}'").strip() in ("{}", "")
+
+
+def _one_server_is_right(guest: Guest, name: str) -> None:
+    state = guest.run("docker", "exec", name, "systemctl", "is-system-running", "--wait", check=False).stdout.strip()
+    assert state in {"running", "degraded"}, (name, state)
+    verified = json.loads(guest.run(CLI, "rt", "verify", name, "--json").stdout)
+    assert verified["fifo_allowed"] is True, verified
+    assert [t for t in verified["rt_threads"] if t["policy"] == "SCHED_FIFO"], verified
+    inspect = json.loads(guest.run("docker", "inspect", name).stdout)[0]
+    host_config = inspect["HostConfig"]
+    assert (host_config["CgroupnsMode"], host_config["Privileged"]) == ("private", False)
+    assert host_config["SecurityOpt"] == ["writable-cgroups=true"]
+    assert not host_config.get("CpuRealtimeRuntime")
+    pid = inspect["State"]["Pid"]
+    # From the host: the server's cgroup namespace is its own, rooted at its own scope.
+    own = guest.run("cat", f"/proc/{pid}/cgroup").stdout.strip()
+    assert re.fullmatch(r"0::/system\.slice/docker-[0-9a-f]{64}\.scope(/.*)?", own), own
+    assert guest.run("readlink", f"/proc/{pid}/ns/cgroup").stdout != guest.run("readlink", "/proc/1/ns/cgroup").stdout
+    # From inside: one cgroup2 mount, at the namespace's root, which is the server's own scope; no way to
+    # mount another view of the hierarchy.
+    inside = guest.run("docker", "exec", name, "cat", "/proc/1/cgroup").stdout.strip()
+    assert inside.startswith("0::/"), inside
+    mounts = [
+        line.split()
+        for line in guest.run("docker", "exec", name, "cat", "/proc/self/mountinfo").stdout.splitlines()
+        if " - cgroup" in line
+    ]
+    assert [(m[3], m[4]) for m in mounts] == [("/", "/sys/fs/cgroup")], mounts
+    escape = guest.run(
+        "docker", "exec", name, "sh", "-c", "mkdir -p /tmp/v && mount -t cgroup2 none /tmp/v", check=False
+    )
+    assert escape.returncode != 0, escape.stdout
