@@ -339,7 +339,10 @@ class Guest:
 
     def put_git(self, repo: Path, remote_dir: str, ref: str = "HEAD", timeout: float = 600) -> None:
         """A commit of a git checkout into `remote_dir`: the tracked files only, without the host's caches."""
-        self._pipe(["git", "-C", str(repo), "archive", "--format=tar", ref], self._untar(remote_dir), timeout)
+        # As a clone by root has them (umask 022): git archive's own default leaves files group-writable, which
+        # code a root service runs must not be.
+        archive = ["git", "-c", "tar.umask=022", "-C", str(repo), "archive", "--format=tar", ref]
+        self._pipe(archive, self._untar(remote_dir), timeout)
 
     def load_image(self, tag: str, timeout: float = 600) -> None:
         """An image from the host's engine into the guest's, streamed (`docker save | docker load`)."""

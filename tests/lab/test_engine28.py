@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parents[2]
 PROJECT = "/root/docker-xms"
 CLI = f"{PROJECT}/.venv/bin/docker-xms"
 SERVERS = (("lab-one", ()), ("lab-two", ("-c",)), ("lab-three", ("-c",)))
-HOST_STATE = "docker ps -aq | sort; iptables-save | grep DOCKER-XMS | grep -v '^:' | sort; ls /var/lib/docker-xms"
+HOST_STATE = "docker ps -aq | sort; iptables-save | grep DOCKER-XMS | grep -v '^:' | sort; ls /var/lib/docker-xms 2>/dev/null || true"
 
 
 def _sh(guest: Guest, script: str, timeout: float = 600) -> str:

@@ -101,3 +101,13 @@ def test_a_missing_sipp_names_its_debian_package(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(sipp.SippMissing, match="install the Debian package sip-tester") as raised:
         sipp.sipp_path()
     assert raised.value.exit_code == 1
+
+
+def test_control_is_the_published_endpoint_unless_given_and_a_bad_one_is_refused() -> None:
+    published = ("127.0.0.1", 2223)
+    assert testcall.control_endpoint(None, published) == published
+    assert testcall.control_endpoint("172.17.0.2", published) == ("172.17.0.2", 2223)
+    assert testcall.control_endpoint("172.17.0.2:2300", published) == ("172.17.0.2", 2300)
+    for bad in ("host.example", "172.17.0.2:x", "172.17.0.2:0", "/etc/passwd"):
+        with pytest.raises(BadInput, match=r"^--control"):
+            testcall.control_endpoint(bad, published)

@@ -226,6 +226,6 @@ def test_a_restart_policy_is_the_engines_and_a_bad_one_is_refused_before_anythin
     assert sdk_arguments(host.engine.containers[cid].spec)["restart_policy"] == {"Name": "unless-stopped"}
     assert "restart_policy" not in sdk_arguments(host.engine.containers[_run(host, name="plain")].spec)
     before = _state(host)
-    with pytest.raises(BadInput, match="^--restart must be one of no, unless-stopped, always, not 'on-failure'"):
+    with pytest.raises(BadInput, match=r"^--restart must be one of no, unless-stopped, always, not 'on-failure'"):
         _run(host, name="other", restart="on-failure")
     assert _state(host) == before

@@ -27,8 +27,17 @@ import click
     metavar="PATH",
     help="Where a browser call (janus) saves its screenshot [default: NAME-test-call.png here].",
 )
+@click.option(
+    "--control",
+    metavar="ADDR[:PORT]",
+    default=None,
+    help="Where rtpengine's ng control port is reached (default: where this host reaches its published port; "
+    "from another network namespace, e.g. the container's address).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def test_call(name: str, from_address: str | None, seconds: float, screenshot: str | None, as_json: bool) -> None:
+def test_call(
+    name: str, from_address: str | None, seconds: float, screenshot: str | None, control: str | None, as_json: bool
+) -> None:
     """Place a short test call through container NAME: answered, packets sent and received each way, jitter.
 
     Exits 1 when the call is not answered or a direction receives less than 90% of what was sent, 2 for bad
@@ -39,7 +48,7 @@ def test_call(name: str, from_address: str | None, seconds: float, screenshot: s
     from docker_xms.cli.render import print_json
     from docker_xms.usecases import testcall
 
-    request = testcall.TestCallRequest(name, from_address, seconds, screenshot)
+    request = testcall.TestCallRequest(name, from_address, seconds, screenshot, control)
     result = testcall.test_call(context.engine(), context.profile, request)
     if as_json:
         print_json({**asdict(result), "media_flows": result.media_flows, "ok": result.ok})

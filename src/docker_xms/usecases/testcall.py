@@ -9,6 +9,7 @@ receives at least 90% of what was sent.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ class TestCallRequest:
     seconds: float = 3.0
     # Where a browser call saves its screenshot (default: NAME-test-call.png in the working directory).
     screenshot: str | None = None
+    # Where the server's control port (rtpengine's ng) is reached, "ADDR" or "ADDR:PORT" (None: where this
+    # host reaches its published port). From another network namespace, the host's loopback is not there.
+    control: str | None = None
 
 
 @dataclass(frozen=True)
@@ -170,8 +174,23 @@ def test_call(engine: EngineApi, load_profile: Callable[[str], Profile], request
     )
 
 
+def control_endpoint(given: str | None, published: tuple[str, int]) -> tuple[str, int]:
+    """`--control` ("ADDR" or "ADDR:PORT", an IPv4 address) over the published endpoint; bad input is refused."""
+    if given is None:
+        return published
+    host, _, port = given.partition(":")
+    try:
+        address = str(ipaddress.IPv4Address(host))
+        number = int(port) if port else published[1]
+    except ValueError:
+        raise BadInput(f"--control must be an IPv4 address with an optional :PORT, not {given!r}.") from None
+    if not 1 <= number <= 65535:
+        raise BadInput(f"--control's port must lie within 1-65535, not {number}.")
+    return address, number
+
+
 def _rtpengine(info: ContainerInfo, profile: Profile, request: TestCallRequest) -> TestCallResult:
-    ng_host, ng_port = published_endpoint(info, _single_port(profile, "control"))
+    ng_host, ng_port = control_endpoint(request.control, published_endpoint(info, _single_port(profile, "control")))
     count = max(1, round(request.seconds * 1000 / PACKET_MS))
     with rtp.NgClient(ng_host, ng_port, timeout=1.0) as ng:
         local = request.from_address or rtp.local_address_towards(info.ip_address or ng_host)
