@@ -113,7 +113,9 @@ def test_a_test_call_from_a_peer_whose_only_route_is_the_guests_address_has_rtp_
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
         call = json.loads(done.stdout)
-        print(f"\nlab: test call from the peer namespace: {json.dumps(call)[:600]}")
+        # Counts only: jitter and setup times under emulation say nothing of real hardware.
+        counts = ", ".join(f"{d['name']} {d['received']} of {d['sent']}" for d in call["directions"])
+        print(f"\nlab: test call from the peer namespace {call['local']}: {counts}; {call['measured']}")
         assert (call["answered"], call["media_flows"], call["local"]) == (True, True, "10.77.0.2"), call
         assert len(call["directions"]) == 2
         assert all(d["received"] >= 0.9 * d["sent"] > 0 for d in call["directions"]), call["directions"]
