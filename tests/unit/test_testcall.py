@@ -6,10 +6,12 @@ import pytest
 
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.domain.engine_types import ContainerInfo
+from docker_xms.domain.labels import MANAGED_LABEL, PROFILE_LABEL
 from docker_xms.domain.profiles import PortSpec, parse_profile
 from docker_xms.domain.stats import interarrival_jitter_ms
 from docker_xms.errors import BadInput
 from docker_xms.usecases import testcall
+from tests.fakes import FakeEngine
 
 MINIMAL = """
 [profile]
@@ -111,3 +113,11 @@ def test_control_is_the_published_endpoint_unless_given_and_a_bad_one_is_refused
     for bad in ("host.example", "172.17.0.2:x", "172.17.0.2:0", "/etc/passwd"):
         with pytest.raises(BadInput, match=r"^--control"):
             testcall.control_endpoint(bad, published)
+
+
+def test_control_for_a_profile_whose_client_uses_no_ng_port_is_refused_not_ignored() -> None:
+    engine = FakeEngine()
+    engine.add("calls", {MANAGED_LABEL: "true", PROFILE_LABEL: "sip"}, running=True)
+    request = testcall.TestCallRequest("calls", control="172.17.0.2:2223")
+    with pytest.raises(BadInput, match=r"^--control names rtpengine's ng port; profile sip's test call does not"):
+        testcall.test_call(engine, load_profile, request)

@@ -163,6 +163,8 @@ def test_call(engine: EngineApi, load_profile: Callable[[str], Profile], request
         raise BadInput(f"Container {request.name} has no profile label: test-call does not know how to call it.")
     # The label's value is the container's word: a name of an installed profile, never a file to read.
     profile = load_profile(profile_of(info.labels) or profile_name)
+    if request.control is not None and profile.test_call != "rtpengine-ng":
+        raise BadInput(f"--control names rtpengine's ng port; profile {profile.name}'s test call does not use one.")
     if profile.test_call == "rtpengine-ng":
         return _rtpengine(info, profile, request)
     if profile.test_call == "sipp":
