@@ -11,29 +11,23 @@ from __future__ import annotations
 import json
 import re
 import time
-from pathlib import Path
 
 import pytest
 from lab.vm import Guest
 
+from tests.lab.steps import CLI, PROJECT, engine_info, set_up, sh
+
 pytestmark = pytest.mark.lab
 
-HERE = Path(__file__).resolve().parents[2]
-PROJECT = "/root/docker-xms"
-CLI = f"{PROJECT}/.venv/bin/docker-xms"
 DEMO = "docker-xms-demo"
 DAEMON_JSON = "/etc/docker/daemon.json"
-
-
-def _sh(guest: Guest, script: str, timeout: float = 600, check: bool = True) -> str:
-    return guest.run("bash", "-c", script, timeout=timeout, check=check).stdout
 
 
 def _wait(guest: Guest, script: str, timeout: float, what: str) -> str:
     """Poll a guest command until it prints something; its output."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = _sh(guest, script, check=False).strip()
+        out = sh(guest, script, check=False).strip()
         if out:
             return out
         time.sleep(3)
@@ -44,23 +38,21 @@ def test_the_guest_is_a_fresh_debian_13_host(debian13: Guest) -> None:
     assert debian13.run("cat", "/etc/debian_version").stdout.startswith("13")
     assert debian13.run("stat", "-fc", "%T", "/sys/fs/cgroup").stdout.strip() == "cgroup2fs"
     assert "cgroup" not in {line.split()[2] for line in debian13.run("cat", "/proc/mounts").stdout.splitlines()}
-    found = _sh(debian13, "grep -h CONFIG_RT_GROUP_SCHED /boot/config-*")
+    found = sh(debian13, "grep -h CONFIG_RT_GROUP_SCHED /boot/config-*")
     assert found.strip() == "# CONFIG_RT_GROUP_SCHED is not set"
     assert debian13.run("cat", "/proc/1/comm").stdout.strip() == "systemd"
     state = debian13.run("systemctl", "is-system-running", "--wait", check=False).stdout.strip()
     assert state in {"running", "degraded"}, debian13.run("systemctl", "--failed", check=False).stdout
     # Nothing of what the set-up installs is there yet.
-    assert _sh(debian13, "command -v docker dockerd python3 || true").strip() == ""
+    assert sh(debian13, "command -v docker dockerd python3 || true").strip() == ""
 
 
 def test_the_set_up_installs_an_engine_that_systemd_runs_and_that_can_run_systemd(debian13: Guest) -> None:
-    debian13.put_git(HERE, PROJECT)
-    done = debian13.run("bash", f"{PROJECT}/scripts/quickstart.sh", "setup", timeout=2400, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
+    set_up(debian13)
     assert debian13.run("systemctl", "is-active", "docker.service").stdout.strip() == "active"
     # The engine systemd runs, not a second one.
-    assert _sh(debian13, "pgrep -x dockerd | wc -l").strip() == "1"
-    info = json.loads(debian13.run("docker", "info", "--format", "{{json .}}").stdout)
+    assert sh(debian13, "pgrep -x dockerd | wc -l").strip() == "1"
+    info = engine_info(debian13)
     assert (info["CgroupVersion"], info["CgroupDriver"]) == ("2", "systemd")
     assert info["ServerVersion"].startswith("26.")
     # Debian 13's Docker 26 has no writable-cgroups: the engine the set-up has just installed gets users
@@ -102,9 +94,9 @@ ip -n xms-peer route add default via 10.77.0.1
 
 
 def test_a_test_call_from_a_peer_whose_only_route_is_the_guests_address_has_rtp_both_ways(debian13: Guest) -> None:
-    _sh(debian13, PEER_SETUP)
+    sh(debian13, PEER_SETUP)
     try:
-        assert _sh(debian13, "ip -n xms-peer route").split("\n")[0] == "default via 10.77.0.1 dev xms-peer1 "
+        assert sh(debian13, "ip -n xms-peer route").split("\n")[0] == "default via 10.77.0.1 dev xms-peer1 "
         # Control by the container's own address (the published ng port is on the guest's loopback, which is
         # not in the peer's namespace); the media by the address the server advertises, as a phone sends it.
         ng = debian13.run("docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", DEMO).stdout.strip()
@@ -120,12 +112,12 @@ def test_a_test_call_from_a_peer_whose_only_route_is_the_guests_address_has_rtp_
         assert len(call["directions"]) == 2
         assert all(d["received"] >= 0.9 * d["sent"] > 0 for d in call["directions"]), call["directions"]
     finally:
-        _sh(debian13, "ip netns del xms-peer; ip link del xms-peer0 2>/dev/null; true")
+        sh(debian13, "ip netns del xms-peer; ip link del xms-peer0 2>/dev/null; true")
 
 
 def test_the_agent_under_systemd_puts_the_demo_right_after_a_reboot(debian13: Guest) -> None:
     # The agent `run` started in the background gives way to the one systemd keeps.
-    _sh(debian13, "pkill -f '[d]ocker-xms agent' || true; pkill -f '[d]ocker_xms agent' || true")
+    sh(debian13, "pkill -f '[d]ocker-xms agent' || true; pkill -f '[d]ocker_xms agent' || true")
     debian13.run(CLI, "agent", "install")
     assert debian13.run("systemctl", "is-active", "docker-xms-agent.service").stdout.strip() == "active"
     assert debian13.run("systemctl", "is-enabled", "docker-xms-agent.service").stdout.strip() == "enabled"
@@ -151,17 +143,17 @@ def test_docker_26_without_remapped_users_gets_the_refusal_and_nothing_is_create
     debian13: Guest, rtpengine_image: str
 ) -> None:
     """The operator's own engine as Debian 13 installs it: docker-xms never reconfigures it, and says why not."""
-    _sh(debian13, f"rm {DAEMON_JSON} && systemctl restart docker.service")
-    info = json.loads(debian13.run("docker", "info", "--format", "{{json .}}").stdout)
+    sh(debian13, f"rm {DAEMON_JSON} && systemctl restart docker.service")
+    info = engine_info(debian13)
     assert not any(option.startswith("name=userns") for option in info["SecurityOptions"])
     debian13.load_image(rtpengine_image)
     state = (
         "docker ps -aq | sort; iptables-save | grep -c DOCKER-XMS || true; cat /var/lib/docker-xms/*.json 2>/dev/null"
     )
-    before = _sh(debian13, state)
+    before = sh(debian13, state)
     done = debian13.run(CLI, "run", "-c", "--no-wait", "--name", "refused", check=False)
     assert done.returncode == 2, done.stdout + done.stderr
     said = done.stderr.strip()
     assert said.startswith("error: On cgroup v2 this engine cannot give a container a writable cgroup"), said
     assert "\n" not in said
-    assert _sh(debian13, state) == before
+    assert sh(debian13, state) == before

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 from lab.vm import Guest
 
+from tests.lab.steps import CLI, engine_info, set_up, sh
+
 pytestmark = pytest.mark.lab
 
-HERE = Path(__file__).resolve().parents[2]
-PROJECT = "/root/docker-xms"
-CLI = f"{PROJECT}/.venv/bin/docker-xms"
 SERVERS = (("lab-one", ()), ("lab-two", ("-c",)), ("lab-three", ("-c",)))
 # Containers, the rules inside docker-xms's own chains (the chains and the jumps to them stay once made), records.
 HOST_STATE = (
@@ -27,27 +25,21 @@ HOST_STATE = (
 )
 
 
-def _sh(guest: Guest, script: str, timeout: float = 600) -> str:
-    return guest.run("bash", "-c", script, timeout=timeout).stdout
-
-
 def test_the_set_up_takes_the_operators_engine_28_as_it_is(forky: Guest) -> None:
-    forky.put_git(HERE, PROJECT)
-    done = forky.run("bash", f"{PROJECT}/scripts/quickstart.sh", "setup", timeout=2400, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    info = json.loads(forky.run("docker", "info", "--format", "{{json .}}").stdout)
+    set_up(forky)
+    info = engine_info(forky)
     assert int(info["ServerVersion"].split(".")[0]) >= 28
     assert (info["CgroupVersion"], info["CgroupDriver"]) == ("2", "systemd")
     assert not any(option.startswith("name=userns") for option in info["SecurityOptions"])
     assert forky.run("test", "-e", "/etc/docker/daemon.json", check=False).returncode == 1
-    assert _sh(forky, "pgrep -x dockerd | wc -l").strip() == "1"
+    assert sh(forky, "pgrep -x dockerd | wc -l").strip() == "1"
 
 
 def test_three_servers_each_boot_systemd_with_real_time_threads_and_reach_no_other_cgroup(
     forky: Guest, rtpengine_image: str
 ) -> None:
     forky.load_image(rtpengine_image)
-    before = _sh(forky, HOST_STATE)
+    before = sh(forky, HOST_STATE)
     try:
         for name, args in SERVERS:
             done = forky.run(CLI, "run", *args, "--name", name, "--json", timeout=900, check=False)
@@ -60,7 +52,7 @@ def test_three_servers_each_boot_systemd_with_real_time_threads_and_reach_no_oth
         for name, _ in SERVERS:
             forky.run(CLI, "rm", "-f", name, check=False)
     # Everything given back: no container, no rule, no record left of the three.
-    assert _sh(forky, HOST_STATE) == before
+    assert sh(forky, HOST_STATE) == before
 
 
 def _one_server_is_right(guest: Guest, name: str) -> None:
