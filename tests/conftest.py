@@ -12,10 +12,13 @@ from typing import Any
 import docker
 import pytest
 
+from docker_xms.adapters import hostlock
 from tests import host_state
 from tests.helpers import BASE_IMAGE, RTPENGINE_IMAGE, SUITE_LABEL, TEST_LABEL, run_cli
 
 BUSYBOX_IMAGE = "docker-xms-test/busybox:latest"
+# Held by the run that uses the host's engine, until its process ends.
+RUN_LOCK = Path("/run/docker-xms/test-run.lock")
 
 # Every docker-xms the suite starts, through run_cli or not, leaves no agent behind it; the tests of
 # `run` starting one ask for it and stop it.
@@ -43,6 +46,12 @@ def host_as_found(engine_client: Any) -> Iterator[None]:
     with its budget at the end; every other container must then be exactly as it was.
     """
     client = engine_client
+    # One run of the suite on a host at a time: a second one would take the first one's containers for those
+    # an interrupted run left, and remove them under it.
+    if hostlock.try_hold(RUN_LOCK) is None:
+        pytest.fail(
+            f"another run of this test suite (pid {hostlock.holder(RUN_LOCK)}) is using this host; run one at a time"
+        )
     _remove_what_an_interrupted_run_left(client)
     before = host_state.snapshot(client)
     demo = next((cid for cid, f in before.items() if f.name == host_state.DEMO and f.status == "running"), None)
