@@ -344,9 +344,10 @@ class Guest:
         archive = ["git", "-c", "tar.umask=022", "-C", str(repo), "archive", "--format=tar", ref]
         self._pipe(archive, self._untar(remote_dir), timeout)
 
-    def load_image(self, tag: str, timeout: float = 600) -> None:
-        """An image from the host's engine into the guest's, streamed (`docker save | docker load`)."""
-        self._pipe(["docker", "save", tag], "docker load", timeout)
+    def load_image(self, tag: str, timeout: float = 600, loader: str = "docker load") -> None:
+        """An image from the host's engine into the guest's, streamed (`docker save | docker load`, or the
+        guest engine's own `loader`, e.g. `podman load`)."""
+        self._pipe(["docker", "save", tag], loader, timeout)
 
     @staticmethod
     def _untar(remote_dir: str) -> str:

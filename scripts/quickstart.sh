@@ -15,7 +15,10 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 
-packages=(docker.io mmdebstrap iptables iproute2 conntrack python3-venv python3-pip ca-certificates)
+# An engine that DOCKER_HOST names (Podman's Docker-compatible service, or a Docker Engine elsewhere) is the
+# operator's: it is used as it is, and no Docker Engine is installed or started beside it.
+packages=(mmdebstrap iptables iproute2 conntrack python3-venv python3-pip ca-certificates)
+[ -n "${DOCKER_HOST:-}" ] || packages=(docker.io "${packages[@]}")
 if [ "$job" = test ]; then
   packages+=(docker-registry rt-tests stress-ng busybox-static gcc libc6-dev util-linux systemd sip-tester rtpengine-utils chromium chromium-driver prometheus docker-compose qemu-system-x86 qemu-utils openssh-client)
 fi
@@ -57,6 +60,10 @@ fi
 engine_up() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 wait_engine() { for _ in $(seq 1 60); do engine_up && return 0; sleep 0.5; done; return 1; }
 systemd_engine() { [ -d /run/systemd/system ] && systemctl cat docker.service >/dev/null 2>&1; }
+if [ -n "${DOCKER_HOST:-}" ] && ! engine_up; then
+  echo "error: no engine answers at DOCKER_HOST=$DOCKER_HOST (for Podman: systemctl enable --now podman.socket)." >&2
+  exit 1
+fi
 if ! engine_up && systemd_engine; then
   echo "Starting docker.service"
   systemctl start docker.service

@@ -231,6 +231,14 @@ class FakeContainer:
         return self.status == "running"
 
 
+# How engines without writable-cgroups refuse it at create, in their own words (the lab hosts' engines are
+# checked against these: tests/lab).
+REFUSALS = {
+    "docker": f'invalid --security-opt 2: "{WRITABLE_CGROUPS}"',
+    "podman": f'fill out specgen: invalid --security-opt 2: "{WRITABLE_CGROUPS}"',
+}
+
+
 class FakeEngine:
     """Containers with labels, state, address and stored budget; a container runs in its cgroup.
 
@@ -244,18 +252,30 @@ class FakeEngine:
         fs: FakeCgroupFs | None = None,
         parent: str = "/docker",
         images: Mapping[str, Sequence[str]] | None = None,
+        driver: str = "cgroupfs",
     ) -> None:
         self.fs = fs
         self.parent = parent
+        self.driver = driver
         self.images: dict[str, set[str]] = {k: set(v) for k, v in (images or {}).items()}
         self.containers: dict[str, FakeContainer] = {}
         self.answer: Callable[[list[str]], tuple[int, str]] = booted
         self.fail: dict[str, BaseException] = {}
         self.before: dict[str, Callable[..., None]] = {}
         self.calls: list[str] = []
+        # What /info and /version say (make_host sets them for the host it models).
+        self.engine_info = EngineInfo(
+            server_version="20.10.0",
+            api_version="1.41",
+            cgroup_driver="cgroupfs",
+            cgroup_version="1",
+            security_options=("name=seccomp,profile=default",),
+            docker_root="/var/lib/docker",
+        )
         # Engine 28 and later make a container's own cgroup writable when asked; Docker 26 (Debian 13's) and
-        # Podman's Docker API refuse the option at create, in these words.
+        # Podman's Docker API refuse the option at create, in these words (REFUSALS).
         self.writable_cgroups = True
+        self.refusal = REFUSALS["docker"]
         self._ids = itertools.count(1)
         self._addresses = itertools.count(2)
 
@@ -289,7 +309,7 @@ class FakeEngine:
         return found
 
     def cgroup_of(self, container_id: str) -> str:
-        return container_cgroup(self.parent, "cgroupfs", container_id)
+        return container_cgroup(self.parent, self.driver, container_id, self.engine_info.kind)
 
     # A container made outside the use cases (by hand, by another process).
     def add(
@@ -344,7 +364,7 @@ class FakeEngine:
 
     def info(self) -> EngineInfo:
         self._enter("info")
-        return EngineInfo("20.10.0", "1.41", "cgroupfs", "1", ("name=seccomp,profile=default",), "/var/lib/docker")
+        return self.engine_info
 
     def image_exists(self, ref: str) -> bool:
         self._enter("image_exists", ref)
@@ -365,9 +385,7 @@ class FakeEngine:
         if spec.name and self._find(spec.name) is not None:
             raise BadInput(f"A container with that name already exists (Conflict: {spec.name}).")
         if WRITABLE_CGROUPS in spec.security_opt and not self.writable_cgroups:
-            raise CgroupsNotWritable(
-                f'The engine could not create the container: invalid --security-opt 2: "{WRITABLE_CGROUPS}".'
-            )
+            raise CgroupsNotWritable(f"The engine could not create the container: {self.refusal}.")
         cid = self._new_id()
         files = dict.fromkeys(self.images[spec.image], b"")
         name = spec.name or f"fake_{cid[:6]}"

@@ -33,6 +33,11 @@ FORKY = GuestRecipe(
 )
 
 
+# Debian 13 with Podman as its operator installs it (`apt install podman` brings D-Bus, which crun's systemd
+# cgroup manager needs), serving the Docker API on its socket; no Docker Engine.
+PODMAN = GuestRecipe(name="podman", suite="trixie", packages=("podman", "dbus"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """DOCKER_XMS_LAB=0 skips the lab's machines, saying so (`-m "not lab"` leaves them out silently)."""
     if os.environ.get("DOCKER_XMS_LAB", "1") != "0":
@@ -67,6 +72,11 @@ def debian13() -> Iterator[Guest]:
 @pytest.fixture(scope="module")
 def forky() -> Iterator[Guest]:
     yield from _booted(FORKY)
+
+
+@pytest.fixture(scope="module")
+def podman() -> Iterator[Guest]:
+    yield from _booted(PODMAN)
 
 
 @pytest.fixture(scope="session")

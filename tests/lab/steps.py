@@ -4,6 +4,7 @@ shell lines run there, and the engine's own account of itself."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +15,64 @@ PROJECT = "/root/docker-xms"
 CLI = f"{PROJECT}/.venv/bin/docker-xms"
 
 
+# A peer's network namespace in the guest whose only route is the guest's own address, as a phone outside.
+PEER_SETUP = """
+ip netns add xms-peer
+ip link add xms-peer0 type veth peer name xms-peer1
+ip link set xms-peer1 netns xms-peer
+ip addr add 10.77.0.1/30 dev xms-peer0
+ip link set xms-peer0 up
+ip -n xms-peer addr add 10.77.0.2/30 dev xms-peer1
+ip -n xms-peer link set lo up
+ip -n xms-peer link set xms-peer1 up
+ip -n xms-peer route add default via 10.77.0.1
+"""
+PEER_TEARDOWN = "ip netns del xms-peer; ip link del xms-peer0 2>/dev/null; true"
+
+
 def sh(guest: Guest, script: str, timeout: float = 600, check: bool = True) -> str:
     """A shell line as root in the guest; its output."""
     return guest.run("bash", "-c", script, timeout=timeout, check=check).stdout
 
 
-def set_up(guest: Guest) -> None:
-    """The project (this checkout's HEAD, as a root clone has it) and `quickstart.sh setup` run from it."""
+def set_up(guest: Guest, env: str = "") -> None:
+    """The project (this checkout's HEAD, as a root clone has it) and `quickstart.sh setup` run from it
+    (`env`: assignments before it, e.g. DOCKER_HOST=...)."""
     guest.put_git(HERE, PROJECT)
-    done = guest.run("bash", f"{PROJECT}/scripts/quickstart.sh", "setup", timeout=2400, check=False)
+    done = guest.run(
+        "env", *env.split(), "bash", f"{PROJECT}/scripts/quickstart.sh", "setup", timeout=2400, check=False
+    )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# Run by the project's own Python in the guest: what decides docker-xms's behaviour there, as
+# tests/unit/usecase_host.host_facts reads it from a host object (a fake one's too).
+_FACTS = """
+import json
+from docker_xms.adapters.config import load_settings
+from docker_xms.adapters.engine import Engine
+from docker_xms.usecases.rt import open_host
+from tests.unit.usecase_host import host_facts
+settings = load_settings()
+engine = Engine.connect(timeout=60, host=settings.docker_host)
+print(json.dumps(host_facts(open_host(engine, settings), engine.info())))
+"""
+
+
+def host_facts(guest: Guest, env: str = "") -> dict[str, Any]:
+    """The guest's host object and engine, read by docker-xms itself (`env` as for set_up)."""
+    done = guest.run("env", *env.split(), "sh", "-c", f"cd {PROJECT} && .venv/bin/python -c {shlex.quote(_FACTS)}")
+    facts: dict[str, Any] = json.loads(done.stdout)
+    return facts
+
+
+def refusal_words(guest: Guest, image: str, env: str = "") -> str:
+    """What the guest's engine says when it is asked for writable-cgroups, as it says it."""
+    done = guest.run(
+        "env", *env.split(), "docker", "create", "--security-opt", "writable-cgroups=true", image, check=False
+    )
+    assert done.returncode != 0, f"the engine took writable-cgroups: {done.stdout}"
+    return done.stderr.strip()
 
 
 def engine_info(guest: Guest) -> dict[str, Any]:

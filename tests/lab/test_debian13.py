@@ -11,11 +11,24 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 from lab.vm import Guest
 
-from tests.lab.steps import CLI, PROJECT, engine_info, set_up, sh
+from tests.fakes import REFUSALS
+from tests.lab.steps import (
+    CLI,
+    PEER_SETUP,
+    PEER_TEARDOWN,
+    PROJECT,
+    engine_info,
+    host_facts,
+    refusal_words,
+    set_up,
+    sh,
+)
+from tests.unit.usecase_host import facts_of, make_host
 
 pytestmark = pytest.mark.lab
 
@@ -64,6 +77,12 @@ def test_the_set_up_installs_an_engine_that_systemd_runs_and_that_can_run_system
     )
 
 
+def test_the_fake_v2_host_of_the_unit_tests_is_this_one(debian13: Guest, tmp_path: Path) -> None:
+    """What the in-memory v2 host with remapped users claims (tests/unit/usecase_host.make_host), checked
+    against the real one."""
+    assert host_facts(debian13) == facts_of(make_host(tmp_path, cgroup_version=2, userns=True))
+
+
 def test_the_demo_starts_with_its_threads_real_time_and_says_so(debian13: Guest, rtpengine_image: str) -> None:
     # As a user who pulled it would have it: the demo image from the host, not built under emulation.
     debian13.load_image(rtpengine_image)
@@ -78,19 +97,6 @@ def test_the_demo_starts_with_its_threads_real_time_and_says_so(debian13: Guest,
     assert fifo, verified
     # No group budget exists on this kernel: none was asked for, none is claimed.
     assert verified["budget_us"] == 0
-
-
-PEER_SETUP = """
-ip netns add xms-peer
-ip link add xms-peer0 type veth peer name xms-peer1
-ip link set xms-peer1 netns xms-peer
-ip addr add 10.77.0.1/30 dev xms-peer0
-ip link set xms-peer0 up
-ip -n xms-peer addr add 10.77.0.2/30 dev xms-peer1
-ip -n xms-peer link set lo up
-ip -n xms-peer link set xms-peer1 up
-ip -n xms-peer route add default via 10.77.0.1
-"""
 
 
 def test_a_test_call_from_a_peer_whose_only_route_is_the_guests_address_has_rtp_both_ways(debian13: Guest) -> None:
@@ -112,7 +118,7 @@ def test_a_test_call_from_a_peer_whose_only_route_is_the_guests_address_has_rtp_
         assert len(call["directions"]) == 2
         assert all(d["received"] >= 0.9 * d["sent"] > 0 for d in call["directions"]), call["directions"]
     finally:
-        sh(debian13, "ip netns del xms-peer; ip link del xms-peer0 2>/dev/null; true")
+        sh(debian13, PEER_TEARDOWN)
 
 
 def test_the_agent_under_systemd_puts_the_demo_right_after_a_reboot(debian13: Guest) -> None:
@@ -140,7 +146,7 @@ def test_the_agent_under_systemd_puts_the_demo_right_after_a_reboot(debian13: Gu
 
 
 def test_docker_26_without_remapped_users_gets_the_refusal_and_nothing_is_created(
-    debian13: Guest, rtpengine_image: str
+    debian13: Guest, rtpengine_image: str, tmp_path: Path
 ) -> None:
     """The operator's own engine as Debian 13 installs it: docker-xms never reconfigures it, and says why not."""
     sh(debian13, f"rm {DAEMON_JSON} && systemctl restart docker.service")
@@ -151,6 +157,9 @@ def test_docker_26_without_remapped_users_gets_the_refusal_and_nothing_is_create
         "docker ps -aq | sort; iptables-save | grep -c DOCKER-XMS || true; cat /var/lib/docker-xms/*.json 2>/dev/null"
     )
     before = sh(debian13, state)
+    # The engine's own words, as the unit tests' fake engine refuses, and the fake host without remapped users.
+    assert REFUSALS["docker"] in refusal_words(debian13, rtpengine_image)
+    assert host_facts(debian13) == facts_of(make_host(tmp_path, cgroup_version=2))
     done = debian13.run(CLI, "run", "-c", "--no-wait", "--name", "refused", check=False)
     assert done.returncode == 2, done.stdout + done.stderr
     said = done.stderr.strip()

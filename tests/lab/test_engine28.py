@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from lab.vm import Guest
 
-from tests.lab.steps import CLI, engine_info, set_up, sh
+from tests.lab.steps import CLI, engine_info, host_facts, set_up, sh
+from tests.unit.usecase_host import facts_of, make_host
 
 pytestmark = pytest.mark.lab
 
@@ -33,6 +35,11 @@ def test_the_set_up_takes_the_operators_engine_28_as_it_is(forky: Guest) -> None
     assert not any(option.startswith("name=userns") for option in info["SecurityOptions"])
     assert forky.run("test", "-e", "/etc/docker/daemon.json", check=False).returncode == 1
     assert sh(forky, "pgrep -x dockerd | wc -l").strip() == "1"
+
+
+def test_the_fake_v2_host_of_the_unit_tests_is_this_one(forky: Guest, tmp_path: Path) -> None:
+    """The in-memory v2 host whose engine takes writable-cgroups (make_host's default), checked against the real one."""
+    assert host_facts(forky) == facts_of(make_host(tmp_path, cgroup_version=2))
 
 
 def test_three_servers_each_boot_systemd_with_real_time_threads_and_reach_no_other_cgroup(

@@ -220,6 +220,29 @@ def test_on_cgroup_v2_an_engine_that_refuses_writable_cgroups_gets_one_sentence_
     assert records.load(records.records_path(host.rt.settings)) == {}
 
 
+def test_on_podman_systemd_boots_by_podmans_own_systemd_mode_without_the_option_it_refuses(tmp_path: Path) -> None:
+    host = make_host(tmp_path, cgroup_version=2, engine_kind="podman")
+
+    cid = _run(host)
+
+    spec = host.engine.containers[cid].spec
+    assert (spec.cgroupns, spec.security_opt, spec.entrypoint) == ("private", (), None)
+    assert (spec.cpu_rt_runtime, spec.rtprio) == (0, 99)
+    # Its cgroup where Podman puts it: no file of Docker's place is looked for.
+    assert host.rt.cgroup_of(cid) == f"/machine.slice/libpod-{cid}.scope"
+
+
+def test_on_podman_with_cgroup_v1_one_sentence_and_nothing_is_left(tmp_path: Path) -> None:
+    host = make_host(tmp_path, cgroup_version=1, engine_kind="podman")
+
+    with pytest.raises(BadInput, match=r"^docker-xms runs systemd containers on Podman only on cgroup v2") as refused:
+        _run(host, ports="dnat")
+
+    assert "\n" not in refused.value.message
+    assert (host.engine.containers, host.netfilter.forwards) == ({}, {})
+    assert records.load(records.records_path(host.rt.settings)) == {}
+
+
 def test_a_restart_policy_is_the_engines_and_a_bad_one_is_refused_before_anything(host: Host) -> None:
     cid = _run(host, restart="unless-stopped")
     assert host.engine.containers[cid].spec.restart_policy == "unless-stopped"

@@ -10,12 +10,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
 from docker_xms.adapters import cgroups
 from docker_xms.adapters.engine import sdk_arguments
 from docker_xms.domain import ports as port_plans
-from docker_xms.domain.boot import v2_systemd_refusal
+from docker_xms.domain.boot import podman_systemd_mode, systemd_boot, v2_systemd_refusal
+from docker_xms.domain.engine_types import engine_kind
 from docker_xms.domain.profiles import parse_profile
 from docker_xms.domain.recipes import GATE_ENTRYPOINT
+from docker_xms.errors import BadInput
 from docker_xms.usecases.rt import RtHost
 from docker_xms.usecases.run import RunRequest, _create_spec
 from tests import layouts
@@ -72,3 +76,26 @@ def test_the_refusal_for_an_engine_without_writable_cgroups_is_one_sentence_with
     assert "\n" not in answer
     ways = [answer.index(way) for way in ("28 or later", "--userns-remap=default", "cgroup v1")]
     assert ways == sorted(ways)
+
+
+def test_podmans_systemd_mode_is_known_by_the_command_as_podman_decides_it() -> None:
+    assert podman_systemd_mode(("/sbin/init",))
+    assert podman_systemd_mode(("/usr/lib/systemd/systemd", "--log-level=info"))
+    assert not podman_systemd_mode(("/bin/sh", "-c", "exec /sbin/init"))
+    assert not podman_systemd_mode(())
+
+
+def test_an_image_whose_command_podman_would_not_run_in_systemd_mode_is_one_sentence_naming_it() -> None:
+    with pytest.raises(BadInput) as refused:
+        systemd_boot(2, (), ("/bin/sh", "-c", "x" * 500), engine="podman")
+    said = refused.value.message
+    assert said.startswith("Podman runs systemd in a container only when the image's command is systemd or /sbin/init")
+    assert "\n" not in said
+    assert len(said) < 400
+
+
+def test_the_engine_kind_is_told_by_the_components_of_its_version() -> None:
+    assert engine_kind([{"Name": "Engine", "Version": "26.1.5"}]) == "docker"
+    assert engine_kind([{"Name": "Podman Engine", "Version": "5.4.2"}, {"Name": "Conmon"}]) == "podman"
+    # What an engine says of itself is bounded: anything else is Docker's behaviour.
+    assert engine_kind(None) == engine_kind("Podman") == engine_kind([["Podman"]]) == "docker"

@@ -56,6 +56,9 @@ def test_the_engine_gets_the_rttime_ulimit_and_reads_it_back() -> None:
     assert _container_info(attrs).rttime_us == 0
     attrs["HostConfig"] = {"Ulimits": [{"Name": "rttime", "Soft": 500_000, "Hard": 1_000_000}]}
     assert _container_info(attrs).rttime_us == 500_000
+    # Podman names it by the kernel's name.
+    attrs["HostConfig"] = {"Ulimits": [{"Name": "RLIMIT_RTTIME", "Soft": 500_000, "Hard": 1_000_000}]}
+    assert _container_info(attrs).rttime_us == 500_000
     # What a container's inspect view says is bounded: a value that is no number counts as none.
     attrs["HostConfig"] = {"Ulimits": [{"Name": "rttime", "Soft": "lots"}, "junk"]}
     assert _container_info(attrs).rttime_us == 0

@@ -3,10 +3,14 @@ the host object a command hands its use cases, built from them."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from docker_xms.adapters.cgroups import HostRt
+from docker_xms.domain.boot import userns_remapped
+from docker_xms.domain.engine_types import DOCKER, PODMAN
 from docker_xms.domain.labels import (
     ADVERTISE_LABEL,
     LABEL_DNAT,
@@ -22,11 +26,16 @@ from docker_xms.usecases import adoption
 from docker_xms.usecases.host import Host as CommandHost
 from docker_xms.usecases.reconcile import reconcile
 from docker_xms.usecases.rt import RtHost
-from tests.fakes import FakeCgroupFs, FakeContainer, FakeEngine, FakeNetfilter
+from tests.fakes import REFUSALS, FakeCgroupFs, FakeContainer, FakeEngine, FakeNetfilter
+
+if TYPE_CHECKING:
+    from docker_xms.domain.engine_types import EngineInfo, EngineKind
 
 IMAGE = "test/rtpengine:1"
 NO_SYSTEMD = "test/plain:1"
 PARENT = "/docker"
+# Where the systemd driver puts containers (each engine's default parent).
+V2_PARENTS = {DOCKER: "/system.slice", PODMAN: "/machine.slice"}
 
 
 @dataclass
@@ -80,15 +89,29 @@ class Host:
         reconcile(self.rt, self.netfilter)
 
 
-def make_host(tmp: Path, cgroup_version: int = 1, userns: bool = False) -> Host:
-    """A v1 host with per-group budgets, or a v2 host of a stock kernel: no group budgets, SCHED_FIFO global."""
+def make_host(tmp: Path, cgroup_version: int = 1, userns: bool = False, engine_kind: EngineKind = DOCKER) -> Host:
+    """A v1 host with per-group budgets (the cgroupfs driver), or a v2 host of a stock kernel as the lab's are:
+    no group budgets, SCHED_FIFO global, the systemd driver; `userns`: the engine remaps users; `engine_kind`:
+    Docker or Podman answers (Podman has no writable-cgroups)."""
+    v2 = cgroup_version == 2
+    driver, parent = ("systemd", V2_PARENTS[engine_kind]) if v2 else ("cgroupfs", PARENT)
     fs = FakeCgroupFs(root_runtime=950_000)
-    fs.ensure(PARENT)
-    engine = FakeEngine(fs, PARENT, images={IMAGE: ["/lib/systemd/systemd"], NO_SYSTEMD: ["/bin/sh"]})
+    fs.ensure(parent)
+    engine = FakeEngine(fs, parent, images={IMAGE: ["/lib/systemd/systemd"], NO_SYSTEMD: ["/bin/sh"]}, driver=driver)
+    engine.engine_info = dataclasses.replace(
+        engine.engine_info,
+        kind=engine_kind,
+        cgroup_version=str(cgroup_version),
+        cgroup_driver=driver,
+        security_options=engine.engine_info.security_options + (("name=userns",) if userns else ()),
+    )
+    if engine_kind == PODMAN:
+        engine.writable_cgroups = False
+        engine.refusal = REFUSALS[PODMAN]
     host = (
-        HostRt(1, True, 950_000, 1_000_000, "per-group", tmp / "cpu")
-        if cgroup_version == 1
-        else HostRt(2, False, 950_000, 1_000_000, "global", tmp / "cpu")
+        HostRt(2, False, 950_000, 1_000_000, "global", tmp / "cpu")
+        if v2
+        else HostRt(1, True, 950_000, 1_000_000, "per-group", tmp / "cpu")
     )
     settings = Settings(lock_path=tmp / "host.lock", state_dir=tmp / "state")
     # No host service listens on a media port of this host.
@@ -96,10 +119,36 @@ def make_host(tmp: Path, cgroup_version: int = 1, userns: bool = False) -> Host:
         engine=engine,
         host=host,
         fs=fs,
-        driver="cgroupfs",
-        parent=PARENT,
+        driver=driver,
+        parent=parent,
         settings=settings,
         listening=lambda: {"tcp": set(), "udp": set()},
         userns=userns,
+        engine_kind=engine_kind,
     )
     return Host(fs, engine, FakeNetfilter(), rt)
+
+
+def host_facts(rt: RtHost, info: EngineInfo) -> dict[str, object]:
+    """What decides docker-xms's behaviour on a host, from its host object and its engine's account: a fake host
+    (facts_of) and a lab machine's real one (tests/lab/steps.host_facts) are compared by this."""
+    return {
+        "cgroup_version": rt.host.cgroup_version,
+        "rt_group_sched": rt.host.rt_group_sched,
+        "rt_mode": rt.host.mode,
+        "rt_runtime_us": rt.host.rt_runtime_us,
+        "rt_period_us": rt.host.rt_period_us,
+        "driver": rt.driver,
+        "parent": rt.parent,
+        "userns": rt.userns,
+        "engine_kind": rt.engine_kind,
+        "engine_cgroup_version": info.cgroup_version,
+        "engine_driver": info.cgroup_driver,
+        "engine_userns": userns_remapped(info.security_options),
+        "engine_reports_kind": info.kind,
+    }
+
+
+def facts_of(host: Host) -> dict[str, object]:
+    """What this fake host claims about the host it models (host_facts)."""
+    return host_facts(host.rt, host.engine.info())

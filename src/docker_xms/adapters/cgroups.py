@@ -15,12 +15,14 @@ from pathlib import Path
 
 from docker_xms.domain.cgroup_types import GroupRuntime
 from docker_xms.domain.cpusets import parse_cpu_list
+from docker_xms.domain.engine_types import DOCKER, PODMAN
 from docker_xms.domain.rt_mode import GLOBAL, NONE, PER_GROUP, V2_RT_GROUP
 from docker_xms.errors import BadInput, NotFound, XmsError
 
 # The mode's type exists only for the type checker (see domain/rt_mode.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from docker_xms.domain.engine_types import EngineKind
     from docker_xms.domain.rt_mode import RtMode
 
 RUNTIME_FILE = "cpu.rt_runtime_us"
@@ -193,16 +195,18 @@ def kernel_config(proc_root: Path, boot_root: Path) -> str | None:
         return None
 
 
-def engine_parent(host: HostRt, cgroup_driver: str, cgroup_parent: str = "") -> str:
+def engine_parent(host: HostRt, cgroup_driver: str, cgroup_parent: str = "", engine: EngineKind = DOCKER) -> str:
     """The engine's parent cgroup for containers, relative to the cpu controller's root.
 
-    Both cgroup versions use the same names, so `host` only matters for callers that pass it on.
+    Both cgroup versions use the same names, so `host` only matters for callers that pass it on. Podman's
+    defaults are its own (machine.slice, libpod_parent).
     """
     del host
+    podman = engine == PODMAN
     if cgroup_driver == "cgroupfs":
-        return "/" + (cgroup_parent or "docker").strip("/")
+        return "/" + (cgroup_parent or ("libpod_parent" if podman else "docker")).strip("/")
     if cgroup_driver == "systemd":
-        return slice_path(cgroup_parent or "system.slice")
+        return slice_path(cgroup_parent or ("machine.slice" if podman else "system.slice"))
     raise BadInput(f"Unknown cgroup driver {cgroup_driver!r}: the engine uses cgroupfs or systemd.")
 
 
@@ -220,8 +224,12 @@ def slice_path(name: str) -> str:
     return "".join("/" + "-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
 
 
-def container_cgroup(parent: str, driver: str, container_id: str) -> str:
-    name = f"docker-{container_id}.scope" if driver == "systemd" else container_id
+def container_cgroup(parent: str, driver: str, container_id: str, engine: EngineKind = DOCKER) -> str:
+    prefix = "libpod" if engine == PODMAN else "docker"
+    if driver == "systemd":
+        name = f"{prefix}-{container_id}.scope"
+    else:
+        name = f"libpod-{container_id}" if engine == PODMAN else container_id
     return parent.rstrip("/") + "/" + name
 
 

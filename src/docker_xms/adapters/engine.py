@@ -26,7 +26,14 @@ import urllib3.exceptions
 
 from docker_xms.adapters.engine_list import summary_of
 from docker_xms.domain.boot import WRITABLE_CGROUPS
-from docker_xms.domain.engine_types import ContainerInfo, ContainerSummary, CreateSpec, EngineInfo, Progress
+from docker_xms.domain.engine_types import (
+    ContainerInfo,
+    ContainerSummary,
+    CreateSpec,
+    EngineInfo,
+    Progress,
+    engine_kind,
+)
 from docker_xms.errors import (
     BadInput,
     CgroupsNotWritable,
@@ -133,9 +140,13 @@ def _container_info(attrs: dict[str, Any]) -> ContainerInfo:
 
 
 def _soft_limit(ulimits: Any, name: str) -> int:
-    """A ulimit's soft value from the inspect view's HostConfig.Ulimits; 0 when it is not set."""
+    """A ulimit's soft value from the inspect view's HostConfig.Ulimits; 0 when it is not set.
+
+    Docker names it as it was asked for (`rttime`), Podman by the kernel's name (`RLIMIT_RTTIME`).
+    """
+    names = {name, f"RLIMIT_{name.upper()}"}
     for limit in ulimits or ():
-        if isinstance(limit, dict) and limit.get("Name") == name:
+        if isinstance(limit, dict) and limit.get("Name") in names:
             soft = limit.get("Soft")
             return max(0, soft) if isinstance(soft, int) and not isinstance(soft, bool) else 0
     return 0
@@ -238,6 +249,7 @@ class Engine:
             cgroup_version=str(data.get("CgroupVersion", "1")),
             security_options=tuple(data.get("SecurityOptions") or ()),
             docker_root=str(data.get("DockerRootDir", "/var/lib/docker")),
+            kind=engine_kind(version.get("Components")),
         )
 
     def events(self, filters: dict[str, Any] | None = None, since: int | None = None) -> Iterator[dict[str, Any]]:

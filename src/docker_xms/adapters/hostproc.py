@@ -80,6 +80,25 @@ def pids_named(comm: str, proc_root: Path = Path("/proc")) -> list[int]:
     return sorted(pids)
 
 
+def pids_in_pid_namespace_of(pid: int, proc_root: Path = Path("/proc")) -> list[int]:
+    """The host processes in the same PID namespace as `pid` (a container's first process): every process of
+    that container, `exec`'s too. Empty when `pid` is gone or its namespace cannot be read."""
+    try:
+        namespace = os.readlink(proc_root / str(pid) / "ns" / "pid")
+    except OSError:
+        return []
+    pids = []
+    for entry in proc_root.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(entry / "ns" / "pid") == namespace:
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return sorted(pids)
+
+
 def inotify_max_user_instances(proc_root: Path = Path("/proc")) -> int | None:
     """The host's per-user limit of inotify instances, or None if it cannot be read."""
     try:

@@ -7,11 +7,17 @@ back until docker-xms has made that subtree's `name=systemd` hierarchy writable.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from docker_xms.domain.engine_types import DOCKER, PODMAN
 from docker_xms.domain.recipes import GATE_ENTRYPOINT
 from docker_xms.errors import BadInput
+
+if TYPE_CHECKING:
+    from docker_xms.domain.engine_types import EngineKind
 
 # Where an image keeps systemd: one of them must exist for the container to boot.
 SYSTEMD_PATHS = ("/lib/systemd/systemd", "/usr/lib/systemd/systemd")
@@ -35,14 +41,31 @@ class SystemdBoot:
 WRITABLE_CGROUPS = "writable-cgroups=true"
 
 
+# Podman's Docker API runs a container in its systemd mode (the cgroup mount writable, /run on tmpfs) when
+# the container's command is one of these or a file named systemd, and never on request.
+PODMAN_SYSTEMD_COMMANDS = ("/sbin/init", "/usr/sbin/init", "/usr/local/sbin/init")
+
+
+def podman_systemd_mode(command: tuple[str, ...]) -> bool:
+    """Whether Podman runs a container with this command (entrypoint and arguments) in its systemd mode."""
+    return bool(command) and (command[0] in PODMAN_SYSTEMD_COMMANDS or posixpath.basename(command[0]) == "systemd")
+
+
 def systemd_boot(
-    cgroup_version: int, tmpfs: tuple[str, ...], image_command: tuple[str, ...], userns: bool = False
+    cgroup_version: int,
+    tmpfs: tuple[str, ...],
+    image_command: tuple[str, ...],
+    userns: bool = False,
+    engine: EngineKind = DOCKER,
 ) -> SystemdBoot:
     """The mounts and entrypoint for systemd on this host; `tmpfs` are the profile's own, beside /run.
 
-    `userns`: the engine remaps user namespaces (its security options name userns).
+    `userns`: the engine remaps user namespaces (its security options name userns); `engine`: which engine
+    answers the Docker API.
     """
     mounts = {"/run": "", "/run/lock": "", **dict.fromkeys(tmpfs, "")}
+    if engine == PODMAN:
+        return _podman_boot(cgroup_version, mounts, image_command)
     if cgroup_version == 2:
         # A private cgroup namespace, and no mount of ours: the engine mounts a cgroup2 file system at
         # /sys/fs/cgroup that shows the container's own subtree only, writable as systemd >= 248 needs:
@@ -58,6 +81,24 @@ def systemd_boot(
     # then runs the image's command; cpu stays read-only, so systemd makes no cpu sub-cgroups (they would
     # start with a 0 budget).
     return SystemdBoot(mounts, "private", entrypoint=GATE_ENTRYPOINT, command=image_command)
+
+
+def _podman_boot(cgroup_version: int, mounts: Mapping[str, str], image_command: tuple[str, ...]) -> SystemdBoot:
+    """Podman (its Docker-compatible service): systemd boots by Podman's own systemd mode, which mounts the
+    container's private cgroup2 writable; it has no writable-cgroups option and refuses the one it does not know.
+    """
+    if cgroup_version != 2:
+        raise BadInput(
+            "docker-xms runs systemd containers on Podman only on cgroup v2 (Podman's systemd mode): boot the host "
+            "on cgroup v2, or use Docker Engine."
+        )
+    if not podman_systemd_mode(image_command):
+        shown = " ".join(image_command[:4])[:200] or "none"
+        raise BadInput(
+            f"Podman runs systemd in a container only when the image's command is systemd or /sbin/init, and this "
+            f'image\'s is {shown!r}: rebuild it with CMD ["/sbin/init"].'
+        )
+    return SystemdBoot(mounts, "private", rtprio=99)
 
 
 def userns_remapped(security_options: tuple[str, ...]) -> bool:

@@ -15,13 +15,20 @@ from docker_xms.domain.labels import LABEL_PREFIX, MANAGED_LABEL
 # `ps --json` imports this module: typing is only for the type checker (its import costs the listing ~2 ms).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Literal
+
+    EngineKind = Literal["docker", "podman"]
 
 # Called with each chunk of an engine stream (pull, push, build) as it arrives.
 Progress = Callable[[dict[str, "Any"]], None]
 
 
-@dataclass(frozen=True)
+# Which engine answers the Docker API: Docker's own, or Podman's Docker-compatible service.
+DOCKER: EngineKind = "docker"
+PODMAN: EngineKind = "podman"
+
+
+@dataclass(frozen=True, kw_only=True)
 class EngineInfo:
     server_version: str
     api_version: str
@@ -29,6 +36,16 @@ class EngineInfo:
     cgroup_version: str
     security_options: tuple[str, ...]
     docker_root: str
+    kind: EngineKind = DOCKER
+
+
+def engine_kind(components: object) -> EngineKind:
+    """Docker or Podman, from the component names of the engine's /version (Podman's: "Podman Engine")."""
+    if isinstance(components, list):
+        for component in components[:16]:
+            if isinstance(component, dict) and str(component.get("Name", "")).lower().startswith("podman"):
+                return PODMAN
+    return DOCKER
 
 
 @dataclass(frozen=True)

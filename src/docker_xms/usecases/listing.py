@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 
 from docker_xms.adapters import adoption_store, cgroups, engine_list, records
 from docker_xms.domain.adoption import origin, trusted_labels
-from docker_xms.domain.engine_types import ContainerSummary
+from docker_xms.domain.engine_types import DOCKER, PODMAN, ContainerSummary
 from docker_xms.domain.labels import (
     ADVERTISE_LABEL,
     ADVERTISE_OWN,
@@ -25,6 +25,10 @@ from docker_xms.domain.labels import (
 from docker_xms.domain.pool import parse_pool
 from docker_xms.domain.rt_mode import PER_GROUP
 from docker_xms.settings import Settings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from docker_xms.domain.engine_types import EngineKind
 
 
 def managed_summaries(settings: Settings) -> list[ContainerSummary]:
@@ -124,24 +128,29 @@ DRIVERS = ("cgroupfs", "systemd")
 
 def engine_parents(
     host: cgroups.HostRt, cgroup_parent: str, drivers: Sequence[str] = DRIVERS
-) -> tuple[tuple[str, str], ...]:
-    """Where the engine puts its containers' cgroups with each of these cgroup drivers: (driver, parent).
+) -> tuple[tuple[str, str, EngineKind], ...]:
+    """Where an engine puts its containers' cgroups with each of these cgroup drivers: (driver, parent, engine),
+    Podman's place (systemd driver, its default parent) last.
 
     Looked for in each driver's place, a container's group is found without asking the engine which
     driver it runs.
     """
-    places = []
+    places: list[tuple[str, str, EngineKind]] = []
     for driver in drivers:
         # The settings' parent names the systemd driver's only when it is a slice, as the engine reads it.
         custom = cgroup_parent if driver == "cgroupfs" or cgroup_parent.endswith(".slice") else ""
-        places.append((driver, cgroups.engine_parent(host, driver, custom)))
+        places.append((driver, cgroups.engine_parent(host, driver, custom), DOCKER))
+    if "systemd" in drivers and not cgroup_parent:
+        places.append(("systemd", cgroups.engine_parent(host, "systemd", "", PODMAN), PODMAN))
     return tuple(places)
 
 
-def container_group(fs: cgroups.CgroupFs, places: Sequence[tuple[str, str]], container_id: str) -> str | None:
+def container_group(
+    fs: cgroups.CgroupFs, places: Sequence[tuple[str, str, EngineKind]], container_id: str
+) -> str | None:
     """The container's cgroup in the first of `places` (engine_parents) where it exists, if any."""
-    for driver, parent in places:
-        group = cgroups.container_cgroup(parent, driver, container_id)
+    for driver, parent, engine in places:
+        group = cgroups.container_cgroup(parent, driver, container_id, engine)
         if fs.exists(group):
             return group
     return None

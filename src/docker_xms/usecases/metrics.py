@@ -42,6 +42,10 @@ from docker_xms.usecases.boundaries import NetfilterApi
 from docker_xms.usecases.listing import DRIVERS, container_group, engine_parents, managed_summaries
 from docker_xms.usecases.rt import cpu_layout
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from docker_xms.domain.engine_types import EngineKind
+
 
 class ReconcileStats:
     """What the agent counts of its reconciliations; written by its loop, read by the scrape's thread."""
@@ -64,7 +68,9 @@ class ReconcileStats:
 class _Place:
     host: cgroups.HostRt
     fs: cgroups.CgroupFs
-    parents: tuple[tuple[str, str], ...]  # (driver, engine parent) where containers' cgroups may be
+    parents: tuple[
+        tuple[str, str, EngineKind], ...
+    ]  # (driver, engine parent, engine): where containers' cgroups may be
     # Whether media containers share real-time CPU by CPU sets here (the metrics' mode is then `cpus`).
     cpu_sets: bool = False
 
@@ -100,7 +106,7 @@ class Figures:
         running = [c for c in self.list_managed() if c.running]
         per_group = place.host.mode == PER_GROUP
         groups = {c.id: self._group(c.id) for c in running}
-        parent = next((p for _, p in place.parents if place.fs.exists(p)), None) if per_group else None
+        parent = next((p for _, p, _ in place.parents if place.fs.exists(p)), None) if per_group else None
         held: dict[str, int] = {}
         pool = parent_us = None
         if parent is not None:

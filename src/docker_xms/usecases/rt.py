@@ -23,7 +23,7 @@ from docker_xms.domain import budget, cpusets
 from docker_xms.domain.adoption import origin
 from docker_xms.domain.boot import userns_remapped
 from docker_xms.domain.doctor import Finding, diagnose, fair_server_findings, idle_findings, inotify_findings
-from docker_xms.domain.engine_types import ContainerInfo, ContainerSummary
+from docker_xms.domain.engine_types import DOCKER, PODMAN, ContainerInfo, ContainerSummary
 from docker_xms.domain.labels import MANAGED_LABEL, SWARM_TASK, WEIGHT_LABEL, reserved_weight, unreadable, weight_of
 from docker_xms.domain.rt_mode import CPUS, GLOBAL, PER_GROUP
 from docker_xms.errors import BadInput, ContainerBeingRemoved, StartBudgetRefused, XmsError
@@ -32,6 +32,7 @@ from docker_xms.usecases import adoption
 from docker_xms.usecases.boundaries import CgroupFsApi, EngineApi
 
 if TYPE_CHECKING:
+    from docker_xms.domain.engine_types import EngineKind
     from docker_xms.domain.rt_mode import RtMode
 
 
@@ -52,6 +53,11 @@ class RtHost:
     # The engine remaps user namespaces (its /info says so): on cgroup v2 the container's cgroup is then
     # writable as it is, and root in a container is no root on the host (domain/boot.systemd_boot).
     userns: bool = False
+    # Which engine answers the Docker API, and its version (its /version): Podman boots systemd its own way.
+    engine_kind: EngineKind = DOCKER
+    engine_version: str = ""
+    # The host's processes in one container's PID namespace, by its first process (hostproc).
+    pids_in_namespace_of: Callable[[int], list[int]] = hostproc.pids_in_pid_namespace_of
 
     @property
     def lock_path(self) -> Path:
@@ -62,7 +68,7 @@ class RtHost:
         return self.host.mode == PER_GROUP
 
     def cgroup_of(self, container_id: str) -> str:
-        return cgroups.container_cgroup(self.parent, self.driver, container_id)
+        return cgroups.container_cgroup(self.parent, self.driver, container_id, self.engine_kind)
 
 
 def open_host(engine: EngineApi, settings: Settings) -> RtHost:
@@ -70,7 +76,7 @@ def open_host(engine: EngineApi, settings: Settings) -> RtHost:
     info = engine.info()
     # The engine's parent cannot be read from the engine; the settings name it when it is not the default.
     driver = settings.cgroup_driver or info.cgroup_driver
-    parent = cgroups.engine_parent(host, driver, settings.cgroup_parent)
+    parent = cgroups.engine_parent(host, driver, settings.cgroup_parent, info.kind)
     return RtHost(
         engine=engine,
         host=host,
@@ -81,6 +87,8 @@ def open_host(engine: EngineApi, settings: Settings) -> RtHost:
         settings=settings,
         cpus=cpu_layout(settings, host.mode, lambda: cgroups.online_cpus(settings.sys_root)),
         userns=userns_remapped(info.security_options),
+        engine_kind=info.kind,
+        engine_version=info.server_version,
     )
 
 
@@ -703,9 +711,13 @@ def _rt_threads(rt: RtHost, info: ContainerInfo) -> tuple[list[RtThread], int, s
 
 
 def _container_pids(rt: RtHost, info: ContainerInfo) -> list[int]:
-    """Every process of the container: the cgroup's procs, including systemd's sub-cgroups."""
+    """Every process of the container: the cgroup's procs, including systemd's sub-cgroups; else the engine's
+    list. Podman's lists PIDs as the container sees them: there, the processes in the PID namespace of its
+    first one (docker-xms runs beside Podman, in the host's namespace)."""
     pids = rt.fs.procs_under(rt.cgroup_of(info.id)) if rt.per_group else set()
-    if not pids:
+    if not pids and rt.engine_kind == PODMAN:
+        pids = set(rt.pids_in_namespace_of(info.pid)) if info.pid > 0 else set()
+    elif not pids:
         pids = set(rt.engine.container_pids(info.id))
     return sorted(pids)
 

@@ -475,7 +475,7 @@ def _create_spec(
     if media and profile.media_config == MEDIA_ENV:
         env.update({"DOCKER_XMS_MEDIA_START": str(media[0]), "DOCKER_XMS_MEDIA_END": str(media[1])})
         env["DOCKER_XMS_ADVERTISE_ADDRESS"] = labels[ADVERTISE_LABEL].replace(ADVERTISE_OWN, "")
-    boot = systemd_boot(rt.host.cgroup_version, profile.tmpfs, image_command, rt.userns)
+    boot = systemd_boot(rt.host.cgroup_version, profile.tmpfs, image_command, rt.userns, rt.engine_kind)
     return CreateSpec(
         image,
         name=request.name,
