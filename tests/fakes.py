@@ -208,6 +208,8 @@ def booted(cmd: list[str]) -> tuple[int, str]:
 # A pid above the kernel's largest (pid_max is at most 2^22): nothing under this machine's /proc answers to
 # it, so code that looks a fake container's process up on the host (its mount namespace) finds none.
 FAKE_PID = 99_999_999
+# When every running fake container last started, as the engine writes it (1796666400.5 s after the epoch).
+FAKE_STARTED_AT = "2026-12-07T18:00:00.500000000Z"
 
 
 @dataclass
@@ -497,6 +499,8 @@ class FakeEngine:
             network_mode=spec.network_mode or "default",
             error=c.error,
             env=c.env,
+            rttime_us=spec.rttime_us[0] if spec.rttime_us else 0,
+            started_at=FAKE_STARTED_AT if c.running else "",
         )
 
     def _summary(self, c: FakeContainer) -> ContainerSummary:

@@ -102,6 +102,13 @@ def test_a_spinning_real_time_thread_is_stopped_within_the_watchdog_and_restarte
     assert killed["ExecMainCode"] == "2"  # killed by a signal
     wait_for(lambda: int(unit(name, "NRestarts")["NRestarts"]) >= 1, timeout=15, what="systemd to restart it")
     in_container(name, "systemctl", "stop", SPIN)
+    # docker-xms reads what systemd inside logged: `rt status` counts the stops since the container started,
+    # and the agent's pass logs each one once.
+    status = json.loads(run_cli("rt", "status", "--json").out)
+    (row,) = [h for h in status["managed"] if h["id"] == summary["id"]]
+    assert row["watchdog_stops"] >= 1, row
+    passed = run_cli("agent", "--once")
+    assert f"watchdog stopped {SPIN}.service in {name} (SIGXCPU" in passed.out + passed.err, passed.out + passed.err
     # The server itself is untouched: it blocks every packet time.
     assert in_container(name, "systemctl", "is-active", "rtpengine-daemon.service").strip() == "active"
 

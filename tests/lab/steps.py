@@ -4,6 +4,7 @@ shell lines run there, and the engine's own account of itself."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -79,3 +80,53 @@ def engine_info(guest: Guest) -> dict[str, Any]:
     """`docker info` of the guest's engine."""
     info: dict[str, Any] = json.loads(guest.run("docker", "info", "--format", "{{json .}}").stdout)
     return info
+
+
+# Where each engine puts a container's cgroup with the systemd driver (as the host sees it).
+SCOPES = {
+    "docker": r"0::/system\.slice/docker-[0-9a-f]{64}\.scope(/.*)?",
+    "podman": r"0::/machine\.slice/libpod-[0-9a-f]{64}\.scope(/.*)?",
+}
+
+
+def one_server_is_right(guest: Guest, name: str, security_opt: list[str], kind: str = "docker", env: str = "") -> None:
+    """A media server on a v2 lab host: systemd running, its threads SCHED_FIFO by `rt verify`, asked for
+    nothing beyond `security_opt`, and no cgroup but its own reachable from inside."""
+
+    def run(*argv: str, check: bool = True) -> str:
+        return guest.run("env", *env.split(), *argv, check=check).stdout
+
+    state = run("docker", "exec", name, "systemctl", "is-system-running", "--wait", check=False).strip()
+    assert state in {"running", "degraded"}, (name, state)
+    verified = json.loads(run(CLI, "rt", "verify", name, "--json"))
+    assert verified["fifo_allowed"] is True, verified
+    # rtpengine's own threads (its pollers), not any thread of the host's.
+    assert {t["comm"] for t in verified["rt_threads"] if t["policy"] == "SCHED_FIFO"} >= {"poller"}, verified
+    inspect = json.loads(run("docker", "inspect", name))[0]
+    host_config = inspect["HostConfig"]
+    # Podman's Docker API leaves the cgroup namespace mode out of its inspect view: the namespace itself is
+    # checked from the host below.
+    assert host_config.get("CgroupnsMode") in ({"private", ""} if kind == "podman" else {"private"}), host_config
+    assert host_config["Privileged"] is False
+    assert (host_config.get("SecurityOpt") or []) == security_opt
+    assert not host_config.get("CpuRealtimeRuntime")
+    pid = inspect["State"]["Pid"]
+    # From the host: the server's cgroup namespace is its own, rooted at its own scope.
+    own = guest.run("cat", f"/proc/{pid}/cgroup").stdout.strip()
+    assert re.fullmatch(SCOPES[kind], own), own
+    assert guest.run("readlink", f"/proc/{pid}/ns/cgroup").stdout != guest.run("readlink", "/proc/1/ns/cgroup").stdout
+    # From inside: one cgroup2 mount, at the namespace's root, which is the server's own scope; no way to
+    # mount another view of the hierarchy.
+    inside = run("docker", "exec", name, "cat", "/proc/1/cgroup").strip()
+    assert inside.startswith("0::/"), inside
+    mounts = [
+        line.split()
+        for line in run("docker", "exec", name, "cat", "/proc/self/mountinfo").splitlines()
+        if " - cgroup" in line
+    ]
+    assert [(m[3], m[4]) for m in mounts] == [("/", "/sys/fs/cgroup")], mounts
+    escape = guest.run(
+        "env", *env.split(), "docker", "exec", name, "sh", "-c", "mkdir -p /tmp/v && mount -t cgroup2 none /tmp/v",
+        check=False,
+    )  # fmt: skip
+    assert escape.returncode != 0, escape.stdout

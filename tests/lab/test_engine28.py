@@ -8,13 +8,12 @@ whose operator runs it already: the set-up must use it as it is, with no remappe
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 from lab.vm import Guest
 
-from tests.lab.steps import CLI, engine_info, host_facts, set_up, sh
+from tests.lab.steps import CLI, engine_info, host_facts, one_server_is_right, set_up, sh
 from tests.unit.usecase_host import facts_of, make_host
 
 pytestmark = pytest.mark.lab
@@ -54,41 +53,9 @@ def test_three_servers_each_boot_systemd_with_real_time_threads_and_reach_no_oth
             summary = json.loads(done.stdout)
             assert (summary["ready"], summary["rt_verified"]) == (True, True), summary
         for name, _ in SERVERS:
-            _one_server_is_right(forky, name)
+            one_server_is_right(forky, name, security_opt=["writable-cgroups=true"])
     finally:
         for name, _ in SERVERS:
             forky.run(CLI, "rm", "-f", name, check=False)
     # Everything given back: no container, no rule, no record left of the three.
     assert sh(forky, HOST_STATE) == before
-
-
-def _one_server_is_right(guest: Guest, name: str) -> None:
-    state = guest.run("docker", "exec", name, "systemctl", "is-system-running", "--wait", check=False).stdout.strip()
-    assert state in {"running", "degraded"}, (name, state)
-    verified = json.loads(guest.run(CLI, "rt", "verify", name, "--json").stdout)
-    assert verified["fifo_allowed"] is True, verified
-    assert [t for t in verified["rt_threads"] if t["policy"] == "SCHED_FIFO"], verified
-    inspect = json.loads(guest.run("docker", "inspect", name).stdout)[0]
-    host_config = inspect["HostConfig"]
-    assert (host_config["CgroupnsMode"], host_config["Privileged"]) == ("private", False)
-    assert host_config["SecurityOpt"] == ["writable-cgroups=true"]
-    assert not host_config.get("CpuRealtimeRuntime")
-    pid = inspect["State"]["Pid"]
-    # From the host: the server's cgroup namespace is its own, rooted at its own scope.
-    own = guest.run("cat", f"/proc/{pid}/cgroup").stdout.strip()
-    assert re.fullmatch(r"0::/system\.slice/docker-[0-9a-f]{64}\.scope(/.*)?", own), own
-    assert guest.run("readlink", f"/proc/{pid}/ns/cgroup").stdout != guest.run("readlink", "/proc/1/ns/cgroup").stdout
-    # From inside: one cgroup2 mount, at the namespace's root, which is the server's own scope; no way to
-    # mount another view of the hierarchy.
-    inside = guest.run("docker", "exec", name, "cat", "/proc/1/cgroup").stdout.strip()
-    assert inside.startswith("0::/"), inside
-    mounts = [
-        line.split()
-        for line in guest.run("docker", "exec", name, "cat", "/proc/self/mountinfo").stdout.splitlines()
-        if " - cgroup" in line
-    ]
-    assert [(m[3], m[4]) for m in mounts] == [("/", "/sys/fs/cgroup")], mounts
-    escape = guest.run(
-        "docker", "exec", name, "sh", "-c", "mkdir -p /tmp/v && mount -t cgroup2 none /tmp/v", check=False
-    )
-    assert escape.returncode != 0, escape.stdout

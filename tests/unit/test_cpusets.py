@@ -57,6 +57,33 @@ def test_too_few_cpus_each_container_one_shared_by_as_few_as_possible() -> None:
     assert sorted(two.sharers.values()) == [1, 2]
 
 
+def test_a_container_keeps_its_cpus_when_another_arrives_or_leaves() -> None:
+    three = CpuLayout((0,), (1, 2, 3))
+    # "a" came first but holds 3; "b" holds 1: each keeps it, the newcomer takes what is free.
+    placed = plan(three, [("a", 1), ("b", 1), ("c", 1)], {"a": (3,), "b": (1,)})
+    assert placed.cpus == {"a": (3,), "b": (1,), "c": (2,)}
+    # The first one leaves: the others stay where they are ("b", first on a tie, grows onto the freed CPU).
+    assert plan(three, [("b", 1), ("c", 1)], {"b": (1,), "c": (2,)}).cpus == {"b": (1, 3), "c": (2,)}
+    # A member shrinking keeps the lowest of its own; one holding a housekeeping CPU or another's gets a free one.
+    assert plan(three, [("a", 1), ("b", 2)], {"a": (1, 2, 3), "b": (0,)}).cpus == {"a": (1,), "b": (2, 3)}
+    assert plan(three, [("a", 1), ("b", 1), ("c", 1)], {"a": (2,), "b": (2,)}).cpus == {"a": (2,), "b": (1,), "c": (3,)}
+
+
+def test_shared_cpus_stay_with_their_containers_and_stay_even() -> None:
+    two = CpuLayout((0,), (1, 2))
+    # Three on two CPUs: 2 stays with "b" and "c" (one above the other at most), "a" keeps 1.
+    placed = plan(two, [("a", 1), ("b", 1), ("c", 1)], {"a": (1,), "b": (2,), "c": (2,)})
+    assert placed.cpus == {"a": (1,), "b": (2,), "c": (2,)}
+    # All on one CPU: only as many as the even load allows stay.
+    placed = plan(two, [("a", 1), ("b", 1), ("c", 1), ("d", 1)], dict.fromkeys("abcd", (1,)))
+    assert placed.sharers == {1: 2, 2: 2}
+    assert [placed.cpus[k] for k in "ab"] == [(1,), (1,)]
+    # Any holdings at all: never more than one apart.
+    for held in ({}, {"a": (2,)}, dict.fromkeys("abc", (2,)), {"a": (1,), "b": (1,), "e": (2,)}):
+        sharers = plan(two, [(k, 1) for k in "abcde"], held).sharers
+        assert sorted(sharers.values()) == [2, 3], held
+
+
 def test_a_full_host_refuses_the_next_container_only_where_the_setting_says_so() -> None:
     assert shortage(CpuLayout((0,), (1,)), 1) is None
     sentence = shortage(CpuLayout((0,), (1,), "refuse"), 1)

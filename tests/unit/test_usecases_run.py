@@ -230,6 +230,8 @@ def test_on_podman_systemd_boots_by_podmans_own_systemd_mode_without_the_option_
     assert (spec.cpu_rt_runtime, spec.rtprio) == (0, 99)
     # Its cgroup where Podman puts it: no file of Docker's place is looked for.
     assert host.rt.cgroup_of(cid) == f"/machine.slice/libpod-{cid}.scope"
+    # Its forwards tell Podman's bridge from the way out, not Docker's.
+    assert (host.rt.bridge, make_host(tmp_path / "docker", cgroup_version=2).rt.bridge) == ("podman0", "docker0")
 
 
 def test_on_podman_with_cgroup_v1_one_sentence_and_nothing_is_left(tmp_path: Path) -> None:

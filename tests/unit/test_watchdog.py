@@ -17,12 +17,22 @@ from docker_xms.domain.engine_types import CreateSpec
 from docker_xms.domain.profiles import parse_profile
 from docker_xms.domain.watchdog import (
     DEFAULT_WATCHDOG_MS,
+    JOURNAL_QUERY,
     RtTimeLimit,
+    WatchdogStop,
+    engine_time,
     fair_server_text,
     rttime_limit,
+    stops_text,
+    watchdog_stops,
     watchdog_text,
 )
 from docker_xms.errors import BadInput
+from docker_xms.usecases.images import Quiet
+from docker_xms.usecases.rt import read_state
+from docker_xms.usecases.run import RunRequest, run
+from tests.fakes import booted
+from tests.unit.usecase_host import IMAGE, make_host
 
 HEAD = '[profile]\nname = "w"\nimage = "x:1"\n'
 
@@ -104,3 +114,53 @@ def test_the_doctor_names_the_fair_servers_reserve_where_the_kernel_shows_it() -
     (finding,) = fair_server_findings({0: 50_000_000, 1: 50_000_000})
     assert finding.level == "ok"
     assert "50 ms per period on CPU 0-1" in finding.message
+
+
+# As systemd 252 in a container logs a stop by the watchdog (`journalctl -o short-unix`), read on this machine.
+STOP = "1796670724.636843 d16c36952b9e systemd[1]: spin1.service: Main process exited, code=killed, status=24/XCPU"
+
+
+def test_the_watchdogs_stops_are_read_from_systemds_lines_and_nothing_else() -> None:
+    journal = "\n".join(
+        [
+            STOP.replace("1796670724.636843", "1796670730.5").replace("spin1", "rtpengine-daemon"),
+            STOP,
+            # What the container could print to look like one: another process's line, a unit name with a space.
+            "1796670731.0 h sh[7]: x.service: Main process exited, code=killed, status=24/XCPU",
+            "1796670732.0 h systemd[1]: a b: Main process exited, code=killed, status=24/XCPU",
+            "1796670733.0 h systemd[1]: y.service: Main process exited, code=killed, status=9/KILL",
+            "x" * 100_000,
+        ]
+    )
+    assert watchdog_stops(journal) == [
+        WatchdogStop("spin1.service", 1796670724.636843),
+        WatchdogStop("rtpengine-daemon.service", 1796670730.5),
+    ]
+    assert (stops_text(0), stops_text(1), stops_text(3)) == ("", ", 1 stop", ", 3 stops")
+    # The query asks for the kernel's signal only, and at most a few lines.
+    assert "status=24/XCPU" in JOURNAL_QUERY
+    assert "tail -n 20" in JOURNAL_QUERY
+
+
+def test_an_engines_timestamp_is_read_to_the_microsecond_and_a_bad_one_is_none() -> None:
+    assert engine_time("2026-12-07T18:00:00.500000000Z") == 1796666400.5
+    assert engine_time("2026-12-07T19:00:00+01:00") == 1796666400.0
+    assert engine_time("0001-01-01T00:00:00Z") is not None
+    assert engine_time("") is None
+    assert engine_time("yesterday") is None
+
+
+def test_rt_status_counts_the_stops_since_the_container_started(tmp_path: Path) -> None:
+    host = make_host(tmp_path, cgroup_version=2)
+    cid = run(host.given, RunRequest(image=IMAGE, container_address=True, name="spun", wait=False), Quiet()).id
+    before_start = STOP.replace("1796670724.636843", "1796666399.0")
+
+    def answer(cmd: list[str]) -> tuple[int, str]:
+        if cmd[:2] == ["sh", "-c"] and cmd[2] == JOURNAL_QUERY:
+            assert cmd[4] == "1796666400"  # since the container started
+            return 0, "\n".join([before_start, STOP, STOP.replace("spin1", "spin2")]) + "\n"
+        return booted(cmd)
+
+    host.engine.answer = answer
+    (row,) = read_state(host.rt).managed
+    assert (row.id, row.watchdog_us, row.watchdog_stops) == (cid, 500_000, 2)

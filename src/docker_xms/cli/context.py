@@ -43,10 +43,11 @@ def engine(timeout: int = 120) -> Engine:
     return Engine.connect(timeout=timeout, host=settings().docker_host)
 
 
-def netfilter() -> NetfilterApi:
+def netfilter(bridge: str = "docker0") -> NetfilterApi:
+    """Netfilter for the media forwards of containers on `bridge` (the engine's default: RtHost.bridge)."""
     from docker_xms.adapters.netfilter import Netfilter
 
-    return Netfilter()
+    return Netfilter(bridge=bridge)
 
 
 def host(on: Engine | None = None) -> Host:
@@ -59,7 +60,8 @@ def host(on: Engine | None = None) -> Host:
     cached = ctx.meta.get(_HOST_KEY) if ctx is not None else None
     if isinstance(cached, Host):
         return cached
-    opened = Host(open_host(on if on is not None else engine(), settings()), netfilter())
+    rt = open_host(on if on is not None else engine(), settings())
+    opened = Host(rt, netfilter(rt.bridge))
     if ctx is not None:
         ctx.meta[_HOST_KEY] = opened
     return opened
@@ -76,6 +78,7 @@ def host_opener() -> HostOpener:
         connect=lambda: Engine.connect(timeout=30, host=given.docker_host),
         open=lambda engine: open_host(engine, given),
         netfilter=netfilter(),
+        netfilter_on=netfilter,
     )
 
 

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from docker_xms.cli.render import console, print_json
 from docker_xms.domain.rt_mode import PER_GROUP
-from docker_xms.domain.watchdog import fair_server_text, watchdog_text
+from docker_xms.domain.watchdog import fair_server_text, stops_text, watchdog_text
 
 if TYPE_CHECKING:
     from docker_xms.usecases.rt import RtHost, Skipped
@@ -73,7 +73,7 @@ def status(as_json: bool) -> None:
             f"{h.engine_runtime_us:,}",
             f"{h.share:.1%}",
             h.cpus or "all",
-            watchdog_text(h.watchdog_us),
+            watchdog_text(h.watchdog_us) + stops_text(h.watchdog_stops),
             h.origin,
         )
     skipped = {s.id for s in state.skipped}

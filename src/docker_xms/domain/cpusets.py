@@ -28,6 +28,10 @@ WHEN_SHORT: tuple[WhenShort, ...] = ("share", "refuse")
 SHARE_PARTS = 1000
 
 
+# Above any kernel's NR_CPUS (8192 at most today): a list naming more is not read.
+MAX_CPUS = 1 << 16
+
+
 def parse_cpu_list(text: str) -> tuple[int, ...]:
     """A kernel CPU list ("0-3,6", as /sys/devices/system/cpu/online and cpuset.cpus write it)."""
     out: set[int] = set()
@@ -36,8 +40,8 @@ def parse_cpu_list(text: str) -> tuple[int, ...]:
         if not low.isdigit() or (high and not high.isdigit()):
             raise BadInput(f"{text.strip()!r} is not a CPU list such as 0-3,6.")
         first, last = int(low), int(high or low)
-        if last < first:
-            raise BadInput(f"{text.strip()!r} is not a CPU list such as 0-3,6.")
+        if last < first or last >= MAX_CPUS:
+            raise BadInput(f"{text.strip()[:64]!r} is not a CPU list such as 0-3,6.")
         out.update(range(first, last + 1))
     return tuple(sorted(out))
 
@@ -93,28 +97,77 @@ class CpuPlan:
         return max(1, sum(SHARE_PARTS // self.sharers[cpu] for cpu in self.cpus.get(key, ())))
 
 
-def plan(cpu_layout: CpuLayout, members: Sequence[tuple[str, int]]) -> CpuPlan:
-    """The media CPUs divided among `members` ((key, weight), in a stable order: the first keep the lowest
-    CPUs). Enough CPUs: each member gets CPUs of its own, at least one, the rest by weight (largest
-    remainder). Too few: each member one CPU, the members spread so that no CPU carries more than one above
-    another."""
+def plan(
+    cpu_layout: CpuLayout,
+    members: Sequence[tuple[str, int]],
+    current: Mapping[str, tuple[int, ...]] | None = None,
+) -> CpuPlan:
+    """The media CPUs divided among `members` ((key, weight), in a stable order: the first are served first).
+    Enough CPUs: each member gets CPUs of its own, at least one, the rest by weight (largest remainder). Too
+    few: each member one CPU, the members spread so that no CPU carries more than one above another.
+
+    A member keeps what it holds now (`current`) wherever the division allows, so that a container arriving
+    or leaving moves no other one's threads off their CPUs; only the CPUs that must change do.
+    """
     media = cpu_layout.media
     if not members:
         return CpuPlan()
-    cpus: dict[str, tuple[int, ...]] = {}
+    held = {key: tuple(cpu for cpu in (current or {}).get(key, ()) if cpu in media) for key, _ in members}
     if len(members) > len(media):
-        cpus = {key: (media[i % len(media)],) for i, (key, _) in enumerate(members)}
+        cpus = _shared(media, [key for key, _ in members], held)
     else:
-        counts = _counts([weight for _, weight in members], len(media))
-        start = 0
-        for (key, _), count in zip(members, counts, strict=True):
-            cpus[key] = media[start : start + count]
-            start += count
+        cpus = _exclusive(media, members, held)
     sharers: dict[int, int] = {}
-    for held in cpus.values():
-        for cpu in held:
+    for taken in cpus.values():
+        for cpu in taken:
             sharers[cpu] = sharers.get(cpu, 0) + 1
     return CpuPlan(cpus, sharers)
+
+
+def _exclusive(
+    media: tuple[int, ...], members: Sequence[tuple[str, int]], held: Mapping[str, tuple[int, ...]]
+) -> dict[str, tuple[int, ...]]:
+    """CPUs of their own: each member keeps as many of its CPUs as its count allows, then takes free ones."""
+    counts = dict(zip((key for key, _ in members), _counts([weight for _, weight in members], len(media)), strict=True))
+    taken: set[int] = set()
+    cpus: dict[str, list[int]] = {}
+    for key, _ in members:
+        kept = [cpu for cpu in held[key] if cpu not in taken][: counts[key]]
+        cpus[key] = kept
+        taken.update(kept)
+    free = [cpu for cpu in media if cpu not in taken]
+    for key, _ in members:
+        while len(cpus[key]) < counts[key]:
+            cpus[key].append(free.pop(0))
+    return {key: tuple(sorted(chosen)) for key, chosen in cpus.items()}
+
+
+def _shared(
+    media: tuple[int, ...], keys: Sequence[str], held: Mapping[str, tuple[int, ...]]
+) -> dict[str, tuple[int, ...]]:
+    """One CPU each, no CPU carrying more than one member above another: members keep their CPU while it is
+    below the even load, then (up to as many CPUs as may carry one more) at it; the rest go to the least loaded."""
+    low, extra = divmod(len(keys), len(media))
+    load = dict.fromkeys(media, 0)
+    chosen: dict[str, int] = {}
+    for key in keys:
+        cpu = held[key][0] if held[key] else None
+        if cpu is not None and load[cpu] < low:
+            chosen[key] = cpu
+            load[cpu] += 1
+    for key in keys:
+        cpu = held[key][0] if held[key] else None
+        if key in chosen or cpu is None or load[cpu] != low or extra == 0:
+            continue
+        if sum(1 for n in load.values() if n > low) < extra:
+            chosen[key] = cpu
+            load[cpu] += 1
+    for key in keys:
+        if key not in chosen:
+            cpu = min(media, key=lambda c: (load[c], c))
+            chosen[key] = cpu
+            load[cpu] += 1
+    return {key: (chosen[key],) for key in keys}
 
 
 def _counts(weights: Sequence[int], total: int) -> list[int]:

@@ -39,6 +39,10 @@ class EngineInfo:
     kind: EngineKind = DOCKER
 
 
+# The bridge each engine's default network is on: docker-xms's forwards tell traffic to and from it apart.
+DEFAULT_BRIDGES: dict[str, str] = {DOCKER: "docker0", PODMAN: "podman0"}
+
+
 def engine_kind(components: object) -> EngineKind:
     """Docker or Podman, from the component names of the engine's /version (Podman's: "Podman Engine")."""
     if isinstance(components, list):

@@ -24,9 +24,11 @@ from docker_xms.adapters.pmqos import CpuLatencyHold
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.domain import budget
 from docker_xms.domain.labels import LABEL_HOST_MEDIA, MANAGED_LABEL, PROFILE_LABEL, unreadable, weight_of
+from docker_xms.domain.watchdog import engine_time, watchdog_text
 from docker_xms.errors import BadInput, EngineUnavailable, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases.adoption import Adopted, set_ephemeral
+from docker_xms.usecases.boundaries import EngineApi
 from docker_xms.usecases.host import HostOpener
 from docker_xms.usecases.metrics import ReconcileStats, start_exporter
 from docker_xms.usecases.reconcile import Reconciliation, reconcile
@@ -38,6 +40,7 @@ from docker_xms.usecases.rt import (
     reserve,
     start_stored,
     verify,
+    watchdog_stops_in,
 )
 
 EVENTS = ("start", "die", "destroy", "update")
@@ -136,13 +139,17 @@ class Agent:
         self.interval = interval
         self.debounce = debounce
         self.connect = opener.connect
-        self.open_host = opener.open
+        self._open_host = opener.open
         self.netfilter = opener.netfilter
+        self._netfilter_on = opener.netfilter_on
+        self._bridge = "docker0"
         self._stopping = False
         # Start failures already retried once, so a container that cannot start is not retried forever.
         self._retried: set[tuple[str, str, str]] = set()
         # When a reconcile last went through: a connection that never gets one is not retried at once.
         self._reconciled_at = 0.0
+        # The last watchdog stop logged per container (epoch seconds).
+        self._watchdog_seen: dict[str, float] = {}
         # Containers left alone because their labels cannot be read, as last logged.
         self._skipped: set[str] = set()
 
@@ -165,12 +172,21 @@ class Agent:
 
     # --- one pass ---------------------------------------------------------------------------------
 
+    def open_host(self, engine: EngineApi) -> RtHost:
+        """The host on this connection; the netfilter follows its engine's bridge (Podman's is not docker0)."""
+        rt = self._open_host(engine)
+        if self._netfilter_on is not None and rt.bridge != self._bridge:
+            self.netfilter = self._netfilter_on(rt.bridge)
+            self._bridge = rt.bridge
+        return rt
+
     def once(self) -> None:
         engine = self.connect()
         try:
             rt = self.open_host(engine)
             self._grow_parent(rt)
             self.reconcile(rt)
+            self._log_watchdog_stops(rt)
         finally:
             engine.close()
 
@@ -193,6 +209,24 @@ class Agent:
         if self._restart_failed(rt):
             for line in change_lines(rt, reconcile(rt, self.netfilter)):
                 self.log(line)
+
+    def _log_watchdog_stops(self, rt: RtHost) -> None:
+        """Each time the runaway watchdog stopped a process in a managed container, once (what systemd inside
+        logged; the kill happens between engine events)."""
+        for summary in managed_running(rt.engine):
+            info = rt.engine.find_container(summary.id)
+            started = engine_time(info.started_at) if info is not None else None
+            if info is None or info.rttime_us <= 0 or started is None:
+                continue
+            seen = max(started, self._watchdog_seen.get(info.id, 0.0))
+            fresh = [stop for stop in watchdog_stops_in(rt, info.id, seen) if stop.at > seen]
+            for stop in fresh:
+                self.log(
+                    f"watchdog stopped {stop.unit} in {info.name} (SIGXCPU: a real-time thread ran "
+                    f"{watchdog_text(info.rttime_us)} without blocking)"
+                )
+            if fresh:
+                self._watchdog_seen[info.id] = fresh[-1].at
 
     def _log_skipped(self, sentences: list[str]) -> None:
         # Once each: labels cannot change, and the same container would be reported on every reconcile.
@@ -333,6 +367,8 @@ class Agent:
             except queue.Empty:
                 if time.monotonic() >= next_at:
                     next_at = self._reconcile_logged(rt)
+                    # Only in the periodic pass: a watchdog stop happens inside a container, with no event.
+                    self._log_watchdog_stops(rt)
                 continue
             if isinstance(item, _Broken):
                 return item.reason

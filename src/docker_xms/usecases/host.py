@@ -40,4 +40,6 @@ class HostOpener:
     # A fresh engine connection: the agent closes each one, and its event stream needs one of its own.
     connect: Callable[[], Engine]
     open: Callable[[EngineApi], RtHost]
+    # For the engine's default bridge (docker0), and for another one once the host says so (Podman's podman0).
     netfilter: NetfilterApi
+    netfilter_on: Callable[[str], NetfilterApi] | None = None

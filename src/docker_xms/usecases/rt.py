@@ -23,9 +23,10 @@ from docker_xms.domain import budget, cpusets
 from docker_xms.domain.adoption import origin
 from docker_xms.domain.boot import userns_remapped
 from docker_xms.domain.doctor import Finding, diagnose, fair_server_findings, idle_findings, inotify_findings
-from docker_xms.domain.engine_types import DOCKER, PODMAN, ContainerInfo, ContainerSummary
+from docker_xms.domain.engine_types import DEFAULT_BRIDGES, DOCKER, PODMAN, ContainerInfo, ContainerSummary
 from docker_xms.domain.labels import MANAGED_LABEL, SWARM_TASK, WEIGHT_LABEL, reserved_weight, unreadable, weight_of
 from docker_xms.domain.rt_mode import CPUS, GLOBAL, PER_GROUP
+from docker_xms.domain.watchdog import JOURNAL_QUERY, WatchdogStop, engine_time, watchdog_stops
 from docker_xms.errors import BadInput, ContainerBeingRemoved, StartBudgetRefused, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases import adoption
@@ -58,6 +59,11 @@ class RtHost:
     engine_version: str = ""
     # The host's processes in one container's PID namespace, by its first process (hostproc).
     pids_in_namespace_of: Callable[[int], list[int]] = hostproc.pids_in_pid_namespace_of
+
+    @property
+    def bridge(self) -> str:
+        """The engine's default bridge, which the media forwards tell apart from the way out."""
+        return DEFAULT_BRIDGES[self.engine_kind]
 
     @property
     def lock_path(self) -> Path:
@@ -137,6 +143,8 @@ class Holder:
     origin: str = ""
     # The runaway watchdog its processes run under (RLIMIT_RTTIME's soft limit, us; domain/watchdog.py); 0: none.
     watchdog_us: int = 0
+    # How often the watchdog has stopped one of its processes since it started (the journal inside says so).
+    watchdog_stops: int = 0
     # The CPUs the engine lets it run on ("1-3"); "": every CPU.
     cpus: str = ""
 
@@ -283,6 +291,27 @@ def _scan(rt: RtHost, managed: list[ContainerSummary]) -> tuple[dict[str, int], 
     return now, foreign, room
 
 
+def stops_since_start(rt: RtHost, info: ContainerInfo) -> list[WatchdogStop]:
+    """The times the runaway watchdog stopped a process in a running container since it last started."""
+    since = engine_time(info.started_at)
+    return watchdog_stops_in(rt, info.id, since) if since is not None else []
+
+
+def watchdog_stops_in(rt: RtHost, container_id: str, since: float) -> list[WatchdogStop]:
+    """What systemd inside logged of the watchdog's stops since `since` (epoch seconds); none where the image
+    has no journal or shell to ask, or its answer is late (IN_CONTAINER_S)."""
+    try:
+        code, out = rt.engine.exec(
+            container_id,
+            ["sh", "-c", JOURNAL_QUERY, "watchdog", str(int(since))],
+            timeout_s=IN_CONTAINER_S,
+            max_bytes=8192,
+        )
+    except XmsError:
+        return []
+    return [stop for stop in watchdog_stops(out) if stop.at >= since] if code == 0 else []
+
+
 def _container_id(cgroup_name: str) -> str:
     return cgroup_name.removeprefix("docker-").removesuffix(".scope")
 
@@ -309,6 +338,7 @@ def read_state(rt: RtHost) -> RtState:
             share=now.get(c.id, 0) / pool if pool else 0.0,
             origin=origin(c.labels),
             watchdog_us=info.rttime_us if info else 0,
+            watchdog_stops=len(stops_since_start(rt, info)) if info and info.rttime_us > 0 else 0,
             cpus=info.cpuset_cpus if info else "",
         )
 
@@ -420,7 +450,7 @@ def _place_cpus(
     rt: RtHost, managed: Sequence[ContainerSummary], weight: Mapping[str, int], arriving_weight: int | None
 ) -> cpusets.CpuPlan:
     """The media CPUs divided among the running managed containers (and one arriving, refused where the
-    setting says so and no CPU of its own is left), in the order they started: the first keep theirs."""
+    setting says so and no CPU of its own is left), in the order they started; each keeps its CPUs where it can."""
     assert rt.cpus is not None
     order = sorted(managed, key=lambda c: (c.created, c.id))
     members = [(c.id, weight[c.id]) for c in order]
@@ -429,7 +459,18 @@ def _place_cpus(
         if problem is not None:
             raise BadInput(problem)
         members.append((budget.ARRIVING, arriving_weight))
-    return cpusets.plan(rt.cpus, members)
+    # What each holds now (the engine's record): kept where the division allows.
+    current = {c.id: _held_cpus(rt, c.id) for c in order}
+    return cpusets.plan(rt.cpus, members, current)
+
+
+def _held_cpus(rt: RtHost, container_id: str) -> tuple[int, ...]:
+    """The CPUs the engine holds for a container now; none where it holds none or a list docker-xms cannot read."""
+    info = rt.engine.find_container(container_id)
+    try:
+        return cpusets.parse_cpu_list(info.cpuset_cpus) if info is not None else ()
+    except BadInput:
+        return ()
 
 
 def _apply_cpus(rt: RtHost, placed: cpusets.CpuPlan, managed: Sequence[ContainerSummary]) -> dict[str, tuple[str, str]]:
