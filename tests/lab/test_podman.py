@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from tests.lab.steps import (
     PEER_TEARDOWN,
     PROJECT,
     host_facts,
+    media_cpus_are_isolated,
     one_server_is_right,
     refusal_words,
     set_up,
@@ -35,6 +37,8 @@ ENV = "DOCKER_HOST=unix:///run/podman/podman.sock"
 DEMO = "docker-xms-demo"
 # The quick start's demo (1:1), then two by container address.
 SERVERS = (DEMO, "lab-two", "lab-three")
+# A real-time thread gone runaway: spins at SCHED_FIFO without ever blocking.
+SPIN = ("chrt", "-f", "10", "/bin/sh", "-c", "while :; do :; done")
 HOST_STATE = (
     f"{ENV} docker ps -aq | sort; iptables-save | grep '^-A DOCKER-XMS' | sort; "
     "cat /var/lib/docker-xms/containers*.json 2>/dev/null | tr -d ' \\n' | grep -v '^{}$' || true"
@@ -88,6 +92,30 @@ def test_three_servers_boot_systemd_by_podmans_systemd_mode_with_real_time_threa
     ]
     assert snat, "no SNAT rule of docker-xms's"
     assert all("! -o podman0" in line for line in snat), snat
+
+
+def test_the_media_cpu_is_theirs_and_a_runaway_thread_is_stopped_by_the_watchdog(podman: Guest) -> None:
+    """No per-group budget exists here: every real-time thread competes on its CPUs for up to 950 ms a second.
+    CPU-set mode keeps CPU 0 for the host and makes CPU 1 an isolated partition, and the watchdog stops a
+    spinning thread (correctness only: no timing under emulation is asserted or reported)."""
+    media_cpus_are_isolated(podman, SERVERS, ENV)
+    spinner = "lab-three"
+    _in(podman, "docker", "exec", spinner, "systemd-run", "--unit", "spin", "-p", "Restart=no", *SPIN)
+    stops = 0
+    for _ in range(60):
+        status = json.loads(_in(podman, CLI, "rt", "status", "--json"))
+        stops = next(c["watchdog_stops"] for c in status["managed"] if c["name"] == spinner)
+        if stops:
+            break
+        time.sleep(2)
+    assert stops == 1, status
+    shown = _in(podman, "docker", "exec", spinner, "systemctl", "show", "spin", "-pExecMainStatus", "-pResult")
+    assert set(shown.split()) == {"ExecMainStatus=24", "Result=signal"}, shown
+    passed = podman.run("env", ENV, CLI, "agent", "--once", check=False)
+    assert f"watchdog stopped spin.service in {spinner} (SIGXCPU" in passed.stdout + passed.stderr, passed.stdout
+    # The servers themselves run on.
+    for name in SERVERS:
+        assert _in(podman, "docker", "exec", name, "systemctl", "is-active", "rtpengine-daemon").strip() == "active"
 
 
 def test_a_test_call_from_a_peer_whose_only_route_is_the_guests_address_has_rtp_both_ways(podman: Guest) -> None:

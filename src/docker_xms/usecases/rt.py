@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from docker_xms.adapters import cgroups, hostnet, hostproc, pmqos
+from docker_xms.adapters import partition as partition_adapter
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.adapters.signals import deferred
 from docker_xms.domain import budget, cpusets
@@ -59,6 +60,11 @@ class RtHost:
     engine_version: str = ""
     # The host's processes in one container's PID namespace, by its first process (hostproc).
     pids_in_namespace_of: Callable[[int], list[int]] = hostproc.pids_in_pid_namespace_of
+    # CPU-set mode on cgroup v2 with the systemd driver: media containers go in docker-xms's own slice, whose
+    # CPUs are an isolated partition (adapters/partition.py), made with the media CPUs and read back.
+    partition: bool = False
+    make_partition: Callable[[str], str] = partition_adapter.make_partition
+    partition_state: Callable[[], str] = partition_adapter.partition_state
 
     @property
     def bridge(self) -> str:
@@ -82,7 +88,20 @@ def open_host(engine: EngineApi, settings: Settings) -> RtHost:
     info = engine.info()
     # The engine's parent cannot be read from the engine; the settings name it when it is not the default.
     driver = settings.cgroup_driver or info.cgroup_driver
-    parent = cgroups.engine_parent(host, driver, settings.cgroup_parent, info.kind)
+    layout = cpu_layout(settings, host.mode, lambda: cgroups.online_cpus(settings.sys_root))
+    # The isolated partition needs cgroup v2, the systemd driver (its slice) and a parent nobody else chose.
+    partition = (
+        layout is not None
+        and host.cgroup_version == 2
+        and driver == "systemd"
+        and not settings.cgroup_parent
+        and settings.real_host
+    )
+    parent = (
+        cgroups.slice_path(cpusets.MEDIA_SLICE)
+        if partition
+        else cgroups.engine_parent(host, driver, settings.cgroup_parent, info.kind)
+    )
     return RtHost(
         engine=engine,
         host=host,
@@ -91,7 +110,8 @@ def open_host(engine: EngineApi, settings: Settings) -> RtHost:
         parent=parent,
         cap_us=settings.rt_pool_us,
         settings=settings,
-        cpus=cpu_layout(settings, host.mode, lambda: cgroups.online_cpus(settings.sys_root)),
+        cpus=layout,
+        partition=partition,
         userns=userns_remapped(info.security_options),
         engine_kind=info.kind,
         engine_version=info.server_version,
@@ -187,6 +207,8 @@ class RtState:
     # CPU-set mode: the host's own CPUs and those for media containers ("" in the other modes).
     housekeeping_cpus: str = ""
     media_cpus: str = ""
+    # What the kernel says of the media CPUs' partition ("isolated", "isolated invalid (...)"); "": none made.
+    partition: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -360,6 +382,7 @@ def read_state(rt: RtHost) -> RtState:
         skipped=skipped,
         housekeeping_cpus=cpusets.format_cpu_list(layout.housekeeping) if layout else "",
         media_cpus=cpusets.format_cpu_list(layout.media) if layout else "",
+        partition=rt.partition_state() if rt.partition else "",
     )
 
 
@@ -407,6 +430,11 @@ def rebalance_locked(
     names = {c.id: c.name for c in managed}
     weight = weights(rt.engine, managed)
     placed = _place_cpus(rt, managed, weight, arriving_weight) if rt.cpus is not None else None
+    if placed is not None and rt.cpus is not None and rt.partition:
+        # Made before any container is given its CPUs in it; where it cannot be (rt status and rt doctor say
+        # what the kernel says), the containers keep their CPUs all the same.
+        with contextlib.suppress(XmsError):
+            rt.make_partition(cpusets.format_cpu_list(rt.cpus.media))
     cpus = {} if placed is None else {key: placed.text(key) for key in placed.cpus if key != budget.ARRIVING}
     arriving_cpus = "" if placed is None else placed.text(budget.ARRIVING)
     changes = {} if placed is None else _apply_cpus(rt, placed, managed)
