@@ -23,7 +23,14 @@ from docker_xms.adapters.signals import deferred
 from docker_xms.domain import budget, cpusets
 from docker_xms.domain.adoption import origin
 from docker_xms.domain.boot import userns_remapped
-from docker_xms.domain.doctor import Finding, diagnose, fair_server_findings, idle_findings, inotify_findings
+from docker_xms.domain.doctor import (
+    Finding,
+    diagnose,
+    fair_server_findings,
+    idle_findings,
+    inotify_findings,
+    partition_findings,
+)
 from docker_xms.domain.engine_types import DEFAULT_BRIDGES, DOCKER, PODMAN, ContainerInfo, ContainerSummary
 from docker_xms.domain.labels import MANAGED_LABEL, SWARM_TASK, WEIGHT_LABEL, reserved_weight, unreadable, weight_of
 from docker_xms.domain.rt_mode import CPUS, GLOBAL, PER_GROUP
@@ -801,6 +808,8 @@ def doctor(rt: RtHost) -> list[Finding]:
     version = info.cgroup_version if real_host else str(rt.host.cgroup_version)
     findings = diagnose(rt.host, rt.driver, version, parent_runtime, rt.parent)
     findings += fair_server_findings(cgroups.fair_server_reserve(rt.settings.sys_root))
+    if rt.partition and rt.cpus is not None:
+        findings += partition_findings(cpusets.format_cpu_list(rt.cpus.media), rt.partition_state())
     if real_host:
         idle = pmqos.read_idle_state()
         findings += idle_findings(idle.driver, idle.limit_us, pmqos.NO_LIMIT_US)
