@@ -68,11 +68,16 @@ def host_facts(guest: Guest, env: str = "") -> dict[str, Any]:
 
 
 def refusal_words(guest: Guest, image: str, env: str = "") -> str:
-    """What the guest's engine says when it is asked for writable-cgroups, as it says it."""
+    """What the guest's engine says when it is asked for writable-cgroups, as it says it (a container it
+    created all the same is removed again)."""
+    probe = "docker-xms-refusal-probe"
     done = guest.run(
-        "env", *env.split(), "docker", "create", "--security-opt", "writable-cgroups=true", image, check=False
-    )
-    assert done.returncode != 0, f"the engine took writable-cgroups: {done.stdout}"
+        "env", *env.split(), "docker", "create", "--name", probe, "--security-opt", "writable-cgroups=true", image,
+        check=False,
+    )  # fmt: skip
+    if done.returncode == 0:
+        guest.run("env", *env.split(), "docker", "rm", "-f", probe, check=False)
+    assert done.returncode != 0, f"the engine took writable-cgroups at create: {done.stdout}"
     return done.stderr.strip()
 
 

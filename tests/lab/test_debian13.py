@@ -156,10 +156,10 @@ def test_docker_26_without_remapped_users_gets_the_refusal_and_nothing_is_create
     state = (
         "docker ps -aq | sort; iptables-save | grep -c DOCKER-XMS || true; cat /var/lib/docker-xms/*.json 2>/dev/null"
     )
-    before = sh(debian13, state)
     # The engine's own words, as the unit tests' fake engine refuses, and the fake host without remapped users.
     assert REFUSALS["docker"] in refusal_words(debian13, rtpengine_image)
     assert host_facts(debian13) == facts_of(make_host(tmp_path, cgroup_version=2))
+    before = sh(debian13, state)
     done = debian13.run(CLI, "run", "-c", "--no-wait", "--name", "refused", check=False)
     assert done.returncode == 2, done.stdout + done.stderr
     said = done.stderr.strip()

@@ -105,10 +105,17 @@ class Host:
         reconcile(self.rt, self.netfilter)
 
 
-def make_host(tmp: Path, cgroup_version: int = 1, userns: bool = False, engine_kind: EngineKind = DOCKER) -> Host:
+def make_host(
+    tmp: Path,
+    cgroup_version: int = 1,
+    userns: bool = False,
+    engine_kind: EngineKind = DOCKER,
+    rt_runtime_us: int = 950_000,
+) -> Host:
     """A v1 host with per-group budgets (the cgroupfs driver), or a v2 host of a stock kernel as the lab's are:
     no group budgets, SCHED_FIFO global, the systemd driver; `userns`: the engine remaps users; `engine_kind`:
-    Docker or Podman answers (Podman has no writable-cgroups)."""
+    Docker or Podman answers (Podman has no writable-cgroups); `rt_runtime_us`: the kernel's global limit
+    (950000 until Linux 6.x; 7.x sets it to the whole period, the fair server being the guard)."""
     v2 = cgroup_version == 2
     # As the lab's v2 hosts are: 2 CPUs, so CPU-set mode with its isolated partition in docker-xms's slice.
     driver, parent = ("systemd", MEDIA_PARENT) if v2 else ("cgroupfs", PARENT)
@@ -126,7 +133,7 @@ def make_host(tmp: Path, cgroup_version: int = 1, userns: bool = False, engine_k
         engine.writable_cgroups = False
         engine.refusal = REFUSALS[PODMAN]
     host = (
-        HostRt(2, False, 950_000, 1_000_000, "global", tmp / "cpu")
+        HostRt(2, False, rt_runtime_us, 1_000_000, "global", tmp / "cpu")
         if v2
         else HostRt(1, True, 950_000, 1_000_000, "per-group", tmp / "cpu")
     )
