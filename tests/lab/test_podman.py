@@ -23,7 +23,7 @@ from tests.lab.steps import (
     PEER_TEARDOWN,
     PROJECT,
     host_facts,
-    media_cpus_are_isolated,
+    media_cpus_are_given,
     one_server_is_right,
     refusal_words,
     set_up,
@@ -96,9 +96,9 @@ def test_three_servers_boot_systemd_by_podmans_systemd_mode_with_real_time_threa
 
 def test_the_media_cpu_is_theirs_and_a_runaway_thread_is_stopped_by_the_watchdog(podman: Guest) -> None:
     """No per-group budget exists here: every real-time thread competes on its CPUs for up to 950 ms a second.
-    CPU-set mode keeps CPU 0 for the host and makes CPU 1 an isolated partition, and the watchdog stops a
-    spinning thread (correctness only: no timing under emulation is asserted or reported)."""
-    media_cpus_are_isolated(podman, SERVERS, ENV)
+    CPU-set mode keeps CPU 0 for the host, and the watchdog stops a spinning thread (correctness only: no
+    timing under emulation is asserted or reported)."""
+    media_cpus_are_given(podman, SERVERS, ENV)
     spinner = "lab-three"
     _in(podman, "docker", "exec", spinner, "systemd-run", "--unit", "spin", "-p", "Restart=no", *SPIN)
     stops = 0

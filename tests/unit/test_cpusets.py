@@ -10,7 +10,6 @@ import pytest
 
 from docker_xms.domain import budget
 from docker_xms.domain.cpusets import CpuLayout, format_cpu_list, layout, parse_cpu_list, plan, shortage
-from docker_xms.domain.doctor import partition_findings
 from docker_xms.errors import BadInput
 from docker_xms.settings import Settings
 from docker_xms.usecases.rt import cpu_layout, read_state, rebalance, reserve
@@ -173,17 +172,6 @@ def test_an_arriving_container_gets_its_cpus_or_is_refused_when_they_ran_out(hos
         pass
     # Nothing changed by the refusal.
     assert sorted(c.cpuset_cpus for c in host.engine.containers.values()) == ["1", "2"]
-
-
-def test_the_doctor_says_what_the_kernel_says_of_the_media_partition() -> None:
-    assert [(f.level, f.message) for f in partition_findings("1-3", "isolated")] == [
-        ("ok", "The media CPUs 1-3 are an isolated partition (docker_xms.slice).")
-    ]
-    assert partition_findings("1", "")[0].level == "ok"
-    (refused,) = partition_findings("1", "isolated invalid (Cpu list in cpuset.cpus not exclusive)")
-    assert refused.level == "warn"
-    assert "not exclusive" in refused.message
-    assert "\n" not in refused.message
 
 
 def test_a_cpu_list_naming_more_cpus_than_any_kernel_has_is_refused_without_being_spelled_out() -> None:

@@ -228,25 +228,11 @@ def test_on_podman_systemd_boots_by_podmans_own_systemd_mode_without_the_option_
     spec = host.engine.containers[cid].spec
     assert (spec.cgroupns, spec.security_opt, spec.entrypoint) == ("private", (), None)
     assert (spec.cpu_rt_runtime, spec.rtprio) == (0, 99)
-    # Its cgroup where Podman puts it in docker-xms's media slice: no file of Docker's place is looked for.
-    assert host.rt.cgroup_of(cid) == f"/docker_xms.slice/libpod-{cid}.scope"
+    # Its cgroup where Podman puts it: no file of Docker's place is looked for.
+    assert host.rt.cgroup_of(cid) == f"/machine.slice/libpod-{cid}.scope"
+    assert spec.cpuset_cpus == "1"
     # Its forwards tell Podman's bridge from the way out, not Docker's.
     assert (host.rt.bridge, make_host(tmp_path / "docker", cgroup_version=2).rt.bridge) == ("podman0", "docker0")
-
-
-def test_on_cgroup_v2_a_media_container_runs_in_the_isolated_partition_made_before_it(tmp_path: Path) -> None:
-    host = make_host(tmp_path, cgroup_version=2)
-    assert host.rt.partition_state() == ""
-
-    cid = _run(host)
-
-    spec = host.engine.containers[cid].spec
-    assert (spec.cgroup_parent, spec.cpuset_cpus) == ("docker_xms.slice", "1")
-    assert host.rt.partition_state() == "isolated"
-    state = rt_module.read_state(host.rt)
-    assert (state.mode, state.media_cpus, state.partition) == ("cpus", "1", "isolated")
-    assert sdk_arguments(spec)["cgroup_parent"] == "docker_xms.slice"
-    assert "cgroup_parent" not in sdk_arguments(replace(spec, cgroup_parent=""))
 
 
 def test_on_podman_with_cgroup_v1_one_sentence_and_nothing_is_left(tmp_path: Path) -> None:

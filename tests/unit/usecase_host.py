@@ -35,23 +35,8 @@ if TYPE_CHECKING:
 IMAGE = "test/rtpengine:1"
 NO_SYSTEMD = "test/plain:1"
 PARENT = "/docker"
-# Where media containers go on a v2 host in CPU-set mode (docker-xms's slice, an isolated partition).
-MEDIA_PARENT = "/docker_xms.slice"
-
-
-@dataclass
-class FakePartition:
-    """The media slice's partition as the kernel keeps it: made with CPUs, read back."""
-
-    cpus: str = ""
-    state: str = ""
-
-    def make(self, cpus: str) -> str:
-        self.cpus, self.state = cpus, "isolated"
-        return self.state
-
-    def read(self) -> str:
-        return self.state
+# Where the systemd driver puts containers (each engine's default parent).
+V2_PARENTS = {DOCKER: "/system.slice", PODMAN: "/machine.slice"}
 
 
 @dataclass
@@ -117,8 +102,8 @@ def make_host(
     Docker or Podman answers (Podman has no writable-cgroups); `rt_runtime_us`: the kernel's global limit
     (950000 until Linux 6.x; 7.x sets it to the whole period, the fair server being the guard)."""
     v2 = cgroup_version == 2
-    # As the lab's v2 hosts are: 2 CPUs, so CPU-set mode with its isolated partition in docker-xms's slice.
-    driver, parent = ("systemd", MEDIA_PARENT) if v2 else ("cgroupfs", PARENT)
+    # As the lab's v2 hosts are: the systemd driver, 2 CPUs, so CPU-set mode with housekeeping CPU 0.
+    driver, parent = ("systemd", V2_PARENTS[engine_kind]) if v2 else ("cgroupfs", PARENT)
     fs = FakeCgroupFs(root_runtime=950_000)
     fs.ensure(parent)
     engine = FakeEngine(fs, parent, images={IMAGE: ["/lib/systemd/systemd"], NO_SYSTEMD: ["/bin/sh"]}, driver=driver)
@@ -138,7 +123,6 @@ def make_host(
         else HostRt(1, True, 950_000, 1_000_000, "per-group", tmp / "cpu")
     )
     settings = Settings(lock_path=tmp / "host.lock", state_dir=tmp / "state")
-    partition = FakePartition()
     # No host service listens on a media port of this host.
     rt = RtHost(
         engine=engine,
@@ -151,9 +135,6 @@ def make_host(
         userns=userns,
         engine_kind=engine_kind,
         cpus=CpuLayout((0,), (1,)) if v2 else None,
-        partition=v2,
-        make_partition=partition.make,
-        partition_state=partition.read,
     )
     return Host(fs, engine, FakeNetfilter(), rt)
 
@@ -170,7 +151,6 @@ def host_facts(rt: RtHost, info: EngineInfo) -> dict[str, object]:
         "driver": rt.driver,
         "parent": rt.parent,
         "cpus": None if rt.cpus is None else [list(rt.cpus.housekeeping), list(rt.cpus.media)],
-        "partition": rt.partition,
         "userns": rt.userns,
         "engine_kind": rt.engine_kind,
         "engine_cgroup_version": info.cgroup_version,

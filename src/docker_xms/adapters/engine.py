@@ -83,7 +83,6 @@ def sdk_arguments(spec: CreateSpec) -> dict[str, Any]:
         "sysctls": dict(spec.sysctls),
         "cpu_rt_runtime": spec.cpu_rt_runtime,
         "cpuset_cpus": spec.cpuset_cpus,
-        "cgroup_parent": spec.cgroup_parent,
         "stop_timeout": spec.stop_timeout,
     }
     if spec.healthcheck is not None:

@@ -12,7 +12,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from docker_xms.cli.render import console, print_json
-from docker_xms.domain.cpusets import MEDIA_SLICE
 from docker_xms.domain.rt_mode import PER_GROUP
 from docker_xms.domain.watchdog import fair_server_text, stops_text, watchdog_text
 
@@ -50,7 +49,6 @@ def status(as_json: bool) -> None:
         console.print(
             f"CPU sets: housekeeping CPU {state.housekeeping_cpus or '-'}; media CPU {state.media_cpus}, "
             "divided among the media containers"
-            + (f"; partition {escape(state.partition)} ({MEDIA_SLICE})" if state.partition else "")
         )
     if state.mode != PER_GROUP and not state.capacity_us:
         console.print(

@@ -60,13 +60,6 @@ def format_cpu_list(cpus: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-# On cgroup v2 with the systemd driver, media containers go in a slice of docker-xms's own at the top of the
-# tree, whose CPUs are an isolated partition: no load balancing, no unbound kernel work on them, no process of
-# the host's. (A dash would nest the slice in another: systemd reads "docker-xms.slice" as inside docker.slice.)
-MEDIA_SLICE = "docker_xms.slice"
-ISOLATED = "isolated"
-
-
 @dataclass(frozen=True)
 class CpuLayout:
     """The host's CPUs split into the host's own and those for media containers."""

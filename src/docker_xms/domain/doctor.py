@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from docker_xms.domain.cpusets import ISOLATED, MEDIA_SLICE
 from docker_xms.domain.rt_mode import GLOBAL, PER_GROUP, V2_RT_GROUP
 from docker_xms.domain.watchdog import fair_server_text
 
@@ -131,29 +130,6 @@ def fair_server_findings(reserve_ns: Mapping[int, int]) -> list[Finding]:
             "ok",
             f"The fair server keeps {fair_server_text(reserve_ns)} for normal tasks, however busy the real-time "
             "threads are; each container's own runaway watchdog is its profile's [realtime] watchdog_ms.",
-        )
-    ]
-
-
-def partition_findings(media_cpus: str, state: str) -> list[Finding]:
-    """The isolated partition of the media CPUs on cgroup v2 (usecases/rt.open_host), as the kernel reports it;
-    `state` "" where none has been made yet (no media container has run since the host booted)."""
-    if state == ISOLATED:
-        return [Finding("ok", f"The media CPUs {media_cpus} are an isolated partition ({MEDIA_SLICE}).")]
-    if not state:
-        return [
-            Finding(
-                "ok",
-                f"The media CPUs {media_cpus} become an isolated partition ({MEDIA_SLICE}) when the first media "
-                "container runs.",
-            )
-        ]
-    return [
-        Finding(
-            "warn",
-            f"The media CPUs {media_cpus} are not an isolated partition: the kernel says {state[:200]!r}.",
-            "no other cgroup may hold those CPUs exclusively (cpuset.cpus.exclusive); see the kernel's cgroup-v2 "
-            "cpuset documentation",
         )
     ]
 

@@ -142,8 +142,6 @@ class CreateSpec:
     cpu_rt_runtime: int = 0
     # The CPUs it may run on ("1-3", domain/cpusets.py); "": every CPU.
     cpuset_cpus: str = ""
-    # The cgroup parent (a slice with the systemd driver); "": the engine's own.
-    cgroup_parent: str = ""
     # Seconds a stop waits after the stop signal before the engine kills (None: the engine's 10).
     stop_timeout: int | None = None
 

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, replace
 
 from docker_xms.adapters import adoption_store, cgroups, engine_list, records
 from docker_xms.domain.adoption import origin, trusted_labels
-from docker_xms.domain.cpusets import MEDIA_SLICE
 from docker_xms.domain.engine_types import DOCKER, PODMAN, ContainerSummary
 from docker_xms.domain.labels import (
     ADVERTISE_LABEL,
@@ -131,7 +130,7 @@ def engine_parents(
     host: cgroups.HostRt, cgroup_parent: str, drivers: Sequence[str] = DRIVERS
 ) -> tuple[tuple[str, str, EngineKind], ...]:
     """Where an engine puts its containers' cgroups with each of these cgroup drivers: (driver, parent, engine),
-    then Podman's place (systemd driver, its default parent) and the media slice's.
+    then Podman's place (systemd driver, its default parent).
 
     Looked for in each driver's place, a container's group is found without asking the engine which
     driver it runs.
@@ -143,9 +142,6 @@ def engine_parents(
         places.append((driver, cgroups.engine_parent(host, driver, custom), DOCKER))
     if "systemd" in drivers and not cgroup_parent:
         places.append(("systemd", cgroups.engine_parent(host, "systemd", "", PODMAN), PODMAN))
-        # Media containers in CPU-set mode on cgroup v2, in their isolated partition (usecases/rt.open_host).
-        media = cgroups.slice_path(MEDIA_SLICE)
-        places += [("systemd", media, DOCKER), ("systemd", media, PODMAN)]
     return tuple(places)
 
 

@@ -17,20 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from docker_xms.adapters import cgroups, hostnet, hostproc, pmqos
-from docker_xms.adapters import partition as partition_adapter
 from docker_xms.adapters.hostlock import host_lock
 from docker_xms.adapters.signals import deferred
 from docker_xms.domain import budget, cpusets
 from docker_xms.domain.adoption import origin
 from docker_xms.domain.boot import userns_remapped
-from docker_xms.domain.doctor import (
-    Finding,
-    diagnose,
-    fair_server_findings,
-    idle_findings,
-    inotify_findings,
-    partition_findings,
-)
+from docker_xms.domain.doctor import Finding, diagnose, fair_server_findings, idle_findings, inotify_findings
 from docker_xms.domain.engine_types import DEFAULT_BRIDGES, DOCKER, PODMAN, ContainerInfo, ContainerSummary
 from docker_xms.domain.labels import MANAGED_LABEL, SWARM_TASK, WEIGHT_LABEL, reserved_weight, unreadable, weight_of
 from docker_xms.domain.rt_mode import CPUS, GLOBAL, PER_GROUP
@@ -67,11 +59,6 @@ class RtHost:
     engine_version: str = ""
     # The host's processes in one container's PID namespace, by its first process (hostproc).
     pids_in_namespace_of: Callable[[int], list[int]] = hostproc.pids_in_pid_namespace_of
-    # CPU-set mode on cgroup v2 with the systemd driver: media containers go in docker-xms's own slice, whose
-    # CPUs are an isolated partition (adapters/partition.py), made with the media CPUs and read back.
-    partition: bool = False
-    make_partition: Callable[[str], str] = partition_adapter.make_partition
-    partition_state: Callable[[], str] = partition_adapter.partition_state
 
     @property
     def bridge(self) -> str:
@@ -96,19 +83,7 @@ def open_host(engine: EngineApi, settings: Settings) -> RtHost:
     # The engine's parent cannot be read from the engine; the settings name it when it is not the default.
     driver = settings.cgroup_driver or info.cgroup_driver
     layout = cpu_layout(settings, host.mode, lambda: cgroups.online_cpus(settings.sys_root))
-    # The isolated partition needs cgroup v2, the systemd driver (its slice) and a parent nobody else chose.
-    partition = (
-        layout is not None
-        and host.cgroup_version == 2
-        and driver == "systemd"
-        and not settings.cgroup_parent
-        and settings.real_host
-    )
-    parent = (
-        cgroups.slice_path(cpusets.MEDIA_SLICE)
-        if partition
-        else cgroups.engine_parent(host, driver, settings.cgroup_parent, info.kind)
-    )
+    parent = cgroups.engine_parent(host, driver, settings.cgroup_parent, info.kind)
     return RtHost(
         engine=engine,
         host=host,
@@ -118,7 +93,6 @@ def open_host(engine: EngineApi, settings: Settings) -> RtHost:
         cap_us=settings.rt_pool_us,
         settings=settings,
         cpus=layout,
-        partition=partition,
         userns=userns_remapped(info.security_options),
         engine_kind=info.kind,
         engine_version=info.server_version,
@@ -214,8 +188,6 @@ class RtState:
     # CPU-set mode: the host's own CPUs and those for media containers ("" in the other modes).
     housekeeping_cpus: str = ""
     media_cpus: str = ""
-    # What the kernel says of the media CPUs' partition ("isolated", "isolated invalid (...)"); "": none made.
-    partition: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -389,7 +361,6 @@ def read_state(rt: RtHost) -> RtState:
         skipped=skipped,
         housekeeping_cpus=cpusets.format_cpu_list(layout.housekeeping) if layout else "",
         media_cpus=cpusets.format_cpu_list(layout.media) if layout else "",
-        partition=rt.partition_state() if rt.partition else "",
     )
 
 
@@ -437,11 +408,6 @@ def rebalance_locked(
     names = {c.id: c.name for c in managed}
     weight = weights(rt.engine, managed)
     placed = _place_cpus(rt, managed, weight, arriving_weight) if rt.cpus is not None else None
-    if placed is not None and rt.cpus is not None and rt.partition:
-        # Made before any container is given its CPUs in it; where it cannot be (rt status and rt doctor say
-        # what the kernel says), the containers keep their CPUs all the same.
-        with contextlib.suppress(XmsError):
-            rt.make_partition(cpusets.format_cpu_list(rt.cpus.media))
     cpus = {} if placed is None else {key: placed.text(key) for key in placed.cpus if key != budget.ARRIVING}
     arriving_cpus = "" if placed is None else placed.text(budget.ARRIVING)
     changes = {} if placed is None else _apply_cpus(rt, placed, managed)
@@ -808,8 +774,6 @@ def doctor(rt: RtHost) -> list[Finding]:
     version = info.cgroup_version if real_host else str(rt.host.cgroup_version)
     findings = diagnose(rt.host, rt.driver, version, parent_runtime, rt.parent)
     findings += fair_server_findings(cgroups.fair_server_reserve(rt.settings.sys_root))
-    if rt.partition and rt.cpus is not None:
-        findings += partition_findings(cpusets.format_cpu_list(rt.cpus.media), rt.partition_state())
     if real_host:
         idle = pmqos.read_idle_state()
         findings += idle_findings(idle.driver, idle.limit_us, pmqos.NO_LIMIT_US)

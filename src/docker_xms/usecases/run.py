@@ -19,7 +19,6 @@ from docker_xms.adapters.signals import deferred
 from docker_xms.domain import ports as port_plans
 from docker_xms.domain.boot import SYSTEMD_PATHS, systemd_boot, v2_systemd_refusal
 from docker_xms.domain.compose import DEFAULT_COMMAND, stop_timeout_s
-from docker_xms.domain.cpusets import MEDIA_SLICE
 from docker_xms.domain.engine_types import RESTART_CHOICES, CreateSpec, Healthcheck
 from docker_xms.domain.labels import (
     ADVERTISE_LABEL,
@@ -494,7 +493,6 @@ def _create_spec(
         sysctls=_ephemeral_sysctl(plan),
         cpu_rt_runtime=budget_us,
         cpuset_cpus=cpus,
-        cgroup_parent=MEDIA_SLICE if rt.partition else "",
         # Time for the image's drain (its profile's [drain] grace) before the engine kills.
         stop_timeout=stop_timeout_s(profile),
         tmpfs=boot.tmpfs,
