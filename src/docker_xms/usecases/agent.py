@@ -212,9 +212,14 @@ class Agent:
 
     def _log_watchdog_stops(self, rt: RtHost) -> None:
         """Each time the runaway watchdog stopped a process in a managed container, once (what systemd inside
-        logged; the kill happens between engine events)."""
+        logged; the kill happens between engine events). A container the engine cannot say more of is skipped."""
         for summary in managed_running(rt.engine):
-            info = rt.engine.find_container(summary.id)
+            try:
+                info = rt.engine.find_container(summary.id)
+            except EngineUnavailable:
+                raise
+            except XmsError:
+                continue
             started = engine_time(info.started_at) if info is not None else None
             if info is None or info.rttime_us <= 0 or started is None:
                 continue

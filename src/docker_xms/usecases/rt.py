@@ -82,7 +82,6 @@ def open_host(engine: EngineApi, settings: Settings) -> RtHost:
     info = engine.info()
     # The engine's parent cannot be read from the engine; the settings name it when it is not the default.
     driver = settings.cgroup_driver or info.cgroup_driver
-    layout = cpu_layout(settings, host.mode, lambda: cgroups.online_cpus(settings.sys_root))
     parent = cgroups.engine_parent(host, driver, settings.cgroup_parent, info.kind)
     return RtHost(
         engine=engine,
@@ -92,7 +91,7 @@ def open_host(engine: EngineApi, settings: Settings) -> RtHost:
         parent=parent,
         cap_us=settings.rt_pool_us,
         settings=settings,
-        cpus=layout,
+        cpus=cpu_layout(settings, host.mode, lambda: cgroups.online_cpus(settings.sys_root)),
         userns=userns_remapped(info.security_options),
         engine_kind=info.kind,
         engine_version=info.server_version,
