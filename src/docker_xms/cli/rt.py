@@ -141,9 +141,9 @@ def rebalance_cmd(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def verify_cmd(container: str, as_json: bool) -> None:
     """Prove inside CONTAINER that SCHED_FIFO is allowed and list its real-time threads (exit 1 if not)."""
-    from docker_xms.usecases.rt import verify
+    from docker_xms.usecases.rt import VERIFY_WAIT_S, verify
 
-    result = verify(_open(), container)
+    result = verify(_open(), container, timeout_s=VERIFY_WAIT_S)
     if as_json:
         print_json({**asdict(result), "ok": result.ok})
     else:

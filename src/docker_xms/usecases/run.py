@@ -46,6 +46,7 @@ from docker_xms.usecases.host import Host
 from docker_xms.usecases.images import Reporter
 from docker_xms.usecases.reconcile import live_forwards, reconcile
 from docker_xms.usecases.rt import (
+    VERIFY_WAIT_S,
     Rebalance,
     RtHost,
     Verification,
@@ -177,7 +178,7 @@ def run(host: Host, request: RunRequest, reporter: Reporter) -> RunResult:
                 request.timeout or profile.readiness.timeout,
                 on_state=lambda c: reporter.detail(c.state + (f" ({c.detail})" if c.detail else "")),
             )
-        proof = verify(rt, container_id) if request.wait else None
+        proof = verify(rt, container_id, timeout_s=VERIFY_WAIT_S) if request.wait else None
     except BaseException as exc:
         # A second signal must not cut the rollback short: the first already asked to stop.
         with deferred():
