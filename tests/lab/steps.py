@@ -31,6 +31,30 @@ ip -n xms-peer route add default via 10.77.0.1
 PEER_TEARDOWN = "ip netns del xms-peer; ip link del xms-peer0 2>/dev/null; true"
 
 
+def call_from_peer(guest: Guest, name: str, env: str = "") -> dict[str, Any]:
+    """`docker-xms test-call NAME` from the peer's namespace, whose only route is the guest's address; its JSON.
+
+    Control by the container's own address (the published ng port is on the guest's loopback, which is not in
+    the peer's namespace); the media by the address the server advertises, as a phone sends it, from the start.
+    Counts only are printed: jitter and setup times under emulation say nothing of real hardware.
+    """
+    sh(guest, PEER_SETUP)
+    try:
+        assert sh(guest, "ip -n xms-peer route").split("\n")[0] == "default via 10.77.0.1 dev xms-peer1 "
+        ng = guest.run("env", *env.split(), "docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", name)
+        done = guest.run(
+            "env", *env.split(), "ip", "netns", "exec", "xms-peer", CLI, "test-call", name,
+            "--control", f"{ng.stdout.strip()}:2223", "--json", check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        call: dict[str, Any] = json.loads(done.stdout)
+    finally:
+        sh(guest, PEER_TEARDOWN)
+    counts = ", ".join(f"{d['name']} {d['received']} of {d['sent']}" for d in call["directions"])
+    print(f"\nlab: test call to {name} from the peer namespace {call['local']}: {counts}; {call['measured']}")
+    return call
+
+
 def sh(guest: Guest, script: str, timeout: float = 600, check: bool = True) -> str:
     """A shell line as root in the guest; its output."""
     return guest.run("bash", "-c", script, timeout=timeout, check=check).stdout

@@ -19,9 +19,8 @@ from lab.vm import Guest
 from tests.fakes import REFUSALS
 from tests.lab.steps import (
     CLI,
-    PEER_SETUP,
-    PEER_TEARDOWN,
     PROJECT,
+    call_from_peer,
     engine_info,
     host_facts,
     refusal_words,
@@ -100,25 +99,10 @@ def test_the_demo_starts_with_its_threads_real_time_and_says_so(debian13: Guest,
 
 
 def test_a_test_call_from_a_peer_whose_only_route_is_the_guests_address_has_rtp_both_ways(debian13: Guest) -> None:
-    sh(debian13, PEER_SETUP)
-    try:
-        assert sh(debian13, "ip -n xms-peer route").split("\n")[0] == "default via 10.77.0.1 dev xms-peer1 "
-        # Control by the container's own address (the published ng port is on the guest's loopback, which is
-        # not in the peer's namespace); the media by the address the server advertises, as a phone sends it.
-        ng = debian13.run("docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", DEMO).stdout.strip()
-        done = debian13.run(
-            "ip", "netns", "exec", "xms-peer", CLI, "test-call", DEMO, "--control", f"{ng}:2223", "--json", check=False
-        )  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
-        call = json.loads(done.stdout)
-        # Counts only: jitter and setup times under emulation say nothing of real hardware.
-        counts = ", ".join(f"{d['name']} {d['received']} of {d['sent']}" for d in call["directions"])
-        print(f"\nlab: test call from the peer namespace {call['local']}: {counts}; {call['measured']}")
-        assert (call["answered"], call["media_flows"], call["local"]) == (True, True, "10.77.0.2"), call
-        assert len(call["directions"]) == 2
-        assert all(d["received"] >= 0.9 * d["sent"] > 0 for d in call["directions"]), call["directions"]
-    finally:
-        sh(debian13, PEER_TEARDOWN)
+    call = call_from_peer(debian13, DEMO)
+    assert (call["answered"], call["media_flows"], call["local"]) == (True, True, "10.77.0.2"), call
+    assert len(call["directions"]) == 2
+    assert all(d["received"] >= 0.9 * d["sent"] > 0 for d in call["directions"]), call["directions"]
 
 
 def test_the_agent_under_systemd_puts_the_demo_right_after_a_reboot(debian13: Guest) -> None:

@@ -19,9 +19,8 @@ from lab.vm import Guest
 from tests.fakes import REFUSALS
 from tests.lab.steps import (
     CLI,
-    PEER_SETUP,
-    PEER_TEARDOWN,
     PROJECT,
+    call_from_peer,
     host_facts,
     media_cpus_are_given,
     one_server_is_right,
@@ -119,22 +118,9 @@ def test_the_media_cpu_is_theirs_and_a_runaway_thread_is_stopped_by_the_watchdog
 
 
 def test_a_test_call_from_a_peer_whose_only_route_is_the_guests_address_has_rtp_both_ways(podman: Guest) -> None:
-    sh(podman, PEER_SETUP)
-    try:
-        ng = _in(podman, "docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", "lab-two").strip()
-        done = podman.run(
-            "env", ENV, "ip", "netns", "exec", "xms-peer", CLI, "test-call", "lab-two", "--control", f"{ng}:2223",
-            "--json", check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
-        call = json.loads(done.stdout)
-        # Counts only: jitter and setup times under emulation say nothing of real hardware.
-        counts = ", ".join(f"{d['name']} {d['received']} of {d['sent']}" for d in call["directions"])
-        print(f"\nlab: test call through Podman from the peer namespace {call['local']}: {counts}")
-        assert (call["answered"], call["media_flows"], call["local"]) == (True, True, "10.77.0.2"), call
-        assert all(d["received"] >= 0.9 * d["sent"] > 0 for d in call["directions"]), call["directions"]
-    finally:
-        sh(podman, PEER_TEARDOWN)
+    call = call_from_peer(podman, "lab-two", ENV)
+    assert (call["answered"], call["media_flows"], call["local"]) == (True, True, "10.77.0.2"), call
+    assert all(d["received"] >= 0.9 * d["sent"] > 0 for d in call["directions"]), call["directions"]
 
 
 def test_removing_the_servers_gives_everything_back(podman: Guest) -> None:

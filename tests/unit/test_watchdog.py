@@ -154,11 +154,13 @@ def test_rt_status_counts_the_stops_since_the_container_started(tmp_path: Path) 
     host = make_host(tmp_path, cgroup_version=2)
     cid = run(host.given, RunRequest(image=IMAGE, container_address=True, name="spun", wait=False), Quiet()).id
     before_start = STOP.replace("1796670724.636843", "1796666399.0")
+    # A container's journal can claim any time: one far ahead of this host's clock is not taken.
+    future = STOP.replace("1796670724.636843", "4102444800.0")
 
     def answer(cmd: list[str]) -> tuple[int, str]:
         if cmd[:2] == ["sh", "-c"] and cmd[2] == JOURNAL_QUERY:
             assert cmd[4] == "1796666400"  # since the container started
-            return 0, "\n".join([before_start, STOP, STOP.replace("spin1", "spin2")]) + "\n"
+            return 0, "\n".join([before_start, STOP, STOP.replace("spin1", "spin2"), future]) + "\n"
         return booted(cmd)
 
     host.engine.answer = answer

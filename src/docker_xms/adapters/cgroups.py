@@ -225,11 +225,11 @@ def slice_path(name: str) -> str:
 
 
 def container_cgroup(parent: str, driver: str, container_id: str, engine: EngineKind = DOCKER) -> str:
-    prefix = "libpod" if engine == PODMAN else "docker"
+    podman = engine == PODMAN
     if driver == "systemd":
-        name = f"{prefix}-{container_id}.scope"
+        name = f"{'libpod' if podman else 'docker'}-{container_id}.scope"
     else:
-        name = f"libpod-{container_id}" if engine == PODMAN else container_id
+        name = f"libpod-{container_id}" if podman else container_id
     return parent.rstrip("/") + "/" + name
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,18 +66,23 @@ def spawn_detached(argv: Sequence[str], log: Path, extra_env: Mapping[str, str] 
     return proc.pid
 
 
-def pids_named(comm: str, proc_root: Path = Path("/proc")) -> list[int]:
-    """The host processes whose name (/proc/PID/comm) is `comm`; ones that end while we look are left out."""
+def _pids_where(matches: Callable[[Path], bool], proc_root: Path) -> list[int]:
+    """The host processes whose /proc/PID directory `matches`; ones that end while we look are left out."""
     pids = []
     for entry in proc_root.iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if (entry / "comm").read_text().strip() == comm:
+            if matches(entry):
                 pids.append(int(entry.name))
         except OSError:
             continue
     return sorted(pids)
+
+
+def pids_named(comm: str, proc_root: Path = Path("/proc")) -> list[int]:
+    """The host processes whose name (/proc/PID/comm) is `comm`."""
+    return _pids_where(lambda entry: (entry / "comm").read_text().strip() == comm, proc_root)
 
 
 def pids_in_pid_namespace_of(pid: int, proc_root: Path = Path("/proc")) -> list[int]:
@@ -87,16 +92,7 @@ def pids_in_pid_namespace_of(pid: int, proc_root: Path = Path("/proc")) -> list[
         namespace = os.readlink(proc_root / str(pid) / "ns" / "pid")
     except OSError:
         return []
-    pids = []
-    for entry in proc_root.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.readlink(entry / "ns" / "pid") == namespace:
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return sorted(pids)
+    return _pids_where(lambda entry: os.readlink(entry / "ns" / "pid") == namespace, proc_root)
 
 
 def inotify_max_user_instances(proc_root: Path = Path("/proc")) -> int | None:

@@ -43,11 +43,13 @@ def engine(timeout: int = 120) -> Engine:
     return Engine.connect(timeout=timeout, host=settings().docker_host)
 
 
-def netfilter(bridge: str = "docker0") -> NetfilterApi:
-    """Netfilter for the media forwards of containers on `bridge` (the engine's default: RtHost.bridge)."""
+def netfilter(bridge: str = "") -> NetfilterApi:
+    """Netfilter for the media forwards of containers on `bridge` (the engine's default: RtHost.bridge);
+    "": Docker's."""
     from docker_xms.adapters.netfilter import Netfilter
+    from docker_xms.domain.engine_types import DEFAULT_BRIDGES, DOCKER
 
-    return Netfilter(bridge=bridge)
+    return Netfilter(bridge=bridge or DEFAULT_BRIDGES[DOCKER])
 
 
 def host(on: Engine | None = None) -> Host:

@@ -149,17 +149,15 @@ def _shared(
     below the even load, then (up to as many CPUs as may carry one more) at it; the rest go to the least loaded."""
     low, extra = divmod(len(keys), len(media))
     load = dict.fromkeys(media, 0)
+    own = {key: held[key][0] for key in keys if held[key]}
     chosen: dict[str, int] = {}
-    for key in keys:
-        cpu = held[key][0] if held[key] else None
-        if cpu is not None and load[cpu] < low:
+    for key, cpu in own.items():
+        if load[cpu] < low:
             chosen[key] = cpu
             load[cpu] += 1
-    for key in keys:
-        cpu = held[key][0] if held[key] else None
-        if key in chosen or cpu is None or load[cpu] != low or extra == 0:
-            continue
-        if sum(1 for n in load.values() if n > low) < extra:
+    for key, cpu in own.items():
+        above = sum(1 for n in load.values() if n > low)
+        if key not in chosen and load[cpu] == low and above < extra:
             chosen[key] = cpu
             load[cpu] += 1
     for key in keys:

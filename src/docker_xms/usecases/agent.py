@@ -23,8 +23,9 @@ from docker_xms.adapters.engine import Engine
 from docker_xms.adapters.pmqos import CpuLatencyHold
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.domain import budget
+from docker_xms.domain.engine_types import DEFAULT_BRIDGES, DOCKER
 from docker_xms.domain.labels import LABEL_HOST_MEDIA, MANAGED_LABEL, PROFILE_LABEL, unreadable, weight_of
-from docker_xms.domain.watchdog import engine_time, watchdog_text
+from docker_xms.domain.watchdog import watchdog_text
 from docker_xms.errors import BadInput, EngineUnavailable, XmsError
 from docker_xms.settings import Settings
 from docker_xms.usecases.adoption import Adopted, set_ephemeral
@@ -142,7 +143,7 @@ class Agent:
         self._open_host = opener.open
         self.netfilter = opener.netfilter
         self._netfilter_on = opener.netfilter_on
-        self._bridge = "docker0"
+        self._bridge = DEFAULT_BRIDGES[DOCKER]
         self._stopping = False
         # Start failures already retried once, so a container that cannot start is not retried forever.
         self._retried: set[tuple[str, str, str]] = set()
@@ -220,11 +221,10 @@ class Agent:
                 raise
             except XmsError:
                 continue
-            started = engine_time(info.started_at) if info is not None else None
-            if info is None or info.rttime_us <= 0 or started is None:
+            if info is None:
                 continue
-            seen = max(started, self._watchdog_seen.get(info.id, 0.0))
-            fresh = [stop for stop in watchdog_stops_in(rt, info.id, seen) if stop.at > seen]
+            seen = self._watchdog_seen.get(info.id, 0.0)
+            fresh = [stop for stop in watchdog_stops_in(rt, info, seen) if stop.at > seen]
             for stop in fresh:
                 self.log(
                     f"watchdog stopped {stop.unit} in {info.name} (SIGXCPU: a real-time thread ran "

@@ -68,9 +68,8 @@ class ReconcileStats:
 class _Place:
     host: cgroups.HostRt
     fs: cgroups.CgroupFs
-    parents: tuple[
-        tuple[str, str, EngineKind], ...
-    ]  # (driver, engine parent, engine): where containers' cgroups may be
+    # (driver, engine parent, engine): where containers' cgroups may be (listing.engine_parents).
+    parents: tuple[tuple[str, str, EngineKind], ...]
     # Whether media containers share real-time CPU by CPU sets here (the metrics' mode is then `cpus`).
     cpu_sets: bool = False
 

@@ -291,25 +291,25 @@ def _scan(rt: RtHost, managed: list[ContainerSummary]) -> tuple[dict[str, int], 
     return now, foreign, room
 
 
-def stops_since_start(rt: RtHost, info: ContainerInfo) -> list[WatchdogStop]:
-    """The times the runaway watchdog stopped a process in a running container since it last started."""
-    since = engine_time(info.started_at)
-    return watchdog_stops_in(rt, info.id, since) if since is not None else []
-
-
-def watchdog_stops_in(rt: RtHost, container_id: str, since: float) -> list[WatchdogStop]:
-    """What systemd inside logged of the watchdog's stops since `since` (epoch seconds); none where the image
-    has no journal or shell to ask, or its answer is late (IN_CONTAINER_S)."""
+def watchdog_stops_in(rt: RtHost, info: ContainerInfo, after: float = 0.0) -> list[WatchdogStop]:
+    """What systemd inside a running container logged of the watchdog's stops since it last started (and after
+    `after`, epoch seconds); none where its watchdog is off, the image has no journal or shell to ask, or its
+    answer is late (IN_CONTAINER_S). What it says is bounded: no stop before the start, or in the future."""
+    started = engine_time(info.started_at)
+    if info.rttime_us <= 0 or started is None:
+        return []
+    since = max(started, after)
     try:
         code, out = rt.engine.exec(
-            container_id,
+            info.id,
             ["sh", "-c", JOURNAL_QUERY, "watchdog", str(int(since))],
             timeout_s=IN_CONTAINER_S,
             max_bytes=8192,
         )
     except XmsError:
         return []
-    return [stop for stop in watchdog_stops(out) if stop.at >= since] if code == 0 else []
+    now = time.time()
+    return [stop for stop in watchdog_stops(out) if since <= stop.at <= now + CLOCK_SLACK_S] if code == 0 else []
 
 
 def _container_id(cgroup_name: str) -> str:
@@ -338,7 +338,7 @@ def read_state(rt: RtHost) -> RtState:
             share=now.get(c.id, 0) / pool if pool else 0.0,
             origin=origin(c.labels),
             watchdog_us=info.rttime_us if info else 0,
-            watchdog_stops=len(stops_since_start(rt, info)) if info and info.rttime_us > 0 else 0,
+            watchdog_stops=len(watchdog_stops_in(rt, info)) if info else 0,
             cpus=info.cpuset_cpus if info else "",
         )
 
@@ -406,10 +406,13 @@ def rebalance_locked(
     managed, skipped = readable(c for c in managed_running(rt.engine, rt.settings) if c.id not in exclude)
     names = {c.id: c.name for c in managed}
     weight = weights(rt.engine, managed)
-    placed = _place_cpus(rt, managed, weight, arriving_weight) if rt.cpus is not None else None
+    # In CPU-set mode, what the engine holds for each: one inspect per container, read by the plan and its
+    # application alike.
+    held = {c.id: rt.engine.find_container(c.id) for c in managed} if rt.cpus is not None else {}
+    placed = _place_cpus(rt, managed, weight, arriving_weight, held) if rt.cpus is not None else None
     cpus = {} if placed is None else {key: placed.text(key) for key in placed.cpus if key != budget.ARRIVING}
     arriving_cpus = "" if placed is None else placed.text(budget.ARRIVING)
-    changes = {} if placed is None else _apply_cpus(rt, placed, managed)
+    changes = {} if placed is None else _apply_cpus(rt, placed, managed, held)
     if not rt.per_group:
         return Rebalance(
             per_group=False, names=names, skipped=skipped, cpus=cpus, arriving_cpus=arriving_cpus, cpu_changes=changes
@@ -447,7 +450,11 @@ def rebalance_locked(
 
 
 def _place_cpus(
-    rt: RtHost, managed: Sequence[ContainerSummary], weight: Mapping[str, int], arriving_weight: int | None
+    rt: RtHost,
+    managed: Sequence[ContainerSummary],
+    weight: Mapping[str, int],
+    arriving_weight: int | None,
+    held: Mapping[str, ContainerInfo | None],
 ) -> cpusets.CpuPlan:
     """The media CPUs divided among the running managed containers (and one arriving, refused where the
     setting says so and no CPU of its own is left), in the order they started; each keeps its CPUs where it can."""
@@ -460,26 +467,30 @@ def _place_cpus(
             raise BadInput(problem)
         members.append((budget.ARRIVING, arriving_weight))
     # What each holds now (the engine's record): kept where the division allows.
-    current = {c.id: _held_cpus(rt, c.id) for c in order}
+    current = {c.id: _held_cpus(held.get(c.id)) for c in order}
     return cpusets.plan(rt.cpus, members, current)
 
 
-def _held_cpus(rt: RtHost, container_id: str) -> tuple[int, ...]:
-    """The CPUs the engine holds for a container now; none where it holds none or a list docker-xms cannot read."""
-    info = rt.engine.find_container(container_id)
+def _held_cpus(info: ContainerInfo | None) -> tuple[int, ...]:
+    """The CPUs the engine holds for a container; none where it holds none or a list docker-xms cannot read."""
     try:
         return cpusets.parse_cpu_list(info.cpuset_cpus) if info is not None else ()
     except BadInput:
         return ()
 
 
-def _apply_cpus(rt: RtHost, placed: cpusets.CpuPlan, managed: Sequence[ContainerSummary]) -> dict[str, tuple[str, str]]:
+def _apply_cpus(
+    rt: RtHost,
+    placed: cpusets.CpuPlan,
+    managed: Sequence[ContainerSummary],
+    held: Mapping[str, ContainerInfo | None],
+) -> dict[str, tuple[str, str]]:
     """Give each running container the CPUs of the plan where the engine holds others (a rebalance, or a
     hand `docker update --cpuset-cpus`); what changed, by container id."""
     changes: dict[str, tuple[str, str]] = {}
     for c in managed:
         want = placed.text(c.id)
-        info = rt.engine.find_container(c.id)
+        info = held.get(c.id)
         if info is None or not want or info.cpuset_cpus == want:
             continue
         with contextlib.suppress(ContainerBeingRemoved):
@@ -655,6 +666,8 @@ class Verification:
 # honest) may take: the agent's one loop waits on them, and a hostile image's `chrt` must not hold back the
 # reconciliation of the others.
 IN_CONTAINER_S = 3.0
+# How far ahead of this host's clock a time a container reports may be and still be taken.
+CLOCK_SLACK_S = 60.0
 # `rt verify` and `run`'s proof: a person waits on them, and a host whose media CPUs are busy may take longer.
 VERIFY_WAIT_S = 15.0
 
