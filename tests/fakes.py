@@ -227,6 +227,8 @@ class FakeContainer:
     restart_policy: str = ""
     error: str = ""
     env: tuple[str, ...] = ()
+    # When the engine last started it, as the engine writes it (None: FAKE_STARTED_AT).
+    started_at: str | None = None
 
     @property
     def running(self) -> bool:
@@ -426,6 +428,12 @@ class FakeEngine:
         self._enter("put_file", container_id, path)
         self._get(container_id).files[path] = content
 
+    def put_files(self, container_id: str, files: Sequence[tuple[str, bytes, int]]) -> None:
+        self._enter("put_files", container_id, files[0][0] if files else "")
+        container = self._get(container_id)
+        for path, content, _ in files:
+            container.files[path] = content
+
     def path_exists(self, container_id: str, path: str) -> bool:
         self._enter("path_exists", container_id, path)
         return path in self._get(container_id).files
@@ -500,7 +508,7 @@ class FakeEngine:
             error=c.error,
             env=c.env,
             rttime_us=spec.rttime_us[0] if spec.rttime_us else 0,
-            started_at=FAKE_STARTED_AT if c.running else "",
+            started_at=(c.started_at or FAKE_STARTED_AT) if c.running else "",
         )
 
     def _summary(self, c: FakeContainer) -> ContainerSummary:

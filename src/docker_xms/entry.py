@@ -26,11 +26,17 @@ def _ps_json() -> bool:
     # Imported here so that every other command pays nothing for this one.
     from docker_xms.adapters.config import load_settings  # noqa: PLC0415
     from docker_xms.errors import XmsError  # noqa: PLC0415
-    from docker_xms.usecases.listing import budget_reader, json_text, managed_summaries, ps  # noqa: PLC0415
+    from docker_xms.usecases.listing import (  # noqa: PLC0415
+        budget_reader,
+        json_text,
+        managed_summaries,
+        plan_reader,
+        ps,
+    )
 
     try:
         settings = load_settings()
-        text = json_text(ps(managed_summaries(settings), budget_reader(settings)))
+        text = json_text(ps(managed_summaries(settings), budget_reader(settings), plan_reader(settings)))
     except XmsError:
         return False
     print(text)

@@ -56,6 +56,9 @@ KEYS: tuple[Key, ...] = (
     Key("rt_mode", "DOCKER_XMS_RT_MODE", "str", "auto, budgets or cpus: how media containers share real-time CPU"),
     Key("housekeeping_cpus", "DOCKER_XMS_HOUSEKEEPING_CPUS", "int", "CPUs the host keeps in cpus mode (the lowest)"),
     Key("cpus_when_short", "DOCKER_XMS_CPUS_WHEN_SHORT", "str", "share or refuse, when media CPUs run out"),
+    Key("advertise", "DOCKER_XMS_ADVERTISE", "str", "the address this node's adopted servers advertise: host or IPv4"),
+    Key("plan_wait_s", "DOCKER_XMS_PLAN_WAIT_S", "int", "seconds a replica's server waits for its plan"),
+    Key("start_without_plan", "DOCKER_XMS_START_WITHOUT_PLAN", "bool", "whether it starts when none came"),
 )
 KEYS_BY_NAME = {key.name: key for key in KEYS}
 
@@ -89,6 +92,12 @@ class Settings:
     rt_mode: str = "auto"
     housekeeping_cpus: int = 1
     cpus_when_short: str = "share"
+    # The address adopted servers advertise: "host" (this node's default-route address) or an IPv4 address.
+    advertise: str = "host"
+    # How long a server in an image docker-xms built waits for its plan, and whether it starts without one
+    # (domain/plan_unit.py; `docker-xms compose` puts both in the replicas' environment).
+    plan_wait_s: int = 60
+    start_without_plan: bool = True
     # Where the settings were read from, so that an agent can be told to read the same.
     config_path: Path = DEFAULT_CONFIG
     # The user's profile directory ($XDG_CONFIG_HOME/docker-xms/profiles).

@@ -8,6 +8,7 @@ docker-compose is Debian's 1.29 (scripts/quickstart.sh installs it). The stack f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -234,10 +235,16 @@ def test_an_adopted_container_gets_its_ephemeral_range_off_its_media_ports(
 def _policies(container: Any) -> dict[str, set[str]]:
     """Thread name -> the scheduling policies its threads run at, seen from the host's /proc."""
     from docker_xms.adapters.cgroups import thread_policies
+    from docker_xms.errors import NotFound
 
     found: dict[str, set[str]] = {}
     for pid in (int(p) for p in (PARENT / container.id / "cgroup.procs").read_text().split()):
-        for thread in thread_policies(pid):
+        try:
+            threads = thread_policies(pid)
+        except NotFound:
+            # Ended while we looked (a unit's short-lived process at boot).
+            continue
+        for thread in threads:
             found.setdefault(thread.comm, set()).add(f"{thread.policy}/{thread.rt_priority}")
     return found
 
@@ -287,3 +294,142 @@ def test_a_servers_threads_started_before_its_budget_are_raised_when_it_has_one(
         engine.close()
         container.remove(force=True)
         run_cli("rt", "rebalance")
+
+
+# --- The plan: a replica's server waits until docker-xms has handed it its address and ports ---------------
+
+# The rtpengine profile under another name: an agent that knows only the installed profiles (the README's
+# demo starts one) gives such a replica its budget but not its plan; this test's agent, which knows it, does.
+PLAN_PROFILE = "planwait"
+AGENT_ARGV = [sys.executable, "-m", "docker_xms", "agent", "--interval", "30"]
+
+
+def _plan_env(tmp_path: Path, **settings: str) -> dict[str, str]:
+    from importlib import resources
+
+    profiles = tmp_path / "profiles"
+    profiles.mkdir(exist_ok=True)
+    text = (resources.files("docker_xms") / "profiles" / "rtpengine.toml").read_text("utf-8")
+    (profiles / f"{PLAN_PROFILE}.toml").write_text(text.replace('name = "rtpengine"', f'name = "{PLAN_PROFILE}"', 1))
+    return {
+        "DOCKER_XMS_PROFILE_PATH": str(profiles),
+        "DOCKER_XMS_AGENT_LOCK": str(tmp_path / "agent.lock"),
+        **{f"DOCKER_XMS_{key.upper()}": value for key, value in settings.items()},
+    }
+
+
+def _unit_state(cid: str, unit: str) -> str:
+    done = subprocess.run(["docker", "exec", cid, "systemctl", "is-active", unit], capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def _journal(cid: str) -> str:
+    """The plan unit's lines in the container's journal (systemd's PID 1 has no output of its own)."""
+    done = subprocess.run(
+        ["docker", "exec", cid, "journalctl", "-u", "docker-xms-plan", "--no-pager", "-o", "cat"],
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout
+
+
+def _plan_row(cid: str, env: dict[str, str]) -> str:
+    result = run_cli("ps", "--json", env=env)
+    assert result.code == 0, result.err
+    return str({row["id"]: row for row in json.loads(result.out)}[cid[:12]]["plan"])
+
+
+@contextlib.contextmanager
+def _replica(tmp_path: Path, env: dict[str, str], docker_client: Any) -> Iterator[str]:
+    result = run_cli("compose", PLAN_PROFILE, env=env)
+    assert result.code == 0, result.err
+    path = tmp_path / "plan.yml"
+    path.write_text(result.out)
+    base = ["-p", f"xmsplan{uuid.uuid4().hex[:6]}", "-f", str(path)]
+    try:
+        up = docker_compose(*base, "up", "-d")
+        assert up.returncode == 0, up.stderr
+        (container,) = docker_client.containers.list(filters={"label": f"com.docker.compose.project={base[1]}"})
+        yield str(container.id)
+    finally:
+        docker_compose(*base, "down", "-t", "1")
+
+
+def test_a_replica_waits_for_its_plan_and_starts_with_it_once_an_agent_hands_it_over(
+    docker_client: Any, rtpengine_image: str, tmp_path: Path
+) -> None:
+    from docker_xms.adapters import hostnet
+    from docker_xms.adapters.profile_store import load_profile
+    from tests.integration.test_outside import media_of, ng_client, sdp_for
+
+    if shutil.which("docker-compose") is None:
+        pytest.fail("this test needs Debian's docker-compose package (scripts/quickstart.sh test installs it)")
+    env = _plan_env(tmp_path, plan_wait_s="120")
+    wanted = set(load_profile("rtpengine", ()).rt_threads)
+    with _replica(tmp_path, env, docker_client) as cid:
+        logs = lambda: _journal(cid)  # noqa: E731
+        assert _plan_row(cid, env) == "waiting"
+        # No agent of this host knows its profile (on cgroup v1 none may run at all: its gate then holds
+        # systemd too): its server does not start, however long it is watched.
+        for _ in range(15):
+            assert not wanted & set(_policies(docker_client.containers.get(cid))), logs()
+            time.sleep(0.2)
+        assert _plan_row(cid, env) == "waiting"
+
+        with agent_for_a_test(LoggedAgent(AGENT_ARGV, {**os.environ, **env})) as agent:
+            wait_for(lambda: "plan given to" in agent.log(), 15, 0.1, "the agent to hand over the plan")
+            # Its threads, from the first moment they exist, run SCHED_FIFO: the budget came before the plan.
+            first = wait_for(
+                lambda: (found := _policies(docker_client.containers.get(cid))) and wanted <= set(found) and found,
+                60,
+                0.05,
+                "rtpengine's real-time threads",
+            )
+            assert all(first[name] == {"SCHED_FIFO/50"} for name in wanted), first
+            assert run_cli("rt", "verify", cid, env=env).code == 0
+            assert _plan_row(cid, env) == "given"
+            print(f"container log:\n{logs()}\nagent: {[ln for ln in agent.lines if cid[:12] in ln or 'plan' in ln]}")
+            assert "waiting up to 120 s" in logs()
+            assert re.search(r"plan given after \d+ s", logs())
+
+            # Its media ports are the host range's own numbers, and it advertises this node's address.
+            low, high = rules()[cid[:12]]
+            conf = in_container(cid, "cat", "/etc/rtpengine/rtpengine.conf")
+            assert f"port-min = {low}\n" in conf, conf
+            assert f"port-max = {high}\n" in conf, conf
+            node = hostnet.host_address()
+            assert f"interface = pub/any!{node};" in conf, conf
+            address = docker_client.containers.get(cid).attrs["NetworkSettings"]["IPAddress"]
+            sdp = ng_client(
+                2223,
+                "offer",
+                "--call-id=plan-1",
+                "--from-tag=caller",
+                "--trust-address",
+                f"--sdp={sdp_for('192.0.2.10', 4000)}",
+                host=address,
+            )
+            advertised, port = media_of(sdp)
+            print(f"offer answered with {advertised}:{port}; host range {low}-{high}")
+            assert advertised == node
+            assert low <= port <= high
+
+
+def test_a_replica_whose_plan_never_comes_stays_stopped_when_the_settings_say_so(
+    docker_client: Any, rtpengine_image: str, tmp_path: Path
+) -> None:
+    if shutil.which("docker-compose") is None:
+        pytest.fail("this test needs Debian's docker-compose package (scripts/quickstart.sh test installs it)")
+    env = _plan_env(tmp_path, plan_wait_s="3", start_without_plan="0")
+    # An agent that does not know its profile: it opens the replica's cgroup and grants its budget, but
+    # has no plan to hand it.
+    stranger = {**os.environ, **env, "DOCKER_XMS_PROFILE_PATH": str(tmp_path / "none")}
+    with _replica(tmp_path, env, docker_client) as cid, agent_for_a_test(LoggedAgent(AGENT_ARGV, stranger)):
+        logs = lambda: _journal(cid)  # noqa: E731
+        wait_for(lambda: "stays stopped" in logs(), 60, 0.5, "the replica to give up waiting")
+        print(logs())
+        assert "waiting up to 3 s" in logs()
+        assert "no plan within 3 s" in logs()
+        assert _unit_state(cid, "rtpengine-daemon.service") == "inactive"
+        assert _unit_state(cid, "docker-xms-plan.service") == "failed"
+        assert _plan_row(cid, env) == "none"

@@ -79,10 +79,11 @@ def _name(kind: str) -> str:
 # --- rtpengine: ng offer/answer from the host, RTP between the namespaces ---------------------------------
 
 
-def ng_client(ng_port: int, command: str, *args: str) -> str:
-    """rtpengine-ng-client's command against the ng port published on 127.0.0.1; the SDP it gives back."""
+def ng_client(ng_port: int, command: str, *args: str, host: str = "127.0.0.1") -> str:
+    """rtpengine-ng-client's command against the ng port published on 127.0.0.1 (or at `host`); the SDP it
+    gives back."""
     result = subprocess.run(
-        ["rtpengine-ng-client", "--proxy-address", "127.0.0.1", "--proxy-port", str(ng_port), command, *args],
+        ["rtpengine-ng-client", "--proxy-address", host, "--proxy-port", str(ng_port), command, *args],
         capture_output=True,
         text=True,
         timeout=30,

@@ -141,6 +141,7 @@ CALLS: dict[str, Callable[[Engine, Path], Any]] = {
     "create_container": lambda e, _: e.create_container(CreateSpec("busybox:latest", name="x")),
     "start": lambda e, _: e.start(ID),
     "put_file": lambda e, _: e.put_file(ID, "/etc/x.conf", b"x"),
+    "put_files": lambda e, _: e.put_files(ID, [("/etc/x.conf", b"x", 0o644)]),
     "path_exists": lambda e, _: e.path_exists(ID, "/etc/x.conf"),
     "bridge_subnet": lambda e, _: e.bridge_subnet(),
     "get_container": lambda e, _: e.get_container(ID),

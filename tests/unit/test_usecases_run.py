@@ -113,7 +113,7 @@ def _verify_fails(host: Host) -> None:
 STEPS: dict[str, tuple[Callable[[Host], None], dict[str, object], type[Exception], str]] = {
     "create": (_fail_on("create_container"), {}, XmsError, "refused create_container"),
     "systemd check": (lambda host: None, {"image": NO_SYSTEMD}, BadInput, "has no systemd"),
-    "put_file": (_fail_on("put_file"), {}, XmsError, "refused put_file"),
+    "put_files": (_fail_on("put_files"), {}, XmsError, "refused put_files"),
     "start": (_fail_on("start"), {}, XmsError, "refused start"),
     "rules": (_rules_fail, {}, XmsError, "iptables refused"),
     "readiness": (_never_ready, {"wait": True, "timeout": 0.01}, XmsError, "Not ready after"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -9,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from docker_xms.domain.labels import owner_labels_problem
+from docker_xms.domain.plan_unit import MAX_WAIT_S
 from docker_xms.domain.pool import parse_adopt, parse_pool
 from docker_xms.errors import BadInput
 from docker_xms.settings import CONFIG_ENV, DEFAULT_CONFIG, KEYS, KEYS_BY_NAME, Key, Settings
@@ -84,7 +86,7 @@ def _from_file(key: Key, value: Any, where: str) -> Any:
 
     if key.kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong("a whole number of microseconds")
+            raise wrong(f"a whole number{_unit(key)}")
         return _check_int(key, value, where)
     if key.kind == "bool":
         if not isinstance(value, bool):
@@ -109,7 +111,7 @@ def _from_env(key: Key, raw: str) -> Any:
         try:
             number = int(raw)
         except ValueError:
-            raise BadInput(f"{key.env} must be a whole number of microseconds, not {raw!r}.") from None
+            raise BadInput(f"{key.env} must be a whole number{_unit(key)}, not {raw!r}.") from None
         return _check_int(key, number, where)
     if key.kind == "bool":
         lowered = raw.strip().lower()
@@ -123,9 +125,19 @@ def _from_env(key: Key, raw: str) -> Any:
     return _check_str(key, raw, where)
 
 
+def _units(key: Key) -> str:
+    return " microseconds" if key.name.endswith("_us") else " seconds" if key.name.endswith("_s") else ""
+
+
+def _unit(key: Key) -> str:
+    return " of" + _units(key) if _units(key) else ""
+
+
 def _check_int(key: Key, value: int, where: str) -> int:
     if value < 0:
-        raise BadInput(f"{where}: {key.name} must be 0 or more microseconds, not {value}.")
+        raise BadInput(f"{where}: {key.name} must be 0 or more{_units(key)}, not {value}.")
+    if key.name == "plan_wait_s" and value > MAX_WAIT_S:
+        raise BadInput(f"{where}: plan_wait_s must be at most {MAX_WAIT_S} seconds, not {value}.")
     return value
 
 
@@ -136,6 +148,13 @@ def _check_str(key: Key, value: str, where: str) -> str:
         parse_pool(value, where)
     if key.name == "adopt":
         parse_adopt(value, where)
+    if key.name == "advertise" and value != "host":
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise BadInput(
+                f"{where}: advertise must be host or an IPv4 address such as 203.0.113.10, not {value!r}."
+            ) from None
     if key.name == "labels":
         problem = owner_labels_problem(filter(None, (part.strip() for part in value.split(","))))
         if problem is not None:

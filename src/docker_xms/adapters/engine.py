@@ -15,7 +15,7 @@ import json
 import os
 import tarfile
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -477,16 +477,20 @@ class Engine:
             self.api.start(container_id)
 
     def put_file(self, container_id: str, path: str, content: bytes, mode: int = 0o644) -> None:
-        directory, _, name = path.rpartition("/")
+        self.put_files(container_id, [(path, content, mode)])
+
+    def put_files(self, container_id: str, files: Sequence[tuple[str, bytes, int]]) -> None:
+        """Absolute paths with their content and mode, written in one archive, in this order."""
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            info.mode = mode
-            tar.addfile(info, io.BytesIO(content))
-        ok = self._call(self.api.put_archive, container_id, directory or "/", buf.getvalue())
+            for path, content, mode in files:
+                info = tarfile.TarInfo(path.lstrip("/"))
+                info.size = len(content)
+                info.mode = mode
+                tar.addfile(info, io.BytesIO(content))
+        ok = self._call(self.api.put_archive, container_id, "/", buf.getvalue())
         if not ok:
-            raise XmsError(f"The engine could not write {path} into the container.")
+            raise XmsError(f"The engine could not write {', '.join(p for p, _, _ in files)} into the container.")
 
     def path_exists(self, container_id: str, path: str) -> bool:
         """Whether a file exists in a (created or running) container's file system."""

@@ -83,6 +83,24 @@ def list_containers(
     return [summary_of(raw) for raw in data] if isinstance(data, list) else []
 
 
+def started_and_env(path: str, container_id: str, timeout: float = 10) -> tuple[str, tuple[str, ...]]:
+    """When the engine last started a container, and its environment as created (at most 256 entries of
+    256 characters); ("", ()) when it is gone."""
+    status, body = _get(path, f"/containers/{urllib.parse.quote(container_id)}/json", timeout)
+    if status != 200:
+        return "", ()
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "", ()
+    state = data.get("State") if isinstance(data, dict) else None
+    config = data.get("Config") if isinstance(data, dict) else None
+    started = state.get("StartedAt") if isinstance(state, dict) else ""
+    env = config.get("Env") if isinstance(config, dict) else ()
+    items = tuple(e[:256] for e in (env if isinstance(env, list) else ())[:256] if isinstance(e, str))
+    return (started if isinstance(started, str) else "")[:64], items
+
+
 def _get(path: str, target: str, timeout: float) -> tuple[int, bytes]:
     """An HTTP/1.0 GET over a unix socket: the engine answers and closes, so the body ends at EOF."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -95,6 +95,17 @@ def pids_in_pid_namespace_of(pid: int, proc_root: Path = Path("/proc")) -> list[
     return _pids_where(lambda entry: os.readlink(entry / "ns" / "pid") == namespace, proc_root)
 
 
+def start_ticks(pid: int, proc_root: Path = Path("/proc")) -> str:
+    """When process `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat, after its name,
+    which may hold spaces and parentheses); "" when it is gone."""
+    try:
+        stat = (proc_root / str(pid) / "stat").read_text()
+    except OSError:
+        return ""
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 and fields[19].isdigit() else ""
+
+
 def inotify_max_user_instances(proc_root: Path = Path("/proc")) -> int | None:
     """The host's per-user limit of inotify instances, or None if it cannot be read."""
     try:

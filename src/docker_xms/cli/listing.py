@@ -38,6 +38,7 @@ COLUMNS = (
     Column("ports", lambda r: f"{r.strategy}: {r.ports}" if r.strategy else r.ports, 7),
     Column("budget us", _budget, 2),
     Column("origin", lambda r: r.origin, 8),
+    Column("plan", lambda r: r.plan, 9),
 )
 # What a column adds to a boxed table besides its text: a space either side and one border.
 _FRAME = 3
@@ -103,11 +104,11 @@ def ps(as_json: bool, wide: bool, template: str | None) -> None:
     The table shows the columns that fit the terminal, names and ids whole; --wide shows all of them.
     """
     from docker_xms.cli import context
-    from docker_xms.usecases.listing import budget_reader, json_text, managed_summaries
+    from docker_xms.usecases.listing import budget_reader, json_text, managed_summaries, plan_reader
     from docker_xms.usecases.listing import ps as list_containers
 
     settings = context.settings()
-    rows = list_containers(managed_summaries(settings), budget_reader(settings))
+    rows = list_containers(managed_summaries(settings), budget_reader(settings), plan_reader(settings))
     if as_json:
         print(json_text(rows))
         return

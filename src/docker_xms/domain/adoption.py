@@ -42,6 +42,9 @@ from docker_xms.domain.labels import (
     LABEL_STRATEGY,
     MODE_LABEL,
     ONE_TO_ONE,
+    PLAN_HANDED,
+    PLAN_LABEL,
+    PLAN_PENDING,
     REFUSED_LABEL,
     STRATEGIES,
     SWARM_SERVICE,
@@ -60,6 +63,9 @@ if TYPE_CHECKING:
     from docker_xms.domain.profiles import Profile
 
 
+ADOPTED_PLANS = (PLAN_HANDED, PLAN_PENDING)
+
+
 def origin(labels: Mapping[str, str]) -> str:
     """How a managed container was started, from the engine's own labels.
 
@@ -76,7 +82,8 @@ def origin(labels: Mapping[str, str]) -> str:
     project = labels.get(COMPOSE_PROJECT, "")
     if project:
         return f"compose:{project}"
-    if ADVERTISE_LABEL in labels and LABEL_STRATEGY in labels:
+    # An adopted container handed its plan has an advertised address too.
+    if ADVERTISE_LABEL in labels and LABEL_STRATEGY in labels and labels.get(PLAN_LABEL) not in ADOPTED_PLANS:
         return "run"
     return "docker"
 
@@ -105,11 +112,13 @@ def plan_labels(
     network_mode: str,
     used_host_ranges: Iterable[tuple[int, int]],
     host_pool: tuple[int, int],
+    told: bool = False,
 ) -> dict[str, str]:
     """The labels `run` would have given this container: strategy, mode, host media range and forwards.
 
     dnat: a free block of the pool for the profile's media ports, forwarded onto the ports the server
-    uses inside. host: the profile's own ports on the host, refused when another container holds them.
+    uses inside (`told`: a server that will be told its ports uses the block's own numbers, as `run -c`'s).
+    host: the profile's own ports on the host, refused when another container holds them.
     """
     strategy = strategy_of(labels, network_mode)
     mode = labels.get(MODE_LABEL) or (CONTAINER_ADDRESS if strategy == "dnat" else ONE_TO_ONE)
@@ -126,15 +135,16 @@ def plan_labels(
         strategy,
         used_host_ranges=used_host_ranges,
         host_pool=host_pool,
-        # Its configuration is in its image: it puts its own port numbers in its SDP.
-        own_numbers_first=True,
+        # Told its ports, the server uses the host's numbers; else they are in its image, and in its SDP.
+        same_ports=told,
+        own_numbers_first=not told,
     )
     return {MODE_LABEL: mode, **plan.labels()}
 
 
 # Labels only docker-xms's own decision sets: taken from its record or the plan it chose, never from the
 # container, whose owner (or whose image's author) can write any label.
-DECIDED_KEYS = (LABEL_DNAT, LABEL_HOST_MEDIA, ADVERTISE_LABEL)
+DECIDED_KEYS = (LABEL_DNAT, LABEL_HOST_MEDIA, ADVERTISE_LABEL, PLAN_LABEL)
 
 
 def outside_pool(labels: Mapping[str, str], pool: Sequence[Span]) -> str | None:

@@ -29,6 +29,7 @@ from docker_xms.domain.labels import (
     ONE_TO_ONE,
     PROFILE_LABEL,
 )
+from docker_xms.domain.plan_unit import DEFAULT_WAIT_S, container_env
 from docker_xms.domain.ports import ephemeral_outside
 from docker_xms.domain.profiles import MANAGEMENT_ROLES, Profile
 from docker_xms.domain.recipes import GATE_ENTRYPOINT, STOP_SIGNAL
@@ -68,6 +69,9 @@ class ComposeOptions:
     target: Target = "compose"
     # What the gate runs once systemd's cgroup is writable (cgroup v1): the image's command.
     command: tuple[str, ...] = DEFAULT_COMMAND
+    # How long a replica's server waits for its plan, and whether it starts without one (the host's settings).
+    plan_wait_s: int = DEFAULT_WAIT_S
+    start_without_plan: bool = True
 
 
 def stop_timeout_s(profile: Profile) -> int | None:
@@ -127,8 +131,11 @@ def compose_file(profile: Profile, options: ComposeOptions) -> dict[str, Any]:
     grace = stop_timeout_s(profile)
     if grace is not None:
         service["stop_grace_period"] = f"{grace}s"
-    if profile.env:
-        service["environment"] = dict(profile.env)
+    environment = dict(profile.env)
+    if profile.waits_for_plan:
+        environment.update(container_env(options.plan_wait_s, options.start_without_plan))
+    if environment:
+        service["environment"] = environment
     if options.health_script:
         service["healthcheck"] = {
             # Every Compose tool interpolates ${...} in the file: $$ is a literal $.

@@ -28,6 +28,15 @@ LABEL_DNAT = f"{LABEL_PREFIX}.dnat"
 # The address the media server puts in its SDP (and a SIP proxy in its headers), or "container": its own.
 ADVERTISE_LABEL = f"{LABEL_PREFIX}.advertise"
 ADVERTISE_OWN = "container"
+# Whether docker-xms has told the container its plan (domain/plan_unit.py): "given" at create by `run`,
+# "handed" to an adopted container whose server waited, "pending" while chosen and not yet written. Its own
+# decision, never the container's. An image whose server waits for a plan says so (every container
+# inherits it).
+PLAN_LABEL = f"{LABEL_PREFIX}.plan"
+PLAN_GIVEN = "given"
+PLAN_HANDED = "handed"
+PLAN_PENDING = "pending"
+PLAN_WAIT_LABEL = f"{LABEL_PREFIX}.plan-wait"
 # Set by docker-xms's own reading of a container (domain/adoption.trusted_labels) on one it will not act on,
 # with the reason; never taken from the container (a container's own is dropped before that reading).
 REFUSED_LABEL = f"{LABEL_PREFIX}.refused"

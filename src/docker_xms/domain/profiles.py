@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from docker_xms.domain.drain_unit import DRAIN_SCRIPT, DRAIN_UNIT, Drain, drain_script, drain_unit
+from docker_xms.domain.plan_unit import PLAN_SCRIPT, PLAN_UNIT, plan_script, plan_unit
 from docker_xms.domain.watchdog import DEFAULT_WATCHDOG_MS, MAX_WATCHDOG_MS
 from docker_xms.errors import BadInput
 
@@ -161,6 +162,11 @@ class Profile:
             not f.verbatim and ("{advertise_address}" in f.template or "{advertised}" in f.template)
             for f in self.instance_files
         )
+
+    @property
+    def waits_for_plan(self) -> bool:
+        """Whether images built from it hold the server until the host hands the container its plan."""
+        return PLAN_UNIT in self.build.enable_units
 
     def host_port_placeholders(self) -> tuple[PortSpec, ...]:
         """The single ports whose host port an instance file names, so a run must know it before start."""
@@ -398,6 +404,8 @@ def parse_profile(text: str, source: str) -> Profile:
     watchdog_ms = _realtime(root.table("realtime"))
     if drain.command:
         build = _with_drain(build, drain)
+    if media.config == MEDIA_INSTANCE_FILE and build.packages and readiness.required_units:
+        build = _with_plan(build, readiness.required_units)
     summary = _summary(root)
 
     return Profile(
@@ -579,6 +587,21 @@ def _with_drain(build: BuildRecipe, drain: Drain) -> BuildRecipe:
     """The image recipe with the drain's unit and script, so that every image built from it drains."""
     return dataclasses.replace(
         build, enable_units=(*build.enable_units, DRAIN_UNIT), files=(*build.files, *drain_files(drain))
+    )
+
+
+def plan_files(units: tuple[str, ...]) -> tuple[InstanceFile, InstanceFile]:
+    """The plan's unit and script, as an image holds them (domain/plan_unit.py)."""
+    return (
+        InstanceFile("/etc/systemd/system/" + PLAN_UNIT, plan_unit(units), 0o644, verbatim=True),
+        InstanceFile(PLAN_SCRIPT, plan_script(), 0o755, verbatim=True),
+    )
+
+
+def _with_plan(build: BuildRecipe, units: tuple[str, ...]) -> BuildRecipe:
+    """The image recipe whose server `units` wait for the container's plan."""
+    return dataclasses.replace(
+        build, enable_units=(*build.enable_units, PLAN_UNIT), files=(*build.files, *plan_files(units))
     )
 
 

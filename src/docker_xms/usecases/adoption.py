@@ -16,13 +16,23 @@ from docker_xms.adapters import adoption_store, hostnet, hostproc, records
 from docker_xms.adapters.profile_store import load_profile
 from docker_xms.domain.adoption import origin, outside_pool, plan_labels, source_of, trusted_labels
 from docker_xms.domain.engine_types import ContainerSummary
-from docker_xms.domain.labels import LABEL_PREFIX, MANAGED_LABEL, host_ranges_from_labels, profile_of, unreadable
+from docker_xms.domain.labels import (
+    ADVERTISE_LABEL,
+    LABEL_PREFIX,
+    MANAGED_LABEL,
+    PLAN_LABEL,
+    PLAN_PENDING,
+    host_ranges_from_labels,
+    profile_of,
+    unreadable,
+)
 from docker_xms.domain.pool import Span, allocation_block, holds, parse_adopt, parse_pool
 from docker_xms.domain.ports import ephemeral_outside
 from docker_xms.domain.profiles import Profile
 from docker_xms.errors import BadInput
 from docker_xms.settings import Settings
 from docker_xms.usecases.boundaries import EngineApi
+from docker_xms.usecases.plan import node_advertise, taking, waits
 
 
 def media_pool(settings: Settings) -> tuple[Span, ...]:
@@ -144,6 +154,12 @@ def adopt_locked(engine: EngineApi, settings: Settings, pool: tuple[int, int] | 
         cid: labels for cid, labels in created.items() if cid in existing or engine.find_container(cid) is not None
     }
     kept = {cid: labels for cid, labels in plans.items() if cid in running_ids and cid not in recorded}
+    # A plan not yet handed to a server whose wait is over is chosen again, as for a server never told.
+    kept = {
+        cid: labels
+        for cid, labels in kept.items()
+        if labels.get(PLAN_LABEL) != PLAN_PENDING or taking(engine.find_container(cid))
+    }
     released = tuple(cid for cid in plans if cid not in kept)
     used = held_ranges(recorded) + held_ranges(kept)
     ports = media_pool(settings)
@@ -172,7 +188,10 @@ def adopt_locked(engine: EngineApi, settings: Settings, pool: tuple[int, int] | 
                 profile_name, settings.profile_dirs, installed_only=True
             )
             profiles[profile_name] = profile
-            chosen = plan_labels(profile, c.labels, c.network_mode, used, pool or host_pool(settings))
+            told = waits(c.labels, profile) and taking(engine.find_container(c.id))
+            chosen = plan_labels(profile, c.labels, c.network_mode, used, pool or host_pool(settings), told)
+            if told:
+                chosen.update({ADVERTISE_LABEL: node_advertise(settings), PLAN_LABEL: PLAN_PENDING})
             for low, high in host_ranges_from_labels(chosen):
                 if not holds(ports, low, high):
                     raise BadInput(f"host ports {low}-{high} of its profile lie outside the media port pool")

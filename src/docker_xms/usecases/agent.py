@@ -75,6 +75,7 @@ def change_lines(rt: RtHost, result: Reconciliation) -> list[str]:
         lines.append(f"adopted {adopted.name} ({adopted.origin})" + (f": host media ports {media}" if media else ""))
     lines.extend(f"port plan given back by {cid[:12]}" for cid in result.adoption.released)
     lines.extend(result.cgroups)
+    lines.extend(handed.line() for handed in result.handed)
     if result.rules is not None:
         short_names = {cid[:12]: name for cid, name in balance.names.items()}
         lines.extend(f"rules removed for {cid}" for cid in result.rules.removed)

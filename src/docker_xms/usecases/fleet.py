@@ -53,11 +53,19 @@ def compose_text(request: ComposeRequest, settings: Settings) -> str:
         health_script=health_script(profile),
         target=request.target,
         command=request.command,
+        plan_wait_s=settings.plan_wait_s,
+        start_without_plan=settings.start_without_plan,
     )
     data = compose_files.compose_file(profile, options)
     header = (
         f"# docker-xms compose {profile.name}: {request.replicas} replica(s), media ports by {request.ports}.\n"
         "# The docker-xms agent on each node grants the real-time budget and forwards the media range.\n"
+        + (
+            f"# Each replica's server waits up to {settings.plan_wait_s} s for the node's agent to hand it its plan "
+            "(address, ports).\n"
+            if profile.waits_for_plan
+            else ""
+        )
         + (
             "# On cgroup v1 it also opens each replica's own systemd cgroup: a replica waits for it (60 s at most).\n"
             if host.cgroup_version == 1

@@ -16,6 +16,7 @@ from docker_xms import __version__
 from docker_xms.adapters import hostfiles, rootfs
 from docker_xms.adapters.engine import Engine, StreamError
 from docker_xms.domain import recipes
+from docker_xms.domain.labels import PLAN_WAIT_LABEL
 from docker_xms.domain.names import ImageRef, parse_ref
 from docker_xms.domain.profiles import Profile
 from docker_xms.errors import BadInput, StepFailed, XmsError
@@ -220,6 +221,8 @@ def build_profile_image(
         recipes.LABEL_RECIPE: recipes.recipe_hash(profile_recipe(profile)),
         # Media ranges are thousands of ports: as EXPOSE entries they would bloat every inspect.
         recipes.LABEL_MEDIA: ",".join(r.label() for r in profile.media_ranges),
+        # Its server waits for the container's plan (domain/plan_unit.py).
+        **({PLAN_WAIT_LABEL: "true"} if profile.waits_for_plan else {}),
     }
     with _scratch() as tmp:
         uploads = []

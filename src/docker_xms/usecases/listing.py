@@ -7,6 +7,7 @@ those costs more than the listing itself.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
@@ -20,8 +21,13 @@ from docker_xms.domain.labels import (
     LABEL_STRATEGY,
     MANAGED_LABEL,
     MODE_LABEL,
+    PLAN_GIVEN,
+    PLAN_HANDED,
+    PLAN_LABEL,
+    PLAN_WAIT_LABEL,
     PROFILE_LABEL,
 )
+from docker_xms.domain.plan_unit import plan_state, wait_s_of
 from docker_xms.domain.pool import parse_pool
 from docker_xms.domain.rt_mode import PER_GROUP
 from docker_xms.settings import Settings
@@ -71,10 +77,17 @@ class PsRow:
     advertise: str = ""
     # How it was started: run, compose:PROJECT, swarm:SERVICE.SLOT or docker (domain/adoption.origin).
     origin: str = ""
+    # Whether docker-xms has handed it its plan: given, waiting (its server waits for it) or none.
+    plan: str = "none"
 
 
-def ps(summaries: list[ContainerSummary], budget_of: Callable[[str], int | None]) -> list[PsRow]:
-    """One request to the engine (its list view), plus a cgroup file read per running container."""
+def ps(
+    summaries: list[ContainerSummary],
+    budget_of: Callable[[str], int | None],
+    plan_of: Callable[[ContainerSummary], str] | None = None,
+) -> list[PsRow]:
+    """One request to the engine (its list view), plus a cgroup file read per running container, and an
+    inspect per running container whose server waits for a plan not yet given."""
     rows = []
     for s in summaries:
         published = sorted({f"{p.host_port}->{p.container_port}/{p.protocol}" for p in s.ports if p.host_port})
@@ -95,6 +108,7 @@ def ps(summaries: list[ContainerSummary], budget_of: Callable[[str], int | None]
                 if s.labels.get(ADVERTISE_LABEL) == ADVERTISE_OWN
                 else s.labels.get(ADVERTISE_LABEL, ""),
                 origin=origin(s.labels),
+                plan=plan_of(s) if plan_of is not None else "none",
             )
         )
     return rows
@@ -103,6 +117,33 @@ def ps(summaries: list[ContainerSummary], budget_of: Callable[[str], int | None]
 def json_text(rows: list[PsRow]) -> str:
     """`ps --json`: one object per container, keys sorted."""
     return json.dumps([asdict(row) for row in rows], indent=2, sort_keys=True)
+
+
+def plan_reader(settings: Settings) -> Callable[[ContainerSummary], str]:
+    """A container's plan state (domain/plan_unit.plan_state); the engine asked only about a running one
+    whose image waits and which has no plan yet, for when it started and how long it waits."""
+    path = engine_list.local_socket(settings.docker_host)
+
+    def state(s: ContainerSummary) -> str:
+        given = s.labels.get(PLAN_LABEL) in (PLAN_GIVEN, PLAN_HANDED)
+        waits = s.labels.get(PLAN_WAIT_LABEL) == "true"
+        if given or not waits or not s.running:
+            return plan_state(given, waits, s.running, 0.0, 0)
+        if path is not None:
+            started, env = engine_list.started_and_env(path, s.id)
+        else:
+            from docker_xms.adapters.engine import Engine  # noqa: PLC0415 - only for engines not on a local socket
+
+            info = Engine.connect(host=settings.docker_host).find_container(s.id)
+            started, env = (info.started_at, info.env) if info is not None else ("", ())
+        from docker_xms.domain.watchdog import engine_time  # noqa: PLC0415 - datetime, only for a waiting one
+
+        at, wait_s = engine_time(started), wait_s_of(env)
+        if at is None or wait_s is None:
+            return "none"
+        return plan_state(False, True, True, time.time() - at, wait_s)
+
+    return state
 
 
 def budget_reader(settings: Settings) -> Callable[[str], int | None]:

@@ -18,6 +18,7 @@ from docker_xms.domain.labels import ADVERTISE_LABEL, ADVERTISE_OWN, forwards_fr
 from docker_xms.domain.pool import Span
 from docker_xms.usecases.adoption import Adoption, adopt_locked, media_pool, with_plans
 from docker_xms.usecases.boundaries import EngineApi, NetfilterApi
+from docker_xms.usecases.plan import Handed, hand_plans_locked
 from docker_xms.usecases.rt import Rebalance, RtHost, managed_running, readable, rebalance_locked
 
 
@@ -29,6 +30,8 @@ class Reconciliation:
     adoption: Adoption = field(default_factory=Adoption)
     # Containers whose systemd cgroup was made writable in this pass, and why some could not be.
     cgroups: tuple[str, ...] = ()
+    # Plans handed to waiting servers in this pass (usecases/plan.py).
+    handed: tuple[Handed, ...] = ()
 
 
 def open_cgroups(rt: RtHost, running: Iterable[ContainerSummary]) -> tuple[str, ...]:
@@ -134,10 +137,13 @@ def reconcile(rt: RtHost, netfilter: NetfilterApi) -> Reconciliation:
         budgets = rebalance_locked(rt)
         # Only those docker-xms acts on: not one skipped for its labels or left out by the adopt setting.
         acted_on, _ = readable(managed_running(rt.engine, rt.settings))
+        # With its share in force, and before its gate opens (cgroup v1): a waiting server finds its plan
+        # as soon as systemd runs.
+        handed = hand_plans_locked(rt.engine, rt.settings, adoption.plans)
         opened = open_cgroups(rt, acted_on) if rt.host.cgroup_version == 1 else ()
         rules = None
         if netfilter.available():
             netfilter.ensure_chains()
             live = live_forwards(rt.engine, netfilter, adoption.plans, media_pool(rt.settings), listeners=rt.listening)
             rules = netfilter.reconcile(live)
-    return Reconciliation(budgets, rules, adoption, opened)
+    return Reconciliation(budgets, rules, adoption, opened, tuple(handed))

@@ -27,15 +27,18 @@ from docker_xms.domain.labels import (
     MANAGED_LABEL,
     MODE_LABEL,
     ONE_TO_ONE,
+    PLAN_GIVEN,
+    PLAN_LABEL,
     PROFILE_LABEL,
     WEIGHT_LABEL,
     owner_labels,
 )
 from docker_xms.domain.names import parse_ref
+from docker_xms.domain.plan_unit import PLAN_GIVEN_ENV
 from docker_xms.domain.pool import holds
-from docker_xms.domain.profiles import MEDIA_ENV, MEDIA_INSTANCE_FILE, MEDIA_NONE, Profile, port_placeholder
+from docker_xms.domain.profiles import MEDIA_ENV, MEDIA_INSTANCE_FILE, MEDIA_NONE, Profile
 from docker_xms.domain.reach import Addresses, MediaRow, PortRow, media_rows, port_rows, reach
-from docker_xms.domain.recipes import STOP_SIGNAL, profile_files
+from docker_xms.domain.recipes import STOP_SIGNAL
 from docker_xms.domain.watchdog import rttime_limit
 from docker_xms.errors import BadInput, CgroupsNotWritable, Interrupted, NotFound, XmsError
 from docker_xms.settings import Settings
@@ -44,6 +47,7 @@ from docker_xms.usecases.agent_install import ensure_agent
 from docker_xms.usecases.boundaries import EngineApi, NetfilterApi
 from docker_xms.usecases.host import Host
 from docker_xms.usecases.images import Reporter
+from docker_xms.usecases.plan import instance_files, instance_values
 from docker_xms.usecases.reconcile import live_forwards, reconcile
 from docker_xms.usecases.rt import (
     VERIFY_WAIT_S,
@@ -261,17 +265,6 @@ def advertise_address(choice: str) -> str:
     return "" if choice == ADVERTISE_OWN else choice
 
 
-def _instance_values(profile: Profile, plan: port_plans.PortPlan, advertised: str) -> dict[str, object]:
-    """What a run tells the server's instance files beyond its media range: where peers reach it."""
-    values: dict[str, object] = {"advertise_address": advertised, "advertised": profile.advertised(advertised)}
-    for spec in profile.ports:
-        if spec.is_range:
-            continue
-        host = plan.publish.get(f"{spec.start}/{spec.protocol}")
-        values[port_placeholder(spec)] = spec.start if plan.network_mode == "host" or host is None else host
-    return values
-
-
 @dataclass
 class _Launch:
     """Creating and starting the new container of a `run` inside its reservation; what it created is kept
@@ -321,10 +314,9 @@ class _Launch:
             )
         media = plan.media_range
         if media and profile.media_config == MEDIA_INSTANCE_FILE:
-            values = _instance_values(profile, plan, advertise_address(self.request.advertise))
-            for rendered in profile_files(profile, media[0], media[1], values):
-                if any(rendered.path == f.path for f in profile.instance_files):
-                    engine.put_file(container_id, rendered.path, rendered.content.encode(), rendered.mode)
+            host_ports = plan.publish if plan.network_mode != "host" else None
+            values = instance_values(profile, advertise_address(self.request.advertise), host_ports)
+            engine.put_files(container_id, instance_files(profile, media, values))
         start_once_freed(engine, container_id)
         open_gate(self.rt, engine, container_id)
         if plan.forwards:
@@ -469,9 +461,11 @@ def _create_spec(
         MODE_LABEL: mode,
         WEIGHT_LABEL: str(request.rt_weight),
         ADVERTISE_LABEL: advertise_address(request.advertise) or ADVERTISE_OWN,
+        # Its plan is in its instance files before it starts: an image that would wait for one does not.
+        PLAN_LABEL: PLAN_GIVEN,
         **plan.labels(),
     }
-    env = dict(profile.env)
+    env = {**profile.env, PLAN_GIVEN_ENV: PLAN_GIVEN}
     media = plan.media_range
     if media and profile.media_config == MEDIA_ENV:
         env.update({"DOCKER_XMS_MEDIA_START": str(media[0]), "DOCKER_XMS_MEDIA_END": str(media[1])})
