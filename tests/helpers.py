@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # The tests import these from here; they live in the lab, which the benchmark uses too.
 from lab.helpers import TEST_LABEL, Result, cli_path, run_cli, wait_for  # noqa: F401
@@ -190,3 +194,52 @@ def conntrack_drops() -> int:
     columns = lines[0].split()
     wanted = [columns.index("insert_failed"), columns.index("drop")]
     return sum(int(line.split()[i], 16) for line in lines[1:] if line.strip() for i in wanted)
+
+
+# A `docker-xms agent` of a test's own: beside one the host may have (its own lock, given in its environment).
+AGENT_ARGV = [sys.executable, "-m", "docker_xms", "agent", "--interval", "30"]
+
+
+def renamed_profile_env(tmp_path: Path, profile: str, name: str, **settings: str) -> dict[str, str]:
+    """The environment of a CLI or agent that knows a built-in profile also as `name` (its image unchanged),
+    with docker-xms settings given by name (advertise="203.0.113.1"), and an agent lock of its own.
+
+    An agent that knows only the installed profiles (the README's demo starts one) gives a container of such
+    a profile its budget but no plan: only the test's own agent hands it one."""
+    from importlib import resources
+
+    profiles = tmp_path / "profiles"
+    profiles.mkdir(exist_ok=True)
+    text = (resources.files("docker_xms") / "profiles" / f"{profile}.toml").read_text("utf-8")
+    renamed = text.replace(f'name = "{profile}"', f'name = "{name}"', 1)
+    assert renamed != text
+    (profiles / f"{name}.toml").write_text(renamed)
+    return {
+        "DOCKER_XMS_PROFILE_PATH": str(profiles),
+        "DOCKER_XMS_AGENT_LOCK": str(tmp_path / "agent.lock"),
+        **{f"DOCKER_XMS_{key.upper()}": value for key, value in settings.items()},
+    }
+
+
+def docker_compose(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker-compose", *args], capture_output=True, text=True, timeout=300)
+
+
+@contextlib.contextmanager
+def compose_replica(tmp_path: Path, profile: str, env: dict[str, str], client: Any) -> Iterator[str]:
+    """One replica of `docker-xms compose PROFILE` up with docker-compose (Debian's 1.29); its id. Down after."""
+    if shutil.which("docker-compose") is None:
+        raise AssertionError("this test needs Debian's docker-compose package (scripts/quickstart.sh test installs it)")
+    result = run_cli("compose", profile, env=env)
+    assert result.code == 0, result.err
+    path = tmp_path / f"{profile}-compose.yml"
+    path.write_text(result.out)
+    project = f"xmsplan{secrets.token_hex(3)}"
+    base = ["-p", project, "-f", str(path)]
+    try:
+        up = docker_compose(*base, "up", "-d")
+        assert up.returncode == 0, up.stderr
+        (container,) = client.containers.list(filters={"label": f"com.docker.compose.project={project}"})
+        yield str(container.id)
+    finally:
+        docker_compose(*base, "down", "-t", "1")

@@ -8,7 +8,6 @@ docker-compose is Debian's 1.29 (scripts/quickstart.sh installs it). The stack f
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -26,12 +25,16 @@ import pytest
 from docker_xms.adapters import adoption_store
 from docker_xms.settings import DEFAULT_LOCK
 from tests.helpers import (
+    AGENT_ARGV,
     CGROUP_WRITE_ATTEMPT,
     TEST_LABEL,
     LoggedAgent,
     agent_for_a_test,
+    compose_replica,
+    docker_compose,
     host_mountinfo,
     in_container,
+    renamed_profile_env,
     run_cli,
     running_agents,
     systemd_run_kwargs,
@@ -119,10 +122,6 @@ def compose_file(tmp_path: Path, *args: str) -> Path:
     path = tmp_path / f"{uuid.uuid4().hex[:6]}.yml"
     path.write_text(result.out)
     return path
-
-
-def docker_compose(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker-compose", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_compose_up_gets_budgets_and_rules_within_2_s_and_down_gives_them_back(
@@ -301,21 +300,6 @@ def test_a_servers_threads_started_before_its_budget_are_raised_when_it_has_one(
 # The rtpengine profile under another name: an agent that knows only the installed profiles (the README's
 # demo starts one) gives such a replica its budget but not its plan; this test's agent, which knows it, does.
 PLAN_PROFILE = "planwait"
-AGENT_ARGV = [sys.executable, "-m", "docker_xms", "agent", "--interval", "30"]
-
-
-def _plan_env(tmp_path: Path, **settings: str) -> dict[str, str]:
-    from importlib import resources
-
-    profiles = tmp_path / "profiles"
-    profiles.mkdir(exist_ok=True)
-    text = (resources.files("docker_xms") / "profiles" / "rtpengine.toml").read_text("utf-8")
-    (profiles / f"{PLAN_PROFILE}.toml").write_text(text.replace('name = "rtpengine"', f'name = "{PLAN_PROFILE}"', 1))
-    return {
-        "DOCKER_XMS_PROFILE_PATH": str(profiles),
-        "DOCKER_XMS_AGENT_LOCK": str(tmp_path / "agent.lock"),
-        **{f"DOCKER_XMS_{key.upper()}": value for key, value in settings.items()},
-    }
 
 
 def _unit_state(cid: str, unit: str) -> str:
@@ -339,22 +323,6 @@ def _plan_row(cid: str, env: dict[str, str]) -> str:
     return str({row["id"]: row for row in json.loads(result.out)}[cid[:12]]["plan"])
 
 
-@contextlib.contextmanager
-def _replica(tmp_path: Path, env: dict[str, str], docker_client: Any) -> Iterator[str]:
-    result = run_cli("compose", PLAN_PROFILE, env=env)
-    assert result.code == 0, result.err
-    path = tmp_path / "plan.yml"
-    path.write_text(result.out)
-    base = ["-p", f"xmsplan{uuid.uuid4().hex[:6]}", "-f", str(path)]
-    try:
-        up = docker_compose(*base, "up", "-d")
-        assert up.returncode == 0, up.stderr
-        (container,) = docker_client.containers.list(filters={"label": f"com.docker.compose.project={base[1]}"})
-        yield str(container.id)
-    finally:
-        docker_compose(*base, "down", "-t", "1")
-
-
 def test_a_replica_waits_for_its_plan_and_starts_with_it_once_an_agent_hands_it_over(
     docker_client: Any, rtpengine_image: str, tmp_path: Path
 ) -> None:
@@ -362,11 +330,9 @@ def test_a_replica_waits_for_its_plan_and_starts_with_it_once_an_agent_hands_it_
     from docker_xms.adapters.profile_store import load_profile
     from tests.integration.test_outside import media_of, ng_client, sdp_for
 
-    if shutil.which("docker-compose") is None:
-        pytest.fail("this test needs Debian's docker-compose package (scripts/quickstart.sh test installs it)")
-    env = _plan_env(tmp_path, plan_wait_s="120")
+    env = renamed_profile_env(tmp_path, "rtpengine", PLAN_PROFILE, plan_wait_s="120")
     wanted = set(load_profile("rtpengine", ()).rt_threads)
-    with _replica(tmp_path, env, docker_client) as cid:
+    with compose_replica(tmp_path, PLAN_PROFILE, env, docker_client) as cid:
         logs = lambda: _journal(cid)  # noqa: E731
         assert _plan_row(cid, env) == "waiting"
         # No agent of this host knows its profile (on cgroup v1 none may run at all: its gate then holds
@@ -418,13 +384,14 @@ def test_a_replica_waits_for_its_plan_and_starts_with_it_once_an_agent_hands_it_
 def test_a_replica_whose_plan_never_comes_stays_stopped_when_the_settings_say_so(
     docker_client: Any, rtpengine_image: str, tmp_path: Path
 ) -> None:
-    if shutil.which("docker-compose") is None:
-        pytest.fail("this test needs Debian's docker-compose package (scripts/quickstart.sh test installs it)")
-    env = _plan_env(tmp_path, plan_wait_s="3", start_without_plan="0")
+    env = renamed_profile_env(tmp_path, "rtpengine", PLAN_PROFILE, plan_wait_s="3", start_without_plan="0")
     # An agent that does not know its profile: it opens the replica's cgroup and grants its budget, but
     # has no plan to hand it.
     stranger = {**os.environ, **env, "DOCKER_XMS_PROFILE_PATH": str(tmp_path / "none")}
-    with _replica(tmp_path, env, docker_client) as cid, agent_for_a_test(LoggedAgent(AGENT_ARGV, stranger)):
+    with (
+        compose_replica(tmp_path, PLAN_PROFILE, env, docker_client) as cid,
+        agent_for_a_test(LoggedAgent(AGENT_ARGV, stranger)),
+    ):
         logs = lambda: _journal(cid)  # noqa: E731
         wait_for(lambda: "stays stopped" in logs(), 60, 0.5, "the replica to give up waiting")
         print(logs())

@@ -17,6 +17,7 @@ advertised address and the port its SDP named.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -30,7 +31,15 @@ from typing import Any
 import pytest
 from lab.peer_links import LinkPeer, Links, Peer, json_outputs
 
-from tests.helpers import conntrack_drops, wait_for
+from tests.helpers import (
+    AGENT_ARGV,
+    LoggedAgent,
+    agent_for_a_test,
+    compose_replica,
+    conntrack_drops,
+    renamed_profile_env,
+    wait_for,
+)
 from tests.integration.test_media_ports import port_row, run_json
 from tests.integration.test_outside import media_of, ng_client, sdp_for
 from tests.integration.test_sip_profile import (
@@ -252,12 +261,18 @@ def test_a_sip_call_whose_callee_sends_from_the_start_is_heard_both_ways(
     )  # fmt: skip
     assert summary["ready"] is True, summary["ready_state"]
     sip_port = int(port_row(summary, "sip")["host"])
+    sip_call_heard_both_ways(caller, callee, name, (links.advertised, sip_port), tmp_path, f"sip {mode}")
+
+
+def sip_call_heard_both_ways(
+    caller: LinkPeer, callee: LinkPeer, name: str, proxy: tuple[str, int], tmp_path: Path, what: str
+) -> None:
+    """One SIPp call through the proxy at `proxy` (the advertised address and the signalling's host port) of
+    container `name`, whose callee plays its own recording from the ACK on to the address its SDP names (no
+    echo): answered, every packet both ways, from the advertised address only."""
     played = pcap_packets(PCAP)
     dropped_before = conntrack_drops()
-    # The callee plays its own recording from the ACK on, to the address its SDP names: no echo.
-    stats, _ = sipp_call(
-        caller, callee, (links.advertised, sip_port), tmp_path, ("-sf", str(UAS_SCENARIO)), lambda: None
-    )
+    stats, _ = sipp_call(caller, callee, proxy, tmp_path, ("-sf", str(UAS_SCENARIO)), lambda: None)
     (caller_from_advertised, caller_in), (callee_from_advertised, callee_in) = (
         counters(caller, "INPUT"),
         counters(callee, "INPUT"),
@@ -266,7 +281,7 @@ def test_a_sip_call_whose_callee_sends_from_the_start_is_heard_both_ways(
     clashes = conntrack_drops() - dropped_before
     wait_for(lambda: numsessions(name) == 0, timeout=10, what="no rtpengine session left")
     seen = (
-        f"sip {mode}, advertised {links.advertised}:{sip_port}, callee sending from the start: calls "
+        f"{what}, advertised {proxy[0]}:{proxy[1]}, callee sending from the start: calls "
         f"{stats['SuccessfulCall(C)']} of {stats['OutgoingCall(C)']}; pcap {played} packets; caller sent "
         f"{caller_out}, callee received {callee_in} ({callee_from_advertised} from the advertised address); "
         f"callee sent {callee_out}, caller received {caller_in} ({caller_from_advertised} from it); "
@@ -281,3 +296,29 @@ def test_a_sip_call_whose_callee_sends_from_the_start_is_heard_both_ways(
     # second is dropped at insertion. Any other loss fails.
     assert 2 * played - (callee_in + caller_in) <= clashes, seen
     assert (callee_from_advertised, caller_from_advertised) == (callee_in, caller_in), seen
+
+
+def test_a_sip_call_through_a_compose_replica_handed_its_plan_is_heard_both_ways_from_peers_outside(
+    docker_client: Any, sip_image: str, links: Links, tmp_path: Path
+) -> None:
+    """A replica Compose started (docker-compose 1.29, from `docker-xms compose`), its plan handed over by an
+    agent whose `advertise` setting is the address peers reach this node at: the same call as `run`'s."""
+    if shutil.which("sipp") is None:
+        pytest.fail("SIPp is not installed: apt-get install sip-tester")
+    caller, callee = links.add("a"), links.add("b")
+    env = renamed_profile_env(tmp_path, "sip", "sipwait", advertise=links.advertised, plan_wait_s="120")
+    with (
+        compose_replica(tmp_path, "sipwait", env, docker_client) as cid,
+        agent_for_a_test(LoggedAgent(AGENT_ARGV, {**os.environ, **env})) as agent,
+    ):
+        wait_for(lambda: "plan given to" in agent.log(), 30, 0.1, "the agent to hand over the plan")
+        container = docker_client.containers.get(cid)
+        wait_for(
+            lambda: container.reload() or container.attrs["State"].get("Health", {}).get("Status") == "healthy",
+            150,
+            1,
+            "the proxy to answer OPTIONS",
+        )
+        sip_port = int(container.attrs["NetworkSettings"]["Ports"]["5060/udp"][0]["HostPort"])
+        assert f"advertises {links.advertised}" in agent.log()
+        sip_call_heard_both_ways(caller, callee, container.name, (links.advertised, sip_port), tmp_path, "compose")

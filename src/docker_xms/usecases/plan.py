@@ -82,6 +82,18 @@ def instance_files(
     return [(f.path, f.content.encode(), f.mode) for f in rendered if f.path in instance]
 
 
+def published_ports(info: ContainerInfo) -> dict[str, int | None]:
+    """The host port the engine publishes each of a container's ports on ("5060/udp" -> 32771), from its
+    inspect view: where peers reach its signalling at the node's address."""
+    out: dict[str, int | None] = {}
+    for key, bindings in info.ports.items():
+        ports = [b.get("HostPort", "") for b in bindings or () if isinstance(b, dict)]
+        found = next((int(p) for p in ports if isinstance(p, str) and p.isdigit() and 0 < int(p) < 65536), None)
+        if found is not None:
+            out[key] = found
+    return out
+
+
 @dataclass(frozen=True)
 class Handed:
     name: str
@@ -127,7 +139,8 @@ def _hand(engine: EngineApi, settings: Settings, info: ContainerInfo, labels: Ma
     start = hostproc.start_ticks(info.pid, settings.engine_proc)
     if not start:
         raise XmsError(f"The first process of {info.name} is gone.")
-    files = instance_files(profile, media, instance_values(profile, advertised)) if media is not None else []
+    values = instance_values(profile, advertised, published_ports(info))
+    files = instance_files(profile, media, values) if media is not None else []
     # One archive, the marker last: the server starts once it is there, and only for this start of the
     # container; a write that fails leaves the server's files as its image has them.
     engine.put_files(info.id, [*files, (PLAN_MARKER, start.encode() + b"\n", 0o644)])
