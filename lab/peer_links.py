@@ -93,11 +93,12 @@ def _veth(peer: LinkPeer) -> None:
     sh("ip", "link", "add", peer.host_if, "type", "veth", "peer", "name", "eth0", "netns", peer.netns)
 
 
-def _close(peers: list[LinkPeer], bridge: str) -> None:
+def _close(peers: list[LinkPeer], bridge: str = "") -> None:
     for peer in peers:
         subprocess.run(["ip", "netns", "del", peer.netns], capture_output=True)
         subprocess.run(["ip", "link", "del", peer.host_if], capture_output=True)
-    subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    if bridge:
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
 
 
 def _bridge(name: str, address: str) -> None:
@@ -177,3 +178,55 @@ def json_outputs(*processes: subprocess.Popen[str], timeout: float) -> list[Any]
     done = [process.communicate(timeout=timeout) for process in processes]
     assert all(process.returncode == 0 for process in processes), "".join(err for _, err in done)
     return [json.loads(out) for out, _ in done]
+
+
+class ToAddress:
+    """Peers on links of their own whose only route is to one address (a lab node's, on a network of this
+    host's engine), through this host: as phones elsewhere that reach a node at that address alone.
+
+    The host's FORWARD chain drops what goes to an engine's network unless the engine published it; the
+    peers' traffic to and from the address is let through by rules of the peers' own (removed with them)."""
+
+    def __init__(self, target: str, within: str = "10.203.0.0/16", media_port: int = 6000) -> None:
+        self.target = target
+        self.media_port = media_port
+        self.token = secrets.token_hex(3)
+        self.peers: list[LinkPeer] = []
+        self.rules: list[list[str]] = []
+        self.spare = iter(pick_block(within).subnets(new_prefix=30))
+        exists = subprocess.run(["iptables", "-w", "-nL", "DOCKER-USER"], capture_output=True).returncode == 0
+        self.forward_chain = "DOCKER-USER" if exists else "FORWARD"
+
+    def add(self, role: str) -> LinkPeer:
+        host_end, address = (str(a) for a in list(next(self.spare).hosts())[:2])
+        peer = LinkPeer(f"dxnode-{self.token}-{role}", f"dxn{self.token}{role[0]}", address, host_end)
+        self.peers.append(peer)
+        _veth(peer)
+        sh("ip", "addr", "add", f"{host_end}/30", "dev", peer.host_if)
+        sh("ip", "link", "set", peer.host_if, "up")
+        sh("ip", "-n", peer.netns, "link", "set", "lo", "up")
+        sh("ip", "-n", peer.netns, "addr", "add", f"{address}/30", "dev", "eth0")
+        sh("ip", "-n", peer.netns, "link", "set", "eth0", "up")
+        sh("ip", "-n", peer.netns, "route", "add", f"{self.target}/32", "via", host_end)
+        # Forwarded both ways, and the target's packets to a peer left as they are: the engine masquerades
+        # what its network sends elsewhere, which a routed network between the peers and the node does not.
+        for rule in (
+            [self.forward_chain, "-i", peer.host_if, "-d", self.target, "-j", "ACCEPT"],
+            [self.forward_chain, "-o", peer.host_if, "-s", self.target, "-j", "ACCEPT"],
+            ["-t", "nat", "POSTROUTING", "-o", peer.host_if, "-s", self.target, "-j", "RETURN"],
+        ):
+            table = rule[:2] if rule[0] == "-t" else []
+            sh("iptables", "-w", *table, "-I", *rule[len(table) :])
+            self.rules.append(rule)
+        port = str(self.media_port)
+        # RTP in (from the target, and from anywhere) and out, counted by the kernel.
+        peer.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "-s", self.target, "--dport", port)
+        peer.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", port)
+        peer.run("iptables", "-w", "-A", "OUTPUT", "-p", "udp", "--sport", port)
+        return peer
+
+    def close(self) -> None:
+        for rule in self.rules:
+            table = rule[:2] if rule[0] == "-t" else []
+            subprocess.run(["iptables", "-w", *table, "-D", *rule[len(table) :]], capture_output=True)
+        _close(self.peers)

@@ -12,13 +12,16 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+import yaml
+from lab.peer_links import ToAddress
 from lab.swarm import (
+    AGENT_SERVICE,
     NODE_POOL_US,
     Lab,
     Node,
@@ -35,9 +38,19 @@ from lab.swarm import (
 )
 
 from docker_xms.adapters.rtp import NgClient, NgError, exchange, open_call, udp_socket
-from docker_xms.adapters.sipp import UdpCounter
-from tests.helpers import CGROUP_WRITE_ATTEMPT, RTPENGINE_IMAGE, run_cli, wait_for, writable_cgroup_mounts
-from tests.integration.test_sip_profile import PCAP, SCENARIO, pcap_packets, sipp_stats
+from docker_xms.domain.watchdog import engine_time
+from tests.helpers import (
+    CGROUP_WRITE_ATTEMPT,
+    RTPENGINE_IMAGE,
+    conntrack_drops,
+    run_cli,
+    wait_for,
+    writable_cgroup_mounts,
+)
+from tests.integration.test_peer_links import UAS_SCENARIO, counters
+from tests.integration.test_sip_profile import MEDIA_PORT, PCAP, SCENARIO, pcap_packets, sipp_stats
+
+T = TypeVar("T")
 
 pytestmark = [
     pytest.mark.engine,
@@ -47,6 +60,9 @@ pytestmark = [
 
 STACK = "xms"
 SERVICE = f"{STACK}_rtpengine"
+SIP_STACK = "xmssip"
+SIP_SERVICE = f"{SIP_STACK}_sip"
+CALLS = 10
 # Each replica reserves 30 of a node's RT_MS=90: three fit on a node, a fourth does not.
 RT_MS = 30
 AGENT_IMAGE = "docker-xms/agent:latest"
@@ -323,11 +339,109 @@ def test_a_node_restarted_whole_comes_back_and_everything_ends_right(lab: Lab) -
     assert not before & set(_tasks_on(node))
 
 
-SIP_STACK = "xmssip"
-SIP_SERVICE = f"{SIP_STACK}_sip"
-CALLS = 10
-# SIPp's ports in the drained node's network namespace: callee (echo) and caller, signalling and media.
-UAS_PORT, UAC_PORT, UAS_MEDIA, UAC_MEDIA = 5070, 5072, 16000, 17000
+PLAN_STACK = "xmsplan"
+PLAN_SERVICE = f"{PLAN_STACK}_rtpengine"
+
+
+def _stack_gone(lab: Lab, stack: str, service: str) -> None:
+    lab.manager.docker("stack", "rm", stack, check=False)
+    wait_for(lambda: all(not _tasks_on(n, service) for n in lab.nodes), timeout=120, what=f"the {stack} stack gone")
+
+
+def _clear(lab: Lab) -> None:
+    """No stack of the tests above: each node's RT_MS free for the next one."""
+    for stack, service in ((STACK, SERVICE), (PLAN_STACK, PLAN_SERVICE), (SIP_STACK, SIP_SERVICE)):
+        _stack_gone(lab, stack, service)
+    wait_for(lambda: not any(any(pool_split(n).values()) for n in lab.nodes), 120, what="every node's pool free")
+
+
+def _task_policies(node: Node, cid: str) -> dict[str, set[str]]:
+    """Thread name -> the scheduling policies its threads run at, for a task of `node`, from this host's /proc."""
+    from docker_xms.adapters.cgroups import thread_policies
+    from docker_xms.errors import NotFound
+
+    found: dict[str, set[str]] = {}
+    procs = node.cpu_dir() / cid / "cgroup.procs"
+    for pid in (int(p) for p in procs.read_text().split()) if procs.exists() else ():
+        with contextlib.suppress(NotFound):
+            for thread in thread_policies(pid):
+                found.setdefault(thread.comm, set()).add(f"{thread.policy}/{thread.rt_priority}")
+    return found
+
+
+def _in_agent(node: Node, *args: str) -> str:
+    """A docker-xms command run by the node's own agent container (its settings, its /run)."""
+    return node.docker("exec", _agent_container(node), "python3", "-m", "docker_xms", *args)
+
+
+def test_a_task_started_while_its_nodes_agent_is_stopped_waits_then_starts_with_its_plan(lab: Lab) -> None:
+    """No agent on the node when Swarm starts the task: its server waits (`ps`: waiting). The agent comes
+    20 s later and hands it its plan: the server then starts, every real-time thread at SCHED_FIFO from the
+    first, with no restart by hand."""
+    from docker_xms.adapters.profile_store import load_profile
+
+    _clear(lab)
+    node = lab.nodes[1]
+    wanted = set(load_profile("rtpengine").rt_threads)
+    away = f"node.hostname!={node.name}"
+    lab.manager.docker("service", "update", "-d", "--constraint-add", away, AGENT_SERVICE)
+    try:
+        wait_for(lambda: not agent_running(node), timeout=120, what=f"no agent on {node.name}")
+        compose = run_cli(
+            "compose", "rtpengine", "--replicas", "1", "--for", "stack", "--image", lab.images["rtpengine"],
+            "--rt-ms", str(RT_MS),
+        )  # fmt: skip
+        assert compose.code == 0, compose.err
+        data = yaml.safe_load(compose.out)
+        data["services"]["rtpengine"]["deploy"]["placement"] = {"constraints": [f"node.hostname=={node.name}"]}
+        lab.manager.docker("stack", "deploy", "--compose-file", "-", PLAN_STACK, input=yaml.safe_dump(data))
+        ((cid, _),) = wait_for(lambda: list(_tasks_on(node, PLAN_SERVICE).items()), 120, what="the task on the node")
+        on_node = {"DOCKER_HOST": node.docker_host}
+        rows = {row["id"]: row for row in json.loads(run_cli("ps", "--json", env=on_node).out)}
+        assert rows[cid[:12]]["plan"] == "waiting", rows
+        # The 20 s of the scenario: the server does not start meanwhile.
+        for _ in range(40):
+            assert not wanted & set(_task_policies(node, cid))
+            time.sleep(0.5)
+        rows = {row["id"]: row for row in json.loads(run_cli("ps", "--json", env=on_node).out)}
+        assert rows[cid[:12]]["plan"] == "waiting", rows
+
+        back = time.monotonic()
+        lab.manager.docker("service", "update", "-d", "--constraint-rm", away, AGENT_SERVICE)
+        first = wait_for(
+            lambda: (found := _task_policies(node, cid)) and wanted <= set(found) and found,
+            timeout=150,
+            interval=0.05,
+            what="the server's real-time threads",
+        )
+        print(f"\nthe server's threads {time.monotonic() - back:.1f} s after the agent was let back: {first}")
+        assert all(first[name] == {"SCHED_FIFO/50"} for name in wanted), first
+        verified = node.docker(
+            "exec", _agent_container(node), "python3", "-m", "docker_xms", "rt", "verify", "--json", cid, check=False
+        )
+        result = json.loads(verified)
+        print(f"rt verify in the node's agent: ok {result['ok']}, {len(result['rt_threads'])} real-time threads")
+        assert result["ok"] is True, verified
+        rows = {row["id"]: row for row in json.loads(_in_agent(node, "ps", "--json"))}
+        assert rows[cid[:12]]["plan"] == "given", rows
+        assert rows[cid[:12]]["advertise"] == node.address, rows
+    finally:
+        lab.manager.docker("service", "update", "-d", "--constraint-rm", away, AGENT_SERVICE, check=False)
+        _stack_gone(lab, PLAN_STACK, PLAN_SERVICE)
+        wait_for(lambda: agent_running(node), timeout=120, what=f"the agent back on {node.name}")
+
+
+def _node_conntrack_drops(node: Node) -> int:
+    """conntrack_drops in the node's own network namespace, where its forwards are."""
+    out = subprocess.run(
+        ["nsenter", "-t", str(_node_pid(node)), "-n", "cat", "/proc/net/stat/nf_conntrack"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    columns = out[0].split()
+    wanted = [columns.index("insert_failed"), columns.index("drop")]
+    return sum(int(line.split()[i], 16) for line in out[1:] if line.strip() for i in wanted)
 
 
 def _long_call_scenario(path: Path) -> Path:
@@ -346,12 +460,6 @@ def _node_pid(node: Node) -> int:
     return int(node.container.attrs["State"]["Pid"])
 
 
-def _bridge_address(node: Node) -> str:
-    """The node's own address on its engine's default bridge, where its tasks' addresses are."""
-    words = node.sh("ip", "-4", "-o", "addr", "show", "dev", "docker0").split()
-    return words[words.index("inet") + 1].split("/")[0]
-
-
 def _numsessions(node: Node, cid: str) -> int:
     out = node.docker("exec", cid, "rtpengine-ctl", "list", "numsessions")
     match = re.search(r"Current sessions total: (\d+)", out)
@@ -363,10 +471,152 @@ def _container_state(node: Node, cid: str) -> dict[str, Any]:
     return dict(json.loads(node.docker("inspect", cid))[0]["State"])
 
 
-def _epoch(stamp: str) -> float:
-    """The engine's RFC 3339 times (nanoseconds) in seconds since the epoch."""
-    head, _, fraction = stamp.rstrip("Z").partition(".")
-    return datetime.fromisoformat(f"{head}.{(fraction + '000000')[:6]}+00:00").timestamp()
+@dataclass(frozen=True)
+class OutsideCalls:
+    """Ten SIPp calls from peers outside a node, as the kernel counted them in the peers' namespaces."""
+
+    codes: tuple[int, int]
+    stats: dict[str, int]
+    errors: str
+    ended: float
+    # RTP packets: sent by each side, received by each side, and of those, received from the node's address.
+    caller_out: int
+    callee_out: int
+    caller_in: int
+    callee_in: int
+    caller_from_node: int
+    callee_from_node: int
+    # Packets connection tracking dropped meanwhile (on this host and in the node).
+    clashes: int
+
+    def text(self) -> str:
+        return (
+            f"calls {self.stats.get('SuccessfulCall(C)')} of {self.stats.get('OutgoingCall(C)')}, failed "
+            f"{self.stats.get('FailedCall(C)')}; RTP packets: caller sent {self.caller_out}, callee received "
+            f"{self.callee_in} ({self.callee_from_node} from the node's address); callee sent {self.callee_out}, "
+            f"caller received {self.caller_in} ({self.caller_from_node} from it); {self.clashes} dropped by "
+            "connection tracking"
+        )
+
+    def check(self, caller_plays: int, callee_plays: int) -> None:
+        """Every call answered and ended without error, every packet both ways, from the node's address only:
+        an SDP that named the task's own address would have reached no peer (their only route is to the
+        node). A loss only where connection tracking counted a clash (both ends' first packets of a flow at
+        the same instant)."""
+        seen = self.text()
+        assert self.codes == (0, 0), self.errors
+        assert (self.stats["OutgoingCall(C)"], self.stats["SuccessfulCall(C)"], self.stats["FailedCall(C)"]) == (
+            CALLS,
+            CALLS,
+            0,
+        ), seen
+        assert (self.caller_out, self.callee_out) == (CALLS * caller_plays, CALLS * callee_plays), seen
+        assert CALLS * (caller_plays + callee_plays) - (self.callee_in + self.caller_in) <= self.clashes, seen
+        assert (self.callee_from_node, self.caller_from_node) == (self.callee_in, self.caller_in), seen
+
+
+def _calls_from_outside(
+    node: Node, sip_port: int, peers: ToAddress, tmp_path: Path, scenario: Path, during: Callable[[], T]
+) -> tuple[OutsideCalls, T]:
+    """CALLS SIPp calls at once from a caller to a callee, both in namespaces of `peers` (their only route is
+    to the node's address), through the node's published SIP port; the callee sends its own recording from
+    the ACK on. What `during` gives while they run."""
+    caller, callee = peers.add("a"), peers.add("b")
+    dropped_before = conntrack_drops() + _node_conntrack_drops(node)
+    common = ["-m", str(CALLS), "-nostdin", "-timeout", "150s", "-trace_err"]
+    quiet = subprocess.DEVNULL
+    sipps = [
+        callee.popen(
+            "sipp", "-sf", str(UAS_SCENARIO), "-i", callee.address, "-p", "5060", "-mi", callee.address,
+            "-mp", str(MEDIA_PORT), *common, "-error_file", str(tmp_path / "uas-errors.log"),
+            stdout=quiet, stderr=quiet,
+        )
+    ]  # fmt: skip
+    stats_file = tmp_path / "uac-stats.csv"
+    try:
+        time.sleep(0.5)
+        # All ten at once: a rate of 10 a second, at most 10 under way.
+        sipps.append(
+            caller.popen(
+                "sipp", f"{callee.address}:5060", "-rsa", f"{node.address}:{sip_port}", "-sf", str(scenario),
+                "-i", caller.address, "-p", "5060", "-mi", caller.address, "-mp", str(MEDIA_PORT),
+                "-l", str(CALLS), "-r", str(CALLS), "-rp", "1000", *common, "-trace_stat", "-stf",
+                str(stats_file), "-error_file", str(tmp_path / "uac-errors.log"), stdout=quiet, stderr=quiet,
+            )
+        )  # fmt: skip
+        seen = during()
+        uac_code = sipps[1].wait(timeout=150)
+        ended = time.time()
+        codes = (uac_code, sipps[0].wait(timeout=30))
+    finally:
+        for sipp in sipps:
+            if sipp.poll() is None:
+                sipp.kill()
+            sipp.wait()
+    time.sleep(0.3)  # the last packets still on their way
+    (caller_from_node, caller_in), (callee_from_node, callee_in) = counters(caller, "INPUT"), counters(callee, "INPUT")
+    calls = OutsideCalls(
+        codes=codes,
+        stats=sipp_stats(stats_file),
+        errors="".join(p.read_text(errors="replace") for p in tmp_path.glob("*-errors.log")),
+        ended=ended,
+        caller_out=counters(caller, "OUTPUT")[0],
+        callee_out=counters(callee, "OUTPUT")[0],
+        caller_in=caller_in,
+        callee_in=callee_in,
+        caller_from_node=caller_from_node,
+        callee_from_node=callee_from_node,
+        clashes=conntrack_drops() + _node_conntrack_drops(node) - dropped_before,
+    )
+    return calls, seen
+
+
+def _sip_stack(lab: Lab, sip_image: str, replicas: int) -> None:
+    image = push(lab, sip_image)
+    compose = run_cli(
+        "compose", "sip", "--replicas", str(replicas), "--ports", "dnat", "--for", "stack", "--image", image,
+        "--rt-ms", str(RT_MS),
+    )  # fmt: skip
+    assert compose.code == 0, compose.err
+    lab.manager.docker("stack", "deploy", "--compose-file", "-", SIP_STACK, input=compose.out, timeout=120)
+
+
+def _sip_task_ready(node: Node) -> tuple[str, int]:
+    """The node's sip task, once its proxy answers; the host port its SIP is published on."""
+    cid = next(iter(_tasks_on(node, SIP_SERVICE)))
+    wait_for(
+        lambda: _container_state(node, cid).get("Health", {}).get("Status") == "healthy",
+        timeout=150,
+        what="the proxy to answer OPTIONS",
+    )
+    ports = json.loads(node.docker("inspect", cid))[0]["NetworkSettings"]["Ports"]
+    return cid, int(ports["5060/udp"][0]["HostPort"])
+
+
+def test_ten_sip_calls_through_a_nodes_task_from_peers_that_reach_only_that_node_are_heard_both_ways(
+    lab: Lab, sip_image: str, tmp_path: Path
+) -> None:
+    """The sip profile as a stack of three; caller and callee are SIPp in namespaces of this machine whose only
+    route is to the node's address, the callee sending its own recording from the start: ten calls through
+    that node's task, answered, every packet both ways, from the node's address only."""
+    if shutil.which("sipp") is None:
+        pytest.fail("SIPp is not installed: apt-get install sip-tester")
+    _clear(lab)
+    _sip_stack(lab, sip_image, 3)
+    peers = None
+    try:
+        _wait_right(lab, 3, timeout=300, service=SIP_SERVICE)
+        node = next(n for n in (lab.nodes[2], lab.nodes[1], lab.nodes[0]) if _tasks_on(n, SIP_SERVICE))
+        _, sip_port = _sip_task_ready(node)
+        peers = ToAddress(node.address, media_port=MEDIA_PORT)
+        calls, _ = _calls_from_outside(node, sip_port, peers, tmp_path, SCENARIO, lambda: None)
+        played = pcap_packets(PCAP)
+        print(f"\nsip through {node.name} ({node.address}:{sip_port}) from peers outside it: {calls.text()}")
+        calls.check(played, played)
+    finally:
+        if peers is not None:
+            peers.close()
+        _stack_gone(lab, SIP_STACK, SIP_SERVICE)
 
 
 def test_draining_a_node_lets_its_sip_calls_end_before_the_task_stops_then_its_budget_and_rules_go(
@@ -374,61 +624,26 @@ def test_draining_a_node_lets_its_sip_calls_end_before_the_task_stops_then_its_b
 ) -> None:
     """A sip task (Kamailio + rtpengine) holding 10 calls with media is drained: every call ends normally.
 
-    A task started by Swarm advertises its container address in SDP (not the node's), so caller and
-    callee are SIPp in the network namespace of the node under test (its container, made by the lab),
-    where the node's bridge and so the task's address are routable, as for a peer on that node's own LAN.
-    Packets are counted on that bridge by the project's own counter (a packet socket opened in the node's
-    namespace). The rtpengine stack of the tests above would share the nodes' RT_MS: it is removed first.
+    Caller and callee are SIPp in namespaces of this machine whose only route is to the node's address (the
+    task advertises it: its plan), the callee sending its own recording from the start; the caller's calls
+    last 16 s. Packets are counted by the kernel in the peers' namespaces. Stacks of the tests above would
+    share the nodes' RT_MS: they are removed first.
     """
     if shutil.which("sipp") is None:
         pytest.fail("SIPp is not installed: apt-get install sip-tester")
-    lab.manager.docker("stack", "rm", STACK, check=False)
-    wait_for(
-        lambda: all(not _tasks_on(n) and not any(pool_split(n).values()) for n in lab.nodes),
-        timeout=120,
-        what="the rtpengine stack gone with its budgets",
-    )
-    image = push(lab, sip_image)
-    compose = run_cli(
-        "compose", "sip", "--replicas", "1", "--ports", "dnat", "--for", "stack", "--image", image,
-        "--rt-ms", str(RT_MS),
-    )  # fmt: skip
-    assert compose.code == 0, compose.err
-    lab.manager.docker("stack", "deploy", "--compose-file", "-", SIP_STACK, input=compose.out, timeout=120)
+    _clear(lab)
+    _sip_stack(lab, sip_image, 1)
     drained: Node | None = None
-    sipps: list[subprocess.Popen[bytes]] = []
+    peers = None
     try:
         _wait_right(lab, 1, timeout=300, service=SIP_SERVICE)
         node = next(n for n in lab.nodes if _tasks_on(n, SIP_SERVICE))
-        ((cid, address),) = _tasks_on(node, SIP_SERVICE).items()
-        wait_for(
-            lambda: _container_state(node, cid).get("Health", {}).get("Status") == "healthy",
-            timeout=150,
-            what="the proxy to answer OPTIONS",
-        )
-        pid, local = _node_pid(node), _bridge_address(node)
-        per_call = 2 * pcap_packets(PCAP)
-        scenario = _long_call_scenario(tmp_path / "uac_long.xml")
-        stats_file = tmp_path / "uac-stats.csv"
-        in_node = ["nsenter", "-t", str(pid), "-n", "sipp"]
-        common = ["-i", local, "-mi", local, "-m", str(CALLS), "-nostdin", "-timeout", "150s", "-trace_err"]
-        uas_cmd = [
-            *in_node, "-sn", "uas", "-rtp_echo", "-p", str(UAS_PORT), "-mp", str(UAS_MEDIA), *common,
-            "-error_file", str(tmp_path / "uas-errors.log"),
-        ]  # fmt: skip
-        # All ten at once: a rate of 10 a second, at most 10 under way.
-        uac_cmd = [
-            *in_node, f"{local}:{UAS_PORT}", "-rsa", f"{address}:5060", "-sf", str(scenario), "-p", str(UAC_PORT),
-            "-mp", str(UAC_MEDIA), "-l", str(CALLS), "-r", str(CALLS), "-rp", "1000", *common, "-trace_stat",
-            "-stf", str(stats_file), "-error_file", str(tmp_path / "uac-errors.log"),
-        ]  # fmt: skip
-        counter = in_netns(pid, lambda: UdpCounter("docker0", {UAS_MEDIA, UAC_MEDIA}))
-        with counter:
-            quiet = subprocess.DEVNULL
-            sipps.append(subprocess.Popen(uas_cmd, cwd=tmp_path, stdout=quiet, stderr=quiet))
-            time.sleep(0.5)
-            calls_began = time.time()
-            sipps.append(subprocess.Popen(uac_cmd, cwd=tmp_path, stdout=quiet, stderr=quiet))
+        cid, sip_port = _sip_task_ready(node)
+        peers = ToAddress(node.address, media_port=MEDIA_PORT)
+        began = time.time()
+
+        def drain() -> dict[str, Any]:
+            nonlocal drained
             wait_for(lambda: _numsessions(node, cid) == CALLS, timeout=15, what=f"{CALLS} calls in rtpengine")
             # The last ones' 200 and ACK through the proxy as well.
             time.sleep(1.0)
@@ -437,53 +652,41 @@ def test_draining_a_node_lets_its_sip_calls_end_before_the_task_stops_then_its_b
             drained = node
             # Mid-way through the calls: the task stops (Swarm asked) but holds every call.
             time.sleep(4.0)
-            running_mid = _container_state(node, cid)["Running"]
-            sessions_mid = _numsessions(node, cid) if running_mid else 0
-            uac_code = sipps[1].wait(timeout=120)
-            calls_ended = time.time()
-            uas_code = sipps[0].wait(timeout=30)
-            time.sleep(0.3)  # echoes still on their way
+            running = _container_state(node, cid)["Running"]
+            return {"at": drain_at, "running": running, "sessions": _numsessions(node, cid) if running else 0}
+
+        calls, mid = _calls_from_outside(
+            node, sip_port, peers, tmp_path, _long_call_scenario(tmp_path / "uac_long.xml"), drain
+        )
 
         # The node keeps no budget and no rule once its task is gone.
         def nothing_held() -> bool:
             return sum(pool_split(node).values()) == 0 and not _dnat_targets(node)
 
         wait_for(lambda: not _container_state(node, cid)["Running"], timeout=90, what="the drained task to stop")
-        finished = _epoch(_container_state(node, cid)["FinishedAt"])
+        finished = engine_time(_container_state(node, cid)["FinishedAt"]) or 0.0
         wait_for(nothing_held, timeout=90, interval=0.1, what=f"no budget and no rule on {node.name}")
-        held_nothing_after = time.time() - drain_at
+        held_nothing_after = time.time() - mid["at"]
         # The replacement on another node gets its budget and rules.
         replaced = _wait_right(lab, 1, timeout=240, service=SIP_SERVICE)
-
-        errors = "".join(p.read_text(errors="replace") for p in tmp_path.glob("*-errors.log"))
-        stats = sipp_stats(stats_file)
-        caller, callee = counter.traffic[UAC_MEDIA], counter.traffic[UAS_MEDIA]
-        sent, reached, echoed, back = caller.sent, len(callee.received), callee.sent, len(caller.received)
         print(
-            f"\nsip drain on {node.name}: calls {stats.get('OutgoingCall(C)')}, successful "
-            f"{stats.get('SuccessfulCall(C)')}, failed {stats.get('FailedCall(C)')}; rtpengine sessions "
-            f"{sessions_mid} 4 s into the drain; RTP packets: expected {CALLS * per_call}, caller sent {sent}, "
-            f"callee received {reached}, callee echoed {echoed}, caller received {back}; calls "
-            f"{calls_ended - calls_began:.1f} s; drain {drain_at - calls_began:.1f} s into them, the task stopped "
-            f"{finished - drain_at:.1f} s after the drain and {finished - calls_ended:+.1f} s after the calls "
-            f"ended; no budget and no rule on the node {held_nothing_after:.1f} s after the drain; the "
+            f"\nsip drain on {node.name}, callers outside it: {calls.text()}; rtpengine sessions {mid['sessions']} "
+            f"4 s into the drain; calls {calls.ended - began:.1f} s; drain {mid['at'] - began:.1f} s into them, the "
+            f"task stopped {finished - mid['at']:.1f} s after the drain and {finished - calls.ended:+.1f} s after "
+            f"the calls ended; no budget and no rule on the node {held_nothing_after:.1f} s after the drain; the "
             f"replacement's budget and rules {replaced:.1f} s after that"
         )
-        assert (uac_code, uas_code) == (0, 0), errors
-        assert (stats["OutgoingCall(C)"], stats["SuccessfulCall(C)"], stats["FailedCall(C)"]) == (CALLS, CALLS, 0)
-        assert running_mid
-        assert sessions_mid == CALLS
+        played = pcap_packets(PCAP)
+        calls.check(2 * played, played)
+        assert mid["running"]
+        assert mid["sessions"] == CALLS
         # The task stopped only after the last call's BYE (SIPp exits once its 200 is back).
-        assert finished >= calls_ended - 1.0, (finished, calls_ended)
-        assert (sent, reached, echoed, back) == (CALLS * per_call,) * 4
+        assert finished >= calls.ended - 1.0, (finished, calls.ended)
     finally:
-        for sipp in sipps:
-            if sipp.poll() is None:
-                sipp.kill()
-            sipp.wait()
+        if peers is not None:
+            peers.close()
         if drained is not None:
             lab.manager.docker("node", "update", "--availability", "active", drained.name)
-        lab.manager.docker("stack", "rm", SIP_STACK, check=False)
-        wait_for(lambda: all(not _tasks_on(n, SIP_SERVICE) for n in lab.nodes), timeout=120, what="the sip stack gone")
+        _stack_gone(lab, SIP_STACK, SIP_SERVICE)
         if drained is not None:
             wait_for(lambda: agent_running(drained), timeout=120, what=f"the agent back on {drained.name}")

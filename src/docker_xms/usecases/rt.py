@@ -732,14 +732,15 @@ def raise_threads(rt: RtHost, container_id: str, names: Iterable[str], priority:
 
 
 def _rt_threads(rt: RtHost, info: ContainerInfo) -> tuple[list[RtThread], int, set[str]]:
-    """Real-time threads of the container's processes, seen from the host's /proc."""
+    """Real-time threads of the container's processes, seen where the engine's pids are (`engine_proc`: the
+    host's /proc, or the node's for an agent running as a Swarm service)."""
     pids = _container_pids(rt, info)
     found: list[RtThread] = []
     zero: set[str] = set()
     total = 0
     for pid in pids:
         try:
-            threads = cgroups.thread_policies(pid)
+            threads = cgroups.thread_policies(pid, rt.settings.engine_proc)
         except XmsError:
             continue
         for thread in threads:
