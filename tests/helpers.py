@@ -187,10 +187,11 @@ def host_mountinfo(name: str) -> str:
     return Path(f"/proc/{pid}/mountinfo").read_text()
 
 
-def conntrack_drops() -> int:
+def conntrack_drops(stat: str | None = None) -> int:
     """Packets the host's connection tracking dropped, over all CPUs: insertion clashes it could not resolve
-    (two first packets of one flow, one from each end, at the same instant) and drops for a full table."""
-    lines = Path("/proc/net/stat/nf_conntrack").read_text().split("\n")
+    (two first packets of one flow, one from each end, at the same instant) and drops for a full table.
+    `stat`: another network namespace's /proc/net/stat/nf_conntrack, read there."""
+    lines = (stat if stat is not None else Path("/proc/net/stat/nf_conntrack").read_text()).split("\n")
     columns = lines[0].split()
     wanted = [columns.index("insert_failed"), columns.index("drop")]
     return sum(int(line.split()[i], 16) for line in lines[1:] if line.strip() for i in wanted)

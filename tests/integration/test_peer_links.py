@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab.peer_links import LinkPeer, Links, Peer, json_outputs
+from lab.peer_links import LinkPeer, Links, json_outputs
 
 from tests.helpers import (
     AGENT_ARGV,
@@ -42,19 +42,11 @@ from tests.helpers import (
 )
 from tests.integration.test_media_ports import port_row, run_json
 from tests.integration.test_outside import media_of, ng_client, sdp_for
-from tests.integration.test_sip_profile import (
-    MEDIA_PORT,
-    PCAP,
-    SCENARIO,
-    bridge_subnet,
-    numsessions,
-    pcap_packets,
-    sipp_call,
-)
+from tests.integration.test_sip_profile import bridge_subnet, numsessions, sipp_call
+from tests.sip_calls import MEDIA_PORT, PCAP, UAS_SCENARIO, calls_from_outside, counters, pcap_packets
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
-UAS_SCENARIO = SCENARIO.with_name("uas_g711a.xml")
 PACKETS = 50
 CALLS = 50
 # Calls at once: each leg's process serves one socket per call of a batch.
@@ -111,12 +103,6 @@ while True:
         break
 print(json.dumps([{"sent": st["sent"], "got": st["got"], "sources": st["sources"]} for st in state]))
 """
-
-
-def counters(peer: Peer, chain: str) -> list[int]:
-    """The packet counts of the namespace's counting rules in `chain`, in order."""
-    out = peer.run("iptables", "-w", "-nvxL", chain).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "udp" in line.split()]
 
 
 @pytest.fixture
@@ -298,14 +284,15 @@ def sip_call_heard_both_ways(
     assert (callee_from_advertised, caller_from_advertised) == (callee_in, caller_in), seen
 
 
-def test_a_sip_call_through_a_compose_replica_handed_its_plan_is_heard_both_ways_from_peers_outside(
+def test_ten_sip_calls_through_a_compose_replica_handed_its_plan_are_heard_both_ways_from_peers_outside(
     docker_client: Any, sip_image: str, links: Links, tmp_path: Path
 ) -> None:
     """A replica Compose started (docker-compose 1.29, from `docker-xms compose`), its plan handed over by an
-    agent whose `advertise` setting is the address peers reach this node at: the same call as `run`'s."""
+    agent whose `advertise` setting is the address peers reach this host at: ten calls at once from peers
+    whose only way out is that address, the callee sending its own recording from the start, as through a
+    Swarm node's task (tests/integration/test_swarm.py)."""
     if shutil.which("sipp") is None:
         pytest.fail("SIPp is not installed: apt-get install sip-tester")
-    caller, callee = links.add("a"), links.add("b")
     env = renamed_profile_env(tmp_path, "sip", "sipwait", advertise=links.advertised, plan_wait_s="120")
     with (
         compose_replica(tmp_path, "sipwait", env, docker_client) as cid,
@@ -321,4 +308,8 @@ def test_a_sip_call_through_a_compose_replica_handed_its_plan_is_heard_both_ways
         )
         sip_port = int(container.attrs["NetworkSettings"]["Ports"]["5060/udp"][0]["HostPort"])
         assert f"advertises {links.advertised}" in agent.log()
-        sip_call_heard_both_ways(caller, callee, container.name, (links.advertised, sip_port), tmp_path, "compose")
+        calls, _ = calls_from_outside((links.advertised, sip_port), links, tmp_path)
+        print(f"\nsip through a Compose replica at {links.advertised}:{sip_port} from peers outside: {calls.text()}")
+        played = pcap_packets(PCAP)
+        calls.check(played, played)
+        wait_for(lambda: numsessions(container.name) == 0, timeout=10, what="no rtpengine session left")

@@ -12,7 +12,6 @@ import json
 import re
 import secrets
 import shutil
-import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,26 +21,10 @@ from typing import Any, TypeVar
 import pytest
 from lab.peer_links import Peer, pick_block, sh
 
-import docker_xms
 from tests.helpers import run_cli, wait_for
+from tests.sip_calls import MEDIA_PORT, PCAP, SCENARIO, pcap_packets, sipp_stats
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
-
-SCENARIO = Path(docker_xms.__file__).parent / "assets" / "sipp" / "uac_g711a.xml"
-PCAP = Path("/usr/share/sip-tester/g711a.pcap")
-MEDIA_PORT = 6000
-
-
-def pcap_packets(path: Path) -> int:
-    """Packets in a classic pcap file: what the caller plays, so what must come back."""
-    data = path.read_bytes()
-    endian = "<" if data[:4] == b"\xd4\xc3\xb2\xa1" else ">"
-    offset, count = 24, 0
-    while offset + 16 <= len(data):
-        (included,) = struct.unpack(endian + "I", data[offset + 8 : offset + 12])
-        offset += 16 + included
-        count += 1
-    return count
 
 
 class Namespaces:
@@ -125,13 +108,6 @@ def numsessions(name: str) -> int:
     match = re.search(r"Current sessions total: (\d+)", result.out)
     assert match, result.out
     return int(match.group(1))
-
-
-def sipp_stats(path: Path) -> dict[str, int]:
-    """The last row of SIPp's -trace_stat file, cumulative counters only."""
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    header, last = lines[0].split(";"), lines[-1].split(";")
-    return {k: int(v) for k, v in zip(header, last, strict=False) if k.endswith("(C)") and v.strip().isdigit()}
 
 
 def test_sip_profile_is_ready_and_answers_options(sip_container: dict[str, Any]) -> None:

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,8 +46,7 @@ from tests.helpers import (
     wait_for,
     writable_cgroup_mounts,
 )
-from tests.integration.test_peer_links import UAS_SCENARIO, counters
-from tests.integration.test_sip_profile import MEDIA_PORT, PCAP, SCENARIO, pcap_packets, sipp_stats
+from tests.sip_calls import CALLS, MEDIA_PORT, PCAP, SCENARIO, calls_from_outside, pcap_packets
 
 T = TypeVar("T")
 
@@ -62,7 +60,6 @@ STACK = "xms"
 SERVICE = f"{STACK}_rtpengine"
 SIP_STACK = "xmssip"
 SIP_SERVICE = f"{SIP_STACK}_sip"
-CALLS = 10
 # Each replica reserves 30 of a node's RT_MS=90: three fit on a node, a fourth does not.
 RT_MS = 30
 AGENT_IMAGE = "docker-xms/agent:latest"
@@ -433,15 +430,13 @@ def test_a_task_started_while_its_nodes_agent_is_stopped_waits_then_starts_with_
 
 def _node_conntrack_drops(node: Node) -> int:
     """conntrack_drops in the node's own network namespace, where its forwards are."""
-    out = subprocess.run(
+    stat = subprocess.run(
         ["nsenter", "-t", str(_node_pid(node)), "-n", "cat", "/proc/net/stat/nf_conntrack"],
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.split("\n")
-    columns = out[0].split()
-    wanted = [columns.index("insert_failed"), columns.index("drop")]
-    return sum(int(line.split()[i], 16) for line in out[1:] if line.strip() for i in wanted)
+    ).stdout
+    return conntrack_drops(stat)
 
 
 def _long_call_scenario(path: Path) -> Path:
@@ -471,104 +466,9 @@ def _container_state(node: Node, cid: str) -> dict[str, Any]:
     return dict(json.loads(node.docker("inspect", cid))[0]["State"])
 
 
-@dataclass(frozen=True)
-class OutsideCalls:
-    """Ten SIPp calls from peers outside a node, as the kernel counted them in the peers' namespaces."""
-
-    codes: tuple[int, int]
-    stats: dict[str, int]
-    errors: str
-    ended: float
-    # RTP packets: sent by each side, received by each side, and of those, received from the node's address.
-    caller_out: int
-    callee_out: int
-    caller_in: int
-    callee_in: int
-    caller_from_node: int
-    callee_from_node: int
-    # Packets connection tracking dropped meanwhile (on this host and in the node).
-    clashes: int
-
-    def text(self) -> str:
-        return (
-            f"calls {self.stats.get('SuccessfulCall(C)')} of {self.stats.get('OutgoingCall(C)')}, failed "
-            f"{self.stats.get('FailedCall(C)')}; RTP packets: caller sent {self.caller_out}, callee received "
-            f"{self.callee_in} ({self.callee_from_node} from the node's address); callee sent {self.callee_out}, "
-            f"caller received {self.caller_in} ({self.caller_from_node} from it); {self.clashes} dropped by "
-            "connection tracking"
-        )
-
-    def check(self, caller_plays: int, callee_plays: int) -> None:
-        """Every call answered and ended without error, every packet both ways, from the node's address only:
-        an SDP that named the task's own address would have reached no peer (their only route is to the
-        node). A loss only where connection tracking counted a clash (both ends' first packets of a flow at
-        the same instant)."""
-        seen = self.text()
-        assert self.codes == (0, 0), self.errors
-        assert (self.stats["OutgoingCall(C)"], self.stats["SuccessfulCall(C)"], self.stats["FailedCall(C)"]) == (
-            CALLS,
-            CALLS,
-            0,
-        ), seen
-        assert (self.caller_out, self.callee_out) == (CALLS * caller_plays, CALLS * callee_plays), seen
-        assert CALLS * (caller_plays + callee_plays) - (self.callee_in + self.caller_in) <= self.clashes, seen
-        assert (self.callee_from_node, self.caller_from_node) == (self.callee_in, self.caller_in), seen
-
-
-def _calls_from_outside(
-    node: Node, sip_port: int, peers: ToAddress, tmp_path: Path, scenario: Path, during: Callable[[], T]
-) -> tuple[OutsideCalls, T]:
-    """CALLS SIPp calls at once from a caller to a callee, both in namespaces of `peers` (their only route is
-    to the node's address), through the node's published SIP port; the callee sends its own recording from
-    the ACK on. What `during` gives while they run."""
-    caller, callee = peers.add("a"), peers.add("b")
-    dropped_before = conntrack_drops() + _node_conntrack_drops(node)
-    common = ["-m", str(CALLS), "-nostdin", "-timeout", "150s", "-trace_err"]
-    quiet = subprocess.DEVNULL
-    sipps = [
-        callee.popen(
-            "sipp", "-sf", str(UAS_SCENARIO), "-i", callee.address, "-p", "5060", "-mi", callee.address,
-            "-mp", str(MEDIA_PORT), *common, "-error_file", str(tmp_path / "uas-errors.log"),
-            stdout=quiet, stderr=quiet,
-        )
-    ]  # fmt: skip
-    stats_file = tmp_path / "uac-stats.csv"
-    try:
-        time.sleep(0.5)
-        # All ten at once: a rate of 10 a second, at most 10 under way.
-        sipps.append(
-            caller.popen(
-                "sipp", f"{callee.address}:5060", "-rsa", f"{node.address}:{sip_port}", "-sf", str(scenario),
-                "-i", caller.address, "-p", "5060", "-mi", caller.address, "-mp", str(MEDIA_PORT),
-                "-l", str(CALLS), "-r", str(CALLS), "-rp", "1000", *common, "-trace_stat", "-stf",
-                str(stats_file), "-error_file", str(tmp_path / "uac-errors.log"), stdout=quiet, stderr=quiet,
-            )
-        )  # fmt: skip
-        seen = during()
-        uac_code = sipps[1].wait(timeout=150)
-        ended = time.time()
-        codes = (uac_code, sipps[0].wait(timeout=30))
-    finally:
-        for sipp in sipps:
-            if sipp.poll() is None:
-                sipp.kill()
-            sipp.wait()
-    time.sleep(0.3)  # the last packets still on their way
-    (caller_from_node, caller_in), (callee_from_node, callee_in) = counters(caller, "INPUT"), counters(callee, "INPUT")
-    calls = OutsideCalls(
-        codes=codes,
-        stats=sipp_stats(stats_file),
-        errors="".join(p.read_text(errors="replace") for p in tmp_path.glob("*-errors.log")),
-        ended=ended,
-        caller_out=counters(caller, "OUTPUT")[0],
-        callee_out=counters(callee, "OUTPUT")[0],
-        caller_in=caller_in,
-        callee_in=callee_in,
-        caller_from_node=caller_from_node,
-        callee_from_node=callee_from_node,
-        clashes=conntrack_drops() + _node_conntrack_drops(node) - dropped_before,
-    )
-    return calls, seen
+def _drops_on(node: Node) -> Callable[[], int]:
+    """Packets connection tracking dropped on this host (the peers' side) and in the node (its forwards)."""
+    return lambda: conntrack_drops() + _node_conntrack_drops(node)
 
 
 def _sip_stack(lab: Lab, sip_image: str, replicas: int) -> None:
@@ -609,7 +509,7 @@ def test_ten_sip_calls_through_a_nodes_task_from_peers_that_reach_only_that_node
         node = next(n for n in (lab.nodes[2], lab.nodes[1], lab.nodes[0]) if _tasks_on(n, SIP_SERVICE))
         _, sip_port = _sip_task_ready(node)
         peers = ToAddress(node.address, media_port=MEDIA_PORT)
-        calls, _ = _calls_from_outside(node, sip_port, peers, tmp_path, SCENARIO, lambda: None)
+        calls, _ = calls_from_outside((node.address, sip_port), peers, tmp_path, drops=_drops_on(node))
         played = pcap_packets(PCAP)
         print(f"\nsip through {node.name} ({node.address}:{sip_port}) from peers outside it: {calls.text()}")
         calls.check(played, played)
@@ -655,9 +555,10 @@ def test_draining_a_node_lets_its_sip_calls_end_before_the_task_stops_then_its_b
             running = _container_state(node, cid)["Running"]
             return {"at": drain_at, "running": running, "sessions": _numsessions(node, cid) if running else 0}
 
-        calls, mid = _calls_from_outside(
-            node, sip_port, peers, tmp_path, _long_call_scenario(tmp_path / "uac_long.xml"), drain
-        )
+        calls, mid = calls_from_outside(
+            (node.address, sip_port), peers, tmp_path, _long_call_scenario(tmp_path / "uac_long.xml"), drain,
+            _drops_on(node),
+        )  # fmt: skip
 
         # The node keeps no budget and no rule once its task is gone.
         def nothing_held() -> bool:

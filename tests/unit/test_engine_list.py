@@ -128,3 +128,24 @@ def test_the_query_filters_by_label_and_state() -> None:
     assert engine_list.list_query("io.docker-xms.managed=true", False) == (
         "/containers/json?all=0&filters=%7B%22label%22%3A+%5B%22io.docker-xms.managed%3Dtrue%22%5D%7D"
     )
+
+
+def test_a_containers_start_and_environment_are_read_bounded_from_its_inspect_view(
+    engine_answering: Callable[[bytes], str],
+) -> None:
+    inspect = {
+        "State": {"StartedAt": "2026-12-07T18:49:22.123456789Z"},
+        "Config": {"Env": ["DOCKER_XMS_PLAN_WAIT_S=60", 7, "X=" + "y" * 1000, *[f"N{i}=1" for i in range(300)]]},
+    }
+    body = json.dumps(inspect).encode()
+    path = engine_answering(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    started, env = engine_list.started_and_env(path, "abc")
+    assert started == "2026-12-07T18:49:22.123456789Z"
+    # At most 256 entries of 256 characters; what is not a string is left out.
+    assert env[0] == "DOCKER_XMS_PLAN_WAIT_S=60"
+    assert len(env) == 255
+    assert len(env[1]) == 256
+    gone = engine_answering(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}")
+    assert engine_list.started_and_env(gone, "abc") == ("", ())
+    odd = engine_answering(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n[1,2")
+    assert engine_list.started_and_env(odd, "abc") == ("", ())
