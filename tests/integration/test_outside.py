@@ -31,7 +31,7 @@ import pytest
 from lab.peer_links import LinkPeer, Outside, json_outputs
 
 from docker_xms.adapters import hostnet
-from tests.helpers import run_cli
+from tests.helpers import conntrack_drops, run_cli
 from tests.integration.test_media_ports import port_row, run_json
 from tests.integration.test_sip_profile import MEDIA_PORT, sip_call
 
@@ -164,17 +164,24 @@ def test_rtpengine_relays_between_peers_that_reach_only_the_host(
         for address, port in (call.caller_sends_to, call.callee_sends_to):
             assert address == advertised
             assert media["host_start"] <= port <= media["host_end"]
+        dropped_before = conntrack_drops()
         at_caller, at_callee = rtp_both_ways(caller, callee, call)
+        clashes = conntrack_drops() - dropped_before
         sent, echoed_in = caller.count("OUTPUT"), caller.count("INPUT")
         print(
             f"\nrtpengine {mode} dnat, advertised {advertised}: caller sent {at_caller['sent']} to "
             f"{call.caller_sends_to}, callee received {at_callee['received']}; callee sent {at_callee['sent']} to "
             f"{call.callee_sends_to}, caller received {at_caller['received']} (caller's counters: out {sent}, "
-            f"in {echoed_in}; callee's: in {callee.count('INPUT')}, out {callee.count('OUTPUT')})"
+            f"in {echoed_in}; callee's: in {callee.count('INPUT')}, out {callee.count('OUTPUT')}); {clashes} "
+            "dropped by the host's connection tracking meanwhile"
         )
         assert (at_caller["sent"], at_callee["sent"]) == (PACKETS, PACKETS)
-        assert (at_callee["received"], at_caller["received"]) == (PACKETS, PACKETS)
-        assert (callee.count("INPUT"), caller.count("INPUT")) == (PACKETS, PACKETS)
+        # Every packet both ways. The one loss a real network path has too is counted by the kernel, not
+        # guessed: both ends' first packets of the flow at the same instant (the relay's to one leg and that
+        # leg's to the relay) make one conntrack entry each way, and the second is dropped at insertion.
+        received = (at_callee["received"], at_caller["received"])
+        assert 2 * PACKETS - sum(received) <= clashes, (received, clashes)
+        assert (callee.count("INPUT"), caller.count("INPUT")) == received
     finally:
         ng_client(ng_port, "delete", f"--call-id={call_id}", "--from-tag=caller")
 

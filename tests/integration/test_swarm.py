@@ -482,13 +482,29 @@ def _sip_stack(lab: Lab, sip_image: str, replicas: int) -> None:
 
 
 def _sip_task_ready(node: Node) -> tuple[str, int]:
-    """The node's sip task, once its proxy answers; the host port its SIP is published on."""
-    cid = next(iter(_tasks_on(node, SIP_SERVICE)))
-    wait_for(
-        lambda: _container_state(node, cid).get("Health", {}).get("Status") == "healthy",
-        timeout=150,
-        what="the proxy to answer OPTIONS",
-    )
+    """The node's sip task, once its proxy answers; the host port its SIP is published on. Swarm may replace
+    a task that did not boot (a v1 gate left closed for 60 s): whichever of the node's tasks answers first."""
+
+    def healthy() -> str | None:
+        for cid in _tasks_on(node, SIP_SERVICE):
+            with contextlib.suppress(AssertionError):
+                if _container_state(node, cid).get("Health", {}).get("Status") == "healthy":
+                    return cid
+        return None
+
+    try:
+        cid = wait_for(healthy, timeout=240, what="the proxy to answer OPTIONS")
+    except AssertionError as exc:
+        found = []
+        for task in _tasks_on(node, SIP_SERVICE):
+            state = _container_state(node, task)
+            units = ("docker-xms-plan", "kamailio", "rtpengine-daemon")
+            journal = node.docker(
+                "exec", task, "journalctl", "--no-pager", "-n", "60", *(f"-u{u}" for u in units), check=False
+            )
+            found.append(f"{task[:12]} {state.get('Status')} health {state.get('Health', {}).get('Log', [])[-2:]}")
+            found.append(journal)
+        raise AssertionError(f"{exc}; " + "\n".join(found)) from None
     ports = json.loads(node.docker("inspect", cid))[0]["NetworkSettings"]["Ports"]
     return cid, int(ports["5060/udp"][0]["HostPort"])
 
