@@ -41,6 +41,7 @@ MAX_WAIT_S = 3600
 # without one between the host's look and its write, and its server would then run on other numbers.
 HANDOVER_MARGIN_S = 5
 
+
 def plan_unit(units: Sequence[str]) -> str:
     """The oneshot the server's `units` require and start after; it fails (and they stay stopped) only when
     no plan came and the container says not to start without one."""
