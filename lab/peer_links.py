@@ -78,14 +78,35 @@ class LinkPeer(Peer):
     host_end: str
 
 
-def _namespace(peer: LinkPeer, prefix: int, container_subnet: str) -> None:
+def _namespace(peer: LinkPeer, prefix: int, container_subnet: str, only_to: str = "") -> None:
     """The namespace's side of its veth pair (made by the caller): its address, and a default route to the
-    host's end of the link; the container network unreachable, as from another machine."""
+    host's end of the link, the container network unreachable, as from another machine; with `only_to`, a
+    route to that one address instead."""
     sh("ip", "-n", peer.netns, "link", "set", "lo", "up")
     sh("ip", "-n", peer.netns, "addr", "add", f"{peer.address}/{prefix}", "dev", "eth0")
     sh("ip", "-n", peer.netns, "link", "set", "eth0", "up")
+    if only_to:
+        sh("ip", "-n", peer.netns, "route", "add", f"{only_to}/32", "via", peer.host_end)
+        return
     sh("ip", "-n", peer.netns, "route", "add", "default", "via", peer.host_end)
     sh("ip", "-n", peer.netns, "route", "add", "unreachable", container_subnet)
+
+
+def _link(prefix: str, token: str, role: str, subnet: ipaddress.IPv4Network) -> LinkPeer:
+    """A peer on a /30 link of its own: the veth pair made, the host's end addressed and up."""
+    host_end, address = (str(a) for a in list(subnet.hosts())[:2])
+    peer = LinkPeer(f"{prefix}-{token}-{role}", f"{prefix[:3]}{token}{role[0]}", address, host_end)
+    _veth(peer)
+    sh("ip", "addr", "add", f"{host_end}/30", "dev", peer.host_if)
+    sh("ip", "link", "set", peer.host_if, "up")
+    return peer
+
+
+def _count_rtp(peer: LinkPeer, source: str, port: int) -> None:
+    """RTP in (from `source`, and from anywhere) and out, counted by the kernel in the peer's namespace."""
+    peer.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "-s", source, "--dport", str(port))
+    peer.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", str(port))
+    peer.run("iptables", "-w", "-A", "OUTPUT", "-p", "udp", "--sport", str(port))
 
 
 def _veth(peer: LinkPeer) -> None:
@@ -155,18 +176,10 @@ class Links:
         self.spare = iter(pick_block(within).subnets(new_prefix=30))
 
     def add(self, role: str, media_port: int | None = None) -> LinkPeer:
-        port = str(media_port if media_port is not None else self.media_port)
-        host_end, address = (str(a) for a in list(next(self.spare).hosts())[:2])
-        peer = LinkPeer(f"dxlink-{self.token}-{role}", f"dxl{self.token}{role[0]}", address, host_end)
+        peer = _link("dxlink", self.token, role, next(self.spare))
         self.peers.append(peer)
-        _veth(peer)
-        sh("ip", "addr", "add", f"{host_end}/30", "dev", peer.host_if)
-        sh("ip", "link", "set", peer.host_if, "up")
         _namespace(peer, 30, self.container_subnet)
-        # RTP in (from the advertised address, and from anywhere) and out, counted by the kernel.
-        peer.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "-s", self.advertised, "--dport", port)
-        peer.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", port)
-        peer.run("iptables", "-w", "-A", "OUTPUT", "-p", "udp", "--sport", port)
+        _count_rtp(peer, self.advertised, media_port if media_port is not None else self.media_port)
         return peer
 
     def close(self) -> None:
@@ -198,16 +211,9 @@ class ToAddress:
         self.forward_chain = "DOCKER-USER" if exists else "FORWARD"
 
     def add(self, role: str) -> LinkPeer:
-        host_end, address = (str(a) for a in list(next(self.spare).hosts())[:2])
-        peer = LinkPeer(f"dxnode-{self.token}-{role}", f"dxn{self.token}{role[0]}", address, host_end)
+        peer = _link("dxnode", self.token, role, next(self.spare))
         self.peers.append(peer)
-        _veth(peer)
-        sh("ip", "addr", "add", f"{host_end}/30", "dev", peer.host_if)
-        sh("ip", "link", "set", peer.host_if, "up")
-        sh("ip", "-n", peer.netns, "link", "set", "lo", "up")
-        sh("ip", "-n", peer.netns, "addr", "add", f"{address}/30", "dev", "eth0")
-        sh("ip", "-n", peer.netns, "link", "set", "eth0", "up")
-        sh("ip", "-n", peer.netns, "route", "add", f"{self.target}/32", "via", host_end)
+        _namespace(peer, 30, "", only_to=self.target)
         # Forwarded both ways, and the target's packets to a peer left as they are: the engine masquerades
         # what its network sends elsewhere, which a routed network between the peers and the node does not.
         for rule in (
@@ -218,11 +224,7 @@ class ToAddress:
             table = rule[:2] if rule[0] == "-t" else []
             sh("iptables", "-w", *table, "-I", *rule[len(table) :])
             self.rules.append(rule)
-        port = str(self.media_port)
-        # RTP in (from the target, and from anywhere) and out, counted by the kernel.
-        peer.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "-s", self.target, "--dport", port)
-        peer.run("iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", port)
-        peer.run("iptables", "-w", "-A", "OUTPUT", "-p", "udp", "--sport", port)
+        _count_rtp(peer, self.target, self.media_port)
         return peer
 
     def close(self) -> None:

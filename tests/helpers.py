@@ -244,3 +244,19 @@ def compose_replica(tmp_path: Path, profile: str, env: dict[str, str], client: A
         yield str(container.id)
     finally:
         docker_compose(*base, "down", "-t", "1")
+
+
+def policies_in(group: Path) -> dict[str, set[str]]:
+    """Thread name -> the scheduling policies its threads run at ("SCHED_FIFO/50"), for every process of a cpu
+    cgroup directory, seen from this host's /proc; {} while the group does not exist."""
+    from docker_xms.adapters.cgroups import thread_policies
+    from docker_xms.errors import NotFound
+
+    procs = group / "cgroup.procs"
+    found: dict[str, set[str]] = {}
+    for pid in (int(p) for p in procs.read_text().split()) if procs.exists() else ():
+        # A process that ended while we looked (a unit's short-lived one at boot) is left out.
+        with contextlib.suppress(NotFound):
+            for thread in thread_policies(pid):
+                found.setdefault(thread.comm, set()).add(f"{thread.policy}/{thread.rt_priority}")
+    return found

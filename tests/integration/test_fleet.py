@@ -34,6 +34,7 @@ from tests.helpers import (
     docker_compose,
     host_mountinfo,
     in_container,
+    policies_in,
     renamed_profile_env,
     run_cli,
     running_agents,
@@ -232,20 +233,7 @@ def test_an_adopted_container_gets_its_ephemeral_range_off_its_media_ports(
 
 
 def _policies(container: Any) -> dict[str, set[str]]:
-    """Thread name -> the scheduling policies its threads run at, seen from the host's /proc."""
-    from docker_xms.adapters.cgroups import thread_policies
-    from docker_xms.errors import NotFound
-
-    found: dict[str, set[str]] = {}
-    for pid in (int(p) for p in (PARENT / container.id / "cgroup.procs").read_text().split()):
-        try:
-            threads = thread_policies(pid)
-        except NotFound:
-            # Ended while we looked (a unit's short-lived process at boot).
-            continue
-        for thread in threads:
-            found.setdefault(thread.comm, set()).add(f"{thread.policy}/{thread.rt_priority}")
-    return found
+    return policies_in(PARENT / container.id)
 
 
 def test_a_servers_threads_started_before_its_budget_are_raised_when_it_has_one(

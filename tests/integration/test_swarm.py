@@ -42,6 +42,7 @@ from tests.helpers import (
     CGROUP_WRITE_ATTEMPT,
     RTPENGINE_IMAGE,
     conntrack_drops,
+    policies_in,
     run_cli,
     wait_for,
     writable_cgroup_mounts,
@@ -352,20 +353,6 @@ def _clear(lab: Lab) -> None:
     wait_for(lambda: not any(any(pool_split(n).values()) for n in lab.nodes), 120, what="every node's pool free")
 
 
-def _task_policies(node: Node, cid: str) -> dict[str, set[str]]:
-    """Thread name -> the scheduling policies its threads run at, for a task of `node`, from this host's /proc."""
-    from docker_xms.adapters.cgroups import thread_policies
-    from docker_xms.errors import NotFound
-
-    found: dict[str, set[str]] = {}
-    procs = node.cpu_dir() / cid / "cgroup.procs"
-    for pid in (int(p) for p in procs.read_text().split()) if procs.exists() else ():
-        with contextlib.suppress(NotFound):
-            for thread in thread_policies(pid):
-                found.setdefault(thread.comm, set()).add(f"{thread.policy}/{thread.rt_priority}")
-    return found
-
-
 def _in_agent(node: Node, *args: str) -> str:
     """A docker-xms command run by the node's own agent container (its settings, its /run)."""
     return node.docker("exec", _agent_container(node), "python3", "-m", "docker_xms", *args)
@@ -398,7 +385,7 @@ def test_a_task_started_while_its_nodes_agent_is_stopped_waits_then_starts_with_
         assert rows[cid[:12]]["plan"] == "waiting", rows
         # The 20 s of the scenario: the server does not start meanwhile.
         for _ in range(40):
-            assert not wanted & set(_task_policies(node, cid))
+            assert not wanted & set(policies_in(node.cpu_dir() / cid))
             time.sleep(0.5)
         rows = {row["id"]: row for row in json.loads(run_cli("ps", "--json", env=on_node).out)}
         assert rows[cid[:12]]["plan"] == "waiting", rows
@@ -406,7 +393,7 @@ def test_a_task_started_while_its_nodes_agent_is_stopped_waits_then_starts_with_
         back = time.monotonic()
         lab.manager.docker("service", "update", "-d", "--constraint-rm", away, AGENT_SERVICE)
         first = wait_for(
-            lambda: (found := _task_policies(node, cid)) and wanted <= set(found) and found,
+            lambda: (found := policies_in(node.cpu_dir() / cid)) and wanted <= set(found) and found,
             timeout=150,
             interval=0.05,
             what="the server's real-time threads",

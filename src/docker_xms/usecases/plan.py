@@ -57,8 +57,10 @@ def elapsed_s(info: ContainerInfo, now: float | None = None) -> float:
 
 def taking(info: ContainerInfo | None) -> bool:
     """Whether a running container still waits for its plan and can be handed it in time."""
-    wait_s = None if info is None or not info.running else wait_s_of(info.env)
-    return wait_s is not None and info is not None and still_taking(elapsed_s(info), wait_s)
+    if info is None or not info.running:
+        return False
+    wait_s = wait_s_of(info.env)
+    return wait_s is not None and still_taking(elapsed_s(info), wait_s)
 
 
 def instance_values(
