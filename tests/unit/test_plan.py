@@ -217,7 +217,11 @@ def test_a_pending_plan_whose_wait_ran_out_is_chosen_again_for_a_server_never_to
     path = adoption_store.path_for(rt.settings.lock_path)
     # Chosen and pending (its first process gone before the handover, say), then its wait ran out.
     (Path(rt.settings.engine_proc) / str(FAKE_PID) / "stat").unlink()
-    reconcile(rt, host.netfilter)
+    first = reconcile(rt, host.netfilter)
+    # Said, and tried again at the next pass.
+    assert [h.line() for h in first.handed] == [
+        "could not hand shop_rtpengine_1 its plan: The first process of shop_rtpengine_1 is gone"
+    ]
     assert adoption_store.load(path)[replica.id][PLAN_LABEL] == PLAN_PENDING
     replica.started_at = _now(-58.0)
 

@@ -49,10 +49,10 @@ def waits(labels: Mapping[str, str], profile: Profile) -> bool:
     return labels.get(PLAN_WAIT_LABEL) == "true" and profile.media_config == MEDIA_INSTANCE_FILE
 
 
-def elapsed_s(info: ContainerInfo, now: float | None = None) -> float:
+def elapsed_s(info: ContainerInfo) -> float:
     """Seconds since the engine last started it; -1 when the engine's time cannot be read."""
     started = engine_time(info.started_at)
-    return -1.0 if started is None else (time.time() if now is None else now) - started
+    return -1.0 if started is None else time.time() - started
 
 
 def taking(info: ContainerInfo | None) -> bool:
@@ -101,8 +101,13 @@ class Handed:
     name: str
     advertise: str
     media: str
+    # Why it could not be handed (the container's first process gone, the engine refused the write, its
+    # profile no longer installed); "" when it was. It stays pending, and is tried again at the next pass.
+    problem: str = ""
 
     def line(self) -> str:
+        if self.problem:
+            return f"could not hand {self.name} its plan: {self.problem}"
         return f"plan given to {self.name}: advertises {self.advertise}" + (
             f", media ports {self.media}" if self.media else ""
         )
@@ -125,10 +130,11 @@ def hand_plans_locked(engine: EngineApi, settings: Settings, plans: Mapping[str,
             continue
         try:
             handed.append(_hand(engine, settings, info, labels))
-        except XmsError:
+        except XmsError as exc:
+            handed.append(Handed(info.name, "", "", exc.message.rstrip(".")))
             continue
         stored[cid] = {**labels, PLAN_LABEL: PLAN_HANDED}
-    if handed:
+    if any(not h.problem for h in handed):
         adoption_store.save(path, stored)
     return handed
 
